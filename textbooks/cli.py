@@ -1,0 +1,57 @@
+"""The ``textbooks`` console script: one subcommand per module in :mod:`textbooks.commands`.
+
+Each command module defines ``HELP`` (a one-line summary), ``add_arguments(parser)`` and ``main(args) -> int``.
+Commands are discovered from the package, so adding a verb means adding one module; heavy imports (JAX,
+TensorFlow, Beam) happen inside each command's ``main`` so that ``textbooks --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import pkgutil
+import sys
+from typing import Sequence
+
+from textbooks import commands as _commands
+
+
+def _command_modules() -> dict[str, object]:
+    found = {}
+    for info in sorted(pkgutil.iter_modules(_commands.__path__), key=lambda i: i.name):
+        if info.name.startswith("_"):
+            continue
+        module = importlib.import_module(f"{_commands.__name__}.{info.name}")
+        found[getattr(module, "NAME", info.name)] = module
+    return found
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Returns the top-level parser with one subparser per discovered command."""
+    parser = argparse.ArgumentParser(
+            prog="textbooks",
+            description="Build textbook-quality data, train phi models on seqio mixtures, evaluate and sweep.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    for name, module in _command_modules().items():
+        p = sub.add_parser(name, help=module.HELP, description=(module.__doc__ or module.HELP).strip(),
+                                              formatter_class=argparse.RawDescriptionHelpFormatter)
+        module.add_arguments(p)
+        p.set_defaults(_module=module)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Parses ``argv`` and runs the chosen command; returns its exit status."""
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    module = args._module
+    if extra and not getattr(module, "ACCEPTS_EXTRA", False):
+        parser.error(f"unrecognized arguments for '{args.command}': {' '.join(extra)}")
+    args.extra = extra
+    return int(module.main(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
