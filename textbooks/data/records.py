@@ -1,0 +1,613 @@
+"""The shard format every stage reads and writes: sharded, gzip-compressed JSON Lines plus a manifest.
+
+Layout of one role's folder (local or ``gs://``)::
+
+    <dir>/<split>-<iiiii>-of-<nnnnn>.jsonl.gz    one JSON object per line (see :class:`Record`)
+    <dir>/manifest.json                          role, splits with shard lists, counts, sources, licenses
+
+One line::
+
+    {"id": "...", "text": "...", "role": "code_filtered", "source": "cpython-stdlib", "license": "PSF-2.0",
+     "split": "train", "meta": {"stand_in": null, "path": "json/decoder.py", ...}}
+
+Writing is deterministic: the same records in the same order give byte-identical files (gzip header with
+mtime 0 and no file name, fixed compression level, keys in a fixed order, ``meta`` keys sorted). Reading
+counts every bad line (not JSON, invalid UTF-8, missing or mistyped fields, a truncated gzip stream) with its
+file and line number; ``on_error='skip'`` sets it aside as a :class:`RejectedRecord` and goes on,
+``on_error='raise'`` stops with a :class:`RecordError` naming the file and line.
+
+Paths may be local or ``gs://`` (file access is in :mod:`textbooks.data.paths`).
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import gzip
+import hashlib
+import json
+import logging
+import os
+import re
+import zlib
+from typing import Any, Iterable, Iterator, Mapping, Sequence
+
+from textbooks.data.paths import exists, glob, isdir, join, listdir, makedirs, open_file, remove, rename
+
+FORMAT_VERSION = 1
+MANIFEST_NAME = "manifest.json"
+SHARD_SUFFIX = ".jsonl.gz"
+# <split>-<iiiii>-of-<nnnnn>.jsonl.gz (split names are letters, digits, '_' and '.').
+SHARD_RE = re.compile(r"^(?P<split>[A-Za-z0-9_.]+)-(?P<index>\d{5})-of-(?P<total>\d{5})\.jsonl(?:\.gz)?$")
+REQUIRED_FIELDS = ("id", "text", "role", "source", "license", "split")
+_FIELDS = REQUIRED_FIELDS + ("meta",)
+_GZIP_LEVEL = 6
+_RAW_PREFIX_CHARS = 200
+_MAX_KEPT_REJECTS = 10_000
+_MAX_LOGGED_REJECTS = 20
+
+logger = logging.getLogger(__name__)
+
+
+class RecordError(ValueError):
+    """A line or record does not follow the shard format; the message names the file and line.
+
+    ``kind`` is a short code for counting: not_json, invalid_utf8, blank_line, not_object, missing_field,
+    unknown_field, wrong_type, duplicate_id, wrong_split, corrupt_file.
+    """
+
+    def __init__(self, message: str, kind: str = "invalid"):
+        super().__init__(message)
+        self.kind = kind
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Records.
+
+
+def _sort_keys(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return {str(k): _sort_keys(value[k]) for k in sorted(value, key=str)}
+    if isinstance(value, (list, tuple)):
+        return [_sort_keys(v) for v in value]
+    return value
+
+
+@dataclasses.dataclass
+class Record:
+    """One document. ``meta`` is free-form JSON (stand_in, url, scores, template ids, ...)."""
+
+    id: str
+    text: str
+    role: str
+    source: str
+    license: str
+    split: str
+    meta: dict = dataclasses.field(default_factory=dict)
+
+    def validate(self) -> None:
+        """Raises RecordError if a field has the wrong type or ``id`` is empty."""
+        for name in REQUIRED_FIELDS:
+            value = getattr(self, name)
+            if not isinstance(value, str):
+                raise RecordError(f"field {name!r} must be a string, got {type(value).__name__} "
+                                  f"(record id {self.id!r})", "wrong_type")
+        if not self.id:
+            raise RecordError("field 'id' must be a non-empty string", "wrong_type")
+        if not isinstance(self.meta, dict):
+            raise RecordError(f"field 'meta' must be an object, got {type(self.meta).__name__} "
+                              f"(record id {self.id!r})", "wrong_type")
+
+    def to_dict(self) -> dict:
+        """The record as a plain dict with keys in the canonical order and ``meta`` keys sorted."""
+        return {"id": self.id, "text": self.text, "role": self.role, "source": self.source,
+                "license": self.license, "split": self.split, "meta": _sort_keys(self.meta)}
+
+    def to_json(self) -> str:
+        """One JSON line (no trailing newline); deterministic for equal records.
+
+        Raises:
+            RecordError: a field is mistyped, or ``meta`` holds something JSON cannot represent (NaN, sets).
+        """
+        self.validate()
+        try:
+            return json.dumps(self.to_dict(), ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+        except (TypeError, ValueError) as e:
+            raise RecordError(f"record {self.id!r} cannot be written as JSON: {e}", "wrong_type") from e
+
+    def to_bytes(self) -> bytes:
+        """The UTF-8 line with its trailing newline, as written to a shard."""
+        try:
+            return (self.to_json() + "\n").encode("utf-8")
+        except UnicodeEncodeError as e:  # Lone surrogates in a Python str.
+            raise RecordError(f"record {self.id!r} holds text that is not valid Unicode ({e.reason} at "
+                              f"position {e.start}); clean it with str.encode('utf-8', 'replace')",
+                              "invalid_utf8") from e
+
+    @classmethod
+    def from_dict(cls, obj: Mapping[str, Any]) -> "Record":
+        """Builds and validates a Record from a decoded JSON object.
+
+        Raises:
+            RecordError: not an object, a required field is missing, a field has the wrong type, or there
+                are unknown top-level fields (free-form data belongs in ``meta``).
+        """
+        if not isinstance(obj, Mapping):
+            raise RecordError(f"expected a JSON object, got {type(obj).__name__}", "not_object")
+        missing = [k for k in REQUIRED_FIELDS if k not in obj]
+        if missing:
+            raise RecordError(f"missing field(s) {', '.join(missing)}", "missing_field")
+        unknown = sorted(set(obj) - set(_FIELDS))
+        if unknown:
+            raise RecordError(f"unknown top-level field(s) {', '.join(unknown)}; put free-form data in 'meta'",
+                              "unknown_field")
+        meta = obj.get("meta", {})
+        record = cls(**{k: obj[k] for k in REQUIRED_FIELDS}, meta={} if meta is None else meta)
+        record.validate()
+        return record
+
+    @classmethod
+    def from_json(cls, line: str | bytes) -> "Record":
+        """Parses one JSON line (str or UTF-8 bytes).
+
+        Raises:
+            RecordError: invalid UTF-8, not JSON, or not a valid record (see :meth:`from_dict`).
+        """
+        if isinstance(line, (bytes, bytearray)):
+            try:
+                line = bytes(line).decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise RecordError(f"invalid UTF-8 at byte {e.start}", "invalid_utf8") from e
+        if not line.strip():
+            raise RecordError("blank line", "blank_line")
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise RecordError(f"not JSON: {e.msg} at column {e.colno}", "not_json") from e
+        return cls.from_dict(obj)
+
+    @property
+    def num_bytes(self) -> int:
+        """UTF-8 size of ``text``."""
+        return len(self.text.encode("utf-8", "surrogatepass"))
+
+
+@dataclasses.dataclass(frozen=True)
+class RejectedRecord:
+    """A line that could not be read: where it is, why, and its first characters."""
+
+    path: str
+    line: int
+    reason: str
+    raw_prefix: str
+    kind: str = "invalid"
+
+    def __str__(self) -> str:
+        return f"{self.path}:{self.line}: {self.reason} (starts {self.raw_prefix[:60]!r})"
+
+
+@dataclasses.dataclass
+class ReadReport:
+    """What :func:`iter_records` read: filled in while iterating, complete when the iterator is exhausted.
+
+    ``rejected`` keeps the first 10,000 rejects; ``num_rejected`` and ``reasons`` count all of them.
+    """
+
+    files: list[str] = dataclasses.field(default_factory=list)
+    num_records: int = 0
+    num_rejected: int = 0
+    reasons: collections.Counter = dataclasses.field(default_factory=collections.Counter)
+    rejected: list[RejectedRecord] = dataclasses.field(default_factory=list)
+
+    def add_reject(self, reject: RejectedRecord) -> None:
+        self.num_rejected += 1
+        self.reasons[reject.kind] += 1
+        if len(self.rejected) < _MAX_KEPT_REJECTS:
+            self.rejected.append(reject)
+
+    def summary(self) -> str:
+        text = f"read {self.num_records} records from {len(self.files)} file(s), rejected {self.num_rejected}"
+        if self.num_rejected:
+            text += " (" + ", ".join(f"{r}: {n}" for r, n in self.reasons.most_common()) + ")"
+        return text
+
+
+def _raw_prefix(raw: bytes) -> str:
+    return raw[: _RAW_PREFIX_CHARS * 4].decode("utf-8", "replace")[:_RAW_PREFIX_CHARS].rstrip("\n")
+
+
+def expand_paths(path_or_glob: str | os.PathLike | Sequence[str | os.PathLike]) -> list[str]:
+    """Resolves files, globs, shard folders or a list of them to a sorted list of shard files.
+
+    A folder stands for all shard files (``*-?????-of-?????.jsonl[.gz]``) directly inside it.
+
+    Raises:
+        FileNotFoundError: a path does not exist, a glob matches nothing or a folder holds no shards.
+    """
+    if isinstance(path_or_glob, (str, os.PathLike)):
+        items = [os.fspath(path_or_glob)]
+    else:
+        items = [os.fspath(p) for p in path_or_glob]
+    files: list[str] = []
+    for item in items:
+        if any(c in item for c in "*?["):
+            found = glob(item)
+            if not found:
+                raise FileNotFoundError(f"no files match {item!r}; check the path and the split name")
+            files.extend(found)
+        elif isdir(item):
+            found = [join(item, n) for n in listdir(item) if SHARD_RE.match(n)]
+            if not found:
+                raise FileNotFoundError(f"folder {item!r} holds no shard files (<split>-00000-of-00001"
+                                        f"{SHARD_SUFFIX}); was it written by write_shards?")
+            files.extend(found)
+        elif exists(item):
+            files.append(item)
+        else:
+            parent = os.path.dirname(item.rstrip("/")) or "."
+            hint = "" if exists(parent) else f" (folder {parent!r} does not exist either)"
+            raise FileNotFoundError(f"no such shard file or folder: {item!r}{hint}")
+    return sorted(dict.fromkeys(files))
+
+
+def _iter_lines(path: str) -> Iterator[bytes]:
+    with open_file(path, "rb") as raw:
+        if path.endswith(".gz"):
+            with gzip.GzipFile(fileobj=raw, mode="rb") as f:
+                yield from f
+        else:
+            yield from raw
+
+
+def iter_records(path_or_glob: str | os.PathLike | Sequence[str | os.PathLike], *, on_error: str = "skip",
+                 report: ReadReport | None = None) -> Iterator[Record]:
+    """Yields the records of shard files in path order, then line order.
+
+    Args:
+        path_or_glob: a shard file, a glob (``dir/train-*.jsonl.gz``), a shard folder (all splits), or a
+            list of these; local or ``gs://``.
+        on_error: ``'skip'`` counts each bad line, keeps it in ``report.rejected`` and logs the first few;
+            ``'raise'`` raises :class:`RecordError` at the first bad line.
+        report: optional :class:`ReadReport` filled in while reading (files, counts, rejects).
+
+    Raises:
+        FileNotFoundError: nothing to read at ``path_or_glob``.
+        RecordError: a bad line with ``on_error='raise'``; the message names the file and line.
+        ValueError: an unknown ``on_error``.
+    """
+    if on_error not in ("skip", "raise"):
+        raise ValueError(f"on_error must be 'skip' or 'raise', got {on_error!r}")
+    report = report if report is not None else ReadReport()
+    files = expand_paths(path_or_glob)
+
+    def reject(path: str, lineno: int, reason: str, raw: bytes, kind: str) -> None:
+        item = RejectedRecord(path=path, line=lineno, reason=reason, raw_prefix=_raw_prefix(raw), kind=kind)
+        if on_error == "raise":
+            raise RecordError(f"{path}:{lineno}: {reason}", kind)
+        if report.num_rejected < _MAX_LOGGED_REJECTS:
+            logger.warning("skipping bad record %s", item)
+        report.add_reject(item)
+
+    for path in files:
+        report.files.append(path)
+        lineno = 0
+        try:
+            for raw in _iter_lines(path):
+                lineno += 1
+                try:
+                    record = Record.from_json(raw)
+                except RecordError as e:
+                    reject(path, lineno, str(e), raw, e.kind)
+                    continue
+                report.num_records += 1
+                yield record
+        except (EOFError, OSError, zlib.error) as e:
+            reject(path, lineno + 1, f"corrupt or truncated file after line {lineno}: {e}", b"", "corrupt_file")
+    if report.num_rejected:
+        logger.warning("%s", report.summary())
+
+
+def read_split(directory: str, split: str, *, on_error: str = "skip",
+               report: ReadReport | None = None) -> Iterator[Record]:
+    """Yields the records of one split of a shard folder (``<dir>/<split>-*-of-*.jsonl.gz``)."""
+    if not isdir(directory):
+        raise FileNotFoundError(f"shard folder {directory!r} does not exist; build it first (for the "
+                                f"local corpora: `textbooks corpora --out DIR`)")
+    return iter_records(shard_pattern(directory, split), on_error=on_error, report=report)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Writing.
+
+
+def shard_name(split: str, index: int, num_shards: int) -> str:
+    """``<split>-<iiiii>-of-<nnnnn>.jsonl.gz``."""
+    if not re.fullmatch(r"[A-Za-z0-9_.]+", split):
+        raise ValueError(f"split name {split!r} may hold only letters, digits, '_' and '.'")
+    if not 0 <= index < num_shards <= 99_999:
+        raise ValueError(f"shard index {index} out of range for {num_shards} shards (at most 99,999)")
+    return f"{split}-{index:05d}-of-{num_shards:05d}{SHARD_SUFFIX}"
+
+
+def shard_pattern(directory: str, split: str) -> str:
+    """The glob matching all shards of ``split`` in ``directory``."""
+    return join(directory, f"{split}-[0-9][0-9][0-9][0-9][0-9]-of-[0-9][0-9][0-9][0-9][0-9]{SHARD_SUFFIX}")
+
+
+@dataclasses.dataclass
+class SplitStats:
+    """Counts for one split: shard file names (relative to the folder), documents, UTF-8 bytes of text."""
+
+    shards: list[str] = dataclasses.field(default_factory=list)
+    num_docs: int = 0
+    num_bytes: int = 0
+    sources: dict[str, int] = dataclasses.field(default_factory=dict)
+    licenses: dict[str, int] = dataclasses.field(default_factory=dict)
+    stand_ins: dict[str, int] = dataclasses.field(default_factory=dict)
+
+    def add(self, record: Record, num_bytes: int) -> None:
+        self.num_docs += 1
+        self.num_bytes += num_bytes
+        for table, key in ((self.sources, record.source), (self.licenses, record.license)):
+            table[key] = table.get(key, 0) + 1
+        stand_in = record.meta.get("stand_in")
+        if stand_in:
+            self.stand_ins[str(stand_in)] = self.stand_ins.get(str(stand_in), 0) + 1
+
+    def to_dict(self) -> dict:
+        return {"shards": list(self.shards), "num_docs": self.num_docs, "num_bytes": self.num_bytes,
+                "sources": dict(sorted(self.sources.items())), "licenses": dict(sorted(self.licenses.items())),
+                "stand_ins": dict(sorted(self.stand_ins.items()))}
+
+    @classmethod
+    def from_dict(cls, obj: Mapping[str, Any]) -> "SplitStats":
+        return cls(shards=list(obj.get("shards", [])), num_docs=int(obj.get("num_docs", 0)),
+                   num_bytes=int(obj.get("num_bytes", 0)), sources=dict(obj.get("sources", {})),
+                   licenses=dict(obj.get("licenses", {})), stand_ins=dict(obj.get("stand_ins", {})))
+
+
+class ShardWriter:
+    """Streams records of one split into ``num_shards`` gzip JSON Lines files, round-robin by position.
+
+    Files are written under temporary names and renamed when :meth:`close` succeeds, so readers never see
+    half-written shards; shards of the same split left over from an earlier write with another shard count
+    are removed on close. Use as a context manager::
+
+        with ShardWriter(out_dir, "train", num_shards=4) as w:
+            for r in records:
+                w.write(r)
+        w.stats  # SplitStats
+
+    Args:
+        out_dir: the folder (created if missing), local or ``gs://``.
+        split: split name written into file names; every record's ``split`` must equal it.
+        num_shards: number of files (at least 1; empty files are written when there are fewer records).
+        check_unique_ids: raise on a repeated ``id`` within this split (keeps an 8-byte digest per id).
+    """
+
+    def __init__(self, out_dir: str | os.PathLike, split: str, num_shards: int = 1, *,
+                 check_unique_ids: bool = True):
+        if num_shards < 1:
+            raise ValueError(f"num_shards must be at least 1, got {num_shards}")
+        self.out_dir = os.fspath(out_dir)
+        self.split = split
+        self.num_shards = num_shards
+        self.names = [shard_name(split, i, num_shards) for i in range(num_shards)]
+        self.paths = [join(self.out_dir, n) for n in self.names]
+        self.stats = SplitStats(shards=list(self.names))
+        self._seen: set[bytes] | None = set() if check_unique_ids else None
+        self._tmp = [p + f".tmp-{os.getpid()}" for p in self.paths]
+        makedirs(self.out_dir)
+        self._raw = [open_file(t, "wb") for t in self._tmp]
+        self._gz = [gzip.GzipFile(filename="", mode="wb", fileobj=r, compresslevel=_GZIP_LEVEL, mtime=0)
+                    for r in self._raw]
+        self._closed = False
+
+    def write(self, record: Record | Mapping[str, Any]) -> None:
+        """Appends one record (a Record or a dict in the record layout).
+
+        Raises:
+            RecordError: the record is invalid, its split differs from the writer's, or its id repeats.
+        """
+        if self._closed:
+            raise RuntimeError("ShardWriter is closed")
+        if not isinstance(record, Record):
+            record = Record.from_dict(record)
+        if record.split != self.split:
+            raise RecordError(f"record {record.id!r} has split {record.split!r} but is being written to "
+                              f"split {self.split!r} in {self.out_dir}", "wrong_split")
+        if self._seen is not None:
+            digest = hashlib.blake2b(record.id.encode("utf-8", "surrogatepass"), digest_size=8).digest()
+            if digest in self._seen:
+                raise RecordError(f"duplicate record id {record.id!r} in split {self.split!r}; ids must be "
+                                  f"unique and stable", "duplicate_id")
+            self._seen.add(digest)
+        data = record.to_bytes()
+        self._gz[self.stats.num_docs % self.num_shards].write(data)
+        self.stats.add(record, record.num_bytes)
+
+    def close(self) -> SplitStats:
+        """Finishes the files, moves them into place, removes stale shards of the split; returns the stats."""
+        if self._closed:
+            return self.stats
+        self._closed = True
+        for gz, raw in zip(self._gz, self._raw):
+            gz.close()
+            raw.close()
+        for tmp, path in zip(self._tmp, self.paths):
+            rename(tmp, path)
+        keep = set(self.names)
+        for path in glob(shard_pattern(self.out_dir, self.split)):
+            if os.path.basename(path) not in keep:
+                remove(path)
+        return self.stats
+
+    def abort(self) -> None:
+        """Closes and deletes the temporary files without touching existing shards."""
+        if self._closed:
+            return
+        self._closed = True
+        for gz, raw, tmp in zip(self._gz, self._raw, self._tmp):
+            try:
+                gz.close()
+                raw.close()
+            finally:
+                if exists(tmp):
+                    remove(tmp)
+
+    def __enter__(self) -> "ShardWriter":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
+
+
+def write_shards(records: Iterable[Record | Mapping[str, Any]], out_dir: str | os.PathLike, split: str,
+                 num_shards: int = 1) -> list[str]:
+    """Writes ``records`` (all of split ``split``) into ``num_shards`` shard files; returns their paths.
+
+    Deterministic: the same records in the same order give byte-identical files. Record ``i`` goes to shard
+    ``i % num_shards``.
+
+    Raises:
+        RecordError: an invalid record, a record of another split, or a repeated id (nothing is left behind).
+    """
+    with ShardWriter(out_dir, split, num_shards) as writer:
+        for record in records:
+            writer.write(record)
+    return list(writer.paths)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Manifests.
+
+
+@dataclasses.dataclass
+class Manifest:
+    """``<dir>/manifest.json``: what a shard folder holds.
+
+    Attributes:
+        role: the data role (see :data:`textbooks.data.paths.ROLES`).
+        splits: per split, the shard file names and counts.
+        stand_in: when the data stands in for something unavailable offline, what it stands in for.
+        description: one or two sentences about the contents and how they were made.
+        meta: free-form (builder name, filter settings, source notes).
+        format_version: :data:`FORMAT_VERSION` of the shard format.
+        directory: the folder it was read from (not serialized).
+    """
+
+    role: str
+    splits: dict[str, SplitStats]
+    stand_in: str | None = None
+    description: str = ""
+    meta: dict = dataclasses.field(default_factory=dict)
+    format_version: int = FORMAT_VERSION
+    directory: str | None = dataclasses.field(default=None, compare=False)
+
+    @property
+    def num_docs(self) -> int:
+        return sum(s.num_docs for s in self.splits.values())
+
+    @property
+    def num_bytes(self) -> int:
+        return sum(s.num_bytes for s in self.splits.values())
+
+    def _totals(self, attr: str) -> dict[str, int]:
+        total: dict[str, int] = {}
+        for s in self.splits.values():
+            for k, v in getattr(s, attr).items():
+                total[k] = total.get(k, 0) + v
+        return dict(sorted(total.items()))
+
+    @property
+    def sources(self) -> dict[str, int]:
+        """Documents per source over all splits."""
+        return self._totals("sources")
+
+    @property
+    def licenses(self) -> dict[str, int]:
+        """Documents per license over all splits."""
+        return self._totals("licenses")
+
+    def shard_paths(self, split: str) -> list[str]:
+        """Full paths of the shards of ``split`` (needs ``directory``, set by :func:`read_manifest`)."""
+        if split not in self.splits:
+            raise KeyError(f"split {split!r} not in manifest of role {self.role!r}; it has "
+                           f"{', '.join(sorted(self.splits))}")
+        if self.directory is None:
+            raise ValueError("manifest has no directory; read it with read_manifest(dir)")
+        return [join(self.directory, n) for n in self.splits[split].shards]
+
+    def to_dict(self) -> dict:
+        return {"format_version": self.format_version, "role": self.role, "stand_in": self.stand_in,
+                "description": self.description, "num_docs": self.num_docs, "num_bytes": self.num_bytes,
+                "sources": self.sources, "licenses": self.licenses,
+                "splits": {k: self.splits[k].to_dict() for k in sorted(self.splits)},
+                "meta": _sort_keys(self.meta)}
+
+    @classmethod
+    def from_dict(cls, obj: Mapping[str, Any], directory: str | None = None) -> "Manifest":
+        return cls(role=obj["role"], splits={k: SplitStats.from_dict(v) for k, v in obj["splits"].items()},
+                   stand_in=obj.get("stand_in"), description=obj.get("description", ""),
+                   meta=dict(obj.get("meta", {})), format_version=int(obj.get("format_version", 1)),
+                   directory=directory)
+
+
+def write_manifest(directory: str | os.PathLike, manifest: Manifest) -> str:
+    """Writes ``<directory>/manifest.json`` deterministically (sorted keys, no timestamps); returns its path."""
+    directory = os.fspath(directory)
+    makedirs(directory)
+    path = join(directory, MANIFEST_NAME)
+    text = json.dumps(manifest.to_dict(), indent=2, ensure_ascii=False, allow_nan=False) + "\n"
+    with open_file(path, "wb") as f:
+        f.write(text.encode("utf-8"))
+    return path
+
+
+def read_manifest(directory: str | os.PathLike) -> Manifest:
+    """Reads ``<directory>/manifest.json``.
+
+    Raises:
+        FileNotFoundError: the folder or its manifest is missing.
+        RecordError: the manifest is not valid JSON, lacks ``role``/``splits``, or has a newer format version.
+    """
+    directory = os.fspath(directory)
+    path = join(directory, MANIFEST_NAME)
+    if not exists(path):
+        what = "folder" if not isdir(directory) else "manifest"
+        raise FileNotFoundError(f"{what} missing: {path!r}; build the data first (e.g. `textbooks corpora "
+                                f"--out DIR`) or point data_root at the right place")
+    with open_file(path, "rb") as f:
+        raw = f.read()
+    try:
+        obj = json.loads(raw.decode("utf-8"))
+        manifest = Manifest.from_dict(obj, directory=directory)
+    except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, AttributeError) as e:
+        raise RecordError(f"{path}: not a valid manifest ({type(e).__name__}: {e})") from e
+    if manifest.format_version > FORMAT_VERSION:
+        raise RecordError(f"{path}: format_version {manifest.format_version} is newer than this library's "
+                          f"{FORMAT_VERSION}; upgrade textbooks")
+    return manifest
+
+
+def manifest_from_shards(directory: str | os.PathLike, role: str, **kwargs: Any) -> Manifest:
+    """Builds a manifest by reading every shard in ``directory`` (for folders written without one)."""
+    directory = os.fspath(directory)
+    splits: dict[str, SplitStats] = {}
+    for path in expand_paths(directory):
+        name = os.path.basename(path)
+        split = SHARD_RE.match(name).group("split")
+        stats = splits.setdefault(split, SplitStats())
+        stats.shards.append(name)
+        for record in iter_records(path):
+            stats.add(record, record.num_bytes)
+    return Manifest(role=role, splits=splits, **kwargs)
+
+
+def matches_shard_name(name: str, split: str | None = None) -> bool:
+    """Whether ``name`` (a base name) is a shard file name, optionally of ``split``."""
+    m = SHARD_RE.match(name)
+    return bool(m) and (split is None or m.group("split") == split)
