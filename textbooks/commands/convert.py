@@ -1,0 +1,97 @@
+"""Convert phi checkpoints between transformers' format and this project's.
+
+  textbooks convert --from-hf HF_DIR --out DIR
+      Imports a transformers PhiForCausalLM folder (config.json + safetensors, single or sharded) into the
+      project's params format (textbooks_config.json + params.safetensors: our parameter tree, float32),
+      read back with textbooks.model.load_params.
+
+  textbooks convert --to-hf --checkpoint PATH --out HF_DIR
+      Exports a model to transformers' format (float32). PATH may be a params folder written by this
+      command, a transformers folder, or a training run's orbax checkpoint (model dir or one step) when
+      the training package is installed.
+
+Nothing is written unless the whole input loads and matches its config.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+HELP = "convert phi checkpoints between transformers (HF) format and the project's params format"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    direction = parser.add_mutually_exclusive_group(required=True)
+    direction.add_argument("--from-hf", metavar="HF_DIR", help="transformers checkpoint folder to import")
+    direction.add_argument("--to-hf", action="store_true", help="export --checkpoint to transformers format")
+    parser.add_argument("--checkpoint", metavar="PATH",
+                        help="with --to-hf: params folder, transformers folder, or orbax model/step dir")
+    parser.add_argument("--out", required=True, metavar="DIR", help="folder to write")
+    parser.add_argument("--scan-layers", action="store_true",
+                        help="with --from-hf: record scan_layers=True in the written config")
+    parser.add_argument("--eos-id", type=int, default=None,
+                        help="with --to-hf: eos_token_id for config.json (default: the checkpoint's vocabulary's)")
+    parser.add_argument("--bos-id", type=int, default=None, help="with --to-hf: bos_token_id for config.json")
+    parser.add_argument("--max-shard-gb", type=float, default=5.0,
+                        help="with --to-hf: split weights into shards of at most this many GB (default 5)")
+
+
+def load_any(path: str):
+    """Loads ``(config, params, vocabulary or None)`` from a params folder, an HF folder or an orbax checkpoint.
+
+    Raises:
+        CheckpointError: ``path`` is none of these or cannot be read.
+    """
+    from textbooks.model import hf, params_io
+
+    if not os.path.exists(path):
+        raise params_io.CheckpointError(f"{path} does not exist")
+    if params_io.is_params_dir(path):
+        config, params = params_io.load_params(path)
+        return config, params, None
+    if hf.is_hf_dir(path):
+        config, params = hf.load_hf_checkpoint(path)
+        return config, params, None
+    try:
+        from textbooks.train.checkpoints import load_model
+    except ImportError as e:
+        raise params_io.CheckpointError(
+            f"{path} is neither a params folder ({params_io.CONFIG_FILE} + {params_io.PARAMS_FILE}) nor a "
+            f"transformers folder (config.json + model.safetensors), and orbax checkpoints cannot be read "
+            f"here ({e})") from e
+    loaded = load_model(path)
+    return loaded.config, loaded.params, getattr(loaded, "vocabulary", None)
+
+
+def main(args: argparse.Namespace) -> int:
+    from textbooks.model import hf, params_io
+
+    try:
+        if args.from_hf:
+            if args.checkpoint:
+                raise ValueError("--checkpoint goes with --to-hf; with --from-hf give the folder to --from-hf")
+            config, params = hf.load_hf_checkpoint(args.from_hf)
+            if args.scan_layers:
+                config = config.replace(scan_layers=True)
+            params_io.save_params(params, config, args.out)
+            print(f"imported {args.from_hf} ({config.num_params():,} parameters, {config.num_layers} layers, "
+                  f"width {config.hidden_size}) -> {args.out}")
+            return 0
+        if not args.checkpoint:
+            raise ValueError("--to-hf needs --checkpoint PATH (params folder, transformers folder or orbax dir)")
+        config, params, vocabulary = load_any(args.checkpoint)
+        eos_id = args.eos_id
+        if eos_id is None and vocabulary is not None:
+            eos_id = getattr(vocabulary, "eos_id", None)
+            eos_id = None if eos_id is None else int(eos_id)
+        max_bytes = int(args.max_shard_gb * 1e9) if args.max_shard_gb and args.max_shard_gb > 0 else None
+        hf.save_hf_checkpoint(params, config, args.out, max_shard_bytes=max_bytes, bos_token_id=args.bos_id,
+                              eos_token_id=eos_id)
+        print(f"exported {args.checkpoint} ({config.num_params():,} parameters) -> {args.out} "
+              f"(transformers PhiForCausalLM, float32)")
+        return 0
+    except (params_io.CheckpointError, ValueError, OSError) as e:
+        print(f"textbooks convert: error: {e}", file=sys.stderr)
+        return 2

@@ -1,0 +1,39 @@
+"""The phi model: configuration and presets, the Flax Linen module, KV-cache decoding and HF interop.
+
+Typical use::
+
+    from textbooks import model
+    config = model.get_preset("phi-cpu-7m")
+    params = model.init_params(config, rng=0)
+    logits = model.PhiForCausalLM(config).apply({"params": params}, tokens)
+    outputs = model.generate(params, config, [[1, 2, 3]], max_new_tokens=20)
+    model.save_hf_checkpoint(params, config, "/tmp/phi-hf")  # loadable by transformers.PhiForCausalLM
+"""
+
+from textbooks.model.config import PRESETS, PhiConfig, get_preset, model_config
+from textbooks.model.decode import Decoder, GenerationOutput, GenerationRequest, generate, init_cache
+from textbooks.model.hf import load_hf_checkpoint, save_hf_checkpoint
+from textbooks.model.params_io import CheckpointError, load_params, save_params, to_layout
+from textbooks.model.phi import PhiForCausalLM, init_params, param_logical_specs, param_shapes
+
+__all__ = [
+    "CheckpointError",
+    "Decoder",
+    "GenerationOutput",
+    "GenerationRequest",
+    "PRESETS",
+    "PhiConfig",
+    "PhiForCausalLM",
+    "generate",
+    "get_preset",
+    "init_cache",
+    "init_params",
+    "load_hf_checkpoint",
+    "load_params",
+    "model_config",
+    "param_logical_specs",
+    "param_shapes",
+    "save_hf_checkpoint",
+    "save_params",
+    "to_layout",
+]

@@ -1,0 +1,323 @@
+"""Autoregressive decoding with a KV cache: batched, bucketed, jit-compiled prefill and token loop.
+
+A batch holds prompts of different lengths, right-padded. Every row has its own cache write index, so
+position ``p`` of a row's sequence lives in cache slot ``p`` whatever the other rows hold. Decoding runs in
+two compiled programs:
+
+* prefill: all prompt tokens but the last go through the model at once, filling the cache;
+* loop: a ``lax.while_loop`` feeds one token per row per step (first the prompt's last token), samples the
+  next one (greedy, temperature, top-k, top-p; per row), and marks a row done at its eos id, at one of its
+  stop sequences, or after its ``max_new_tokens``. The loop ends when every row is done.
+
+Shapes are rounded up to buckets (batch, prompt length, cache length, new tokens, stop sequences: powers of
+two), so a long-running :class:`Decoder` compiles a bounded number of programs however requests vary. All
+sampling parameters are per-row arrays, so a server can batch concurrent requests with different settings in
+one call of :meth:`Decoder.generate`. Each request's random stream depends only on its seed, so results do
+not depend on which other requests share its batch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from textbooks.model.config import PhiConfig
+from textbooks.model.phi import PhiForCausalLM
+
+FINISH_REASONS = ("length", "eos", "stop")
+_LENGTH, _EOS, _STOP = 0, 1, 2
+
+
+@dataclasses.dataclass(frozen=True)
+class GenerationOutput:
+    """One generated continuation.
+
+    Attributes:
+        tokens: the new tokens, without the eos token or the stop sequence that ended them.
+        finish_reason: 'eos', 'stop' (a stop sequence was generated) or 'length' (max_new_tokens reached).
+    """
+
+    tokens: list[int]
+    finish_reason: str
+
+
+@dataclasses.dataclass(frozen=True)
+class GenerationRequest:
+    """One prompt with its own decoding settings (see :func:`generate` for their meaning)."""
+
+    prompt: Sequence[int]
+    max_new_tokens: int
+    temperature: float = 0.0
+    top_k: int = 0
+    top_p: float = 1.0
+    stop_sequences: Sequence[Sequence[int]] = ()
+    eos_id: int | None = None
+    seed: int = 0
+
+
+def _bucket(n: int, minimum: int, maximum: int | None = None) -> int:
+    size = max(minimum, 1 << max(0, int(n) - 1).bit_length())
+    return min(size, maximum) if maximum is not None else size
+
+
+def init_cache(config: PhiConfig, batch_size: int, cache_len: int) -> Any:
+    """Returns an empty KV cache (the model's 'cache' collection) for ``batch_size`` rows of ``cache_len``."""
+    model = PhiForCausalLM(config)
+
+    def init():
+        with nn.logical_axis_rules(()):
+            tokens = jnp.zeros((batch_size, cache_len), jnp.int32)
+            return model.init(jax.random.PRNGKey(0), tokens, decode=True)["cache"]
+
+    shapes = jax.eval_shape(init)
+    return jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
+
+
+def sample_tokens(logits: jax.Array, keys: jax.Array, temperature: jax.Array, top_k: jax.Array,
+                  top_p: jax.Array) -> jax.Array:
+    """Picks one token per row.
+
+    Args:
+        logits: ``[batch, vocab]`` float32.
+        keys: ``[batch]`` PRNG keys (one per row).
+        temperature: ``[batch]``; 0 means greedy (argmax).
+        top_k: ``[batch]``; keep the k most likely tokens (0: all).
+        top_p: ``[batch]``; keep the smallest set of most likely tokens whose probability reaches p (1: all).
+
+    Returns:
+        ``[batch]`` int32 tokens.
+    """
+    vocab = logits.shape[-1]
+    greedy = jnp.argmax(logits, axis=-1).astype(jnp.int32)
+    scaled = logits / jnp.where(temperature > 0, temperature, 1.0)[:, None]
+
+    def truncate(scaled):
+        ordered = -jnp.sort(-scaled, axis=-1)  # descending
+        k = jnp.where(top_k > 0, jnp.minimum(top_k, vocab), vocab)
+        rank = jnp.arange(vocab)[None, :]
+        in_top_k = rank < k[:, None]
+        probs = jax.nn.softmax(jnp.where(in_top_k, ordered, -jnp.inf), axis=-1)
+        mass_before = jnp.cumsum(probs, axis=-1) - probs
+        keep = in_top_k & (mass_before < top_p[:, None])  # always keeps the most likely token
+        kept = jnp.sum(keep, axis=-1)
+        threshold = jnp.take_along_axis(ordered, (kept - 1)[:, None], axis=-1)
+        return jnp.where(scaled >= threshold, scaled, -jnp.inf)
+
+    needs_truncation = jnp.any((temperature > 0) & ((top_k > 0) | (top_p < 1.0)))
+    scaled = jax.lax.cond(needs_truncation, truncate, lambda s: s, scaled)
+    sampled = jax.vmap(jax.random.categorical)(keys, scaled).astype(jnp.int32)
+    return jnp.where(temperature > 0, sampled, greedy)
+
+
+@functools.partial(jax.jit, static_argnums=(0, 4))
+def _prefill(config: PhiConfig, params: Any, tokens: jax.Array, segment_ids: jax.Array, cache_len: int) -> Any:
+    model = PhiForCausalLM(config)
+    cache = init_cache(config, tokens.shape[0], cache_len)
+    _, variables = model.apply({"params": params, "cache": cache}, tokens, segment_ids=segment_ids, decode=True,
+                               mutable=["cache"])
+    return variables["cache"]
+
+
+@functools.partial(jax.jit, static_argnums=(0, 5))
+def _decode_loop(config: PhiConfig, params: Any, cache: Any, last_tokens: jax.Array, rows: dict,
+                 num_new: int) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """Generates up to ``rows['max_new']`` tokens per row; returns (tokens [B, num_new], counts, reasons)."""
+    model = PhiForCausalLM(config)
+    batch = last_tokens.shape[0]
+    stops, stop_lengths = rows["stops"], rows["stop_lengths"]  # [B, S, M] right-aligned, -1 = wildcard; [B, S]
+    window = stops.shape[-1]
+
+    def cond(state):
+        step, done = state[1], state[4]
+        return (step < jnp.max(rows["max_new"])) & ~jnp.all(done)
+
+    def body(state):
+        cache, step, tokens, out, done, counts, reasons = state
+        logits, variables = model.apply({"params": params, "cache": cache}, tokens[:, None], decode=True,
+                                        mutable=["cache"])
+        keys = jax.vmap(jax.random.fold_in, in_axes=(0, None))(rows["keys"], step)
+        new = sample_tokens(logits[:, -1], keys, rows["temperature"], rows["top_k"], rows["top_p"])
+        active = ~done
+        out = out.at[:, step].set(jnp.where(active, new, 0))
+        counts = counts + active.astype(jnp.int32)
+        # The last `window` generated tokens of each row, -2 before the first one (matches nothing).
+        idx = step - window + 1 + jnp.arange(window)
+        recent = jnp.where(idx[None, :] >= 0, out[:, jnp.clip(idx, 0, out.shape[1] - 1)], -2)
+        matches = jnp.all((stops == -1) | (stops == recent[:, None, :]), axis=-1) & (stop_lengths > 0)
+        matches &= stop_lengths <= counts[:, None]
+        is_eos = active & (new == rows["eos"])
+        is_stop = active & ~is_eos & jnp.any(matches, axis=-1)
+        is_full = active & (counts >= rows["max_new"])
+        reasons = jnp.where(is_eos, _EOS, jnp.where(is_stop, _STOP, reasons))
+        done = done | is_eos | is_stop | is_full
+        return variables["cache"], step + 1, new, out, done, counts, reasons
+
+    init = (cache, jnp.int32(0), last_tokens, jnp.zeros((batch, num_new), jnp.int32), rows["max_new"] <= 0,
+            jnp.zeros((batch,), jnp.int32), jnp.full((batch,), _LENGTH, jnp.int32))
+    _, _, _, out, _, counts, reasons = jax.lax.while_loop(cond, body, init)
+    return out, counts, reasons
+
+
+class Decoder:
+    """Compiled batched decoding for one model; reuse it across calls so compiled programs are reused.
+
+    Args:
+        params: model parameters (any layout matching ``config``; may be sharded).
+        config: the model config.
+        max_batch_size: most rows per compiled batch; larger request lists run in chunks.
+        min_length_bucket: smallest prompt/cache length bucket.
+    """
+
+    def __init__(self, params: Any, config: PhiConfig, *, max_batch_size: int = 16, min_length_bucket: int = 16):
+        if max_batch_size < 1:
+            raise ValueError(f"max_batch_size must be >= 1, got {max_batch_size}")
+        self.params = params
+        self.config = config
+        self.max_batch_size = max_batch_size
+        self.min_length_bucket = min_length_bucket
+        # Compiled programs are shared by every Decoder of the same (inference) config.
+        self._config = config.replace(remat_policy="none", embd_dropout=0.0, attn_dropout=0.0, resid_dropout=0.0)
+        self.shapes_used: set[tuple[int, ...]] = set()  # (batch, prompt, cache, new, stops, stop length) buckets
+
+    def validate(self, requests: Sequence[GenerationRequest]) -> None:
+        """Checks every request; raises ValueError naming the request and what is wrong."""
+        vocab, max_len = self.config.vocab_size, self.config.max_len
+        for i, r in enumerate(requests):
+            where = f"request {i}"
+            if len(r.prompt) == 0:
+                raise ValueError(f"{where}: empty prompt; pass at least one token (e.g. a BOS/eos token)")
+            _check_ids(r.prompt, vocab, f"{where}: prompt")
+            if not isinstance(r.max_new_tokens, (int, np.integer)) or r.max_new_tokens < 1:
+                raise ValueError(f"{where}: max_new_tokens must be a positive integer, got {r.max_new_tokens!r}")
+            if len(r.prompt) + r.max_new_tokens > max_len:
+                raise ValueError(f"{where}: prompt length {len(r.prompt)} + max_new_tokens {r.max_new_tokens} = "
+                                 f"{len(r.prompt) + r.max_new_tokens} exceeds the model's max_len {max_len}; "
+                                 "shorten the prompt or ask for fewer tokens")
+            if not r.temperature >= 0:
+                raise ValueError(f"{where}: temperature must be >= 0 (0 = greedy), got {r.temperature}")
+            if not isinstance(r.top_k, (int, np.integer)) or r.top_k < 0:
+                raise ValueError(f"{where}: top_k must be an integer >= 0 (0 = off), got {r.top_k!r}")
+            if not 0 < r.top_p <= 1:
+                raise ValueError(f"{where}: top_p must be in (0, 1], got {r.top_p}")
+            for j, stop in enumerate(r.stop_sequences):
+                if len(stop) == 0:
+                    raise ValueError(f"{where}: stop sequence {j} is empty")
+                _check_ids(stop, vocab, f"{where}: stop sequence {j}")
+            if r.eos_id is not None and not 0 <= r.eos_id < vocab:
+                raise ValueError(f"{where}: eos_id {r.eos_id} is outside the vocabulary [0, {vocab})")
+
+    def generate(self, requests: Sequence[GenerationRequest]) -> list[GenerationOutput]:
+        """Decodes every request (in chunks of ``max_batch_size``); returns outputs in request order.
+
+        Raises:
+            ValueError: a request is invalid (empty prompt, token id outside the vocabulary, prompt plus
+                max_new_tokens longer than max_len, bad sampling settings).
+        """
+        requests = list(requests)
+        self.validate(requests)
+        outputs: list[GenerationOutput] = []
+        for start in range(0, len(requests), self.max_batch_size):
+            outputs += self._generate_batch(requests[start:start + self.max_batch_size])
+        return outputs
+
+    def _generate_batch(self, requests: list[GenerationRequest]) -> list[GenerationOutput]:
+        n, max_len = len(requests), self.config.max_len
+        lengths = np.array([len(r.prompt) for r in requests])
+        batch = _bucket(n, 1, self.max_batch_size)
+        prompt_len = _bucket(int(lengths.max()) - 1, self.min_length_bucket, max_len)
+        needed = max(len(r.prompt) + r.max_new_tokens - 1 for r in requests)
+        cache_len = _bucket(needed, self.min_length_bucket, max_len)
+        num_new = _bucket(max(r.max_new_tokens for r in requests), 8, None)
+        num_stops = _bucket(max([len(r.stop_sequences) for r in requests] + [1]), 1, None)
+        stop_window = _bucket(max([len(s) for r in requests for s in r.stop_sequences] + [1]), 4, None)
+        self.shapes_used.add((batch, prompt_len, cache_len, num_new, num_stops, stop_window))
+
+        tokens = np.zeros((batch, prompt_len), np.int32)
+        segments = np.zeros((batch, prompt_len), np.int32)
+        last = np.zeros((batch,), np.int32)
+        stops = np.full((batch, num_stops, stop_window), -1, np.int32)
+        stop_lengths = np.zeros((batch, num_stops), np.int32)
+        rows = dict(max_new=np.zeros((batch,), np.int32), temperature=np.zeros((batch,), np.float32),
+                    top_k=np.zeros((batch,), np.int32), top_p=np.ones((batch,), np.float32),
+                    eos=np.full((batch,), -1, np.int32))
+        keys = []
+        for b, r in enumerate(requests):
+            body = np.asarray(r.prompt[:-1], np.int32)
+            tokens[b, :len(body)] = body
+            segments[b, :len(body)] = 1
+            last[b] = r.prompt[-1]
+            for j, stop in enumerate(r.stop_sequences):
+                stops[b, j, stop_window - len(stop):] = stop
+                stop_lengths[b, j] = len(stop)
+            rows["max_new"][b] = r.max_new_tokens
+            rows["temperature"][b] = r.temperature
+            rows["top_k"][b] = r.top_k
+            rows["top_p"][b] = r.top_p
+            rows["eos"][b] = -1 if r.eos_id is None else r.eos_id
+            keys.append(np.asarray(jax.random.key_data(jax.random.PRNGKey(r.seed))))
+        keys += [keys[0]] * (batch - n)
+        rows.update(stops=stops, stop_lengths=stop_lengths, keys=jax.random.wrap_key_data(np.stack(keys)))
+
+        cache = _prefill(self._config, self.params, tokens, segments, cache_len)
+        out, counts, reasons = jax.device_get(_decode_loop(self._config, self.params, cache, last, rows, num_new))
+        results = []
+        for b, r in enumerate(requests):
+            generated = [int(t) for t in out[b, :counts[b]]]
+            reason = FINISH_REASONS[int(reasons[b])]
+            if reason == "eos":
+                generated = generated[:-1]
+            elif reason == "stop":
+                matched = [s for s in r.stop_sequences if len(s) <= len(generated)
+                           and generated[len(generated) - len(s):] == list(s)]
+                generated = generated[:len(generated) - max(len(s) for s in matched)]
+            results.append(GenerationOutput(tokens=generated, finish_reason=reason))
+        return results
+
+
+def _check_ids(ids: Sequence[int], vocab: int, where: str) -> None:
+    arr = np.asarray(ids)
+    if arr.ndim != 1 or not np.issubdtype(arr.dtype, np.integer):
+        raise ValueError(f"{where} must be a flat list of integer token ids, got {list(ids)[:8]!r}")
+    bad = np.flatnonzero((arr < 0) | (arr >= vocab))
+    if bad.size:
+        raise ValueError(f"{where}: token id {int(arr[bad[0]])} at position {int(bad[0])} is outside the "
+                         f"vocabulary [0, {vocab}) ({bad.size} such ids); was it encoded with another vocabulary?")
+
+
+def generate(params: Any, config: PhiConfig, prompts: Sequence[Sequence[int]], *, max_new_tokens: int,
+             temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0,
+             stop_sequences: Sequence[Sequence[int]] = (), eos_id: int | None = None,
+             seed: int = 0) -> list[GenerationOutput]:
+    """Continues each prompt with the KV cache.
+
+    Args:
+        params: model parameters.
+        config: their config.
+        prompts: token-id lists, of any (non-zero) lengths.
+        max_new_tokens: most tokens to generate per prompt.
+        temperature: 0 for greedy decoding; otherwise softmax temperature.
+        top_k: sample among the k most likely tokens (0: no limit).
+        top_p: nucleus sampling mass (1: no limit).
+        stop_sequences: token sequences that end a continuation (trimmed from the output).
+        eos_id: token that ends a continuation (trimmed from the output).
+        seed: sampling seed; prompt i uses a stream derived from (seed, i), so calls are reproducible.
+
+    Returns:
+        One :class:`GenerationOutput` per prompt, in order.
+
+    Raises:
+        ValueError: empty prompt, token id outside [0, vocab_size), prompt + max_new_tokens > max_len, or
+            invalid sampling settings.
+    """
+    decoder = Decoder(params, config)  # compiled programs are cached per config and shape bucket
+    requests = [GenerationRequest(prompt=list(p), max_new_tokens=max_new_tokens, temperature=temperature,
+                                  top_k=top_k, top_p=top_p, stop_sequences=[list(s) for s in stop_sequences],
+                                  eos_id=eos_id, seed=int(np.random.SeedSequence([seed, i]).generate_state(1)[0]))
+                for i, p in enumerate(prompts)]
+    return decoder.generate(requests)
