@@ -1,0 +1,291 @@
+"""The serving engine: a checkpoint behind a request queue that batches concurrent requests into KV-cache decoding.
+
+Requests wait in a queue for up to ``batch_wait_ms`` (or until ``max_batch_size`` are there) and are decoded
+together by :class:`textbooks.model.decode.Decoder` on a worker thread, so the event loop keeps serving. Decoding
+proceeds in chunks of ``chunk_tokens`` new tokens: after each chunk, finished requests leave the batch, new
+requests join it (iteration-level scheduling at chunk granularity), streaming requests receive their new text,
+and stop strings are checked on the decoded text. Each chunk re-reads its row's prompt plus what it generated
+so far, so a chunk size of 0 (one call per request: fastest for throughput) gives streaming only at the end.
+Every request is cut into chunks the same way whatever else is in the batch, so a seed gives the same text
+whether a request ran alone or alongside others.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import dataclasses
+import logging
+import time
+from typing import Any, Sequence
+
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass
+class Job:
+    """One prompt being generated.
+
+    Attributes:
+        prompt_ids: tokenized prompt.
+        max_tokens: most new tokens.
+        temperature, top_p, top_k, seed: sampling settings.
+        stop: stop strings (the text is cut before the first one found).
+        stream: queue receiving ``(index, "delta", text)`` items, then ``(index, "end", None)``; None when not
+            streaming (several jobs of one request may share a queue).
+        index: the job's choice index within its request.
+    """
+
+    prompt_ids: list[int]
+    max_tokens: int
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+    seed: int = 0
+    stop: Sequence[str] = ()
+    stream: asyncio.Queue | None = None
+    index: int = 0
+    generated: list[int] = dataclasses.field(default_factory=list)
+    text: str = ""
+    emitted: int = 0
+    finish_reason: str | None = None
+    error: BaseException | None = None
+    cancelled: bool = False
+    chunks: int = 0
+    done: asyncio.Future | None = None
+    enqueued: float = dataclasses.field(default_factory=time.monotonic)
+
+
+class Overloaded(RuntimeError):
+    """The request queue is full."""
+
+
+class Engine:
+    """A loaded model, its vocabulary and the batching scheduler.
+
+    Args:
+        params, config: the model.
+        vocabulary: a seqio-style vocabulary (``encode``, ``decode``, ``eos_id``, ``vocab_size``).
+        model_name: the name served at ``/v1/models``.
+        max_batch_size: most requests decoded together.
+        batch_wait_ms: how long the first request of a batch waits for company.
+        chunk_tokens: new tokens per decoding call (0: a request's whole completion in one call).
+        max_queue: most requests waiting; beyond it requests are refused (429).
+        fixed_batch: pad every batch to ``max_batch_size`` rows, so one batch shape is compiled (TPU-style;
+            otherwise batches are rounded up to powers of two).
+        min_length_bucket: smallest prompt/cache length bucket; larger values mean fewer compiled programs
+            and more padding.
+    """
+
+    def __init__(self, params: Any, config: Any, vocabulary: Any, *, model_name: str, max_batch_size: int = 16,
+                 batch_wait_ms: float = 5.0, chunk_tokens: int = 32, max_queue: int = 1024,
+                 fixed_batch: bool = False, min_length_bucket: int = 16):
+        from textbooks.model.decode import Decoder
+
+        self.config = config
+        self.vocabulary = vocabulary
+        self.model_name = model_name
+        self.max_batch_size = max_batch_size
+        self.batch_wait_s = batch_wait_ms / 1000.0
+        self.chunk_tokens = chunk_tokens
+        self.max_queue = max_queue
+        self.fixed_batch = fixed_batch
+        self.max_len = int(config.max_len)
+        self.eos_id = getattr(vocabulary, "eos_id", None)
+        self.text_vocab_size = int(getattr(vocabulary, "vocab_size", config.vocab_size))
+        if self.text_vocab_size > config.vocab_size:
+            raise ValueError(f"the vocabulary has {self.text_vocab_size} tokens but the model only {config.vocab_size}: "
+                             f"they do not belong together; pass the vocabulary the model was trained with")
+        self.decoder = Decoder(params, config, max_batch_size=max_batch_size,
+                               min_length_bucket=min(min_length_bucket, self.max_len))
+        self._executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="decode")
+        self._queue: asyncio.Queue[Job] | None = None
+        self._task: asyncio.Task | None = None
+        self.stats = {"requests": 0, "batches": 0, "decode_calls": 0, "generated_tokens": 0, "rows_decoded": 0}
+
+    # -------------------------------------------------------------------------------------------------- text
+
+    def encode(self, text: str) -> list[int]:
+        return [int(t) for t in self.vocabulary.encode(text)]
+
+    def decode(self, ids: Sequence[int]) -> str:
+        # A random or under-trained model may emit ids past the vocabulary's pieces (padding rows of the
+        # embedding): they have no text.
+        return self.vocabulary.decode([i for i in ids if 0 <= i < self.text_vocab_size and i != self.eos_id])
+
+    # ----------------------------------------------------------------------------------------------- running
+
+    async def start(self) -> None:
+        self._queue = asyncio.Queue()
+        self._task = asyncio.create_task(self._scheduler(), name="textbooks-serve-scheduler")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+        self._executor.shutdown(wait=True, cancel_futures=True)
+
+    def warmup(self) -> None:
+        """Compiles the decoding programs of a one-request batch (synchronously, before serving)."""
+        prompt = self.encode("Hello") or [0]
+        new = self.chunk_tokens or 16
+        self._decode_chunk([Job(prompt_ids=prompt, max_tokens=max(1, min(new, self.max_len - len(prompt))))])
+
+    def submit(self, job: Job) -> asyncio.Future:
+        """Queues ``job``; the future resolves (to the job) when it is finished.
+
+        Raises:
+            Overloaded: the queue is full.
+        """
+        assert self._queue is not None, "Engine.start() was not awaited"
+        if self._queue.qsize() >= self.max_queue:
+            raise Overloaded(f"{self._queue.qsize()} requests are waiting; try again shortly")
+        job.done = asyncio.get_running_loop().create_future()
+        self.stats["requests"] += 1
+        self._queue.put_nowait(job)
+        return job.done
+
+    async def _scheduler(self) -> None:
+        assert self._queue is not None
+        active: list[Job] = []
+        loop = asyncio.get_running_loop()
+        while True:
+            if not active:
+                active.append(await self._queue.get())
+                deadline = loop.time() + self.batch_wait_s
+                while len(active) < self.max_batch_size:
+                    remaining = deadline - loop.time()
+                    if remaining <= 0:
+                        break
+                    try:
+                        active.append(await asyncio.wait_for(self._queue.get(), remaining))
+                    except asyncio.TimeoutError:
+                        break
+            while len(active) < self.max_batch_size and not self._queue.empty():
+                active.append(self._queue.get_nowait())
+            active = [j for j in active if not self._drop_cancelled(j)]
+            if not active:
+                continue
+            self.stats["batches"] += 1
+            try:
+                outputs = await loop.run_in_executor(self._executor, self._decode_chunk, active)
+            except Exception as e:  # noqa: BLE001 - fail this batch's requests, keep serving
+                logger.exception("decoding failed for a batch of %d requests", len(active))
+                for job in active:
+                    self._finish(job, error=e)
+                active = []
+                continue
+            still = []
+            for job, out in zip(active, outputs):
+                self._advance(job, out)
+                if job.finish_reason is None and not job.cancelled:
+                    still.append(job)
+                else:
+                    self._finish(job)
+            active = still
+
+    def _drop_cancelled(self, job: Job) -> bool:
+        if job.cancelled:
+            self._finish(job)
+        return job.cancelled
+
+    def _decode_chunk(self, jobs: list[Job]):
+        from textbooks.model.decode import GenerationRequest
+
+        requests = []
+        for job in jobs:
+            left = job.max_tokens - len(job.generated)
+            n = min(left, self.chunk_tokens) if self.chunk_tokens > 0 else left
+            requests.append(GenerationRequest(
+                    prompt=job.prompt_ids + job.generated, max_new_tokens=n, temperature=job.temperature,
+                    top_k=job.top_k, top_p=job.top_p, eos_id=self.eos_id,
+                    seed=int(np.random.SeedSequence([job.seed, job.chunks]).generate_state(1)[0] & 0x7FFFFFFF)))
+        if self.fixed_batch:  # Filler rows: one token each, outputs dropped.
+            filler = GenerationRequest(prompt=[jobs[0].prompt_ids[0]], max_new_tokens=1)
+            requests += [filler] * (self.max_batch_size - len(requests))
+        outputs = self.decoder.generate(requests)[:len(jobs)]
+        self.stats["decode_calls"] += 1
+        self.stats["rows_decoded"] += len(jobs)
+        return outputs
+
+    def _advance(self, job: Job, out: Any) -> None:
+        job.chunks += 1
+        job.generated.extend(int(t) for t in out.tokens)
+        self.stats["generated_tokens"] += len(out.tokens)
+        job.text = self.decode(job.generated)
+        cut = _find_stop(job.text, job.stop)
+        if cut is not None:
+            job.text = job.text[:cut]
+            job.finish_reason = "stop"
+        elif out.finish_reason in ("eos", "stop"):
+            job.finish_reason = "stop"
+        elif len(job.generated) >= job.max_tokens:
+            job.finish_reason = "length"
+        if job.stream is not None:
+            safe = len(job.text) if job.finish_reason else _safe_prefix(job.text, job.stop)
+            if safe > job.emitted:
+                job.stream.put_nowait((job.index, "delta", job.text[job.emitted:safe]))
+                job.emitted = safe
+
+    def _finish(self, job: Job, error: BaseException | None = None) -> None:
+        job.error = error
+        if job.stream is not None:
+            job.stream.put_nowait((job.index, "end", None))
+        if job.done is not None and not job.done.done():
+            job.done.set_result(job)
+
+
+def _find_stop(text: str, stops: Sequence[str]) -> int | None:
+    found = [i for i in (text.find(s) for s in stops if s) if i >= 0]
+    return min(found) if found else None
+
+
+def _safe_prefix(text: str, stops: Sequence[str]) -> int:
+    """How much of ``text`` can be streamed: not a trailing partial character, nor a possible stop-string start."""
+    end = len(text)
+    while end and text[end - 1] == "\ufffd":
+        end -= 1
+    for s in stops:
+        for k in range(min(len(s) - 1, end), 0, -1):
+            if text[:end].endswith(s[:k]):
+                end -= k
+                break
+    return end
+
+
+def load_engine(checkpoint: str, *, vocabulary: str | None = None, model_name: str | None = None,
+                **engine_kwargs: Any) -> Engine:
+    """Loads a checkpoint (orbax model dir, step dir, or transformers-format folder) into an :class:`Engine`.
+
+    Args:
+        checkpoint: the folder.
+        vocabulary: a vocabulary name (``phi``, ``spm8k``, ``spm:PATH``) overriding the checkpoint's.
+        model_name: name served (default: the folder name).
+        **engine_kwargs: see :class:`Engine`.
+
+    Raises:
+        FileNotFoundError: nothing loadable at ``checkpoint``.
+        ValueError: the vocabulary does not fit the model.
+    """
+    import os
+
+    from textbooks.model import hf
+    from textbooks.vocab import get_vocabulary
+
+    if vocabulary is not None and hf.is_hf_dir(checkpoint):
+        # A transformers folder records no vocabulary: read the weights only.
+        config, params = hf.load_hf_checkpoint(checkpoint)
+        vocab = get_vocabulary(vocabulary)
+    else:
+        from textbooks.train.checkpoints import load_model
+
+        loaded = load_model(checkpoint)
+        config, params = loaded.config, loaded.params
+        vocab = get_vocabulary(vocabulary) if vocabulary is not None else loaded.vocabulary
+    name = model_name or os.path.basename(os.path.normpath(checkpoint))
+    return Engine(params, config, vocab, model_name=name, **engine_kwargs)

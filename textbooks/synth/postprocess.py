@@ -1,0 +1,349 @@
+"""Post-processing of teacher outputs: boilerplate cleanup, length and format filters, exercise checks
+(syntax, required function, tests run in the evaluation sandbox), in-run near-duplicate removal and
+benchmark decontamination through the curation stage.
+
+Every output ends up kept (possibly cleaned) or rejected with a reason; nothing is dropped silently. The
+per-template ``postprocess`` section of a template file switches on the checks that fit it::
+
+    postprocess: {min_chars: 120, syntax_check: true, require_function: function_name, run_tests: check}
+
+``require_function`` names the *slot* whose value is the function name the exercise must define;
+``run_tests`` names a function of the generated code to call (its asserts are the tests).
+"""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+import re
+import warnings
+from typing import Any, Callable, Mapping, Sequence
+
+from textbooks.synth import minhash
+
+logger = logging.getLogger(__name__)
+
+# Opening lines that talk to the requester instead of being part of the text.
+_OPENERS = re.compile(
+        r"^\s*(?:(?:sure|certainly|of course|absolutely|okay|ok|great(?: question)?|alright)\b[^\n]*\n"
+        r"|(?:here(?:'s| is| are)|below (?:is|are)|the following is)\b[^\n]*:[ \t]*\n)", re.I)
+# Closing lines that offer more help.
+_CLOSERS = re.compile(
+        r"\n[ \t]*(?:i hope (?:this|that) helps|let me know if|feel free to (?:ask|reach)|if you have any (?:other |more )?"
+        r"questions|happy (?:coding|learning)!?|is there anything else)[^\n]*\s*$", re.I)
+# Sentences that reveal the teacher ("As an AI language model, I ...").
+_AI_SENTENCE = re.compile(r"(?:^|(?<=[.!?]\s))[^.!?\n]*\bas an ai(?: language model| assistant| model)?\b[^.!?\n]*[.!?]?\s*",
+                          re.I)
+_FENCE = re.compile(r"```[ \t]*([A-Za-z0-9_+-]*)[ \t]*\n(.*?)```", re.S)
+
+
+@dataclasses.dataclass
+class PostprocessConfig:
+    """Filters applied to every output (templates may tighten ``min_chars`` and switch on code checks).
+
+    Attributes:
+        strip_boilerplate: remove assistant openers/closers and "as an AI" sentences.
+        min_chars / max_chars: length limits on the cleaned text.
+        min_words: fewest whitespace-separated words.
+        drop_truncated: reject outputs whose finish_reason is 'length' (else keep them, flagged in meta).
+        syntax_check: honour templates' ``syntax_check`` (ast.parse of the code).
+        run_tests: honour templates' ``run_tests`` by executing the code in ``textbooks.evaluate.sandbox``.
+        sandbox_timeout_s: wall-clock limit per executed exercise.
+        near_dedup: drop near duplicates within the run (MinHash LSH over word 5-grams; see :func:`near_dedup`).
+        near_dup_threshold: Jaccard similarity above which two outputs are near duplicates.
+        decontaminate: drop outputs that overlap benchmark items (``textbooks.curate.decontam``).
+        decontamination_benchmarks: benchmark names for it (empty: the curation stage's defaults).
+        decontaminate_code: also run phi-1's embedding + AST similarity on exercises (loads an encoder).
+    """
+
+    strip_boilerplate: bool = True
+    min_chars: int = 200
+    max_chars: int = 200_000
+    min_words: int = 20
+    drop_truncated: bool = False
+    syntax_check: bool = True
+    run_tests: bool = False
+    sandbox_timeout_s: float = 5.0
+    near_dedup: bool = True
+    near_dup_threshold: float = 0.8
+    decontaminate: bool = True
+    decontamination_benchmarks: Sequence[str] = ()
+    decontaminate_code: bool = False
+
+
+@dataclasses.dataclass
+class Sample:
+    """One output on its way to a record."""
+
+    id: str
+    text: str
+    role: str
+    meta: dict
+    template_options: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    slot_values: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    reject_reason: str | None = None
+    reject_detail: str = ""
+
+    def reject(self, reason: str, detail: str = "") -> None:
+        if self.reject_reason is None:
+            self.reject_reason, self.reject_detail = reason, detail
+
+
+def import_integrations() -> list[str]:
+    """Imports the curation modules used here (near-dedup, decontamination) if they are installed.
+
+    Call it before gin parses a config: those modules register gin configurables, which gin refuses once the
+    config is finalized, and their settings can then be bound in the run's gin files too.
+
+    Returns:
+        The modules imported.
+    """
+    import importlib
+
+    done = []
+    for name in ("textbooks.curate.dedup", "textbooks.curate.decontam"):
+        try:
+            importlib.import_module(name)
+            done.append(name)
+        except ImportError as e:
+            logger.info("%s is unavailable (%s)", name, e)
+    return done
+
+
+def clean_boilerplate(text: str) -> tuple[str, list[str]]:
+    """Removes assistant chatter; returns the cleaned text and the names of the rules that fired."""
+    fired = []
+    t = text.replace("\r\n", "\n")
+    new = _OPENERS.sub("", t, count=1)
+    if new != t:
+        fired.append("opener")
+        t = new
+    new = _AI_SENTENCE.sub("", t)
+    if new != t:
+        fired.append("as_an_ai")
+        t = new
+    for _ in range(3):
+        new = _CLOSERS.sub("", t)
+        if new == t:
+            break
+        fired.append("closer")
+        t = new
+    return t.strip(), fired
+
+
+def extract_code(text: str) -> str:
+    """The Python code of an answer: the fenced blocks tagged python (or untagged) joined, else the whole text."""
+    blocks = [body for lang, body in _FENCE.findall(text) if lang.lower() in ("", "python", "py", "python3")]
+    return "\n\n".join(b.rstrip() for b in blocks) if blocks else text.strip()
+
+
+def syntax_error(code: str) -> str | None:
+    """None when ``code`` parses, else the message and line."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            ast.parse(code)
+    except SyntaxError as e:
+        return f"{e.msg} (line {e.lineno})"
+    except (ValueError, RecursionError, MemoryError) as e:
+        return f"{type(e).__name__}: {e}"
+    return None
+
+
+def defined_functions(code: str) -> set[str]:
+    """Names of the top-level functions defined by ``code`` (empty if it does not parse)."""
+    try:
+        tree = ast.parse(code)
+    except (SyntaxError, ValueError, RecursionError):
+        return set()
+    return {n.name for n in tree.body if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))}
+
+
+def check_sample(sample: Sample, config: PostprocessConfig) -> None:
+    """Cleans ``sample.text`` and applies the per-sample filters (marks it rejected with a reason)."""
+    opts = sample.template_options
+    if config.strip_boilerplate:
+        sample.text, fired = clean_boilerplate(sample.text)
+        if fired:
+            sample.meta.setdefault("postprocess", {})["cleaned"] = fired
+    if not sample.text.strip():
+        sample.reject("empty")
+        return
+    if config.drop_truncated and sample.meta.get("finish_reason") == "length":
+        sample.reject("truncated", "finish_reason is 'length'")
+    min_chars = max(config.min_chars, int(opts.get("min_chars", 0)))
+    if len(sample.text) < min_chars:
+        sample.reject("too_short", f"{len(sample.text)} < {min_chars} characters")
+    elif len(sample.text) > config.max_chars:
+        sample.reject("too_long", f"{len(sample.text)} > {config.max_chars} characters")
+    elif len(sample.text.split()) < config.min_words:
+        sample.reject("too_few_words", f"{len(sample.text.split())} < {config.min_words} words")
+    if opts.get("require_code_block") and not _FENCE.search(sample.text):
+        sample.reject("no_code_block", "the template asks for ```python blocks and there are none")
+    if config.syntax_check and opts.get("syntax_check"):
+        code = extract_code(sample.text)
+        err = syntax_error(code)
+        if err is not None:
+            sample.reject("syntax_error", err)
+            return
+        sample.text = code  # Exercises are stored as plain code.
+        wanted_slot = opts.get("require_function")
+        if wanted_slot:
+            name = sample.slot_values.get(str(wanted_slot), str(wanted_slot))
+            if name not in defined_functions(code):
+                sample.reject("missing_function", f"no top-level function named {name!r}")
+
+
+def run_exercise_tests(samples: Sequence[Sample], config: PostprocessConfig,
+                       runner: Callable[[list[str]], list[Any]] | None = None) -> int:
+    """Executes each kept exercise with its ``run_tests`` function called, in the evaluation sandbox.
+
+    Args:
+        samples: samples (those rejected already or without ``run_tests`` are skipped).
+        config: limits.
+        runner: programs -> results with ``.passed``/``.status``/``.error_type`` (default: the sandbox).
+
+    Returns:
+        How many programs ran. Failures are rejected with reason ``tests_failed``.
+    """
+    todo = [s for s in samples if s.reject_reason is None and s.template_options.get("run_tests")]
+    if not todo:
+        return 0
+    if runner is None:
+        try:
+            from textbooks.evaluate import sandbox
+        except ImportError:
+            logger.warning("textbooks.evaluate.sandbox is unavailable; %d exercises were not executed", len(todo))
+            return 0
+        cfg = sandbox.SandboxConfig(timeout_s=config.sandbox_timeout_s)
+        runner = lambda programs: sandbox.run_programs(programs, cfg)  # noqa: E731
+    programs = [f"{s.text}\n\n{s.template_options['run_tests']}()\n" for s in todo]
+    for s, result in zip(todo, runner(programs)):
+        s.meta.setdefault("postprocess", {})["tests"] = result.status
+        if not result.passed:
+            s.reject("tests_failed", f"{result.status}: {result.error_type or ''}".strip())
+    return len(todo)
+
+
+def near_dedup(samples: Sequence[Sample], threshold: float) -> int:
+    """Rejects near duplicates (per role), keeping one sample per cluster; returns how many were rejected.
+
+    Uses the curation stage's in-memory MinHash LSH (``textbooks.curate.dedup.near_duplicate_clusters``, word
+    5-grams, 14 x 8 bands, pairs verified at ``threshold``; the smallest id of a cluster survives) when the
+    curation package is importable, else :func:`textbooks.synth.minhash.near_duplicate_clusters` (the first
+    sample of a cluster survives).
+    """
+    try:
+        from textbooks.curate import dedup as curate_dedup
+    except (ImportError, RuntimeError) as e:  # RuntimeError: gin was locked before it was imported.
+        logger.warning("textbooks.curate.dedup unavailable (%s); using textbooks.synth.minhash", e)
+        curate_dedup = None
+    dropped = 0
+    by_role: dict[str, list[Sample]] = {}
+    for s in samples:
+        if s.reject_reason is None:
+            by_role.setdefault(s.role, []).append(s)
+    for group in by_role.values():
+        if curate_dedup is not None:
+            by_id = {s.id: s for s in group}
+            config = curate_dedup.MinHashConfig(verify_threshold=threshold)
+            for cluster in curate_dedup.near_duplicate_clusters([(s.id, s.text) for s in group], config):
+                for other in cluster[1:]:
+                    by_id[other].reject("near_duplicate", f"of {cluster[0]}")
+                    dropped += 1
+            continue
+        reps = minhash.near_duplicate_clusters([s.text for s in group], threshold=threshold)
+        for i, r in enumerate(reps):
+            if r != i:
+                group[i].reject("near_duplicate", f"of {group[r].id}")
+                dropped += 1
+    return dropped
+
+
+def _decontam_index(decontam: Any, dcfg: Any, cache_dir: str | None) -> Any:
+    """The curation stage's benchmark index, loaded from ``cache_dir`` when an equal one was saved there."""
+    if cache_dir is None:
+        return decontam.build_index(dcfg)
+    key = json.dumps({"benchmarks": list(dcfg.benchmarks), "ngram_size": dcfg.ngram_size,
+                      "min_item_tokens": dcfg.min_item_tokens, "max_items_per_ngram": dcfg.max_items_per_ngram,
+                      "code": dcfg.code is not None}, sort_keys=True)
+    prefix = os.path.join(cache_dir, "decontam-" + hashlib.sha1(key.encode()).hexdigest()[:12])
+    if os.path.exists(prefix + ".npz") and os.path.exists(prefix + ".json"):
+        return decontam.DecontamIndex.load(prefix)
+    index = decontam.build_index(dcfg)
+    os.makedirs(cache_dir, exist_ok=True)
+    index.save(prefix)
+    return index
+
+
+def decontaminate(samples: Sequence[Sample], config: PostprocessConfig, cache_dir: str | None = None) -> dict:
+    """Rejects samples that overlap benchmark items, with the curation stage's check
+    (``textbooks.curate.decontam``: 13-gram overlap, and for exercises optionally phi-1's embedding + AST
+    similarity against benchmark solutions).
+
+    Args:
+        samples: the samples (already rejected ones are skipped).
+        config: ``decontaminate``, ``decontamination_benchmarks`` (empty: the curation defaults: HumanEval,
+            MBPP, GSM8K and the phi-1.5 suite) and ``decontaminate_code``.
+        cache_dir: where the benchmark index is saved and reused (building it reads every benchmark).
+
+    Returns:
+        ``{"status": "applied"|"off"|"unavailable"|"failed", "dropped": n, ...}``; when the check cannot run,
+        the reason is logged and returned (the run's summary and manifest show it) and nothing is dropped.
+    """
+    if not config.decontaminate:
+        return {"status": "off", "dropped": 0}
+    try:
+        from textbooks.curate import decontam
+    except (ImportError, RuntimeError) as e:  # RuntimeError: gin was locked before it was imported.
+        logger.warning("decontamination unavailable (%s): run `textbooks curate` on the shards before training "
+                       "(in a gin program, call textbooks.synth.postprocess.import_integrations() before "
+                       "gin.finalize())", e)
+        return {"status": "unavailable", "dropped": 0, "error": str(e)}
+    benchmarks = tuple(config.decontamination_benchmarks) or tuple(decontam.DEFAULT_BENCHMARKS)
+    dcfg = decontam.DecontamConfig(benchmarks=benchmarks,
+                                   code=decontam.CodeDecontamConfig() if config.decontaminate_code else None)
+    try:
+        index = _decontam_index(decontam, dcfg, cache_dir)
+    except Exception as e:  # noqa: BLE001 - missing benchmark files must not lose a finished run
+        logger.error("decontamination failed to load the benchmarks (%s: %s); outputs were NOT checked: run "
+                     "`textbooks curate` on the shards before training", type(e).__name__, e)
+        return {"status": "failed", "dropped": 0, "error": f"{type(e).__name__}: {e}"}
+    dropped = 0
+    for s in samples:
+        if s.reject_reason is not None:
+            continue
+        match = decontam.find_contamination(s.text, index, dcfg, is_python=bool(s.template_options.get("syntax_check")))
+        if match:
+            s.meta["contamination"] = match
+            s.reject("contaminated", f"{match['benchmark']}:{match['item_id']} ({match['method']})")
+            dropped += 1
+    return {"status": "applied", "dropped": dropped, "benchmarks": list(benchmarks)}
+
+
+def process(samples: Sequence[Sample], config: PostprocessConfig,
+            test_runner: Callable[[list[str]], list[Any]] | None = None, cache_dir: str | None = None) -> dict:
+    """Runs every step over ``samples`` (in place); returns counts by outcome and reason.
+
+    Args:
+        samples: the outputs.
+        config: the settings.
+        test_runner: replaces the sandbox for executing exercises.
+        cache_dir: where the decontamination index is cached.
+    """
+    for s in samples:
+        check_sample(s, config)
+    executed = run_exercise_tests(samples, config, test_runner) if config.run_tests else 0
+    dups = near_dedup(samples, config.near_dup_threshold) if config.near_dedup else 0
+    decon = decontaminate(samples, config, cache_dir)
+    reasons: dict[str, int] = {}
+    for s in samples:
+        if s.reject_reason:
+            reasons[s.reject_reason] = reasons.get(s.reject_reason, 0) + 1
+    return {"input": len(samples), "kept": sum(s.reject_reason is None for s in samples),
+            "rejected": sum(reasons.values()), "reasons": dict(sorted(reasons.items())),
+            "exercises_executed": executed, "near_duplicates": dups, "decontamination": decon}
