@@ -1,0 +1,150 @@
+"""Exact and MinHash LSH dedup on real text (stdlib docstrings) with planted near-duplicates."""
+
+import itertools
+import random
+
+import apache_beam as beam
+import numpy as np
+import pytest
+
+import curate_testdata as td
+from textbooks.curate import dedup
+
+
+def _planted_corpus(n_bases=160, n_dup_bases=80, seed=0):
+    """Bases with pairwise Jaccard < 0.3, and 1-2 variants (edit, insertion, reordering) of some of them."""
+    rng = random.Random(seed)
+    bases = []
+    shingle_sets = []
+    for doc_id, text in td.stdlib_docstrings(min_words=150):
+        s = td.shingles(text)
+        if all(len(s & o) / len(s | o) < 0.3 for o in shingle_sets):
+            bases.append((doc_id, text))
+            shingle_sets.append(s)
+        if len(bases) == n_bases:
+            break
+    assert len(bases) == n_bases, "not enough distinct stdlib docstrings"
+    docs = list(bases)
+    truth = {doc_id: doc_id for doc_id, _ in bases}
+    kinds = ["edit", "insert", "reorder", "edit+append"]
+    for i, (doc_id, text) in enumerate(bases[:n_dup_bases]):
+        for v in range(1 + i % 2):
+            kind = kinds[(i + v) % len(kinds)]
+            if kind == "edit":
+                new = td.light_edit(text, rng, every=100)
+            elif kind == "insert":
+                other = bases[-1 - i][1]
+                new = td.insert_sentence(text, " ".join(other.split()[:14]) + ".", rng)
+            elif kind == "reorder":
+                new = td.swap_paragraphs(text, rng)
+            else:
+                new = td.light_edit(text, rng, every=150) + "\n\nSee also the module documentation."
+            vid = f"{doc_id}#v{v}"
+            docs.append((vid, new))
+            truth[vid] = doc_id
+    rng.shuffle(docs)
+    return docs, truth
+
+
+def _pairs(groups):
+    return {tuple(sorted(p)) for g in groups for p in itertools.combinations(g, 2)}
+
+
+def _records(docs):
+    return [{"id": i, "text": t, "role": "r", "source": "stdlib", "license": "PSF-2.0", "split": "train", "meta": {}}
+            for i, t in docs]
+
+
+@pytest.fixture(scope="module")
+def planted():
+    return _planted_corpus()
+
+
+def test_minhash_estimates_jaccard(planted):
+    docs, truth = planted
+    hasher = dedup.MinHasher(dedup.MinHashConfig(num_bands=32, rows_per_band=8))
+    by_id = dict(docs)
+    variants = [d for d in truth if truth[d] != d][:25]
+    errors = []
+    for v in variants:
+        a, b = by_id[v], by_id[truth[v]]
+        est = float(np.mean(hasher.signature(a) == hasher.signature(b)))
+        errors.append(abs(est - td.jaccard(a, b)))
+    assert np.mean(errors) < 0.05 and max(errors) < 0.15, errors
+
+
+def test_candidate_probability_formula():
+    cfg = dedup.MinHashConfig()
+    assert cfg.candidate_probability(0.8) == pytest.approx(1 - (1 - 0.8 ** 8) ** 14)
+    assert cfg.candidate_probability(0.3) < 0.01 < 0.9 < cfg.candidate_probability(0.9)
+
+
+def test_near_dedup_beam_recall_precision(planted, tmp_path):
+    docs, truth = planted
+    cfg = dedup.MinHashConfig()  # FineWeb: 5-gram shingles, 14 bands x 8 rows
+    with beam.Pipeline(runner="DirectRunner") as p:
+        out = p | beam.Create(_records(docs)) | dedup.NearDedup(cfg)
+        load = td.collect({"clusters": out["clusters"], "kept": out["kept"] | "k" >> beam.Map(lambda r: r["id"]),
+                           "dropped": out["dropped"] | "d" >> beam.Map(lambda r: (r["id"], r["meta"]["curation"]))},
+                          str(tmp_path))
+    results = load()
+    predicted_groups = [c["members"] for c in results["clusters"]]
+    true_groups = {}
+    for doc_id, base in truth.items():
+        true_groups.setdefault(base, []).append(doc_id)
+    pred, true = _pairs(predicted_groups), _pairs(true_groups.values())
+    precision = len(pred & true) / max(len(pred), 1)
+    recall = len(pred & true) / max(len(true), 1)
+    assert recall >= 0.95 and precision >= 0.95, (recall, precision, len(pred), len(true))
+    # Exactly one survivor per predicted cluster, the smallest id (keep='min_id'); all others dropped.
+    assert len(results["kept"]) + len(results["dropped"]) == len(docs)
+    for c in results["clusters"]:
+        assert c["keeper"] == min(c["members"]) and c["keeper"] in results["kept"]
+    for doc_id, info in results["dropped"]:
+        assert info["reason"] == "near_duplicate" and info["duplicate_of"] < doc_id
+    # The same algorithm without Beam finds the same clusters.
+    in_memory = dedup.near_duplicate_clusters(docs, cfg)
+    assert sorted(map(sorted, in_memory)) == sorted(map(sorted, predicted_groups))
+
+
+def test_keep_longest_policy():
+    text = td.stdlib_docstrings(min_words=150)[0][1]
+    docs = [("a", text), ("b", text + " One more sentence at the end of it."), ("c", "unrelated " * 50)]
+    clusters = dedup.near_duplicate_clusters(docs, dedup.MinHashConfig(keep="longest"))
+    assert clusters == [["b", "a"]]
+
+
+def test_exact_dedup_normalization_and_keeper():
+    base = "The quick brown fox jumps over the lazy dog.\nIt was not amused."
+    recs = _records([("z", base), ("m", "  THE quick brown fox   jumps over the lazy dog.\n\nIt was not amused.  "),
+                     ("a", base.lower()), ("q", "Something else entirely.")])
+    with beam.Pipeline(runner="DirectRunner") as p:
+        out = p | beam.Create(recs) | dedup.ExactDedup()
+        from apache_beam.testing.util import assert_that, equal_to
+        assert_that(out["kept"] | "k" >> beam.Map(lambda r: r["id"]), equal_to(["a", "q"]), label="kept")
+        assert_that(out["dropped"] | "d" >> beam.Map(lambda r: (r["id"], r["meta"]["curation"]["duplicate_of"])),
+                    equal_to([("m", "a"), ("z", "a")]), label="dropped")
+    # With lowercase=False the case-changed copy is distinct.
+    from textbooks.curate.textnorm import exact_key
+    assert exact_key("Hello  World") == exact_key("hello world")
+    assert exact_key("Hello World", lowercase=False) != exact_key("hello world", lowercase=False)
+
+
+def test_connected_components_transitive():
+    comps = dedup.connected_components([(3, 4), (1, 2), (2, 3), (7, 8)])
+    assert comps == [[1, 2, 3, 4], [7, 8]]
+
+
+def test_verify_threshold_filters_weak_candidates(planted):
+    docs, truth = planted
+    by_id = dict(docs)
+    variant = next(d for d in truth if truth[d] != d and "#v0" in d)
+    base = truth[variant]
+    pair = [(base, by_id[base]), (variant, by_id[variant]), ("copy", by_id[base])]
+    estimate = float(np.mean(dedup.MinHasher(dedup.MinHashConfig()).signature(by_id[base])
+                             == dedup.MinHasher(dedup.MinHashConfig()).signature(by_id[variant])))
+    assert 0.5 < estimate < 1.0
+    loose = dedup.near_duplicate_clusters(pair, dedup.MinHashConfig())
+    strict = dedup.near_duplicate_clusters(pair, dedup.MinHashConfig(verify_threshold=0.999))
+    assert sorted(map(sorted, loose)) == [sorted([base, variant, "copy"])]
+    assert strict == [sorted([base, "copy"])]  # only the exact copy agrees on every signature position

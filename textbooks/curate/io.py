@@ -1,0 +1,520 @@
+"""Beam readers of the curation pipeline (the writers are in :mod:`textbooks.curate.writers`).
+
+Readers turn every kind of input into records in the shard layout (plain dicts, see
+:mod:`textbooks.data.records`) and send whatever cannot become a valid record to a ``rejects`` output with a
+reason, file and line:
+
+* ``shards``  — the project's shard format (``<split>-iiiii-of-nnnnn.jsonl.gz`` folders, files or globs);
+* ``jsonl``   — arbitrary JSON Lines (optionally ``.gz``) with a configurable text field (and id field);
+* ``parquet`` — Parquet files read with pyarrow, one record per row;
+* ``text``    — folders of plain-text files, one record per file;
+* ``source``  — source trees: files chosen by extension, binary files detected and rejected;
+* ``role``    — a data role's folder under the data root (shard format), e.g. ``role:web_raw/validation``.
+
+Files are listed on the driver (so a missing input fails at once, naming the spec), then read on workers
+through ``apache_beam.io.filesystems`` (local, ``gs://``, ...). :func:`read_records` applies the same rules
+in-process, without Beam.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import fnmatch
+import gzip
+import json
+import os
+import posixpath
+import zlib
+from typing import Any, Iterable, Sequence
+
+import apache_beam as beam
+import gin
+from apache_beam.io.filesystems import FileSystems
+
+from textbooks.curate import stages
+from textbooks.curate.textnorm import stable_unit_interval
+from textbooks.data import records as rec
+
+KINDS = ("shards", "jsonl", "parquet", "text", "source", "role")
+STAGE = "read"
+_GLOB_CHARS = "*?["
+# Files a jsonl/parquet input takes from a folder.
+_DIR_SUFFIXES = {"jsonl": (".jsonl", ".jsonl.gz", ".json", ".json.gz", ".ndjson", ".ndjson.gz"),
+                 "parquet": (".parquet", ".pq")}
+_EXT_LANGUAGE = {".py": "python", ".pyi": "python", ".pyw": "python", ".c": "c", ".h": "c", ".cc": "cpp",
+                 ".cpp": "cpp", ".hpp": "cpp", ".js": "javascript", ".ts": "typescript", ".java": "java",
+                 ".go": "go", ".rs": "rust", ".rb": "ruby", ".sh": "shell", ".md": "markdown", ".rst": "rst",
+                 ".txt": "text", ".pl": "perl", ".pm": "perl", ".pod": "pod"}
+
+
+@gin.configurable
+@dataclasses.dataclass
+class InputSpec:
+    """One input of a curation run.
+
+    Attributes:
+        paths: files, globs or folders (local or remote); for ``kind='role'``, role names, optionally with a
+            split (``'web_raw/validation'``).
+        kind: one of :data:`KINDS`.
+        text_field / id_field: field names for ``jsonl`` and ``parquet`` (without an id field, ids are
+            ``<source>/<relative path>:<line or row>``).
+        meta_fields: other fields copied into ``meta`` (None: all other fields).
+        source / license: recorded on each record (shards keep theirs); ``source`` defaults to the kind.
+        role: role recorded on records of non-shard inputs.
+        split: force this split; otherwise shards keep theirs and other records are assigned one by a hash
+            of their id (see :class:`ReadConfig`).
+        extensions: file name endings read by ``text`` and ``source`` inputs.
+        language: ``meta.language`` of ``source`` records (default: from the extension).
+        exclude: ``fnmatch`` patterns of paths (relative to the input folder) to leave out, e.g.
+            ``('*/tests/*', 'site-packages/*')``.
+    """
+
+    paths: Any = ()
+    kind: str = "shards"
+    text_field: str = "text"
+    id_field: str | None = None
+    meta_fields: tuple[str, ...] | None = None
+    source: str | None = None
+    license: str = "unknown"
+    role: str = "unknown"
+    split: str | None = None
+    extensions: tuple[str, ...] = (".py",)
+    language: str | None = None
+    exclude: tuple[str, ...] = ()
+
+    def __post_init__(self):
+        if isinstance(self.paths, (str, os.PathLike)):
+            self.paths = (os.fspath(self.paths),)
+        self.paths = tuple(os.fspath(p) for p in self.paths)
+        if self.kind not in KINDS:
+            raise ValueError(f"InputSpec.kind must be one of {', '.join(KINDS)}; got {self.kind!r}")
+        if not self.paths:
+            raise ValueError(f"InputSpec(kind={self.kind!r}) has no paths")
+        if self.kind == "text" and self.extensions == (".py",):
+            self.extensions = (".txt",)
+        self.extensions = tuple(self.extensions)
+
+    @property
+    def source_name(self) -> str:
+        return self.source or self.kind
+
+
+@gin.configurable
+@dataclasses.dataclass
+class ReadConfig:
+    """Limits and defaults applied while reading.
+
+    Attributes:
+        max_doc_bytes: larger documents (UTF-8 bytes; for files, the file size) are rejected as ``too_large``.
+        min_doc_chars: documents with fewer non-whitespace characters are rejected as ``empty``.
+        default_split / validation_fraction: split of records that bring none: ``validation`` for a
+            deterministic ``validation_fraction`` of ids, else ``default_split``.
+        max_control_char_frac: text/source files with more control characters than this are ``binary_file``.
+        check_unique_ids: group by id and reject repeats (``duplicate_id``); later stages join by id.
+    """
+
+    max_doc_bytes: int = 4 * 1024 * 1024
+    min_doc_chars: int = 1
+    default_split: str = "train"
+    validation_fraction: float = 0.0
+    max_control_char_frac: float = 0.05
+    check_unique_ids: bool = True
+
+
+def parse_input(spec: "InputSpec | str | dict") -> InputSpec:
+    """Accepts an :class:`InputSpec`, a dict of its fields, or ``'<kind>:<path>'`` (e.g. ``'jsonl:/d/*.jsonl'``,
+    ``'role:web_raw'``); a bare path means ``shards``."""
+    if isinstance(spec, InputSpec):
+        return spec
+    if isinstance(spec, dict):
+        return InputSpec(**spec)
+    if isinstance(spec, str):
+        kind, sep, path = spec.partition(":")
+        if sep and kind in KINDS:
+            return InputSpec(paths=(path,), kind=kind)
+        return InputSpec(paths=(spec,), kind="shards")
+    raise TypeError(f"cannot read an input from {spec!r}; pass an InputSpec, a dict or '<kind>:<path>'")
+
+
+def _base_dir(path: str) -> str:
+    """The folder relative paths (and default ids) are taken from: the part before the first glob character."""
+    if any(c in path for c in _GLOB_CHARS):
+        head = path[: min(path.index(c) for c in _GLOB_CHARS if c in path)]
+        return head if head.endswith("/") else posixpath.dirname(head)
+    return path if rec.isdir(path) else posixpath.dirname(path)
+
+
+def _match(pattern: str) -> list[str]:
+    result = FileSystems.match([pattern])[0]
+    return sorted(m.path for m in result.metadata_list)
+
+
+def list_input_files(spec: InputSpec) -> list[tuple[str, str]]:
+    """``(file, base folder)`` pairs the spec reads, sorted and de-duplicated.
+
+    Raises:
+        FileNotFoundError: a path matches nothing (the message names the spec and path).
+    """
+    out: dict[str, str] = {}
+    for path in spec.paths:
+        if spec.kind == "role":  # 'web_raw' (all splits) or 'web_raw/validation' (one split).
+            from textbooks.data import paths as data_paths
+
+            role, _, split = path.partition("/")
+            path = rec.shard_pattern(data_paths.role_dir(role), split) if split else data_paths.role_dir(role)
+        base = _base_dir(path)
+        if spec.kind in ("shards", "role"):
+            files = rec.expand_paths(path)
+        elif spec.kind in ("text", "source"):
+            if any(c in path for c in _GLOB_CHARS):
+                files = _match(path)
+            elif rec.isdir(path):
+                files = [f for f in _match(path.rstrip("/") + "/**") if f.endswith(spec.extensions)]
+            else:
+                files = [path] if rec.exists(path) else []
+        else:
+            files = _match(path) if any(c in path for c in _GLOB_CHARS) else ([path] if rec.exists(path) else [])
+            if len(files) == 1 and rec.isdir(files[0]):
+                files = [f for f in _match(files[0].rstrip("/") + "/**") if f.endswith(_DIR_SUFFIXES[spec.kind])]
+        if spec.exclude:
+            files = [f for f in files
+                     if not any(fnmatch.fnmatch(_relpath(f, base), pattern) for pattern in spec.exclude)]
+        if not files:
+            raise FileNotFoundError(f"input {spec.kind}:{path!r} matches no files; check the path, the glob, "
+                                    f"InputSpec.extensions={spec.extensions} and InputSpec.exclude={spec.exclude}")
+        for f in files:
+            out.setdefault(f, base)
+    return sorted(out.items())
+
+
+@contextlib.contextmanager
+def _open_lines(path: str):
+    """A binary file object to read lines from; gzip goes through Python's gzip module, which (unlike a
+    silent stop) raises EOFError on a truncated stream."""
+    if not path.endswith(".gz"):
+        with FileSystems.open(path) as f:
+            yield f
+        return
+    with FileSystems.open(path, compression_type="uncompressed") as raw:
+        with gzip.GzipFile(fileobj=raw, mode="rb") as f:
+            yield f
+
+
+def _relpath(path: str, base: str) -> str:
+    if base and path.startswith(base.rstrip("/") + "/"):
+        return path[len(base.rstrip("/")) + 1:]
+    return posixpath.basename(path)
+
+
+class _ReadFileDoFn(beam.DoFn):
+    """Reads one input file into records; every line/row/file counts as one input unit."""
+
+    def __init__(self, specs: Sequence[InputSpec], config: ReadConfig):
+        self.specs = list(specs)
+        self.config = config
+        self.counters = None
+
+    def setup(self):
+        self.counters = stages.StageCounters(STAGE)
+
+    # -- helpers -------------------------------------------------------------------------------------------
+
+    def _reject(self, reason: str, **kwargs):
+        self.counters.inc("rejected")
+        self.counters.inc(f"rejected/{reason}")
+        return beam.pvalue.TaggedOutput(stages.REJECTS, stages.make_reject(STAGE, reason, **kwargs))
+
+    def _split_for(self, spec: InputSpec, doc_id: str, own: str | None) -> str:
+        if spec.split:
+            return spec.split
+        if own:
+            return own
+        if self.config.validation_fraction > 0 and \
+                stable_unit_interval(doc_id, "split") < self.config.validation_fraction:
+            return "validation"
+        return self.config.default_split
+
+    def _finish(self, record: dict, path: str, line: int | None):
+        """Validates a candidate record; yields it or a reject."""
+        text = record.get("text")
+        where = {"path": path, "line": line, "doc_id": record.get("id")}
+        if not isinstance(text, str):
+            yield self._reject("invalid_field", raw=repr(text)[:200], detail="text is not a string", **where)
+            return
+        if len(text.strip()) < self.config.min_doc_chars:
+            yield self._reject("empty", raw=text, detail=f"fewer than {self.config.min_doc_chars} non-space chars",
+                               **where)
+            return
+        try:
+            size = len(text.encode("utf-8"))
+        except UnicodeEncodeError as e:
+            yield self._reject("invalid_unicode", raw=text, detail=f"{e.reason} at position {e.start}", **where)
+            return
+        if size > self.config.max_doc_bytes:
+            yield self._reject("too_large", raw=text, detail=f"{size} bytes > max_doc_bytes "
+                                                             f"{self.config.max_doc_bytes}", **where)
+            return
+        try:
+            r = rec.Record.from_dict(record)
+            r.to_bytes()
+        except rec.RecordError as e:
+            yield self._reject("invalid_record", raw=text, detail=str(e), **where)
+            return
+        self.counters.inc("docs_out")
+        self.counters.inc("tokens_out", len(text.split()))
+        yield r.to_dict()
+
+    # -- kinds ---------------------------------------------------------------------------------------------
+
+    def _lines(self, spec: InputSpec, path: str, base: str):
+        lineno = 0
+        try:
+            with _open_lines(path) as f:
+                for raw in iter(f.readline, b""):
+                    lineno += 1
+                    self.counters.inc("units")
+                    yield from self._line(spec, path, base, lineno, raw)
+        except (OSError, EOFError, ValueError, zlib.error) as e:
+            self.counters.inc("units")
+            yield self._reject("corrupt_file", path=path, line=lineno + 1,
+                               detail=f"unreadable after line {lineno}: {type(e).__name__}: {e}")
+
+    def _line(self, spec: InputSpec, path: str, base: str, lineno: int, raw: bytes):
+        where = {"path": path, "line": lineno, "raw": raw}
+        if len(raw) > self.config.max_doc_bytes:
+            yield self._reject("too_large", detail=f"line of {len(raw)} bytes > max_doc_bytes "
+                                                   f"{self.config.max_doc_bytes}", **where)
+            return
+        if not raw.strip():
+            yield self._reject("blank_line", **where)
+            return
+        try:
+            line = raw.decode("utf-8")
+        except UnicodeDecodeError as e:
+            yield self._reject("invalid_utf8", detail=f"invalid UTF-8 at byte {e.start}", **where)
+            return
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as e:
+            yield self._reject("malformed_json", detail=f"{e.msg} at column {e.colno}", **where)
+            return
+        if not isinstance(obj, dict):
+            yield self._reject("invalid_record", detail=f"expected a JSON object, got {type(obj).__name__}",
+                               **where)
+            return
+        if spec.kind in ("shards", "role"):
+            try:
+                r = rec.Record.from_dict(obj)
+            except rec.RecordError as e:
+                yield self._reject("invalid_record", detail=str(e), **where)
+                return
+            record = r.to_dict()
+            if spec.split:
+                record["split"] = spec.split
+            yield from self._finish(record, path, lineno)
+            return
+        yield from self._from_row(spec, obj, path, base, lineno, raw)
+
+    def _from_row(self, spec: InputSpec, obj: dict, path: str, base: str, lineno: int, raw: Any):
+        if spec.text_field not in obj:
+            yield self._reject("missing_field", path=path, line=lineno, raw=raw,
+                               detail=f"no field {spec.text_field!r} (set InputSpec.text_field)")
+            return
+        if spec.id_field:
+            doc_id = obj.get(spec.id_field)
+            if doc_id is None or doc_id == "":
+                yield self._reject("missing_field", path=path, line=lineno, raw=raw,
+                                   detail=f"no field {spec.id_field!r} (set InputSpec.id_field)")
+                return
+            doc_id = str(doc_id)
+        else:
+            doc_id = f"{spec.source_name}/{_relpath(path, base)}:{lineno}"
+        names = spec.meta_fields if spec.meta_fields is not None else \
+            [k for k in obj if k not in (spec.text_field, spec.id_field)]
+        meta = {k: obj[k] for k in names if k in obj}
+        meta.setdefault("path", _relpath(path, base))
+        split = obj.get("split") if isinstance(obj.get("split"), str) else None
+        record = {"id": doc_id, "text": obj[spec.text_field], "role": spec.role, "source": spec.source_name,
+                  "license": spec.license, "split": self._split_for(spec, doc_id, split), "meta": meta}
+        yield from self._finish(record, path, lineno)
+
+    def _parquet(self, spec: InputSpec, path: str, base: str):
+        import pyarrow.parquet as pq
+
+        row = 0
+        try:
+            with FileSystems.open(path) as f:
+                pf = pq.ParquetFile(f)
+                for batch in pf.iter_batches(batch_size=1024):
+                    for obj in batch.to_pylist():
+                        row += 1
+                        self.counters.inc("units")
+                        yield from self._from_row(spec, obj, path, base, row, json.dumps(obj, default=str)[:800])
+        except Exception as e:  # pyarrow raises ArrowInvalid/OSError for corrupt files.
+            self.counters.inc("units")
+            yield self._reject("corrupt_file", path=path, line=row + 1,
+                               detail=f"unreadable after row {row}: {type(e).__name__}: {e}")
+
+    def _file(self, spec: InputSpec, path: str, base: str, size: int | None):
+        self.counters.inc("units")
+        rel = _relpath(path, base)
+        doc_id = f"{spec.source_name}/{rel}"
+        if size is not None and size > self.config.max_doc_bytes:
+            yield self._reject("too_large", path=path, doc_id=doc_id,
+                               detail=f"file of {size} bytes > max_doc_bytes {self.config.max_doc_bytes}")
+            return
+        try:
+            with FileSystems.open(path, compression_type="uncompressed") as f:
+                data = f.read(self.config.max_doc_bytes + 1)
+        except OSError as e:
+            yield self._reject("corrupt_file", path=path, doc_id=doc_id, detail=f"{type(e).__name__}: {e}")
+            return
+        if len(data) > self.config.max_doc_bytes:
+            yield self._reject("too_large", path=path, doc_id=doc_id, raw=data,
+                               detail=f"more than max_doc_bytes {self.config.max_doc_bytes}")
+            return
+        if b"\x00" in data[:8192]:
+            yield self._reject("binary_file", path=path, doc_id=doc_id, raw=data, detail="NUL byte in the first 8 KiB")
+            return
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError as e:
+            yield self._reject("binary_file" if spec.kind == "source" else "invalid_utf8", path=path,
+                               doc_id=doc_id, raw=data, detail=f"invalid UTF-8 at byte {e.start}")
+            return
+        controls = sum(1 for c in text[:65536] if ord(c) < 32 and c not in "\t\n\r\f\v")
+        if controls > self.config.max_control_char_frac * max(min(len(text), 65536), 1):
+            yield self._reject("binary_file", path=path, doc_id=doc_id, raw=data,
+                               detail=f"{controls} control characters")
+            return
+        ext = os.path.splitext(path)[1].lower()
+        meta = {"path": rel}
+        if spec.kind == "source":
+            meta["language"] = spec.language or _EXT_LANGUAGE.get(ext, ext.lstrip(".") or "unknown")
+        record = {"id": doc_id, "text": text, "role": spec.role, "source": spec.source_name,
+                  "license": spec.license, "split": self._split_for(spec, doc_id, None), "meta": meta}
+        yield from self._finish(record, path, None)
+
+    def process(self, item: tuple[int, str, str]):
+        index, path, base = item
+        spec = self.specs[index]
+        self.counters.inc("files")
+        if spec.kind in ("shards", "role", "jsonl"):
+            yield from self._lines(spec, path, base)
+        elif spec.kind == "parquet":
+            yield from self._parquet(spec, path, base)
+        else:
+            size = None
+            try:
+                size = FileSystems.match([path])[0].metadata_list[0].size_in_bytes
+            except Exception:  # Size unknown: the read itself enforces the limit.
+                pass
+            yield from self._file(spec, path, base, size)
+
+
+def read_records(specs: Iterable, config: ReadConfig | None = None, rejects: list | None = None):
+    """Reads inputs in this process, without Beam (same rules as :class:`ReadInputs`, minus the id check).
+
+    Args:
+        specs: inputs (see :func:`parse_input`).
+        config: reading limits.
+        rejects: when given, rejected inputs are appended to it.
+
+    Yields:
+        Records (dicts in the shard layout), in file order.
+    """
+    specs = [parse_input(s) for s in specs]
+    reader = _ReadFileDoFn(specs, config or ReadConfig())
+    reader.setup()
+    for i, spec in enumerate(specs):
+        for path, base in list_input_files(spec):
+            for out in reader.process((i, path, base)):
+                if isinstance(out, beam.pvalue.TaggedOutput):
+                    if rejects is not None:
+                        rejects.append(out.value)
+                else:
+                    yield out
+
+
+class _UniqueIdsDoFn(beam.DoFn):
+    """Keeps one record per id (the smallest canonical JSON); the others become ``duplicate_id`` rejects."""
+
+    def __init__(self):
+        self.counters = None
+
+    def setup(self):
+        self.counters = stages.StageCounters("ids")
+
+    def process(self, item):
+        doc_id, group = item
+        group = list(group)
+        if len(group) > 1:
+            group.sort(key=lambda r: json.dumps(r, sort_keys=True, ensure_ascii=False))
+        yield group[0]
+        for r in group[1:]:
+            self.counters.inc("rejected")
+            self.counters.inc("rejected/duplicate_id")
+            yield beam.pvalue.TaggedOutput(stages.REJECTS, stages.make_reject(
+                    "ids", "duplicate_id", doc_id=doc_id, raw=r["text"],
+                    detail=f"id repeated in the input (source {r['source']!r}); ids must be unique"))
+
+
+class _CheckSplitDoFn(beam.DoFn):
+    """Rejects records whose split is not one of the run's splits (``unknown_split``)."""
+
+    def __init__(self, splits: Sequence[str]):
+        self.splits = tuple(splits)
+        self.counters = None
+
+    def setup(self):
+        self.counters = stages.StageCounters("ids")
+
+    def process(self, record: dict):
+        if record["split"] in self.splits:
+            yield record
+            return
+        self.counters.inc("rejected")
+        self.counters.inc("rejected/unknown_split")
+        yield beam.pvalue.TaggedOutput(stages.REJECTS, stages.make_reject(
+                "ids", "unknown_split", doc_id=record["id"], raw=record["text"],
+                detail=f"split {record['split']!r} is not one of {list(self.splits)}"))
+
+
+class ReadInputs(beam.PTransform):
+    """Reads all inputs; returns a tuple-like with ``records`` (main) and ``rejects``.
+
+    Args:
+        specs: the inputs (see :func:`parse_input`).
+        config: reading limits.
+        splits: allowed splits; records of another split are rejected as ``unknown_split``.
+    """
+
+    def __init__(self, specs: Iterable, config: ReadConfig | None = None, splits: Sequence[str] = ("train",
+                                                                                                       "validation")):
+        super().__init__()
+        self.specs = [parse_input(s) for s in specs]
+        self.config = config or ReadConfig()
+        self.splits = tuple(splits)
+        self.files = [(i, path, base) for i, spec in enumerate(self.specs) for path, base in list_input_files(spec)]
+
+    def expand(self, pbegin):
+        out = (pbegin
+               | "ListFiles" >> beam.Create(self.files)
+               | "Spread" >> beam.Reshuffle()
+               | "ReadFiles" >> beam.ParDo(_ReadFileDoFn(self.specs, self.config)).with_outputs(
+                       stages.REJECTS, main="records"))
+        records, rejects = out.records, out[stages.REJECTS]
+        checked = records | "CheckSplit" >> beam.ParDo(_CheckSplitDoFn(self.splits)).with_outputs(
+                stages.REJECTS, main="ok")
+        records, more = checked.ok, checked[stages.REJECTS]
+        rejects_all = [rejects, more]
+        if self.config.check_unique_ids:
+            uniq = (records
+                    | "KeyById" >> beam.Map(lambda r: (r["id"], r))
+                    | "GroupById" >> beam.GroupByKey()
+                    | "OnePerId" >> beam.ParDo(_UniqueIdsDoFn()).with_outputs(stages.REJECTS, main="unique"))
+            records = uniq.unique
+            rejects_all.append(uniq[stages.REJECTS])
+        rejects = tuple(rejects_all) | "AllRejects" >> beam.Flatten()
+        return {"records": records, "rejects": rejects}

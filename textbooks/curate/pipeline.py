@@ -1,0 +1,305 @@
+"""The curation pipeline as one Apache Beam pipeline, and its gin-configurable top-level :func:`curate`.
+
+Stages, in order: read → heuristics → exact dedup → near dedup → decontamination → judge → classifier → write.
+
+Every stage is optional (``None`` turns it off) and usable alone (see each module). The pipeline runs on the
+DirectRunner (``direct_running_mode='multi_processing'`` with ``direct_num_workers`` processes) and unchanged
+on Dataflow, Flink or Spark (pass ``runner`` and ``pipeline_args``); all file access goes through Beam's
+filesystems, and the only driver-side work is listing inputs, building the decontamination index, and writing
+the report from the pipeline's counters and side files after it finished.
+
+Output layout of ``output_dir``::
+
+    <split>-SSSSS-of-NNNNN.jsonl.gz, manifest.json   kept documents in the shard format (role = ``role``)
+    rejects/rejects-*.jsonl.gz                       unreadable input with reason, file and line
+    dropped/dropped-*.jsonl.gz                       dropped documents with meta.curation {stage, reason, ...}
+    dedup/clusters-*.jsonl.gz                        duplicate clusters (kept id, size, members)
+    decontam/index.{npz,json}, decontam/matches-*    benchmark index and every removal with its item
+    report/report.{md,json}, report/*.png            the curation report
+    config.gin                                       the operative gin config (when gin was used)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from typing import Any, Sequence
+
+import apache_beam as beam
+import gin
+from apache_beam.io.filesystems import FileSystems
+from apache_beam.options.pipeline_options import PipelineOptions
+
+from textbooks.curate import report as report_lib
+from textbooks.curate import stages, writers
+from textbooks.curate.classifier import ClassifierFilter, ClassifierStageConfig, QualityClassifier, expand_path
+from textbooks.curate.decontam import Decontaminate, DecontamConfig, build_index
+from textbooks.curate.dedup import ExactDedup, ExactDedupConfig, MinHashConfig, NearDedup
+from textbooks.curate.heuristics import HeuristicFilter, HeuristicsConfig
+from textbooks.curate.io import ReadConfig, ReadInputs, parse_input
+from textbooks.curate.judge import JudgeConfig, JudgeStage
+from textbooks.curate.textnorm import count_tokens
+from textbooks.data import records as rec
+
+logger = logging.getLogger(__name__)
+STAGE_ORDER = ("heuristics", "exact_dedup", "near_dedup", "decontam", "judge", "classifier")
+_OWNED = ("rejects", "dropped", "dedup", "decontam", "report")
+BUILDER = "textbooks.curate"
+
+
+@dataclasses.dataclass
+class Plan:
+    """Everything the pipeline needs, resolved on the driver."""
+
+    inputs: list
+    output_dir: str
+    role: str
+    splits: tuple[str, ...]
+    num_shards: int | dict
+    read: ReadConfig
+    heuristics: HeuristicsConfig | None = None
+    exact_dedup: ExactDedupConfig | None = None
+    near_dedup: MinHashConfig | None = None
+    decontam: DecontamConfig | None = None
+    judge: JudgeConfig | None = None
+    classifier: ClassifierStageConfig | None = None
+    samples_per_group: int = 5
+    write_dropped: bool = True
+    description: str = ""
+    decontam_index_prefix: str | None = None
+    classifier_metadata: dict | None = None
+
+    @property
+    def stage_names(self) -> list[str]:
+        return [name for name in STAGE_ORDER if getattr(self, name) is not None]
+
+    def shards_for(self, split: str) -> int:
+        return self.num_shards.get(split, 0) if isinstance(self.num_shards, dict) else int(self.num_shards)
+
+
+class _ToOutputRole(beam.DoFn):
+    """Sets the output role (keeping the input role in ``meta.curated_from``) and counts output per split."""
+
+    def __init__(self, role: str):
+        self.role = role
+
+    def setup(self):
+        self.counters = stages.StageCounters("output")
+
+    def process(self, record: dict):
+        if record.get("role") != self.role:
+            record = stages.with_meta(record, curated_from=record.get("role"))
+            record["role"] = self.role
+        tokens = count_tokens(record["text"])
+        for name in ("docs", f"docs/{record['split']}"):
+            self.counters.inc(name)
+        for name in ("tokens", f"tokens/{record['split']}"):
+            self.counters.inc(name, tokens)
+        yield record
+
+
+def build_pipeline(p: beam.Pipeline, plan: Plan) -> None:
+    """Adds all stages of ``plan`` to ``p`` (the caller runs it)."""
+    read = p | "Read" >> ReadInputs(plan.inputs, plan.read, plan.splits)
+    records, rejects = read["records"], read["rejects"]
+    dropped, scores, clusters, matches = [], [], [], []
+    if plan.heuristics is not None:
+        out = records | "Heuristics" >> HeuristicFilter(plan.heuristics)
+        records = out.kept
+        dropped.append(out[stages.DROPPED])
+    if plan.exact_dedup is not None:
+        out = records | "ExactDedup" >> ExactDedup(plan.exact_dedup)
+        records = out["kept"]
+        dropped.append(out["dropped"])
+        clusters.append(out["clusters"])
+    if plan.near_dedup is not None:
+        out = records | "NearDedup" >> NearDedup(plan.near_dedup)
+        records = out["kept"]
+        dropped.append(out["dropped"])
+        clusters.append(out["clusters"])
+    if plan.decontam is not None:
+        out = records | "Decontam" >> Decontaminate(plan.decontam, plan.decontam_index_prefix)
+        records = out["kept"]
+        dropped.append(out["dropped"])
+        matches.append(out["matches"])
+    if plan.judge is not None:
+        out = records | "Judge" >> JudgeStage(plan.judge)
+        records = out["kept"]
+        dropped.append(out["dropped"])
+        scores.append(out["scores"])
+    if plan.classifier is not None:
+        out = records | "Classifier" >> ClassifierFilter(plan.classifier)
+        records = out["kept"]
+        dropped.append(out["dropped"])
+        scores.append(out["scores"])
+
+    kept = records | "OutputRole" >> beam.ParDo(_ToOutputRole(plan.role))
+    parts = kept | "BySplit" >> beam.Partition(lambda r, n, s=plan.splits: s.index(r["split"]), len(plan.splits))
+    files = []
+    for split, part in zip(plan.splits, parts):
+        files.append(part | f"Write_{split}" >> writers.WriteShards(plan.output_dir, split, plan.shards_for(split)))
+    stats = (kept
+             | "KeyBySplit" >> beam.Map(lambda r: (r["split"], r))
+             | "SplitStats" >> beam.CombinePerKey(writers.SplitStatsFn()))
+    all_files = tuple(files) | "AllFiles" >> beam.Flatten()
+    meta = {"stages": plan.stage_names, "builder": BUILDER}
+    (p
+     | "ManifestTrigger" >> beam.Create([None])
+     | "Manifest" >> beam.Map(writers.write_manifest, output_dir=plan.output_dir, role=plan.role,
+                              stats=beam.pvalue.AsDict(stats), files=beam.pvalue.AsList(all_files),
+                              description=plan.description, meta=meta))
+
+    rejects | "WriteRejects" >> writers.WriteJsonl(rec.join(plan.output_dir, "rejects", "rejects"))
+    dropped_all = (tuple(dropped) | "AllDropped" >> beam.Flatten()) if dropped else \
+        (p | "NoDropped" >> beam.Create([]))
+    if plan.write_dropped:
+        dropped_all | "WriteDropped" >> writers.WriteShards(rec.join(plan.output_dir, "dropped"), "dropped", 0)
+    if clusters:
+        (tuple(clusters) | "AllClusters" >> beam.Flatten()
+         | "WriteClusters" >> writers.WriteJsonl(rec.join(plan.output_dir, "dedup", "clusters")))
+    if matches:
+        (tuple(matches) | "AllMatches" >> beam.Flatten()
+         | "WriteMatches" >> writers.WriteJsonl(rec.join(plan.output_dir, "decontam", "matches")))
+    report_dir = rec.join(plan.output_dir, "report")
+    if scores:
+        ranges = {}
+        if plan.judge is not None:
+            ranges[plan.judge.score_name] = (0.0, 5.0)
+        if plan.classifier is not None:
+            meta_c = plan.classifier_metadata or {}
+            name = plan.classifier.score_name or meta_c.get("name", "quality")
+            ranges[name] = (0.0, 5.0) if meta_c.get("model") == "ridge" else (0.0, 1.0)
+        (tuple(scores) | "AllScores" >> beam.Flatten()
+         | "Histograms" >> report_lib.ScoreHistograms(ranges)
+         | "WriteHistograms" >> writers.WriteJsonl(rec.join(report_dir, "histograms")))
+    kept_samples = kept | "SampleKept" >> report_lib.Samples("kept", plan.samples_per_group)
+    dropped_samples = dropped_all | "SampleDropped" >> report_lib.Samples(None, plan.samples_per_group)
+    ((kept_samples, dropped_samples) | "AllSamples" >> beam.Flatten()
+     | "WriteSamples" >> writers.WriteJsonl(rec.join(report_dir, "samples")))
+
+
+def _clean_outputs(output_dir: str, splits: Sequence[str], overwrite: bool | None) -> None:
+    """Removes earlier curated output. ``overwrite=None`` replaces only output this module wrote (its manifest
+    says ``builder: textbooks.curate``) and refuses to touch shards written by something else."""
+    existing = [m.path for pattern in [rec.shard_pattern(output_dir, s) for s in splits]
+                for m in FileSystems.match([pattern])[0].metadata_list]
+    owned = [m.path for name in _OWNED for m in FileSystems.match([rec.join(output_dir, name, "*")])[0].metadata_list]
+    manifest = rec.join(output_dir, rec.MANIFEST_NAME)
+    if not (existing or owned or FileSystems.exists(manifest)):
+        return
+    if overwrite is None:
+        builder = None
+        if FileSystems.exists(manifest):
+            try:
+                builder = rec.read_manifest(output_dir).meta.get("builder")
+            except (rec.RecordError, OSError):
+                builder = None
+        overwrite = builder == BUILDER or not existing
+    if not overwrite:
+        raise FileExistsError(f"{output_dir} already holds {len(existing)} shard files not written by curation; "
+                              f"pass overwrite=True (gin: curate.overwrite = True) or choose another output_dir")
+    FileSystems.delete(existing + owned + ([manifest] if FileSystems.exists(manifest) else []))
+
+
+def run_plan(plan: Plan, *, runner: str = "DirectRunner", direct_num_workers: int = 2,
+             direct_running_mode: str = "multi_processing", pipeline_args: Sequence[str] = (),
+             overwrite: bool | None = None, config_for_report: dict | None = None) -> dict:
+    """Prepares the driver-side inputs, runs the pipeline, writes and returns the report."""
+    rec.makedirs(plan.output_dir)
+    _clean_outputs(plan.output_dir, plan.splits, overwrite)
+    decontam_summary = None
+    if plan.decontam is not None:
+        plan.decontam_index_prefix = rec.join(plan.output_dir, "decontam", "index")
+        rec.makedirs(rec.join(plan.output_dir, "decontam"))
+        index = build_index(plan.decontam)
+        index.save(plan.decontam_index_prefix)
+        decontam_summary = index.summary()
+    if plan.classifier is not None:
+        plan.classifier_metadata = QualityClassifier.load(plan.classifier.path).metadata
+    options = {"runner": runner}
+    if runner in ("DirectRunner", "direct"):
+        options.update(direct_num_workers=direct_num_workers, direct_running_mode=direct_running_mode)
+    p = beam.Pipeline(options=PipelineOptions(list(pipeline_args), **options))
+    build_pipeline(p, plan)
+    result = p.run()
+    result.wait_until_finish()
+    counters = report_lib.counters_from_result(result)
+    report = report_lib.build_report(output_dir=plan.output_dir, role=plan.role, counters=counters,
+                                     stage_names=plan.stage_names, splits=plan.splits,
+                                     config=config_for_report or {}, classifier=plan.classifier_metadata,
+                                     decontam_index=decontam_summary)
+    try:
+        text = gin.operative_config_str()
+    except Exception:  # gin not in use.
+        text = ""
+    if text.strip():
+        with FileSystems.create(rec.join(plan.output_dir, "config.gin")) as f:
+            f.write(text.encode())
+    logger.info("curation report written to %s", rec.join(plan.output_dir, "report", "report.md"))
+    return report
+
+
+def _describe(value: Any) -> Any:
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return dataclasses.asdict(value)
+    if isinstance(value, (list, tuple)):
+        return [_describe(v) for v in value]
+    return value
+
+
+@gin.configurable
+def curate(*, inputs: Sequence, role: str, output_dir: str | None = None,
+           splits: Sequence[str] = ("train", "validation"), num_shards: int | dict = 0,
+           read: ReadConfig | None = None, heuristics: HeuristicsConfig | None = None,
+           exact_dedup: ExactDedupConfig | None = None, near_dedup: MinHashConfig | None = None,
+           decontam: DecontamConfig | None = None, judge: JudgeConfig | None = None,
+           classifier: ClassifierStageConfig | None = None, samples_per_group: int = 5, write_dropped: bool = True,
+           description: str = "", overwrite: bool | None = None, runner: str = "DirectRunner",
+           direct_num_workers: int = 2, direct_running_mode: str = "multi_processing", pipeline_args: Sequence[str] = ()) -> dict:
+    """Curates ``inputs`` into ``output_dir`` as one Beam pipeline; returns the report (also written to disk).
+
+    Args:
+        inputs: input specs: :class:`~textbooks.curate.io.InputSpec`, dicts, or ``'<kind>:<path>'`` strings
+            (``'role:web_raw'``, ``'jsonl:/data/*.jsonl.gz'``, ``'source:/usr/lib/python3.11'``...).
+        role: the data role of the output (recorded on every kept record).
+        output_dir: where the shards go (default: ``<data_root>/<role>``).
+        splits: output splits; input records of other splits are rejected (``unknown_split``).
+        num_shards: files per split (an int, or a dict split -> int); 0 lets the runner choose.
+        read: reading limits (document size, empty documents, split assignment, id check).
+        heuristics / exact_dedup / near_dedup / decontam / judge / classifier: the stages; None turns one off.
+        samples_per_group: samples of kept documents and of each drop reason in the report.
+        write_dropped: write dropped documents to ``dropped/``.
+        description: the manifest's description.
+        overwrite: True replaces whatever shards ``output_dir`` holds; None (default) replaces only earlier
+            curation output and fails on shards written by something else; False fails on any.
+        runner / direct_num_workers / direct_running_mode / pipeline_args: how Beam runs (pipeline_args are
+            passed to ``PipelineOptions``, e.g. ``['--project=...', '--region=...', '--temp_location=gs://...',
+            '--extra_package=dist/textbooks-0.1.0.tar.gz']``; remote workers need this package and, for the
+            MiniLM encoder or benchmarks, the data packages installed, e.g. in a custom container image).
+
+    Returns:
+        The report dict (see :mod:`textbooks.curate.report`); ``report['reconciliation']['balanced']`` says
+        whether every input unit is accounted for.
+    """
+    if output_dir is None:
+        from textbooks.data import paths as data_paths
+
+        output_dir = data_paths.role_dir(role)
+    output_dir = expand_path(output_dir)
+    splits = tuple(splits)
+    for s in splits:
+        rec.shard_name(s, 0, 1)
+    plan = Plan(inputs=[parse_input(i) for i in inputs], output_dir=output_dir, role=role, splits=splits,
+                num_shards=num_shards, read=read or ReadConfig(), heuristics=heuristics, exact_dedup=exact_dedup,
+                near_dedup=near_dedup, decontam=decontam, judge=judge, classifier=classifier,
+                samples_per_group=samples_per_group, write_dropped=write_dropped, description=description)
+    config = {k: _describe(getattr(plan, k)) for k in ("inputs", "splits", "num_shards", "read", *STAGE_ORDER)}
+    config.update(runner=runner, direct_num_workers=direct_num_workers, direct_running_mode=direct_running_mode)
+    return run_plan(plan, runner=runner, direct_num_workers=direct_num_workers,
+                    direct_running_mode=direct_running_mode, pipeline_args=pipeline_args, overwrite=overwrite,
+                    config_for_report=config)
+
+
+def output_files(output_dir: str, split: str) -> list[str]:
+    """The shard files of ``split`` written by a curation run."""
+    return sorted(m.path for m in FileSystems.match([rec.shard_pattern(output_dir, split)])[0].metadata_list)

@@ -1,0 +1,1 @@
+"""Rubric prompts (data files) for the LLM judge of :mod:`textbooks.curate.judge`."""

@@ -1,0 +1,128 @@
+"""Text normalization, word tokens and stable hashing shared by dedup, decontamination and heuristics.
+
+Everything here is deterministic across processes and machines (no use of Python's salted ``hash``), so
+Beam workers on different hosts compute the same keys:
+
+* :func:`word_tokens` — lowercased ``\\w+`` runs (letters, digits, underscore; punctuation dropped). This is
+  the "normalized word token" unit of MinHash shingles and of benchmark n-gram overlap.
+* :func:`whitespace_tokens` / :func:`count_tokens` — ``str.split()`` tokens; the token unit of the curation
+  report.
+* :func:`hash_words` — 64-bit BLAKE2b of each word (cached per process).
+* :func:`ngram_hashes` — 64-bit hashes of every window of ``n`` consecutive words, computed with numpy from
+  the word hashes (a polynomial combination followed by the splitmix64 finalizer).
+* :func:`exact_key` — a 16-byte digest of a document's normalized text for exact deduplication.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import unicodedata
+
+import numpy as np
+
+_WORD_RE = re.compile(r"\w+", re.UNICODE)
+_SPACE_RE = re.compile(r"\s+", re.UNICODE)
+_PUNCT_RE = re.compile(r"[^\w\s]+", re.UNICODE)
+_DIGIT_RE = re.compile(r"\d", re.UNICODE)
+
+_MASK64 = np.uint64(0xFFFFFFFFFFFFFFFF)
+# Odd 64-bit multiplier for the polynomial combination of word hashes (arithmetic wraps mod 2**64).
+_POLY = np.uint64(0x9E3779B97F4A7C15)
+_CACHE_LIMIT = 2_000_000
+_word_cache: dict[str, int] = {}
+
+
+def word_tokens(text: str) -> list[str]:
+    """Lowercased runs of word characters (``\\w+``), NFKC-normalized first."""
+    return _WORD_RE.findall(unicodedata.normalize("NFKC", text).lower())
+
+
+def whitespace_tokens(text: str) -> list[str]:
+    """``text.split()``: the report's token unit ("whitespace tokens")."""
+    return text.split()
+
+
+def count_tokens(text: str) -> int:
+    """Number of whitespace tokens in ``text``."""
+    return len(text.split())
+
+
+def normalize_for_exact(text: str, *, lowercase: bool = True, strip_punctuation: bool = False,
+                        normalize_digits: bool = False) -> str:
+    """The text exact deduplication compares: NFKC, optionally lowercased / without punctuation / digits
+    mapped to 0, whitespace runs collapsed to one space, stripped."""
+    text = unicodedata.normalize("NFKC", text)
+    if lowercase:
+        text = text.lower()
+    if strip_punctuation:
+        text = _PUNCT_RE.sub(" ", text)
+    if normalize_digits:
+        text = _DIGIT_RE.sub("0", text)
+    return _SPACE_RE.sub(" ", text).strip()
+
+
+def exact_key(text: str, **normalize_kwargs) -> bytes:
+    """16-byte BLAKE2b digest of :func:`normalize_for_exact` of ``text``."""
+    norm = normalize_for_exact(text, **normalize_kwargs)
+    return hashlib.blake2b(norm.encode("utf-8", "surrogatepass"), digest_size=16).digest()
+
+
+def stable_hash64(data: bytes | str) -> int:
+    """A 64-bit BLAKE2b hash of ``data`` (str is UTF-8 encoded)."""
+    if isinstance(data, str):
+        data = data.encode("utf-8", "surrogatepass")
+    return int.from_bytes(hashlib.blake2b(data, digest_size=8).digest(), "little")
+
+
+def stable_unit_interval(key: str, salt: str = "") -> float:
+    """A deterministic pseudo-random number in [0, 1) derived from ``key`` (used for splits and sampling)."""
+    return stable_hash64(salt + "\x00" + key) / 2.0 ** 64
+
+
+def hash_words(words: list[str]) -> np.ndarray:
+    """64-bit hashes (uint64) of ``words``; a per-process cache makes repeated words cheap."""
+    cache = _word_cache
+    if len(cache) > _CACHE_LIMIT:
+        cache.clear()
+    out = np.empty(len(words), dtype=np.uint64)
+    for i, w in enumerate(words):
+        h = cache.get(w)
+        if h is None:
+            h = stable_hash64(w)
+            cache[w] = h
+        out[i] = h
+    return out
+
+
+def _splitmix64(x: np.ndarray) -> np.ndarray:
+    """The splitmix64 finalizer, vectorized (uint64 arithmetic wraps)."""
+    with np.errstate(over="ignore"):
+        x = x ^ (x >> np.uint64(30))
+        x = x * np.uint64(0xBF58476D1CE4E5B9)
+        x = x ^ (x >> np.uint64(27))
+        x = x * np.uint64(0x94D049BB133111EB)
+        x = x ^ (x >> np.uint64(31))
+    return x
+
+
+def ngram_hashes(word_hashes: np.ndarray, n: int) -> np.ndarray:
+    """64-bit hashes of all windows of ``n`` consecutive words (``len - n + 1`` of them, or none if shorter).
+
+    Equal word sequences give equal hashes in every process; the value depends on the order of the words.
+    """
+    count = len(word_hashes) - n + 1
+    if count <= 0:
+        return np.zeros(0, dtype=np.uint64)
+    acc = np.zeros(count, dtype=np.uint64)
+    with np.errstate(over="ignore"):
+        for k in range(n):
+            acc = acc * _POLY + word_hashes[k:k + count]
+        acc = acc + np.uint64(n)  # Windows of different sizes never share a hash by construction of acc alone.
+    return _splitmix64(acc)
+
+
+def sentences(text: str) -> list[str]:
+    """A simple sentence split on ``.``, ``!`` or ``?`` followed by whitespace (used by the C4 rules)."""
+    parts = re.split(r"(?<=[.!?])[\"')\]]*\s+", text.strip())
+    return [p for p in parts if p.strip()]
