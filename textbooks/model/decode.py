@@ -109,9 +109,14 @@ def sample_tokens(logits: jax.Array, keys: jax.Array, temperature: jax.Array, to
         threshold = jnp.take_along_axis(ordered, (kept - 1)[:, None], axis=-1)
         return jnp.where(scaled >= threshold, scaled, -jnp.inf)
 
-    needs_truncation = jnp.any((temperature > 0) & ((top_k > 0) | (top_p < 1.0)))
-    scaled = jax.lax.cond(needs_truncation, truncate, lambda s: s, scaled)
-    sampled = jax.vmap(jax.random.categorical)(keys, scaled).astype(jnp.int32)
+    def sample(scaled):
+        needs_truncation = jnp.any((temperature > 0) & ((top_k > 0) | (top_p < 1.0)))
+        scaled = jax.lax.cond(needs_truncation, truncate, lambda s: s, scaled)
+        return jax.vmap(jax.random.categorical)(keys, scaled).astype(jnp.int32)
+
+    # An all-greedy batch skips drawing [batch, vocab] Gumbel noise; a sampling row gets the same draw from
+    # its own key whatever else is in the batch.
+    sampled = jax.lax.cond(jnp.any(temperature > 0), sample, lambda s: greedy, scaled)
     return jnp.where(temperature > 0, sampled, greedy)
 
 
@@ -124,16 +129,19 @@ def _prefill(config: PhiConfig, params: Any, tokens: jax.Array, segment_ids: jax
     return variables["cache"]
 
 
-@functools.partial(jax.jit, static_argnums=(0, 5))
+@functools.partial(jax.jit, static_argnums=(0, 5, 6))
 def _decode_loop(config: PhiConfig, params: Any, cache: Any, last_tokens: jax.Array, rows: dict,
-                 num_new: int) -> tuple[jax.Array, jax.Array, jax.Array]:
-    """Generates up to ``rows['max_new']`` tokens per row; returns (tokens [B, num_new], counts, reasons)."""
+                 num_new: int, filled: int) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """Generates up to ``rows['max_new']`` tokens per row; returns (tokens [B, num_new], counts, reasons).
+
+    ``filled``: the prefill wrote cache slots ``[0, filled)`` only, so shorter windows keep all it wrote.
+    """
     model = PhiForCausalLM(config)
     batch = last_tokens.shape[0]
     stops, stop_lengths = rows["stops"], rows["stop_lengths"]  # [B, S, M] right-aligned, -1 = wildcard; [B, S]
     window = stops.shape[-1]
 
-    def cond(state):
+    def running(state):
         step, done = state[1], state[4]
         return (step < jnp.max(rows["max_new"])) & ~jnp.all(done)
 
@@ -158,10 +166,57 @@ def _decode_loop(config: PhiConfig, params: Any, cache: Any, last_tokens: jax.Ar
         done = done | is_eos | is_stop | is_full
         return variables["cache"], step + 1, new, out, done, counts, reasons
 
-    init = (cache, jnp.int32(0), last_tokens, jnp.zeros((batch, num_new), jnp.int32), rows["max_new"] <= 0,
-            jnp.zeros((batch,), jnp.int32), jnp.full((batch,), _LENGTH, jnp.int32))
-    _, _, _, out, _, counts, reasons = jax.lax.while_loop(cond, body, init)
+    cache_len = _cache_length(cache)
+    windows = [w for w in _attention_windows(cache_len) if w >= filled]
+    state = (_resize_cache(cache, windows[0]), jnp.int32(0), last_tokens,
+             jnp.zeros((batch, num_new), jnp.int32), rows["max_new"] <= 0, jnp.zeros((batch,), jnp.int32),
+             jnp.full((batch,), _LENGTH, jnp.int32))
+    for i, slots in enumerate(windows):
+        # Each phase attends over the first `slots` cache slots only; it runs while every unfinished row's next
+        # write slot fits, then the cache grows (zero slots, masked until written) for the next phase.
+        if i > 0:
+            state = (_resize_cache(state[0], slots),) + state[1:]
+        if slots == cache_len:
+            state = jax.lax.while_loop(running, body, state)
+        else:
+            def fits(state, slots=slots):
+                index = state[0]["cache_index"]
+                return running(state) & (jnp.max(jnp.where(state[4], 0, index)) < slots)
+
+            state = jax.lax.while_loop(fits, body, state)
+    _, _, _, out, _, counts, reasons = state
     return out, counts, reasons
+
+
+def _attention_windows(cache_len: int) -> list[int]:
+    """Cache lengths attended in the phases of the token loop: steps of a quarter (at least 64 slots)."""
+    step = max(64, cache_len // 4)
+    return list(range(step, cache_len, step)) + [cache_len]
+
+
+def _slot_axis(leaf: jax.Array) -> int:
+    return leaf.ndim - 3  # [..., batch, slots, heads, head_dim]; scanned layers add a leading axis
+
+
+def _cache_length(cache: Any) -> int:
+    leaves = [x for x in jax.tree.leaves(cache) if x.ndim >= 4]
+    return leaves[0].shape[_slot_axis(leaves[0])]
+
+
+def _resize_cache(cache: Any, length: int) -> Any:
+    """Cuts or zero-pads every key/value cache to ``length`` slots (the write indices are unchanged)."""
+
+    def resize(x):
+        if x.ndim < 4:
+            return x
+        axis = _slot_axis(x)
+        if x.shape[axis] >= length:
+            return jax.lax.slice_in_dim(x, 0, length, axis=axis)
+        pad = [(0, 0)] * x.ndim
+        pad[axis] = (0, length - x.shape[axis])
+        return jnp.pad(x, pad)
+
+    return jax.tree.map(resize, cache)
 
 
 class Decoder:
@@ -265,7 +320,8 @@ class Decoder:
         rows.update(stops=stops, stop_lengths=stop_lengths, keys=jax.random.wrap_key_data(np.stack(keys)))
 
         cache = _prefill(self._config, self.params, tokens, segments, cache_len)
-        out, counts, reasons = jax.device_get(_decode_loop(self._config, self.params, cache, last, rows, num_new))
+        out, counts, reasons = jax.device_get(_decode_loop(self._config, self.params, cache, last, rows, num_new,
+                                                         prompt_len))
         results = []
         for b, r in enumerate(requests):
             generated = [int(t) for t in out[b, :counts[b]]]

@@ -149,11 +149,23 @@ class PhiAttention(nn.Module):
             mask = attention_mask(segment_ids)
 
         scale = cfg.head_dim ** -0.5
-        scores = jnp.einsum("bqhd,bkhd->bhqk", q, k, preferred_element_type=jnp.float32) * scale
+        # One query per row (a decode step): products and sums over the cache in its own layout fuse into one
+        # pass over it, where a batched matrix-vector dot would first transpose the whole cache.
+        single_query = decode and length == 1 and mask.shape[-1] != 1
+        if single_query:
+            scores = jnp.sum(q.astype(jnp.float32) * k.astype(jnp.float32), axis=-1) * scale  # [B, S, H]
+            scores = jnp.transpose(scores, (0, 2, 1))[:, :, None, :]  # [B, H, 1, S]
+        else:
+            scores = jnp.einsum("bqhd,bkhd->bhqk", q, k, preferred_element_type=jnp.float32) * scale
         scores = jnp.where(mask, scores, jnp.finfo(jnp.float32).min)  # finite: fully masked rows stay NaN-free
         probs = jax.nn.softmax(scores, axis=-1)
         probs = nn.Dropout(rate=cfg.attn_dropout)(probs, deterministic=deterministic)
-        out = jnp.einsum("bhqk,bkhd->bqhd", probs.astype(dtype), v.astype(dtype))
+        if single_query:
+            weights = jnp.transpose(probs[:, :, 0, :], (0, 2, 1))[..., None].astype(dtype)  # [B, S, H, 1]
+            out = jnp.sum(weights.astype(jnp.float32) * v.astype(jnp.float32), axis=1, keepdims=True)
+            out = out.astype(dtype)  # [B, 1, H, D]
+        else:
+            out = jnp.einsum("bhqk,bkhd->bqhd", probs.astype(dtype), v.astype(dtype))
         out = nn.with_logical_constraint(out, ("batch", "length", "heads", "kv"))
         return Projection(cfg, "blhk,hkd->bld", (cfg.num_heads, cfg.head_dim, cfg.hidden_size),
                           ("heads", "kv", "embed"), name="dense")(out)

@@ -1,0 +1,71 @@
+"""Decoding shapes that keep a step cheap: single-query attention and the cache windows of the token loop."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from phi_testing import our_logits, random_params
+
+from textbooks.model import Decoder, GenerationRequest, get_preset, init_cache
+from textbooks.model.decode import _attention_windows, _resize_cache
+
+
+def test_attention_windows_grow_to_the_cache_length():
+    assert _attention_windows(32) == [32]
+    assert _attention_windows(64) == [64]
+    assert _attention_windows(256) == [64, 128, 192, 256]
+    assert _attention_windows(2048) == [512, 1024, 1536, 2048]
+
+
+def test_resize_cache_cuts_and_zero_pads_the_slot_axis():
+    for scan_layers in (False, True):
+        config = get_preset("phi-cpu-1m").replace(vocab_size=64, max_len=64, scan_layers=scan_layers)
+        cache = jax.tree.map(lambda x: x + 1, init_cache(config, 3, 32))
+        small = _resize_cache(cache, 16)
+        grown = _resize_cache(small, 32)
+        for before, cut, after in zip(jax.tree.leaves(cache), jax.tree.leaves(small), jax.tree.leaves(grown)):
+            if before.ndim < 4:  # the per-row write indices
+                np.testing.assert_array_equal(before, after)
+                continue
+            axis = before.ndim - 3
+            assert cut.shape[axis] == 16 and after.shape == before.shape
+            np.testing.assert_array_equal(jax.lax.slice_in_dim(after, 0, 16, axis=axis), cut)
+            assert not np.any(np.asarray(jax.lax.slice_in_dim(after, 16, 32, axis=axis)))
+
+
+def test_windowed_greedy_decoding_equals_recomputing_across_window_boundaries():
+    """Ragged prompts whose generations cross the 64- and 128-slot windows of a 256-slot cache."""
+    config = get_preset("phi-cpu-1m").replace(vocab_size=64, max_len=256)
+    params = random_params(config, seed=4, scale=0.3)
+    rng = np.random.RandomState(4)
+    prompts = [rng.randint(0, 64, n).tolist() for n in (3, 60, 100)]
+    new = 40  # cache bucket 256: windows 64, 128, 192, 256
+    outputs = Decoder(params, config, max_batch_size=4).generate([GenerationRequest(p, new) for p in prompts])
+
+    width = max(map(len, prompts)) + new
+    sequences = [list(p) for p in prompts]
+    for _ in range(new):
+        ids = np.zeros((len(prompts), width), np.int32)
+        for i, s in enumerate(sequences):
+            ids[i, :len(s)] = s
+        logits = our_logits(config, params, ids)
+        for i, s in enumerate(sequences):
+            s.append(int(np.argmax(logits[i, len(s) - 1])))
+    expected = [s[len(p):] for s, p in zip(sequences, prompts)]
+    assert [o.tokens for o in outputs] == expected
+    assert len({tuple(e) for e in expected}) == len(expected)
+
+
+def test_single_query_step_equals_the_full_forward_in_both_dtypes():
+    """A one-token decode step (the fused path) matches the full forward at that position."""
+    for dtype, atol in (("float32", 1e-5), ("bfloat16", 0.1)):
+        config = get_preset("phi-cpu-1m").replace(vocab_size=64, max_len=64, dtype=dtype)
+        params = random_params(config, seed=2)
+        ids = np.random.RandomState(2).randint(0, 64, (2, 9))
+        full = our_logits(config, params, ids)
+        from textbooks.model.phi import PhiForCausalLM
+
+        model = PhiForCausalLM(config)
+        step = jax.jit(lambda p, c, x: model.apply({"params": p, "cache": c}, x, decode=True, mutable=["cache"]))
+        _, variables = step(params, init_cache(config, 2, 16), jnp.asarray(ids[:, :8]))
+        logits, _ = step(params, variables["cache"], jnp.asarray(ids[:, 8:9]))
+        np.testing.assert_allclose(np.asarray(logits[:, 0]), full[:, 8], atol=atol)
