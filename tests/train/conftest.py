@@ -1,0 +1,20 @@
+"""Fixtures of the trainer tests (helpers live in train_helpers.py)."""
+
+import pytest
+
+from train_helpers import COMPILE_CACHE, TINY
+
+
+@pytest.fixture(scope="session")
+def tiny_config():
+    from textbooks.model.config import get_preset
+
+    return get_preset("phi-cpu-1m").replace(**TINY)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _shared_compile_cache(tmp_path_factory):
+    """One persistent JAX compilation cache for the subprocesses of a test session (they compile the same
+    programs)."""
+    COMPILE_CACHE["dir"] = str(tmp_path_factory.mktemp("jax_cache"))
+    yield

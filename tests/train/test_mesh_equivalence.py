@@ -1,0 +1,88 @@
+"""The same 20 steps on 1 device and on four 8-device meshes give the same losses; state is split as the rules say."""
+
+import jax
+import numpy as np
+import pytest
+from jax.sharding import PartitionSpec as P
+
+from train_helpers import FAST_COMPILE
+from textbooks import partitioning as part
+from textbooks.model.phi import PhiForCausalLM
+from textbooks.train import optimizer as opt
+from textbooks.train import state as st
+from textbooks.train import step as stp
+from textbooks.train.synthetic import SyntheticBatches
+
+STEPS = 20
+DATA = P(("replica", "data", "fsdp"))
+
+
+def _run(config, mesh_cfg, devices):
+    mesh = part.make_mesh(mesh_cfg, devices)
+    rules = mesh_cfg.logical_axis_rules
+    model = PhiForCausalLM(config)
+    tx, schedule = opt.make_optimizer(opt.OptimizerConfig(learning_rate=3e-3, warmup_steps=2, schedule="cosine"),
+                                      STEPS)
+    state = st.init_state(model, tx, mesh, rules, seed=0, compiler_options=FAST_COMPILE)
+    step = stp.compile_train_step(stp.make_train_step(model, tx, schedule, num_roles=7, rules=rules),
+                                  st.state_shardings(model, tx, mesh, rules), mesh, rules,
+                                  compiler_options=FAST_COMPILE)
+    data = SyntheticBatches(global_batch_size=8, seq_len=32, vocab_size=config.vocab_size, mean_doc_len=12)
+    losses = []
+    with jax.set_mesh(mesh):
+        for _ in range(STEPS):
+            state, metrics = step(state, part.make_global_batch(next(data), mesh, rules, 8))
+            losses.append(float(metrics["loss"]))
+    return np.array(losses), state
+
+
+@pytest.fixture(scope="module")
+def config():
+    from textbooks.model.config import get_preset
+
+    # 8 heads of 4 and MLP 64, so that every axis splits 8 ways.
+    return get_preset("phi-cpu-1m").replace(hidden_size=32, num_layers=2, num_heads=8, intermediate_size=64,
+                                            vocab_size=256, max_len=64)
+
+
+@pytest.fixture(scope="module")
+def reference(config):
+    losses, _ = _run(config, part.PartitioningConfig(data=1), jax.devices()[:1])
+    assert losses[-1] < losses[0] - 0.05, losses  # it learns, so the comparison means something
+    return losses
+
+
+def _spec(x):
+    return x.sharding.spec
+
+
+def _shard_shape(x):
+    return x.addressable_shards[0].data.shape
+
+
+@pytest.mark.parametrize("shape", [(8, 1, 1), (2, 4, 1), (2, 2, 2), (1, 1, 8)], ids=lambda s: "x".join(map(str, s)))
+def test_losses_match_one_device_and_state_is_split_by_the_rules(config, reference, shape):
+    data, fsdp, tensor = shape
+    losses, state = _run(config, part.PartitioningConfig(data=data, fsdp=fsdp, tensor=tensor), jax.devices())
+    np.testing.assert_allclose(losses, reference, rtol=1e-5)
+
+    def expect(spec):
+        # Mesh axes of size 1 still appear in the spec; the shard shapes below show the real split.
+        return P(*spec)
+
+    params, mu = state.params, state.opt_state[1][0].mu
+    fc1, mu_fc1 = params["layers_0"]["mlp"]["fc1"]["kernel"], mu["layers_0"]["mlp"]["fc1"]["kernel"]
+    q, mu_q = params["layers_1"]["self_attn"]["q_proj"]["kernel"], mu["layers_1"]["self_attn"]["q_proj"]["kernel"]
+    emb = params["embed_tokens"]["embedding"]
+    ln = params["final_layernorm"]["scale"]
+    for a, b in ((fc1, mu_fc1), (q, mu_q)):
+        assert _spec(a) == _spec(b) and _shard_shape(a) == _shard_shape(b)  # optimizer state mirrors params
+    assert _spec(fc1) == expect(("fsdp", "tensor"))
+    assert _shard_shape(fc1) == (32 // fsdp, 64 // tensor)
+    assert _spec(q) == expect(("fsdp", "tensor", None))
+    assert _shard_shape(q) == (32 // fsdp, 8 // tensor, 4)
+    assert _spec(emb) == expect(("tensor", "fsdp"))
+    assert _shard_shape(emb) == (256 // tensor, 32 // fsdp)
+    assert _shard_shape(ln) == (32 // fsdp,)
+    # Scalars (step, Adam's count) are replicated.
+    assert _spec(state.step) == P() and _spec(state.opt_state[1][0].count) == P()

@@ -1,0 +1,113 @@
+"""train() in-process: metrics files (JSONL, TensorBoard, MFU), non-finite losses, and configuration errors."""
+
+import glob
+import json
+import math
+import os
+
+import jax
+import numpy as np
+import pytest
+
+from train_helpers import FAST_COMPILE
+from textbooks import gin_utils
+from textbooks import partitioning as part
+from textbooks.train import checkpoints as ck
+from textbooks.train import flops
+from textbooks.train import trainer
+from textbooks.train.synthetic import SyntheticBatches
+
+
+class PoisonedBatches(SyntheticBatches):
+    """Synthetic batches whose batch number ``bad`` (0-based) has a NaN loss weight."""
+
+    def __init__(self, bad, **kw):
+        super().__init__(**kw)
+        self.bad = bad
+
+    def batch(self, step):
+        out = super().batch(step)
+        if step == self.bad:
+            out["decoder_loss_weights"] = out["decoder_loss_weights"].copy()
+            out["decoder_loss_weights"][0, 0] = np.nan
+        return out
+
+
+def _train(tmp_path, config, steps, iterator, **kw):
+    return trainer.train(
+        model_dir=str(tmp_path), model_config=config, task_feature_lengths={"targets": 32}, batch_size=8,
+        train_steps=steps, vocabulary="byte", partitioning=part.PartitioningConfig(data=2, fsdp=2, tensor=2),
+        checkpoint=ck.CheckpointConfig(save_every=2, async_save=False), train_iterator=iterator,
+        log_every=1, progress_bar=False, peak_flops_per_device=1e9, compiler_options=FAST_COMPILE, **kw)
+
+
+def test_skip_policy_drops_the_bad_step_and_writes_metrics(tmp_path, tiny_config):
+    data = PoisonedBatches(3, global_batch_size=8, seq_len=32, vocab_size=tiny_config.vocab_size, mean_doc_len=12)
+    result = _train(tmp_path, tiny_config, 6, data, on_nonfinite="skip", tensorboard=True)
+    assert result.skipped_steps == 1 and result.final_step == 6 and math.isfinite(result.final_loss)
+
+    records = [json.loads(line) for line in open(tmp_path / "metrics" / "train.jsonl")]
+    assert [r["step"] for r in records] == [1, 2, 3, 4, 5, 6]
+    bad = records[3]
+    assert bad["nonfinite"] == 1.0 and bad["loss"] is None  # NaN is written as null
+    good = records[-1]
+    for key in ("loss", "grad_norm", "learning_rate", "tokens", "tokens_per_second", "mfu", "step_seconds"):
+        assert key in good and good[key] is not None, key
+    roles = [k for k in good if k.startswith("loss/")]
+    assert roles and all(r[5:] in ("synthetic_textbooks", "code_textbooks", "code_exercises", "code_filtered",
+                                   "web_filtered", "web_raw") for r in roles)
+    # MFU = tokens/s x FLOPs per token / peak, with the model's own FLOP count as the reference.
+    fpt = tiny_config.flops_per_token(32)
+    assert flops.flops_per_token(tiny_config, 32) == fpt
+    assert good["mfu"] == pytest.approx(good["tokens_per_second"] * fpt / (1e9 * 8), rel=1e-6)
+    assert glob.glob(str(tmp_path / "tensorboard" / "train" / "events.out.tfevents.*"))
+    summary = json.load(open(tmp_path / "summary.json"))
+    assert summary["skipped_steps"] == 1 and summary["stopped_by"] == "completed"
+
+
+def test_stop_policy_raises_and_keeps_a_finite_checkpoint(tmp_path, tiny_config):
+    data = PoisonedBatches(3, global_batch_size=8, seq_len=32, vocab_size=tiny_config.vocab_size, mean_doc_len=12)
+    with pytest.raises(trainer.NonFiniteLossError, match="non-finite loss or gradient at step 4"):
+        _train(tmp_path, tiny_config, 10, data, on_nonfinite="stop", tensorboard=False)
+    loaded = ck.load_model(str(tmp_path))
+    assert loaded.step <= 4
+    assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree_util.tree_leaves(loaded.params))
+    assert json.load(open(tmp_path / "summary.json"))["stopped_by"] == "nonfinite"
+
+
+def test_vocabulary_larger_than_the_model_is_an_error(tmp_path, tiny_config):
+    with pytest.raises(ValueError, match="model_config.vocab_size = 51200"):
+        trainer.train(model_dir=str(tmp_path), model_config=tiny_config.replace(vocab_size=8192),
+                      task_feature_lengths={"targets": 32}, batch_size=8, train_steps=1, vocabulary="phi",
+                      train_iterator=iter([]))
+    trainer.check_vocab_size(51200, "phi")
+    trainer.check_vocab_size(8192, "spm8k")
+
+
+def test_unknown_mixture_lists_the_registered_names(tmp_path, tiny_config):
+    with pytest.raises(ValueError, match="unknown mixture or task 'no_such_mixture'; registered: .*code_filtered"):
+        trainer.train(model_dir=str(tmp_path), model_config=tiny_config, mixture_or_task_name="no_such_mixture",
+                      task_feature_lengths={"targets": 32}, batch_size=8, train_steps=1)
+
+
+def test_gin_bad_binding_is_named():
+    with pytest.raises(gin_utils.GinConfigError, match="train.no_such_argument"):
+        gin_utils.parse_gin(["runs/pretrain.gin"], ["train.no_such_argument = 3"])
+
+
+def test_cli_reports_unknown_preset_and_missing_required_macros(tmp_path, capsys):
+    from textbooks import cli
+
+    trainer.register_gin_names()
+    rc = cli.main(["train", "--gin_file=runs/pretrain.gin", "--gin_file=tiny/synthetic.gin",
+                   f"--model_dir={tmp_path}", "--gin.TRAIN_STEPS=1", "--gin.model_config.preset='phi-9000'"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "unknown model preset 'phi-9000'" in err and "phi-cpu-1m" in err
+
+    import gin
+
+    gin.clear_config()
+    rc = cli.main(["train", "--gin_file=runs/pretrain.gin", f"--model_dir={tmp_path}"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "MIXTURE_OR_TASK_NAME" in err and "gin.REQUIRED" in err
+    assert not os.path.exists(tmp_path / "checkpoints")

@@ -1,0 +1,90 @@
+"""Train a phi model on a seqio mixture, T5X style.
+
+Examples:
+
+  textbooks train --gin_file=runs/pretrain.gin --gin_file=tiny/phi15_tiny.gin --model_dir=/tmp/run
+  textbooks train --gin_file=tpu/phi15_v5e256.gin --gin.TRAIN_STEPS=1000 --model_dir=gs://bucket/run
+
+gin files are composed in order, then --gin.NAME=VALUE bindings (macros such as MIXTURE_OR_TASK_NAME,
+TASK_FEATURE_LENGTHS, BATCH_SIZE, TRAIN_STEPS; --model_dir sets MODEL_DIR). A run resumes from the newest
+checkpoint in its model dir; SIGTERM or Ctrl-C saves a checkpoint and exits 0. Multi-host: pass
+--coordinator_address/--num_processes/--process_id (or $TEXTBOOKS_COORDINATOR_ADDRESS, ...), or
+--multihost to let JAX detect a TPU pod or SLURM cluster.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+HELP = "train a phi model with gin configs (T5X style); resumes from the model dir"
+ACCEPTS_EXTRA = True
+
+
+def add_arguments(parser) -> None:
+    from textbooks import gin_utils
+
+    gin_utils.add_gin_arguments(parser)
+    parser.add_argument("--model_dir", default=None, help="the run's folder (sets the MODEL_DIR gin macro)")
+    parser.add_argument("--coordinator_address", default=None, help="host:port of process 0 (multi-process runs)")
+    parser.add_argument("--num_processes", type=int, default=None, help="number of processes (multi-process runs)")
+    parser.add_argument("--process_id", type=int, default=None, help="this process's index (multi-process runs)")
+    parser.add_argument("--multihost", action="store_true",
+                        help="call jax.distributed.initialize() with cluster auto-detection (TPU pods, SLURM)")
+    parser.add_argument("--log_level", default="INFO", help="logging level (default INFO)")
+
+
+def _drop_gin_path_probes(record: logging.LogRecord) -> bool:
+    # gin logs every search-path probe of an include (at ERROR when the probe misses); keep them out.
+    return not record.pathname.replace("\\", "/").endswith("gin/resource_reader.py")
+
+
+def main(args) -> int:
+    logging.basicConfig(level=getattr(logging, str(args.log_level).upper(), logging.INFO),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    for noisy in ("absl", "jax._src", "orbax", "tensorflow"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(_drop_gin_path_probes)
+
+    # Join the other processes before anything touches the devices.
+    from textbooks import partitioning
+
+    partitioning.initialize_distributed(args.coordinator_address, args.num_processes, args.process_id,
+                                        auto=args.multihost)
+
+    from textbooks import gin_utils
+    from textbooks.train import trainer
+
+    flag_bindings, rest = gin_utils.split_gin_flags(args.extra or [])
+    if rest:
+        print(f"textbooks train: unrecognized arguments: {' '.join(rest)}", file=sys.stderr)
+        return 2
+    bindings = list(args.gin_bindings) + flag_bindings
+    if args.model_dir:
+        bindings.append(f"MODEL_DIR = {args.model_dir!r}")
+    if not args.gin_file:
+        print("textbooks train: give at least one --gin_file (e.g. --gin_file=runs/pretrain.gin)", file=sys.stderr)
+        return 2
+    try:
+        trainer.register_gin_names()
+        gin_utils.parse_gin(args.gin_file, bindings, args.gin_search_path)
+    except (gin_utils.GinConfigError, ValueError) as e:  # finalizing reports unset %gin.REQUIRED as ValueError
+        print(f"textbooks train: {e} (set it in a gin file or with --gin.NAME=VALUE)"
+              if "gin.REQUIRED" in str(e) else f"textbooks train: {e}", file=sys.stderr)
+        return 2
+    try:
+        result = trainer.train()
+    except trainer.NonFiniteLossError as e:
+        print(f"textbooks train: {e}", file=sys.stderr)
+        return 3
+    except (ValueError, KeyError, FileNotFoundError) as e:
+        print(f"textbooks train: {e}", file=sys.stderr)
+        return 2
+    except RuntimeError as e:
+        if "Required bindings" not in str(e):
+            raise
+        print(f"textbooks train: {e} (set them in a gin file or with --gin.NAME=VALUE)", file=sys.stderr)
+        return 2
+    print(f"textbooks train: {trainer.summary_line(result)}")
+    return 0
