@@ -66,7 +66,7 @@ class DemoConfig:
 
     preset: str = "phi-cpu-7m"
     vocabulary: str = "spm8k"
-    steps: int = 300
+    steps: int = 200
     batch_size: int = 8
     seq_len: int = 256
     learning_rate: float = 2e-3
@@ -175,7 +175,7 @@ def train_variant(name: str, mixture: str, model_dir: str, config: DemoConfig) -
         checkpoint=checkpoints.CheckpointConfig(save_every=max(1, config.steps // 3), keep=1),
         evaluation=hooks.EvalConfig(eval_every=config.eval_every, num_batches=8),
         seed=config.seed,
-        log_every=10,
+        log_every=1,  # every step: the report sums tokens/<role> into realized proportions
     )
     return dataclasses.asdict(result)
 

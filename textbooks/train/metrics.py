@@ -23,7 +23,8 @@ log = logging.getLogger(__name__)
 
 
 def summarize(raw: Mapping[str, Any], role_names: Sequence[str]) -> dict[str, float]:
-    """Host-side scalars of one step's raw metrics (loss per role from the summed role losses).
+    """Host-side scalars of one step's raw metrics: loss per role (from the summed role losses) and the real
+    (loss-weighted) tokens per role, whose sums over steps give the realized mixture proportions.
 
     Roles without tokens in the step are left out.
     """
@@ -38,6 +39,7 @@ def summarize(raw: Mapping[str, Any], role_names: Sequence[str]) -> dict[str, fl
     for i, name in enumerate(role_names):
         if i < len(role_weight) and role_weight[i] > 0:
             out[f"loss/{name}"] = float(role_loss[i] / role_weight[i])
+            out[f"tokens/{name}"] = float(role_weight[i])
     return out
 
 
