@@ -1,8 +1,8 @@
-"""Fixtures of the trainer tests (helpers live in train_helpers.py)."""
+"""Fixtures of the trainer tests (shared code lives in train_support.py)."""
 
 import pytest
 
-from train_helpers import COMPILE_CACHE, TINY
+from train_support import COMPILE_CACHE, TINY
 
 
 @pytest.fixture(scope="session")
@@ -14,7 +14,7 @@ def tiny_config():
 
 @pytest.fixture(scope="session", autouse=True)
 def _shared_compile_cache(tmp_path_factory):
-    """One persistent JAX compilation cache for the subprocesses of a test session (they compile the same
+    """One persistent JAX compilation cache for the subprocesses of a test run (they compile the same
     programs)."""
     COMPILE_CACHE["dir"] = str(tmp_path_factory.mktemp("jax_cache"))
     yield

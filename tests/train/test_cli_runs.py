@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from train_helpers import REPO, cli_env, losses, run_cli, tiny_gin, train_cmd
+from train_support import REPO, cli_env, losses, run_cli, tiny_gin, train_cmd
 
 pytestmark = pytest.mark.slow
 

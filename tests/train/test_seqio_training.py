@@ -5,7 +5,7 @@ import json
 import jax
 import pytest
 
-from train_helpers import FAST_COMPILE
+from train_support import FAST_COMPILE
 from textbooks import partitioning as part
 from textbooks.train import checkpoints as ck
 from textbooks.train import hooks

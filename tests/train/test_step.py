@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from train_helpers import FAST_COMPILE
+from train_support import FAST_COMPILE
 from textbooks import partitioning as part
 from textbooks.model.phi import PhiForCausalLM
 from textbooks.train import optimizer as opt

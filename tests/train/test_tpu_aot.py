@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from train_helpers import REPO, tiny_gin
+from train_support import REPO, tiny_gin
 
 pytestmark = pytest.mark.slow
 

@@ -9,7 +9,7 @@ import jax
 import numpy as np
 import pytest
 
-from train_helpers import FAST_COMPILE
+from train_support import FAST_COMPILE
 from textbooks import gin_utils
 from textbooks import partitioning as part
 from textbooks.train import checkpoints as ck
@@ -34,11 +34,12 @@ class PoisonedBatches(SyntheticBatches):
 
 
 def _train(tmp_path, config, steps, iterator, **kw):
+    kw.setdefault("checkpoint", ck.CheckpointConfig(save_every=2, async_save=False))
     return trainer.train(
         model_dir=str(tmp_path), model_config=config, task_feature_lengths={"targets": 32}, batch_size=8,
         train_steps=steps, vocabulary="byte", partitioning=part.PartitioningConfig(data=2, fsdp=2, tensor=2),
-        checkpoint=ck.CheckpointConfig(save_every=2, async_save=False), train_iterator=iterator,
-        log_every=1, progress_bar=False, peak_flops_per_device=1e9, compiler_options=FAST_COMPILE, **kw)
+        train_iterator=iterator, log_every=1, progress_bar=False, peak_flops_per_device=1e9,
+        compiler_options=FAST_COMPILE, **kw)
 
 
 def test_skip_policy_drops_the_bad_step_and_writes_metrics(tmp_path, tiny_config):
@@ -111,3 +112,53 @@ def test_cli_reports_unknown_preset_and_missing_required_macros(tmp_path, capsys
     err = capsys.readouterr().err
     assert rc == 2 and "MIXTURE_OR_TASK_NAME" in err and "gin.REQUIRED" in err
     assert not os.path.exists(tmp_path / "checkpoints")
+
+
+def test_init_from_takes_the_parameters_of_another_run(tmp_path, tiny_config):
+    from textbooks.model.phi import PhiForCausalLM
+    from textbooks.train import optimizer as opt
+    from textbooks.train import state as st
+
+    # A source checkpoint holding other parameters (seed 7), written as a run would.
+    mesh_cfg = part.PartitioningConfig(data=-1)
+    tx, _ = opt.make_optimizer(opt.OptimizerConfig(), 10)
+    state = st.init_state(PhiForCausalLM(tiny_config), tx, part.make_mesh(mesh_cfg), mesh_cfg.logical_axis_rules,
+                          seed=7, compiler_options=FAST_COMPILE)
+    state = state.replace(step=state.step + 5)
+    source = jax.device_get(state.params)
+    run = ck.RunCheckpoints(str(tmp_path / "source"), ck.CheckpointConfig(save_every=5))
+    run.save(5, state, None, {"model_config": tiny_config.to_dict(), "vocabulary": "byte"})
+    run.close()
+
+    data = SyntheticBatches(global_batch_size=8, seq_len=32, vocab_size=tiny_config.vocab_size, mean_doc_len=12)
+    result = _train(tmp_path / "finetune", tiny_config, 1, data, tensorboard=False,
+                    optimizer=opt.OptimizerConfig(learning_rate=1e-12, weight_decay=0.0),
+                    checkpoint=ck.CheckpointConfig(save_every=1, async_save=False, init_from=str(tmp_path / "source")))
+    assert result.start_step == 0 and result.final_step == 1  # a fresh run (own step count, fresh optimizer)
+    tuned = ck.load_model(str(tmp_path / "finetune")).params
+    for a, b in zip(jax.tree_util.tree_leaves(tuned), jax.tree_util.tree_leaves(source)):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-9)
+
+
+@pytest.mark.parametrize("files", [
+    ["runs/pretrain.gin"], ["runs/finetune.gin"], ["runs/pretrain.gin", "tiny/pretrain_tiny.gin"],
+    ["runs/finetune.gin", "tiny/finetune_tiny.gin"], ["tpu/phi15_v5e256.gin"], ["tpu/phi15_v5p128.gin"],
+    ["gpu/phi15_8xh100.gin"], ["gpu/phi15_8xa100_40gb.gin"]], ids="+".join)
+def test_experiment_gin_files_compose(files):
+    import gin
+
+    trainer.register_gin_names()
+    gin_utils.parse_gin(files, ["MIXTURE_OR_TASK_NAME = 'phi15'", "TRAIN_STEPS = 10", "MODEL_DIR = '/tmp/x'",
+                                "INIT_FROM = '/tmp/y'"])
+    b = gin.get_bindings("train")
+    assert b["model_dir"] == "/tmp/x" and b["train_steps"] == 10 and b["mixture_or_task_name"] == "phi15"
+    assert b["optimizer"].b2 == 0.98 and b["optimizer"].eps == 1e-7
+    config = b["model_config"]
+    if files[0].startswith(("tpu/", "gpu/")):
+        assert config.hidden_size == 2048 and config.dtype == "bfloat16" and config.scan_layers
+        assert b["batch_size"] == 1024 and b["task_feature_lengths"] == {"targets": 2048}
+        assert b["partitioning"].fsdp in (-1, 8)
+    if "finetune" in files[0]:
+        assert b["checkpoint"].init_from == "/tmp/y" and b["optimizer"].schedule == "linear"
+    if "tiny" in " ".join(files):
+        assert config.hidden_size == 64 and b["batch_size"] == 8

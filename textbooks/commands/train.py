@@ -2,8 +2,12 @@
 
 Examples:
 
-  textbooks train --gin_file=runs/pretrain.gin --gin_file=tiny/phi15_tiny.gin --model_dir=/tmp/run
-  textbooks train --gin_file=tpu/phi15_v5e256.gin --gin.TRAIN_STEPS=1000 --model_dir=gs://bucket/run
+  textbooks train --gin_file=runs/pretrain.gin --gin_file=tiny/pretrain_tiny.gin \
+      --gin.MIXTURE_OR_TASK_NAME="'phi15_spm8k'" --model_dir=/tmp/tiny
+  textbooks train --gin_file=runs/pretrain.gin --gin_file=tiny/pretrain_tiny.gin --gin_file=tiny/synthetic.gin \
+      --model_dir=/tmp/smoke                  (synthetic data: no corpus needed)
+  textbooks train --multihost --gin_file=tpu/phi15_v5e256.gin --gin.MIXTURE_OR_TASK_NAME="'phi15'" \
+      --gin.TRAIN_STEPS=75000 --model_dir=gs://bucket/phi15
 
 gin files are composed in order, then --gin.NAME=VALUE bindings (macros such as MIXTURE_OR_TASK_NAME,
 TASK_FEATURE_LENGTHS, BATCH_SIZE, TRAIN_STEPS; --model_dir sets MODEL_DIR). A run resumes from the newest

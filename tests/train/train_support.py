@@ -1,4 +1,4 @@
-"""Helpers of the trainer tests: a very small model, fast-compile options, gin files and a CLI runner."""
+"""Shared pieces of the trainer tests: a very small model, fast-compile options, gin files and a CLI runner."""
 
 import os
 import subprocess
@@ -11,7 +11,7 @@ import time
 FAST_COMPILE = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True}
 FAST_COMPILE_FLAGS = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
 
-# Set by conftest: one persistent JAX compilation cache shared by a session's subprocesses.
+# Set by conftest: one persistent JAX compilation cache shared by a test run's subprocesses.
 COMPILE_CACHE: dict = {}
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
