@@ -1,10 +1,10 @@
 """Does phi-1.5 pretraining fit? Compile the full train step ahead of time for TPU v5e-256 and v5p-128.
 
-    python bench/tpu_aot.py [--config tpu/phi15_v5e256.gin=v5e:16x16 ...] [--out tpu_aot.json]
+    python bench/tpu_aot.py [--config phi15/phi15.gin+tpu/phi15_v5e256.gin=v5e:16x16 ...] [--out tpu_aot.json]
 
-Each configuration is a gin file of ``experiments/`` (the one a real run uses) and a TPU topology. The train
-step of that run (phi-1.5, 1.4B parameters, global batch 1024 x 2048 tokens, with the file's mesh, remat and
-microbatches) is lowered and compiled by libtpu for the topology's chips on this machine, with no TPU, and
+Each configuration is a run's gin files of ``experiments/`` joined by ``+`` (the ones a real run uses: the
+paper run, then the hardware file) and a TPU topology. The train step of that run (phi-1.5, 1.4B parameters,
+global batch 2048 x 2048 tokens, with the hardware file's mesh, remat and microbatches) is lowered and compiled by libtpu for the topology's chips on this machine, with no TPU, and
 XLA's memory analysis gives the bytes per chip: arguments (the sharded train state and batch), outputs less
 what donation aliases, temporaries (activations, gradients) and code. The goal is to fit each chip's HBM (16
 GiB on v5e, 95 GiB on v5p) with headroom (< 90%).
@@ -23,29 +23,30 @@ import sys
 import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-DEFAULT_CONFIGS = ("tpu/phi15_v5e256.gin=v5e:16x16", "tpu/phi15_v5p128.gin=v5p:4x4x4")
+DEFAULT_CONFIGS = ("phi15/phi15.gin+tpu/phi15_v5e256.gin=v5e:16x16", "phi15/phi15.gin+tpu/phi15_v5p128.gin=v5p:4x4x4")
 HEADROOM = 0.90
 
 
-def compile_one(gin_file: str, topology: str, timeout: int) -> dict:
+def compile_one(gin_files: str, topology: str, timeout: int) -> dict:
     env = {k: v for k, v in os.environ.items() if k not in ("JAX_PLATFORMS", "XLA_FLAGS")}
     env.update(JAX_PLATFORMS="", TPU_WORKER_HOSTNAMES="localhost", ALLOW_MULTIPLE_LIBTPU_LOAD="1",
                TF_CPP_MIN_LOG_LEVEL="2")
-    cmd = [sys.executable, "-m", "textbooks.train.aot", f"--topology={topology}", f"--gin_file={gin_file}", "--json"]
+    cmd = [sys.executable, "-m", "textbooks.train.aot", f"--topology={topology}", "--json"]
+    cmd += [f"--gin_file={f}" for f in gin_files.split("+")]
     t = time.time()
     out = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
     lines = [line for line in out.stdout.splitlines() if line.startswith("{")]
     if not lines:
-        raise RuntimeError(f"{gin_file} on {topology} failed (exit {out.returncode}):\n{out.stderr[-4000:]}")
+        raise RuntimeError(f"{gin_files} on {topology} failed (exit {out.returncode}):\n{out.stderr[-4000:]}")
     result = json.loads(lines[-1])
-    result.update(gin_file=gin_file, wall_seconds=time.time() - t)
+    result.update(gin_file=gin_files, wall_seconds=time.time() - t)
     return result
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", action="append", default=[],
-                        help="GIN_FILE=TOPOLOGY (repeatable); default: " + ", ".join(DEFAULT_CONFIGS))
+                        help="GIN_FILE[+GIN_FILE...]=TOPOLOGY (repeatable); default: " + ", ".join(DEFAULT_CONFIGS))
     parser.add_argument("--timeout", type=int, default=3600, help="seconds per compilation")
     parser.add_argument("--out", default="tpu_aot.json")
     args = parser.parse_args(argv)

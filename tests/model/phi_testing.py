@@ -70,3 +70,17 @@ def our_logits(config, params, ids, **kwargs) -> np.ndarray:
         _APPLY[config] = jax.jit(lambda p, x, **kw: model.apply({"params": p}, x, **kw))
     kwargs = {k: jnp.asarray(v) for k, v in kwargs.items()}
     return np.asarray(_APPLY[config](params, jnp.asarray(ids), **kwargs))
+
+
+def greedy_by_recomputing(config, params, prompts, steps):
+    """Reference: run the full forward on prompt + generated tokens at every step, take the argmax."""
+    width = max(map(len, prompts)) + steps
+    sequences = [list(p) for p in prompts]
+    for _ in range(steps):
+        ids = np.zeros((len(prompts), width), np.int32)
+        for i, s in enumerate(sequences):
+            ids[i, :len(s)] = s  # right padding never reaches earlier positions (causal attention)
+        logits = our_logits(config, params, ids)
+        for i, s in enumerate(sequences):
+            s.append(int(np.argmax(logits[i, len(s) - 1])))
+    return [s[len(p):] for s, p in zip(sequences, prompts)]

@@ -4,7 +4,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from phi_testing import our_logits
+from phi_testing import greedy_by_recomputing
 
 from textbooks.model import Decoder, GenerationRequest, generate
 from textbooks.model.decode import sample_tokens
@@ -18,25 +18,11 @@ def _prompts(config, seed=0):
     return [rng.randint(0, config.vocab_size, n).tolist() for n in PROMPT_LENGTHS]
 
 
-def _greedy_by_recomputing(config, params, prompts, steps):
-    """Reference: run the full forward on prompt + generated tokens at every step, take the argmax."""
-    width = max(map(len, prompts)) + steps
-    sequences = [list(p) for p in prompts]
-    for _ in range(steps):
-        ids = np.zeros((len(prompts), width), np.int32)
-        for i, s in enumerate(sequences):
-            ids[i, :len(s)] = s  # right padding never reaches earlier positions (causal attention)
-        logits = our_logits(config, params, ids)
-        for i, s in enumerate(sequences):
-            s.append(int(np.argmax(logits[i, len(s) - 1])))
-    return [s[len(p):] for s, p in zip(sequences, prompts)]
-
-
 def test_greedy_with_cache_equals_recomputing_the_full_forward(tiny_model):
     config, params = tiny_model
     prompts = _prompts(config)
     outputs = generate(params, config, prompts, max_new_tokens=NEW)
-    expected = _greedy_by_recomputing(config, params, prompts, NEW)
+    expected = greedy_by_recomputing(config, params, prompts, NEW)
     assert [o.tokens for o in outputs] == expected
     assert all(o.finish_reason == "length" for o in outputs)
     assert len({tuple(e) for e in expected}) == len(expected)  # not a degenerate constant model

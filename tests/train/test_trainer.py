@@ -142,8 +142,9 @@ def test_init_from_takes_the_parameters_of_another_run(tmp_path, tiny_config):
 
 @pytest.mark.parametrize("files", [
     ["runs/pretrain.gin"], ["runs/finetune.gin"], ["runs/pretrain.gin", "tiny/pretrain_tiny.gin"],
-    ["runs/finetune.gin", "tiny/finetune_tiny.gin"], ["tpu/phi15_v5e256.gin"], ["tpu/phi15_v5p128.gin"],
-    ["gpu/phi15_8xh100.gin"], ["gpu/phi15_8xa100_40gb.gin"]], ids="+".join)
+    ["runs/finetune.gin", "tiny/finetune_tiny.gin"], ["runs/pretrain.gin", "tpu/phi15_v5e256.gin"],
+    ["runs/pretrain.gin", "tpu/phi15_v5p128.gin"], ["runs/pretrain.gin", "gpu/phi15_8xh100.gin"],
+    ["runs/pretrain.gin", "gpu/phi15_8xa100_40gb.gin"]], ids="+".join)
 def test_experiment_gin_files_compose(files):
     import gin
 
@@ -154,11 +155,87 @@ def test_experiment_gin_files_compose(files):
     assert b["model_dir"] == "/tmp/x" and b["train_steps"] == 10 and b["mixture_or_task_name"] == "phi15"
     assert b["optimizer"].b2 == 0.98 and b["optimizer"].eps == 1e-7
     config = b["model_config"]
-    if files[0].startswith(("tpu/", "gpu/")):
+    if files[-1].startswith(("tpu/", "gpu/")):
         assert config.hidden_size == 2048 and config.dtype == "bfloat16" and config.scan_layers
-        assert b["batch_size"] == 1024 and b["task_feature_lengths"] == {"targets": 2048}
-        assert b["partitioning"].fsdp in (-1, 8)
+        assert b["partitioning"].fsdp in (-1, 8) and b["microbatches"] >= 2
     if "finetune" in files[0]:
         assert b["checkpoint"].init_from == "/tmp/y" and b["optimizer"].schedule == "linear"
     if "tiny" in " ".join(files):
         assert config.hidden_size == 64 and b["batch_size"] == 8
+
+
+# The papers' numbers, as printed in "Textbooks Are All You Need" (section 2.3) and its phi-1.5 report
+# (section 2): (mixture, batch, steps, peak lr, schedule, warmup, weight decay, hidden size).
+PAPER_RUNS = {
+    "phi1/pretrain.gin": ("phi1", 1024, 36000, 1e-3, "linear", 750, 0.1, 2048),
+    "phi1/finetune.gin": ("phi1_finetune", 256, 6000, 1e-4, "linear", 50, 0.01, 2048),
+    "phi15/phi15.gin": ("phi15", 2048, 35763, 2e-4, "constant", 0, 0.1, 2048),
+    "phi15/phi15_web_only.gin": ("phi15_web_only", 2048, 35763, 2e-4, "constant", 0, 0.1, 2048),
+    "phi15/phi15_web.gin": ("phi15_web", 2048, 35763, 2e-4, "constant", 0, 0.1, 2048),
+}
+
+
+def _bindings(files, extra=()):
+    import gin
+
+    gin.clear_config()
+    trainer.register_gin_names()
+    gin_utils.parse_gin(files, ["MODEL_DIR = '/tmp/x'", "INIT_FROM = '/tmp/y'", *extra])
+    return gin.get_bindings("train")
+
+
+@pytest.mark.parametrize("name", sorted(PAPER_RUNS))
+def test_paper_runs_carry_the_papers_hyperparameters(name):
+    mixture, batch, steps, lr, schedule, warmup, wd, hidden = PAPER_RUNS[name]
+    b = _bindings([name])
+    opt_config, config = b["optimizer"], b["model_config"]
+    assert (b["mixture_or_task_name"], b["batch_size"], b["train_steps"]) == (mixture, batch, steps)
+    assert (opt_config.learning_rate, opt_config.schedule, opt_config.warmup_steps) == (lr, schedule, warmup)
+    assert opt_config.weight_decay == wd and b["task_feature_lengths"] == {"targets": 2048}
+    assert config.hidden_size == hidden and config.num_layers == 24 and config.vocab_size == 51200
+    if name.startswith("phi15/"):  # 150B tokens
+        assert abs(batch * steps * 2048 - 150e9) / 150e9 < 1e-4
+    if name == "phi1/pretrain.gin":  # the step-24,000 checkpoint (phi-1-base) is kept
+        assert 24000 % b["checkpoint"].keep_period == 0
+    # A hardware file after the run keeps the run's data, batch and optimizer and brings the mesh.
+    with_mesh = _bindings([name, "tpu/phi15_v5e256.gin"])
+    assert (with_mesh["mixture_or_task_name"], with_mesh["batch_size"]) == (mixture, batch)
+    assert with_mesh["optimizer"] == opt_config and with_mesh["partitioning"].fsdp == -1
+
+
+@pytest.mark.parametrize("paper,tiny", [("phi1/pretrain.gin", "tiny/phi1_pretrain.gin"),
+                                        ("phi1/finetune.gin", "tiny/phi1_finetune.gin"),
+                                        ("phi15/phi15.gin", "tiny/phi15.gin"),
+                                        ("phi15/phi15_web_only.gin", "tiny/phi15_web_only.gin"),
+                                        ("phi15/phi15_web.gin", "tiny/phi15_web.gin")])
+def test_tiny_runs_keep_the_paper_runs_ratios(paper, tiny):
+    full, small = _bindings([paper]), _bindings([tiny])
+    assert small["mixture_or_task_name"] == full["mixture_or_task_name"] + "_spm8k"
+    import seqio
+
+    import mixtures  # noqa: F401 - registers the paper mixtures
+
+    registered = set(seqio.MixtureRegistry.names())
+    assert {small["mixture_or_task_name"], full["mixture_or_task_name"]} <= registered
+    assert small["model_config"].hidden_size <= 256 and small["vocabulary"] == "spm8k"
+    fo, so = full["optimizer"], small["optimizer"]
+    assert (so.learning_rate, so.schedule, so.weight_decay) == (fo.learning_rate, fo.schedule, fo.weight_decay)
+    # Warmup share of the run, to the nearest step.
+    assert abs(so.warmup_steps - fo.warmup_steps / full["train_steps"] * small["train_steps"]) <= 1
+    # Sequence length and batch shrink by the same factors in every run.
+    assert full["task_feature_lengths"]["targets"] / small["task_feature_lengths"]["targets"] == 8
+    assert full["batch_size"] / small["batch_size"] == 64
+
+
+def test_tiny_runs_keep_the_token_ratios_between_paper_runs():
+    def sequences(name):
+        b = _bindings([name])
+        return b["batch_size"] * b["train_steps"]
+
+    # phi-1 fine-tuning sees 1/24 of its pretraining's sequences; phi-1.5 about twice phi-1's pretraining.
+    for prefix in ("phi1/", "tiny/phi1_"):
+        pre, ft = ("phi1/pretrain.gin", "phi1/finetune.gin") if prefix == "phi1/" else (
+            "tiny/phi1_pretrain.gin", "tiny/phi1_finetune.gin")
+        assert abs(sequences(ft) / sequences(pre) - 1 / 24) < 0.01
+    assert abs(sequences("phi15/phi15.gin") / sequences("phi1/pretrain.gin") - 1.99) < 0.01
+    assert abs(sequences("tiny/phi15.gin") / sequences("tiny/phi1_pretrain.gin") - 2.0) < 0.01

@@ -6,8 +6,9 @@ Examples:
       --gin.MIXTURE_OR_TASK_NAME="'phi15_spm8k'" --model_dir=/tmp/tiny
   textbooks train --gin_file=runs/pretrain.gin --gin_file=tiny/pretrain_tiny.gin --gin_file=tiny/synthetic.gin \
       --model_dir=/tmp/smoke                  (synthetic data: no corpus needed)
-  textbooks train --multihost --gin_file=tpu/phi15_v5e256.gin --gin.MIXTURE_OR_TASK_NAME="'phi15'" \
-      --gin.TRAIN_STEPS=75000 --model_dir=gs://bucket/phi15
+  textbooks train --gin_file=tiny/phi15_web.gin --model_dir=/tmp/phi15_web_tiny   (a paper run at CPU size)
+  textbooks train --multihost --gin_file=phi15/phi15_web.gin --gin_file=tpu/phi15_v5e256.gin \
+      --model_dir=gs://bucket/phi15_web       (the paper run, on every host of a TPU slice)
 
 gin files are composed in order, then --gin.NAME=VALUE bindings (macros such as MIXTURE_OR_TASK_NAME,
 TASK_FEATURE_LENGTHS, BATCH_SIZE, TRAIN_STEPS; --model_dir sets MODEL_DIR). A run resumes from the newest

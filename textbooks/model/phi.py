@@ -6,8 +6,8 @@ rotate-half convention) to the first ``rotary_dim`` dims of each head. The MLP i
 approximation, "gelu_new") -> fc2. A final LayerNorm feeds an untied LM head with a bias.
 
 Packing: ``segment_ids`` (0 = padding) restrict attention to tokens of the same document, and ``positions``
-restart at each document. Decoding: with ``decode=True`` each attention layer keeps a ``[batch, cache_len,
-heads, head_dim]`` key/value cache in the ``'cache'`` collection, and the model keeps one write index per row,
+restart at each document. Decoding: with ``decode=True`` each attention layer keeps a ``[batch, heads,
+cache_len, head_dim]`` key/value cache in the ``'cache'`` collection, and the model keeps one write index per row,
 so rows of a batch may hold prompts of different lengths (right-padded; see :mod:`textbooks.model.decode`).
 
 Parameters carry logical axis names (``vocab, embed, heads, kv, mlp, layers``); activations are constrained
@@ -130,42 +130,40 @@ class PhiAttention(nn.Module):
         q, k, v = (nn.with_logical_constraint(t, ("batch", "length", "heads", "kv")) for t in (q, k, v))
 
         batch, length = x.shape[:2]
-        mask = None
+        scale = cfg.head_dim ** -0.5
+        cached = False
         if decode:
+            # The cache is [batch, heads, slots, head_dim]: a decode step's products with it are batched
+            # matrix-vector products over contiguous [slots, head_dim] blocks, the fastest layout on CPU and
+            # the one a heads-major attention kernel reads.
             initialized = self.has_variable("cache", "cached_key")
-            cached_key = self.variable("cache", "cached_key", jnp.zeros, k.shape, k.dtype)
-            cached_value = self.variable("cache", "cached_value", jnp.zeros, v.shape, v.dtype)
+            shape = (batch, cfg.num_heads, length, cfg.head_dim)
+            cached_key = self.variable("cache", "cached_key", jnp.zeros, shape, k.dtype)
+            cached_value = self.variable("cache", "cached_value", jnp.zeros, shape, v.dtype)
             if initialized:
-                # Write the new keys/values at each row's own slots; out-of-range slots are dropped.
+                # Write the new keys/values at each row's own slots; out-of-range slots are dropped. (Indexing
+                # [rows, :, slots] addresses [batch, length, heads, head_dim] elements: k's own layout.)
                 slots = decode_index[:, None] + jnp.arange(length)[None, :]  # [B, T]
                 rows = jnp.arange(batch)[:, None]
-                k = cached_key.value.at[rows, slots].set(k.astype(cached_key.value.dtype), mode="drop")
-                v = cached_value.value.at[rows, slots].set(v.astype(cached_value.value.dtype), mode="drop")
+                k = cached_key.value.at[rows, :, slots].set(k.astype(cached_key.value.dtype), mode="drop")
+                v = cached_value.value.at[rows, :, slots].set(v.astype(cached_value.value.dtype), mode="drop")
                 cached_key.value, cached_value.value = k, v
+                cached = True
                 # Row b's query t sits at slot decode_index[b] + t and sees every slot up to it: the slots
                 # before decode_index hold this row's earlier tokens, later ones are stale or empty.
-                mask = (jnp.arange(k.shape[1])[None, None, :] <= slots[:, :, None])[:, None]  # [B, 1, T, S]
-        if mask is None:
+                mask = (jnp.arange(k.shape[2])[None, None, :] <= slots[:, :, None])[:, None]  # [B, 1, T, S]
+        if not cached:
             mask = attention_mask(segment_ids)
-
-        scale = cfg.head_dim ** -0.5
-        # One query per row (a decode step): products and sums over the cache in its own layout fuse into one
-        # pass over it, where a batched matrix-vector dot would first transpose the whole cache.
-        single_query = decode and length == 1 and mask.shape[-1] != 1
-        if single_query:
-            scores = jnp.sum(q.astype(jnp.float32) * k.astype(jnp.float32), axis=-1) * scale  # [B, S, H]
-            scores = jnp.transpose(scores, (0, 2, 1))[:, :, None, :]  # [B, H, 1, S]
-        else:
             scores = jnp.einsum("bqhd,bkhd->bhqk", q, k, preferred_element_type=jnp.float32) * scale
+        else:
+            scores = jnp.einsum("bqhd,bhkd->bhqk", q, k, preferred_element_type=jnp.float32) * scale
         scores = jnp.where(mask, scores, jnp.finfo(jnp.float32).min)  # finite: fully masked rows stay NaN-free
         probs = jax.nn.softmax(scores, axis=-1)
         probs = nn.Dropout(rate=cfg.attn_dropout)(probs, deterministic=deterministic)
-        if single_query:
-            weights = jnp.transpose(probs[:, :, 0, :], (0, 2, 1))[..., None].astype(dtype)  # [B, S, H, 1]
-            out = jnp.sum(weights.astype(jnp.float32) * v.astype(jnp.float32), axis=1, keepdims=True)
-            out = out.astype(dtype)  # [B, 1, H, D]
-        else:
+        if not cached:
             out = jnp.einsum("bhqk,bkhd->bqhd", probs.astype(dtype), v.astype(dtype))
+        else:
+            out = jnp.einsum("bhqk,bhkd->bqhd", probs.astype(dtype), v.astype(dtype))
         out = nn.with_logical_constraint(out, ("batch", "length", "heads", "kv"))
         return Projection(cfg, "blhk,hkd->bld", (cfg.num_heads, cfg.head_dim, cfg.hidden_size),
                           ("heads", "kv", "embed"), name="dense")(out)

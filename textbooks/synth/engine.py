@@ -1,12 +1,17 @@
 """The serving engine: a checkpoint behind a request queue that batches concurrent requests into KV-cache decoding.
 
 Requests wait in a queue for up to ``batch_wait_ms`` (or until ``max_batch_size`` are there) and are decoded
-together by :class:`textbooks.model.decode.Decoder` on a worker thread, so the event loop keeps serving. Decoding
-proceeds in chunks of ``chunk_tokens`` new tokens: after each chunk, finished requests leave the batch, new
-requests join it (iteration-level scheduling at chunk granularity), streaming requests receive their new text,
-and stop strings are checked on the decoded text. Each chunk re-reads its row's prompt plus what it generated
-so far, so a chunk size of 0 (one call per request: fastest for throughput) gives streaming only at the end.
-Every request is cut into chunks the same way whatever else is in the batch, so a seed gives the same text
+on a worker thread, so the event loop keeps serving. Two schedules:
+
+* continuous batching (``chunk_tokens > 0``, the default): a :class:`textbooks.model.slots.SlotDecoder` keeps
+  one KV cache of ``max_batch_size`` rows. Decoding proceeds in chunks of ``chunk_tokens`` tokens; between
+  chunks, finished requests free their rows, waiting requests are prefilled into free rows (the others keep
+  their caches: nothing is re-read), streaming requests receive their new text and stop strings are checked
+  on the decoded text.
+* static batches (``chunk_tokens = 0``): each batch runs from its prompts to its last request's end in one
+  :class:`textbooks.model.decode.Decoder` call; streaming then delivers the text at the end.
+
+A request's sampling stream depends only on its seed (and chunk number), so a seed gives the same text
 whether a request ran alone or alongside others.
 """
 
@@ -19,7 +24,6 @@ import logging
 import time
 from typing import Any, Sequence
 
-import numpy as np
 
 logger = logging.getLogger(__name__)
 
@@ -71,10 +75,12 @@ class Engine:
         model_name: the name served at ``/v1/models``.
         max_batch_size: most requests decoded together.
         batch_wait_ms: how long the first request of a batch waits for company.
-        chunk_tokens: new tokens per decoding call (0: a request's whole completion in one call).
+        chunk_tokens: new tokens per decoding call of continuous batching (0: static batches, a request's whole
+            completion in one call).
         max_queue: most requests waiting; beyond it requests are refused (429).
-        fixed_batch: pad every batch to ``max_batch_size`` rows, so one batch shape is compiled (TPU-style;
-            otherwise batches are rounded up to powers of two).
+        fixed_batch: static batches only: pad every batch to ``max_batch_size`` rows, so one batch shape is
+            compiled (TPU-style; otherwise batches are rounded up to powers of two). Continuous batching always
+            decodes ``max_batch_size`` rows.
         min_length_bucket: smallest prompt/cache length bucket; larger values mean fewer compiled programs
             and more padding.
     """
@@ -83,6 +89,7 @@ class Engine:
                  batch_wait_ms: float = 5.0, chunk_tokens: int = 32, max_queue: int = 1024,
                  fixed_batch: bool = False, min_length_bucket: int = 16):
         from textbooks.model.decode import Decoder
+        from textbooks.model.slots import SlotDecoder
 
         self.config = config
         self.vocabulary = vocabulary
@@ -100,6 +107,8 @@ class Engine:
                              f"they do not belong together; pass the vocabulary the model was trained with")
         self.decoder = Decoder(params, config, max_batch_size=max_batch_size,
                                min_length_bucket=min(min_length_bucket, self.max_len))
+        self.slots = SlotDecoder(params, config, num_slots=max_batch_size,
+                                 min_length_bucket=min(min_length_bucket, self.max_len))
         self._executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="decode")
         self._queue: asyncio.Queue[Job] | None = None
         self._task: asyncio.Task | None = None
@@ -133,8 +142,14 @@ class Engine:
     def warmup(self) -> None:
         """Compiles the decoding programs of a one-request batch (synchronously, before serving)."""
         prompt = self.encode("Hello") or [0]
-        new = self.chunk_tokens or 16
-        self._decode_chunk([Job(prompt_ids=prompt, max_tokens=max(1, min(new, self.max_len - len(prompt))))])
+        job = Job(prompt_ids=prompt, max_tokens=max(1, min(self.chunk_tokens or 16, self.max_len - len(prompt))))
+        if self.chunk_tokens > 0:
+            slots, _ = self._slot_chunk([job])
+            for slot in slots:
+                if slot in self.slots.active_slots:
+                    self.slots.release(slot)
+        else:
+            self._decode_chunk([job])
 
     def submit(self, job: Job) -> asyncio.Future:
         """Queues ``job``; the future resolves (to the job) when it is finished.
@@ -150,25 +165,37 @@ class Engine:
         self._queue.put_nowait(job)
         return job.done
 
-    async def _scheduler(self) -> None:
+    async def _next_batch(self, waiting: int) -> list[Job]:
+        """Up to ``max_batch_size - waiting`` queued jobs; waits ``batch_wait_ms`` for company when idle."""
         assert self._queue is not None
-        active: list[Job] = []
+        room = self.max_batch_size - waiting
+        jobs: list[Job] = []
+        if waiting == 0:
+            loop = asyncio.get_running_loop()
+            jobs.append(await self._queue.get())
+            deadline = loop.time() + self.batch_wait_s
+            while len(jobs) < room:
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    break
+                try:
+                    jobs.append(await asyncio.wait_for(self._queue.get(), remaining))
+                except asyncio.TimeoutError:
+                    break
+        while len(jobs) < room and not self._queue.empty():
+            jobs.append(self._queue.get_nowait())
+        return [j for j in jobs if not self._drop_cancelled(j)]
+
+    async def _scheduler(self) -> None:
+        if self.chunk_tokens > 0:
+            await self._continuous_scheduler()
+        else:
+            await self._static_scheduler()
+
+    async def _static_scheduler(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
-            if not active:
-                active.append(await self._queue.get())
-                deadline = loop.time() + self.batch_wait_s
-                while len(active) < self.max_batch_size:
-                    remaining = deadline - loop.time()
-                    if remaining <= 0:
-                        break
-                    try:
-                        active.append(await asyncio.wait_for(self._queue.get(), remaining))
-                    except asyncio.TimeoutError:
-                        break
-            while len(active) < self.max_batch_size and not self._queue.empty():
-                active.append(self._queue.get_nowait())
-            active = [j for j in active if not self._drop_cancelled(j)]
+            active = await self._next_batch(0)
             if not active:
                 continue
             self.stats["batches"] += 1
@@ -178,16 +205,44 @@ class Engine:
                 logger.exception("decoding failed for a batch of %d requests", len(active))
                 for job in active:
                     self._finish(job, error=e)
-                active = []
                 continue
-            still = []
             for job, out in zip(active, outputs):
                 self._advance(job, out)
-                if job.finish_reason is None and not job.cancelled:
-                    still.append(job)
-                else:
+                self._finish(job)
+
+    async def _continuous_scheduler(self) -> None:
+        loop = asyncio.get_running_loop()
+        running: dict[int, Job] = {}  # slot -> job
+        while True:
+            new = await self._next_batch(len(running))
+            for slot, job in list(running.items()):
+                if job.cancelled:
+                    self.slots.release(slot)
+                    del running[slot]
                     self._finish(job)
-            active = still
+            if not new and not running:
+                continue
+            if new:
+                self.stats["batches"] += 1
+            try:
+                slots, outputs = await loop.run_in_executor(self._executor, self._slot_chunk, new)
+            except Exception as e:  # noqa: BLE001 - fail the running requests, reset the cache, keep serving
+                logger.exception("decoding failed with %d running and %d new requests", len(running), len(new))
+                for job in list(running.values()) + new:
+                    self._finish(job, error=e)
+                for slot in self.slots.active_slots:
+                    self.slots.release(slot)
+                running = {}
+                continue
+            running.update(zip(slots, new))
+            for slot, out in outputs.items():
+                job = running[slot]
+                self._advance(job, out)
+                if job.finish_reason is not None or job.cancelled:
+                    if slot in self.slots.active_slots:  # ended on a stop string, or cancelled
+                        self.slots.release(slot)
+                    del running[slot]
+                    self._finish(job)
 
     def _drop_cancelled(self, job: Job) -> bool:
         if job.cancelled:
@@ -195,16 +250,13 @@ class Engine:
         return job.cancelled
 
     def _decode_chunk(self, jobs: list[Job]):
+        """Static batches: every job's whole completion in one Decoder call."""
         from textbooks.model.decode import GenerationRequest
+        from textbooks.model.slots import chunk_seed
 
-        requests = []
-        for job in jobs:
-            left = job.max_tokens - len(job.generated)
-            n = min(left, self.chunk_tokens) if self.chunk_tokens > 0 else left
-            requests.append(GenerationRequest(
-                    prompt=job.prompt_ids + job.generated, max_new_tokens=n, temperature=job.temperature,
-                    top_k=job.top_k, top_p=job.top_p, eos_id=self.eos_id,
-                    seed=int(np.random.SeedSequence([job.seed, job.chunks]).generate_state(1)[0] & 0x7FFFFFFF)))
+        requests = [GenerationRequest(prompt=job.prompt_ids, max_new_tokens=job.max_tokens,
+                                      temperature=job.temperature, top_k=job.top_k, top_p=job.top_p,
+                                      eos_id=self.eos_id, seed=chunk_seed(job.seed, 0)) for job in jobs]
         if self.fixed_batch:  # Filler rows: one token each, outputs dropped.
             filler = GenerationRequest(prompt=[jobs[0].prompt_ids[0]], max_new_tokens=1)
             requests += [filler] * (self.max_batch_size - len(requests))
@@ -213,16 +265,30 @@ class Engine:
         self.stats["rows_decoded"] += len(jobs)
         return outputs
 
+    def _slot_chunk(self, jobs: list[Job]) -> tuple[list[int], dict]:
+        """Admits ``jobs`` into free slots, then decodes one chunk of every running request."""
+        from textbooks.model.decode import GenerationRequest
+
+        slots = self.slots.admit([GenerationRequest(
+                prompt=job.prompt_ids, max_new_tokens=job.max_tokens, temperature=job.temperature, top_k=job.top_k,
+                top_p=job.top_p, eos_id=self.eos_id, seed=job.seed) for job in jobs])
+        outputs = self.slots.step(self.chunk_tokens)
+        self.stats["decode_calls"] += 1
+        self.stats["rows_decoded"] += len(outputs)
+        return slots, outputs
+
     def _advance(self, job: Job, out: Any) -> None:
+        """Appends a chunk's tokens: a GenerationOutput (the request ended) or (tokens, None) (it goes on)."""
+        tokens, reason = (out.tokens, out.finish_reason) if hasattr(out, "tokens") else out
         job.chunks += 1
-        job.generated.extend(int(t) for t in out.tokens)
-        self.stats["generated_tokens"] += len(out.tokens)
+        job.generated.extend(int(t) for t in tokens)
+        self.stats["generated_tokens"] += len(tokens)
         job.text = self.decode(job.generated)
         cut = _find_stop(job.text, job.stop)
         if cut is not None:
             job.text = job.text[:cut]
             job.finish_reason = "stop"
-        elif out.finish_reason in ("eos", "stop"):
+        elif reason in ("eos", "stop"):
             job.finish_reason = "stop"
         elif len(job.generated) >= job.max_tokens:
             job.finish_reason = "length"

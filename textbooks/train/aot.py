@@ -165,7 +165,7 @@ def compile_from_gin(topology: str, num_slices: int = 1) -> AotResult:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m textbooks.train.aot --topology=v5e:16x16 --gin_file=tpu/phi15_v5e256.gin [--json]``."""
+    """``python -m textbooks.train.aot --topology=v5e:16x16 --gin_file=phi15/phi15.gin --gin_file=tpu/phi15_v5e256.gin [--json]``."""
     from textbooks import gin_utils
     from textbooks.train import trainer
 

@@ -1,0 +1,125 @@
+"""Continuous batching on a persistent KV cache: requests joining and leaving between chunks decode exactly as
+they would alone (greedy: as recomputing the full forward), sampling does not depend on company, slots are
+freed and reused, the cache grows for longer requests, bad calls fail clearly."""
+
+import numpy as np
+import pytest
+from phi_testing import greedy_by_recomputing
+
+from textbooks.model import GenerationRequest
+from textbooks.model.decode import Decoder
+from textbooks.model.slots import SlotDecoder
+
+
+def _collect(step_outputs, outputs, reasons):
+    for slot, out in step_outputs.items():
+        if isinstance(out, tuple):
+            outputs[slot] += out[0]
+        else:
+            outputs[slot] += out.tokens
+            reasons[slot] = out.finish_reason
+
+
+def _drain(decoder, outputs, chunk, reasons=None):
+    """Steps until every slot is free; appends each slot's tokens to ``outputs[slot]``; returns finish reasons."""
+    reasons = {} if reasons is None else reasons
+    while decoder.active_slots:
+        _collect(decoder.step(chunk), outputs, reasons)
+    return reasons
+
+
+def test_requests_joining_midway_decode_as_recomputing_the_forward(tiny_model):
+    config, params = tiny_model
+    rng = np.random.RandomState(3)
+    prompts = [rng.randint(0, config.vocab_size, n).tolist() for n in (2, 7, 12, 5, 20)]
+    lengths = [9, 14, 5, 11, 8]
+    decoder = SlotDecoder(params, config, num_slots=4, min_length_bucket=8)
+    first = decoder.admit([GenerationRequest(prompt=p, max_new_tokens=n) for p, n in zip(prompts[:3], lengths[:3])])
+    assert first == [0, 1, 2] and decoder.free_slots == [3]
+    got = {s: [] for s in range(4)}
+    by_request = {}
+    _collect(decoder.step(4), got, {})
+    # Two more arrive while three run; only one slot is free, so the second waits for the short one to end.
+    by_request[3] = decoder.admit([GenerationRequest(prompt=prompts[3], max_new_tokens=lengths[3])])[0]
+    _collect(decoder.step(4), got, {})
+    assert 2 in decoder.free_slots  # request 2 (5 tokens) has ended after 8
+    finished_2 = list(got[2])
+    got[2] = []
+    by_request[4] = decoder.admit([GenerationRequest(prompt=prompts[4], max_new_tokens=lengths[4])])[0]
+    assert by_request[4] == 2  # the freed slot is reused
+    _drain(decoder, got, 4)
+    outputs = {0: got[0], 1: got[1], 2: finished_2, 3: got[by_request[3]], 4: got[by_request[4]]}
+    for i, (prompt, n) in enumerate(zip(prompts, lengths)):
+        assert outputs[i] == greedy_by_recomputing(config, params, [prompt], n)[0], f"request {i}"
+    assert decoder.cache is None and decoder.cache_len == 0  # all free: back to the smallest cache
+
+
+def test_sampling_does_not_depend_on_company_or_chunking(tiny_model):
+    config, params = tiny_model
+    request = GenerationRequest(prompt=[5, 9, 3], max_new_tokens=12, temperature=1.0, top_k=20, seed=11)
+    alone = SlotDecoder(params, config, num_slots=2)
+    got_alone = {0: [], 1: []}
+    alone.admit([request])
+    _drain(alone, got_alone, 4)
+    crowded = SlotDecoder(params, config, num_slots=4)
+    others = [GenerationRequest(prompt=[1, 2, 3, 4, 5, 6], max_new_tokens=20, temperature=0.7, seed=s)
+              for s in range(3)]
+    got = {s: [] for s in range(4)}
+    crowded.admit(others[:2])
+    _collect(crowded.step(4), got, {})  # the request joins a chunk later, in slot 2
+    slot = crowded.admit([request])[0]
+    crowded.admit(others[2:])
+    _drain(crowded, got, 4)
+    assert got[slot] == got_alone[0] and len(got[slot]) == 12
+    # Sampled streams differ from greedy (the seed is used) and between seeds.
+    assert got_alone[0] != greedy_by_recomputing(config, params, [request.prompt], 12)[0]
+
+
+def test_eos_frees_the_slot_and_the_cache_grows_for_a_longer_request(tiny_model):
+    config, params = tiny_model
+    prompt = [3, 1, 4, 1, 5]
+    reference = greedy_by_recomputing(config, params, [prompt], 6)[0]
+    eos = reference[2]
+    decoder = SlotDecoder(params, config, num_slots=2, min_length_bucket=8)
+    decoder.admit([GenerationRequest(prompt=prompt, max_new_tokens=6, eos_id=eos)])
+    short_len = decoder.cache_len
+    got, reasons = {0: [], 1: []}, {}
+    _collect(decoder.step(2), got, reasons)
+    long_prompt = list(range(1, 40))
+    slot = decoder.admit([GenerationRequest(prompt=long_prompt, max_new_tokens=20)])[0]
+    assert decoder.cache_len > short_len
+    _drain(decoder, got, 2, reasons)
+    assert reasons[0] == "eos" and got[0] == reference[:reference.index(eos)]
+    got[1] = got[slot]
+    assert got[1] == greedy_by_recomputing(config, params, [long_prompt], 20)[0] and reasons[1] == "length"
+
+
+def test_static_and_continuous_batching_agree(tiny_model):
+    config, params = tiny_model
+    rng = np.random.RandomState(5)
+    requests = [GenerationRequest(prompt=rng.randint(0, config.vocab_size, n).tolist(), max_new_tokens=m,
+                                  temperature=t, seed=i)
+                for i, (n, m, t) in enumerate([(3, 10, 0.0), (8, 4, 0.0), (1, 7, 0.0), (15, 12, 0.0)])]
+    static = Decoder(params, config, max_batch_size=4).generate(requests)
+    decoder = SlotDecoder(params, config, num_slots=4)
+    slots = decoder.admit(requests)
+    got = {s: [] for s in slots}
+    _drain(decoder, got, 16)  # one chunk covers every request: as one static batch
+    assert [got[s] for s in slots] == [o.tokens for o in static]
+
+
+def test_release_and_bad_calls(tiny_model):
+    config, params = tiny_model
+    decoder = SlotDecoder(params, config, num_slots=2)
+    slots = decoder.admit([GenerationRequest(prompt=[1, 2], max_new_tokens=30)] * 2)
+    with pytest.raises(ValueError, match="only 0 free slots of 2"):
+        decoder.admit([GenerationRequest(prompt=[1], max_new_tokens=3)])
+    decoder.release(slots[0])
+    assert decoder.free_slots == [0]
+    with pytest.raises(ValueError, match="stop sequences"):
+        decoder.admit([GenerationRequest(prompt=[1], max_new_tokens=3, stop_sequences=[[2]])])
+    with pytest.raises(ValueError, match="request 0: max_new_tokens"):
+        decoder.admit([GenerationRequest(prompt=[1], max_new_tokens=0)])
+    with pytest.raises(ValueError, match="max_tokens must be >= 1"):
+        decoder.step(0)
+    assert decoder.step(5)[slots[1]][1] is None  # still running: (tokens, None)
