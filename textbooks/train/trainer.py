@@ -57,10 +57,12 @@ class TrainResult:
 
 
 def register_gin_names() -> None:
-    """Imports the modules whose configurables run gin files name (model presets, synthetic data, data root)."""
+    """Imports the modules whose configurables run gin files name (model presets, synthetic data, data root) or
+    that the input pipeline imports after gin is finalized (vocabularies)."""
     import textbooks.data.paths  # noqa: F401
     import textbooks.model.config  # noqa: F401
     import textbooks.train.synthetic  # noqa: F401
+    import textbooks.vocab  # noqa: F401
 
 
 def resolve_vocabulary(vocabulary: str | None, mixture_or_task_name: str | None, model_vocab_size: int) -> str:
