@@ -111,10 +111,13 @@ def test_end_to_end_multiprocess_reconciles(corpus, tmp_path):
         if pair & kept_ids:
             loser = (pair - kept_ids).pop()
             assert why[loser][:2] in {("exact_dedup", "exact_duplicate"), ("heuristics", why[loser][1])}
-    near_found = sum(1 for near_id, original in planted["near"]
+    # Pairs whose both copies the heuristics dropped (they run first) never reach near-dedup.
+    reached = [(n, o) for n, o in planted["near"] if not all(why.get(x, ("",))[0] == "heuristics" for x in (n, o))]
+    assert len(reached) >= len(planted["near"]) // 2
+    near_found = sum(1 for near_id, original in reached
                      if {near_id, original} - kept_ids and any(why.get(x, ("",))[0] == "near_dedup"
                                                                for x in (near_id, original)))
-    assert near_found >= len(planted["near"]) - 1
+    assert near_found >= len(reached) - 1
     for doc_id, item_id in planted["contaminated"]:
         stage, reason, info = why[doc_id]
         assert (stage, reason) == ("decontam", "benchmark_ngram")

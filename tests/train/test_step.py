@@ -73,7 +73,7 @@ def test_gradient_accumulation_equals_the_large_batch(tiny_config):
     # Adam's first step moves every weight by about +-lr whatever its gradient's size, so entries with a
     # near-zero gradient amplify float rounding; 0.2% of the learning rate bounds that.
     for a, c in zip(jax.tree_util.tree_leaves(p4), jax.tree_util.tree_leaves(p1)):
-        np.testing.assert_allclose(a, c, rtol=0, atol=2e-6)
+        np.testing.assert_allclose(a, c, rtol=1e-4, atol=2e-6)
     # The update was real: parameters moved.
     moved = [np.abs(a - np.asarray(c)).max() for a, c in zip(jax.tree_util.tree_leaves(p1),
                                                               jax.tree_util.tree_leaves(state0.params))]
