@@ -39,6 +39,9 @@ def add_arguments(parser) -> None:
                         help="pad every batch to --max_batch_size rows (one compiled batch shape)")
     parser.add_argument("--min_length_bucket", type=int, default=16,
                         help="smallest prompt/cache length bucket (larger: fewer compilations, more padding)")
+    parser.add_argument("--attention", default="auto", choices=("auto", "xla", "cpu_kernel"),
+                        help="cached attention: the compiled CPU kernel when available (auto), XLA ops, or the "
+                             "kernel or an error")
     parser.add_argument("--no_warmup", action="store_true", help="skip compiling before listening")
     parser.add_argument("--log_level", default="WARNING")
 
@@ -55,7 +58,8 @@ def main(args) -> int:
         engine = engine_lib.load_engine(args.checkpoint, vocabulary=args.vocabulary, model_name=args.model_name,
                                         max_batch_size=args.max_batch_size, batch_wait_ms=args.batch_wait_ms,
                                         chunk_tokens=args.chunk_tokens, max_queue=args.max_queue,
-                                        fixed_batch=args.fixed_batch, min_length_bucket=args.min_length_bucket)
+                                        fixed_batch=args.fixed_batch, min_length_bucket=args.min_length_bucket,
+                                        attention=args.attention)
     except (FileNotFoundError, ValueError) as e:
         print(f"textbooks serve: error: {e}", file=sys.stderr)
         return 2
@@ -63,6 +67,8 @@ def main(args) -> int:
         engine.warmup()
 
     def ready(url: str) -> None:
+        print(f"attention: {engine.decoder.attention} ({engine.decoder.attention_reason})", file=sys.stderr,
+              flush=True)
         print(f"serving {engine.model_name} on {url}", flush=True)
 
     async def run() -> None:

@@ -17,6 +17,7 @@ import gin
 DTYPES = ("float32", "bfloat16", "float16")
 PARAM_DTYPES = ("float32", "bfloat16")
 REMAT_POLICIES = ("none", "full", "dots", "dots_with_no_batch_dims", "everything")
+DECODE_ATTENTION = ("xla", "cpu_kernel")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,6 +43,9 @@ class PhiConfig:
         remat_policy: activation checkpointing of each block: 'none', 'full' (save nothing), 'dots' (save
             matmul outputs), 'dots_with_no_batch_dims' (save weight matmuls only) or 'everything'.
         initializer_range: standard deviation of the normal initializer of kernels and embeddings.
+        decode_attention: how cached (decoding) attention is computed: 'xla' (einsums over the cache window,
+            any backend) or 'cpu_kernel' (the compiled kernel of :mod:`textbooks.model.cpu_attention`, float32 on
+            XLA:CPU; the decoder picks it by itself when it is available).
     """
 
     vocab_size: int = 51200
@@ -61,6 +65,7 @@ class PhiConfig:
     scan_layers: bool = False
     remat_policy: str = "none"
     initializer_range: float = 0.02
+    decode_attention: str = "xla"
 
     def __post_init__(self):
         problems = []
@@ -88,6 +93,8 @@ class PhiConfig:
             problems.append(f"param_dtype must be one of {PARAM_DTYPES}, got {self.param_dtype!r}")
         if self.remat_policy not in REMAT_POLICIES:
             problems.append(f"remat_policy must be one of {REMAT_POLICIES}, got {self.remat_policy!r}")
+        if self.decode_attention not in DECODE_ATTENTION:
+            problems.append(f"decode_attention must be one of {DECODE_ATTENTION}, got {self.decode_attention!r}")
         if problems:
             raise ValueError("invalid PhiConfig: " + "; ".join(problems))
 

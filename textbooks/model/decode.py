@@ -68,6 +68,12 @@ def _bucket(n: int, minimum: int, maximum: int | None = None) -> int:
 
 def init_cache(config: PhiConfig, batch_size: int, cache_len: int) -> Any:
     """Returns an empty KV cache (the model's 'cache' collection) for ``batch_size`` rows of ``cache_len``."""
+    return jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), _cache_shapes(config, batch_size, cache_len))
+
+
+@functools.lru_cache(maxsize=64)
+def _cache_shapes(config: PhiConfig, batch_size: int, cache_len: int) -> Any:
+    # Tracing the model for its cache's shapes takes longer than a decode chunk: do it once per shape.
     model = PhiForCausalLM(config)
 
     def init():
@@ -75,8 +81,7 @@ def init_cache(config: PhiConfig, batch_size: int, cache_len: int) -> Any:
             tokens = jnp.zeros((batch_size, cache_len), jnp.int32)
             return model.init(jax.random.PRNGKey(0), tokens, decode=True)["cache"]
 
-    shapes = jax.eval_shape(init)
-    return jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
+    return jax.eval_shape(init)
 
 
 def sample_tokens(logits: jax.Array, keys: jax.Array, temperature: jax.Array, top_k: jax.Array,
@@ -144,11 +149,13 @@ def _prefill(config: PhiConfig, params: Any, tokens: jax.Array, segment_ids: jax
 
 
 def _token_loop(config: PhiConfig, params: Any, cache: Any, last_tokens: jax.Array, rows: dict,
-                num_new: int, filled: int, keep_cache: bool = False) -> tuple:
+                num_new: int, filled: int, keep_cache: bool = False, until_free: bool = False) -> tuple:
     """Generates up to ``rows['max_new']`` tokens per row; returns (tokens [B, num_new], counts, reasons), plus
     the cache (at its full length) when ``keep_cache``.
 
     ``filled``: every row's cache holds nothing at or past slot ``filled``, so shorter windows keep all of it.
+    ``until_free``: also stop as soon as a row that was decoding ends (continuous batching with requests
+    waiting: the freed row takes one at once instead of idling until the chunk ends).
     """
     model = PhiForCausalLM(config)
     batch = last_tokens.shape[0]
@@ -157,7 +164,10 @@ def _token_loop(config: PhiConfig, params: Any, cache: Any, last_tokens: jax.Arr
 
     def running(state):
         step, done = state[1], state[4]
-        return (step < jnp.max(rows["max_new"])) & ~jnp.all(done)
+        go = (step < jnp.max(rows["max_new"])) & ~jnp.all(done)
+        if until_free:
+            go &= ~jnp.any(done & (rows["max_new"] > 0))
+        return go
 
     def body(state):
         cache, step, tokens, out, done, counts, reasons = state
@@ -184,7 +194,11 @@ def _token_loop(config: PhiConfig, params: Any, cache: Any, last_tokens: jax.Arr
         return variables["cache"], step + 1, new, out, done, counts, reasons
 
     cache_len = _cache_length(cache)
+    # XLA attention reads the whole cache it is given, so phases attend over growing windows; the kernel reads
+    # each row's own prefix of any cache, so one phase over the full cache does.
     windows = [w for w in _attention_windows(cache_len) if w >= filled]
+    if config.decode_attention == "cpu_kernel":
+        windows = [cache_len]
     state = (_resize_cache(cache, windows[0]), jnp.int32(0), last_tokens,
              jnp.zeros((batch, num_new), jnp.int32), rows["max_new"] <= 0, jnp.zeros((batch,), jnp.int32),
              jnp.full((batch,), _LENGTH, jnp.int32))
@@ -208,8 +222,13 @@ def _token_loop(config: PhiConfig, params: Any, cache: Any, last_tokens: jax.Arr
 
 
 # A batch's run (the cache is dropped) and a chunk of continuous batching (the cache is updated in place).
-_decode_loop = jax.jit(_token_loop, static_argnums=(0, 5, 6, 7))
-_decode_chunk = jax.jit(_token_loop, static_argnums=(0, 5, 6, 7), donate_argnums=(2,))
+_decode_loop = jax.jit(_token_loop, static_argnums=(0, 5, 6, 7, 8))
+_decode_chunk = jax.jit(_token_loop, static_argnums=(0, 5, 6, 7, 8), donate_argnums=(2,))
+
+
+def _static_filled(config: PhiConfig, filled: int) -> int:
+    """The ``filled`` argument to compile with: the kernel ignores it, so one value (one program) serves all."""
+    return 0 if config.decode_attention == "cpu_kernel" else filled
 
 
 def _attention_windows(cache_len: int) -> list[int]:
@@ -251,17 +270,22 @@ class Decoder:
         config: the model config.
         max_batch_size: most rows per compiled batch; larger request lists run in chunks.
         min_length_bucket: smallest prompt/cache length bucket.
+        attention: cached attention: 'auto' (the compiled CPU kernel when :func:`choose_attention` allows it,
+            else XLA ops), 'xla' or 'cpu_kernel' (an error if it is unavailable). ``self.attention`` says which.
     """
 
-    def __init__(self, params: Any, config: PhiConfig, *, max_batch_size: int = 16, min_length_bucket: int = 16):
+    def __init__(self, params: Any, config: PhiConfig, *, max_batch_size: int = 16, min_length_bucket: int = 16,
+                 attention: str = "auto"):
         if max_batch_size < 1:
             raise ValueError(f"max_batch_size must be >= 1, got {max_batch_size}")
         self.params = params
         self.config = config
         self.max_batch_size = max_batch_size
         self.min_length_bucket = min_length_bucket
+        self.attention, self.attention_reason = choose_attention(config, params, attention)
         # Compiled programs are shared by every Decoder of the same (inference) config.
-        self._config = config.replace(remat_policy="none", embd_dropout=0.0, attn_dropout=0.0, resid_dropout=0.0)
+        self._config = config.replace(remat_policy="none", embd_dropout=0.0, attn_dropout=0.0, resid_dropout=0.0,
+                                      decode_attention=self.attention)
         self.shapes_used: set[tuple[int, ...]] = set()  # (batch, prompt, cache, new, stops, stop length) buckets
 
     def validate(self, requests: Sequence[GenerationRequest]) -> None:
@@ -320,7 +344,7 @@ class Decoder:
         tokens, segments, last, rows = batch_arrays(requests, batch, prompt_len, num_stops, stop_window)
         cache = _prefill(self._config, self.params, tokens, segments, cache_len)
         out, counts, reasons = jax.device_get(_decode_loop(self._config, self.params, cache, last, rows, num_new,
-                                                         prompt_len))
+                                                         _static_filled(self._config, prompt_len)))
         results = []
         for b, r in enumerate(requests):
             generated = [int(t) for t in out[b, :counts[b]]]
@@ -333,6 +357,36 @@ class Decoder:
                 generated = generated[:len(generated) - max(len(s) for s in matched)]
             results.append(GenerationOutput(tokens=generated, finish_reason=reason))
         return results
+
+
+def choose_attention(config: PhiConfig, params: Any, requested: str = "auto") -> tuple[str, str]:
+    """Picks the cached-attention implementation for decoding ``params``: returns (name, reason).
+
+    'cpu_kernel' needs float32 compute, parameters on one CPU device, and the kernel built (see
+    :mod:`textbooks.model.cpu_attention`); 'auto' falls back to 'xla' otherwise, 'cpu_kernel' raises.
+
+    Raises:
+        ValueError: ``requested`` is not 'auto', 'xla' or 'cpu_kernel', or is 'cpu_kernel' and unavailable.
+    """
+    if requested not in ("auto", "xla", "cpu_kernel"):
+        raise ValueError(f"attention must be 'auto', 'xla' or 'cpu_kernel', got {requested!r}")
+    if requested == "xla":
+        return "xla", "requested"
+    devices = {d for leaf in jax.tree.leaves(params) if isinstance(leaf, jax.Array) for d in leaf.devices()}
+    if config.dtype != "float32":
+        why = f"the kernel is float32 and the model computes in {config.dtype}"
+    elif len(devices) > 1 or any(d.platform != "cpu" for d in devices):
+        why = f"parameters live on {len(devices)} device(s) of {sorted({d.platform for d in devices})}"
+    else:
+        from textbooks.model import cpu_attention
+
+        kernel = cpu_attention.status()
+        if kernel.ok:
+            return "cpu_kernel", kernel.reason
+        why = kernel.reason
+    if requested == "cpu_kernel":
+        raise ValueError(f"attention='cpu_kernel' is unavailable: {why}")
+    return "xla", why
 
 
 def batch_arrays(requests: Sequence[GenerationRequest], batch: int, prompt_len: int, num_stops: int = 1,
@@ -350,7 +404,6 @@ def batch_arrays(requests: Sequence[GenerationRequest], batch: int, prompt_len: 
     rows = dict(max_new=np.zeros((batch,), np.int32), temperature=np.zeros((batch,), np.float32),
                 top_k=np.zeros((batch,), np.int32), top_p=np.ones((batch,), np.float32),
                 eos=np.full((batch,), -1, np.int32))
-    keys = []
     for b, r in enumerate(requests):
         body = np.asarray(r.prompt[:-1], np.int32)
         tokens[b, :len(body)] = body
@@ -364,10 +417,21 @@ def batch_arrays(requests: Sequence[GenerationRequest], batch: int, prompt_len: 
         rows["top_k"][b] = r.top_k
         rows["top_p"][b] = r.top_p
         rows["eos"][b] = -1 if r.eos_id is None else r.eos_id
-        keys.append(np.asarray(jax.random.key_data(jax.random.PRNGKey(r.seed))))
-    keys += [keys[0]] * (batch - len(requests))
-    rows.update(stops=stops, stop_lengths=stop_lengths, keys=jax.random.wrap_key_data(np.stack(keys)))
+    seeds = [r.seed for r in requests]
+    seeds += [seeds[0]] * (batch - len(requests))
+    rows.update(stops=stops, stop_lengths=stop_lengths, keys=jax.random.wrap_key_data(_seed_keys(seeds)))
     return tokens, segments, last, rows
+
+
+_key_data = jax.jit(jax.vmap(lambda seed: jax.random.key_data(jax.random.PRNGKey(seed))))
+
+
+def _seed_keys(seeds: Sequence[int]) -> np.ndarray:
+    """``jax.random.PRNGKey(seed)`` data of every seed, in one call (a call per seed costs a dispatch each)."""
+    if jax.config.jax_enable_x64:
+        return np.stack([np.asarray(jax.random.key_data(jax.random.PRNGKey(s))) for s in seeds])
+    # Without x64, PRNGKey keeps a seed's low 32 bits.
+    return np.asarray(_key_data(np.asarray([int(s) & 0xFFFFFFFF for s in seeds], np.uint32)))
 
 
 def _check_ids(ids: Sequence[int], vocab: int, where: str) -> None:

@@ -152,18 +152,24 @@ class PhiAttention(nn.Module):
                 # Row b's query t sits at slot decode_index[b] + t and sees every slot up to it: the slots
                 # before decode_index hold this row's earlier tokens, later ones are stale or empty.
                 mask = (jnp.arange(k.shape[2])[None, None, :] <= slots[:, :, None])[:, None]  # [B, 1, T, S]
-        if not cached:
-            mask = attention_mask(segment_ids)
-            scores = jnp.einsum("bqhd,bkhd->bhqk", q, k, preferred_element_type=jnp.float32) * scale
+        if cached and cfg.decode_attention == "cpu_kernel" and (deterministic or cfg.attn_dropout == 0.0):
+            from textbooks.model import cpu_attention
+
+            # The same softmax(q.k * scale) v over each row's own slots, in one compiled pass (no dropout).
+            out = cpu_attention.decode_attention(q, k, v, decode_index, scale).astype(dtype)
         else:
-            scores = jnp.einsum("bqhd,bhkd->bhqk", q, k, preferred_element_type=jnp.float32) * scale
-        scores = jnp.where(mask, scores, jnp.finfo(jnp.float32).min)  # finite: fully masked rows stay NaN-free
-        probs = jax.nn.softmax(scores, axis=-1)
-        probs = nn.Dropout(rate=cfg.attn_dropout)(probs, deterministic=deterministic)
-        if not cached:
-            out = jnp.einsum("bhqk,bkhd->bqhd", probs.astype(dtype), v.astype(dtype))
-        else:
-            out = jnp.einsum("bhqk,bhkd->bqhd", probs.astype(dtype), v.astype(dtype))
+            if not cached:
+                mask = attention_mask(segment_ids)
+                scores = jnp.einsum("bqhd,bkhd->bhqk", q, k, preferred_element_type=jnp.float32) * scale
+            else:
+                scores = jnp.einsum("bqhd,bhkd->bhqk", q, k, preferred_element_type=jnp.float32) * scale
+            scores = jnp.where(mask, scores, jnp.finfo(jnp.float32).min)  # finite: masked rows stay NaN-free
+            probs = jax.nn.softmax(scores, axis=-1)
+            probs = nn.Dropout(rate=cfg.attn_dropout)(probs, deterministic=deterministic)
+            if not cached:
+                out = jnp.einsum("bhqk,bkhd->bqhd", probs.astype(dtype), v.astype(dtype))
+            else:
+                out = jnp.einsum("bhqk,bhkd->bqhd", probs.astype(dtype), v.astype(dtype))
         out = nn.with_logical_constraint(out, ("batch", "length", "heads", "kv"))
         return Projection(cfg, "blhk,hkd->bld", (cfg.num_heads, cfg.head_dim, cfg.hidden_size),
                           ("heads", "kv", "embed"), name="dense")(out)

@@ -70,11 +70,13 @@ class SlotDecoder:
         params, config: the model.
         num_slots: rows of the cache (most requests decoded together).
         min_length_bucket: smallest prompt / cache length bucket.
+        attention: cached attention ('auto', 'xla', 'cpu_kernel'; see :class:`textbooks.model.decode.Decoder`).
     """
 
-    def __init__(self, params: Any, config: PhiConfig, *, num_slots: int = 16, min_length_bucket: int = 16):
+    def __init__(self, params: Any, config: PhiConfig, *, num_slots: int = 16, min_length_bucket: int = 16,
+                 attention: str = "auto"):
         self._decoder = decode_lib.Decoder(params, config, max_batch_size=num_slots,
-                                           min_length_bucket=min_length_bucket)
+                                           min_length_bucket=min_length_bucket, attention=attention)
         self.params = params
         self.config = config
         self.num_slots = num_slots
@@ -132,8 +134,10 @@ class SlotDecoder:
         if not self.active_slots:
             self.cache, self.cache_len = None, 0  # the next admission starts from the smallest cache again
 
-    def step(self, max_tokens: int) -> dict[int, decode_lib.GenerationOutput | tuple[list[int], None]]:
-        """Advances every occupied slot by up to ``max_tokens`` tokens.
+    def step(self, max_tokens: int, *, until_free: bool = False
+             ) -> dict[int, decode_lib.GenerationOutput | tuple[list[int], None]]:
+        """Advances every occupied slot by up to ``max_tokens`` tokens (``until_free``: or until a request ends,
+        so that a waiting request can take its slot at once).
 
         Returns:
             ``{slot: output}`` for each slot that was occupied: a :class:`GenerationOutput` (tokens of this
@@ -159,9 +163,11 @@ class SlotDecoder:
         _, _, last, rows = decode_lib.batch_arrays(chunk_requests, self.num_slots, 0)
         # The first attention window must hold what the furthest row has written.
         filled = next(w for w in decode_lib._attention_windows(self.cache_len) if w >= top)  # noqa: SLF001
+        filled = decode_lib._static_filled(self._decoder._config, filled)  # noqa: SLF001
         num_new = decode_lib._bucket(max_tokens, 8, None)  # noqa: SLF001
         out, counts, reasons, self.cache = decode_lib._decode_chunk(  # noqa: SLF001
-            self._decoder._config, self.params, self.cache, last, rows, num_new, filled, True)  # noqa: SLF001
+            self._decoder._config, self.params, self.cache, last, rows, num_new, filled, True,  # noqa: SLF001
+            until_free)
         out, counts, reasons = jax.device_get((out, counts, reasons))
         results: dict[int, Any] = {}
         for b in active:

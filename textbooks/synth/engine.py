@@ -83,11 +83,13 @@ class Engine:
             decodes ``max_batch_size`` rows.
         min_length_bucket: smallest prompt/cache length bucket; larger values mean fewer compiled programs
             and more padding.
+        attention: cached attention of the decoders ('auto', 'xla', 'cpu_kernel'; see
+            :class:`textbooks.model.decode.Decoder`).
     """
 
     def __init__(self, params: Any, config: Any, vocabulary: Any, *, model_name: str, max_batch_size: int = 16,
                  batch_wait_ms: float = 5.0, chunk_tokens: int = 32, max_queue: int = 1024,
-                 fixed_batch: bool = False, min_length_bucket: int = 16):
+                 fixed_batch: bool = False, min_length_bucket: int = 16, attention: str = "auto"):
         from textbooks.model.decode import Decoder
         from textbooks.model.slots import SlotDecoder
 
@@ -106,13 +108,13 @@ class Engine:
             raise ValueError(f"the vocabulary has {self.text_vocab_size} tokens but the model only {config.vocab_size}: "
                              f"they do not belong together; pass the vocabulary the model was trained with")
         self.decoder = Decoder(params, config, max_batch_size=max_batch_size,
-                               min_length_bucket=min(min_length_bucket, self.max_len))
+                               min_length_bucket=min(min_length_bucket, self.max_len), attention=attention)
         self.slots = SlotDecoder(params, config, num_slots=max_batch_size,
-                                 min_length_bucket=min(min_length_bucket, self.max_len))
+                                 min_length_bucket=min(min_length_bucket, self.max_len), attention=attention)
         self._executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="decode")
         self._queue: asyncio.Queue[Job] | None = None
         self._task: asyncio.Task | None = None
-        self.stats = {"requests": 0, "batches": 0, "decode_calls": 0, "generated_tokens": 0, "rows_decoded": 0}
+        self.stats = {"attention": self.decoder.attention, "requests": 0, "batches": 0, "decode_calls": 0, "generated_tokens": 0, "rows_decoded": 0}
 
     # -------------------------------------------------------------------------------------------------- text
 
@@ -225,7 +227,8 @@ class Engine:
             if new:
                 self.stats["batches"] += 1
             try:
-                slots, outputs = await loop.run_in_executor(self._executor, self._slot_chunk, new)
+                waiting = not self._queue.empty()  # then a chunk ends as soon as a slot frees up
+                slots, outputs = await loop.run_in_executor(self._executor, self._slot_chunk, new, waiting)
             except Exception as e:  # noqa: BLE001 - fail the running requests, reset the cache, keep serving
                 logger.exception("decoding failed with %d running and %d new requests", len(running), len(new))
                 for job in list(running.values()) + new:
@@ -265,14 +268,15 @@ class Engine:
         self.stats["rows_decoded"] += len(jobs)
         return outputs
 
-    def _slot_chunk(self, jobs: list[Job]) -> tuple[list[int], dict]:
-        """Admits ``jobs`` into free slots, then decodes one chunk of every running request."""
+    def _slot_chunk(self, jobs: list[Job], waiting: bool = False) -> tuple[list[int], dict]:
+        """Admits ``jobs`` into free slots, then decodes one chunk of every running request (``waiting``:
+        requests are queued, so the chunk stops early when one ends)."""
         from textbooks.model.decode import GenerationRequest
 
         slots = self.slots.admit([GenerationRequest(
                 prompt=job.prompt_ids, max_new_tokens=job.max_tokens, temperature=job.temperature, top_k=job.top_k,
                 top_p=job.top_p, eos_id=self.eos_id, seed=job.seed) for job in jobs])
-        outputs = self.slots.step(self.chunk_tokens)
+        outputs = self.slots.step(self.chunk_tokens, until_free=waiting)
         self.stats["decode_calls"] += 1
         self.stats["rows_decoded"] += len(outputs)
         return slots, outputs

@@ -1,0 +1,120 @@
+// Decode attention over a KV cache, for XLA:CPU through the XLA FFI.
+//
+// One query block per row attends over the row's own cache prefix: query t of row b sits at cache slot
+// start[b] + t and sees slots [0, start[b] + t] (clamped to the cache). Each (row, query, head) reads only
+// those slots once (scores, softmax, weighted sum of values), so a batch whose rows hold different lengths
+// reads what each row holds rather than the longest row's window. Items are shared between the calling
+// thread and XLA's intra-op thread pool through an atomic counter; a helper that starts late finds no work.
+//
+// Layouts (float32): q [batch, queries, heads, head_dim]; k, v [batch, heads, slots, head_dim];
+// start [batch] int32; out [batch, queries, heads, head_dim]. Attribute: scale (applied to q.k).
+#include <algorithm>
+#include <atomic>
+#include <cmath>
+#include <cstdint>
+#include <limits>
+#include <memory>
+#include <thread>
+#include <vector>
+
+#include "xla/ffi/api/ffi.h"
+
+namespace ffi = xla::ffi;
+
+namespace {
+
+struct Work {
+  const float* q;
+  const float* k;
+  const float* v;
+  const int32_t* start;
+  float* out;
+  int64_t batch, queries, heads, slots, dim;
+  float scale;
+  int64_t total;
+  std::atomic<int64_t> next{0};
+  std::atomic<int64_t> done{0};
+};
+
+void RunItem(const Work& w, int64_t item, std::vector<float>& scores) {
+  const int64_t h = item % w.heads;
+  const int64_t t = (item / w.heads) % w.queries;
+  const int64_t b = item / (w.heads * w.queries);
+  const int64_t d_n = w.dim;
+  const float* q = w.q + ((b * w.queries + t) * w.heads + h) * d_n;
+  const float* k = w.k + (b * w.heads + h) * w.slots * d_n;
+  const float* v = w.v + (b * w.heads + h) * w.slots * d_n;
+  float* o = w.out + ((b * w.queries + t) * w.heads + h) * d_n;
+  const int64_t n = std::min<int64_t>(static_cast<int64_t>(w.start[b]) + t, w.slots - 1) + 1;
+  for (int64_t d = 0; d < d_n; ++d) o[d] = 0.0f;
+  if (n <= 0) return;
+  scores.resize(n);
+  float best = -std::numeric_limits<float>::infinity();
+  for (int64_t s = 0; s < n; ++s) {
+    const float* ks = k + s * d_n;
+    float acc = 0.0f;
+#pragma omp simd reduction(+ : acc)
+    for (int64_t d = 0; d < d_n; ++d) acc += q[d] * ks[d];
+    acc *= w.scale;
+    scores[s] = acc;
+    best = std::max(best, acc);
+  }
+  float total = 0.0f;
+  for (int64_t s = 0; s < n; ++s) {
+    const float e = std::exp(scores[s] - best);
+    scores[s] = e;
+    total += e;
+  }
+  for (int64_t s = 0; s < n; ++s) {
+    const float p = scores[s];
+    const float* vs = v + s * d_n;
+#pragma omp simd
+    for (int64_t d = 0; d < d_n; ++d) o[d] += p * vs[d];
+  }
+  const float inv = 1.0f / total;
+  for (int64_t d = 0; d < d_n; ++d) o[d] *= inv;
+}
+
+void Drain(Work& w) {
+  std::vector<float> scores;
+  for (int64_t item = w.next.fetch_add(1); item < w.total; item = w.next.fetch_add(1)) {
+    RunItem(w, item, scores);
+    w.done.fetch_add(1, std::memory_order_release);
+  }
+}
+
+ffi::Error DecodeAttention(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> q, ffi::Buffer<ffi::F32> k,
+                           ffi::Buffer<ffi::F32> v, ffi::Buffer<ffi::S32> start, float scale,
+                           ffi::ResultBuffer<ffi::F32> out) {
+  auto qd = q.dimensions();
+  auto kd = k.dimensions();
+  if (qd.size() != 4 || kd.size() != 4 || v.dimensions().size() != 4) {
+    return ffi::Error::InvalidArgument("decode attention: q, k and v must have rank 4");
+  }
+  if (kd[0] != qd[0] || kd[1] != qd[2] || kd[3] != qd[3] || v.dimensions()[2] != kd[2]) {
+    return ffi::Error::InvalidArgument("decode attention: q [B, T, H, D] does not match k/v [B, H, S, D]");
+  }
+  auto w = std::make_shared<Work>();
+  w->q = q.typed_data(); w->k = k.typed_data(); w->v = v.typed_data();
+  w->start = start.typed_data(); w->out = out->typed_data();
+  w->batch = qd[0]; w->queries = qd[1]; w->heads = qd[2]; w->dim = qd[3]; w->slots = kd[2];
+  w->scale = scale;
+  w->total = w->batch * w->queries * w->heads;
+  const int64_t helpers = std::min<int64_t>(pool.num_threads(), w->total - 1);
+  for (int64_t i = 0; i < helpers; ++i) pool.Schedule([w] { Drain(*w); });
+  Drain(*w);
+  while (w->done.load(std::memory_order_acquire) < w->total) std::this_thread::yield();
+  return ffi::Error::Success();
+}
+
+}  // namespace
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(TextbooksDecodeAttention, DecodeAttention,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::S32>>()
+                                  .Attr<float>("scale")
+                                  .Ret<ffi::Buffer<ffi::F32>>());
