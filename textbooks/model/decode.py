@@ -278,7 +278,8 @@ class Decoder:
                  attention: str = "auto"):
         if max_batch_size < 1:
             raise ValueError(f"max_batch_size must be >= 1, got {max_batch_size}")
-        self.params = params
+        # Host (numpy) weights would be copied to the device at every call: put them there once.
+        self.params = jax.tree.map(lambda x: jax.device_put(x) if isinstance(x, np.ndarray) else x, params)
         self.config = config
         self.max_batch_size = max_batch_size
         self.min_length_bucket = min_length_bucket

@@ -77,7 +77,7 @@ class SlotDecoder:
                  attention: str = "auto"):
         self._decoder = decode_lib.Decoder(params, config, max_batch_size=num_slots,
                                            min_length_bucket=min_length_bucket, attention=attention)
-        self.params = params
+        self.params = self._decoder.params  # on the device
         self.config = config
         self.num_slots = num_slots
         self.min_length_bucket = min_length_bucket
