@@ -129,3 +129,12 @@ def decode_attention(q: jax.Array, k: jax.Array, v: jax.Array, start: jax.Array,
     f32 = jnp.float32
     call = jax.ffi.ffi_call(TARGET, jax.ShapeDtypeStruct(q.shape, f32), vmap_method="sequential")
     return call(q.astype(f32), k.astype(f32), v.astype(f32), start.astype(jnp.int32), scale=np.float32(scale))
+
+
+def xla_decode_attention(q: jax.Array, k: jax.Array, v: jax.Array, start: jax.Array, scale: float) -> jax.Array:
+    """What :func:`decode_attention` computes, as XLA ops over the whole cache (any backend): its reference."""
+    slots = start[:, None] + jnp.arange(q.shape[1])[None]
+    mask = (jnp.arange(k.shape[2])[None, None, :] <= slots[:, :, None])[:, None]
+    scores = jnp.einsum("bqhd,bhkd->bhqk", q, k, preferred_element_type=jnp.float32) * scale
+    probs = jax.nn.softmax(jnp.where(mask, scores, jnp.finfo(jnp.float32).min), -1)
+    return jnp.einsum("bhqk,bhkd->bqhd", probs, v.astype(jnp.float32))
