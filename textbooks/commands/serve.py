@@ -32,8 +32,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--batch_wait_ms", type=float, default=5.0,
                         help="how long a request waits for others to share its batch")
     parser.add_argument("--chunk_tokens", type=int, default=32,
-                        help="tokens decoded per step of the scheduler: streaming granularity and how often new "
-                             "requests can join a running batch (0: whole completions, best throughput)")
+                        help="continuous batching: most tokens decoded per scheduler step (streaming granularity; a "
+                             "step also ends when a request finishes and others wait); 0: static batches, whole "
+                             "completions per call")
     parser.add_argument("--max_queue", type=int, default=1024, help="most waiting requests before 429s")
     parser.add_argument("--fixed_batch", action="store_true",
                         help="pad every batch to --max_batch_size rows (one compiled batch shape)")

@@ -114,16 +114,26 @@ class SlotDecoder:
         needed = max(len(r.prompt) + r.max_new_tokens - 1 for r in requests)
         needed = max([needed] + [s.position + s.request.max_new_tokens - s.generated
                                  for s in self._slots if s is not None])
-        self._ensure_length(decode_lib._bucket(needed, self.min_length_bucket, max_len))  # noqa: SLF001
+        length = decode_lib._bucket(needed, self.min_length_bucket, max_len)  # noqa: SLF001
         batch = decode_lib._bucket(len(requests), 1, self.num_slots)  # noqa: SLF001
+        # With every slot free and a full-width batch, the prefilled cache becomes the cache (rows in order,
+        # padding rows free); otherwise its rows are copied into free slots of the running cache.
+        replace = not self.active_slots and batch == self.num_slots
+        if replace:
+            self.cache_len = length
+        else:
+            self._ensure_length(length)
         prompt_len = decode_lib._bucket(max(len(r.prompt) for r in requests) - 1,  # noqa: SLF001
                                         self.min_length_bucket, max_len)
         tokens, segments, last, _ = decode_lib.batch_arrays(requests, batch, prompt_len)
         part = decode_lib._prefill(self._decoder._config, self.params, tokens, segments,  # noqa: SLF001
                                    self.cache_len)
         slots = free[:len(requests)]
-        targets = np.array(slots + [self.num_slots] * (batch - len(requests)), np.int32)  # padding: dropped
-        self.cache = _insert_rows(self.cache, part, targets)
+        if replace:
+            self.cache = part
+        else:
+            targets = np.array(slots + [self.num_slots] * (batch - len(requests)), np.int32)  # padding: dropped
+            self.cache = _insert_rows(self.cache, part, targets)
         for slot, r, token in zip(slots, requests, last):
             self._slots[slot] = _Slot(request=r, position=len(r.prompt) - 1, next_token=int(token))
         return slots
