@@ -135,6 +135,18 @@ def _summary(runs: list[tuple[float, int, Any]], warmup: float, **extra: Any) ->
             "tokens_per_round": runs[0][1], "tokens_per_s": round(statistics.median(tps), 1)}
 
 
+def bytes_per_step(config: Any, requests: list[tuple[list[int], int]]) -> float:
+    """What one decode step of a uniform batch must read, in float32 bytes, averaged over its steps: every weight
+    but the embedding table (only its rows for the batch's tokens are gathered) plus each row's cached keys and
+    values so far. Both contenders read at least this; dividing by the time per step gives the memory bandwidth
+    a decoder reaches."""
+    prompt, new = len(requests[0][0]), requests[0][1]
+    embedding = config.vocab_size * config.hidden_size
+    mean_cached = prompt + (new - 1) / 2
+    kv = config.num_layers * len(requests) * 2 * config.hidden_size * mean_cached
+    return 4.0 * (config.num_params() - embedding + kv)
+
+
 def make_workload(name: str, vocab_size: int, args: argparse.Namespace) -> list[tuple[list[int], int]]:
     """The (prompt token ids, max_tokens) of each request, seeded."""
     import numpy as np
@@ -242,6 +254,12 @@ def main(argv: list[str] | None = None) -> int:
                                                              max(len(p) for p, _ in requests)],
                 "new_tokens": [min(n for _, n in requests), max(n for _, n in requests)],
                 "transformers": peer, "transformers_runs": run["transformers_runs"], "serve": run["serve"]}
+            if name == "uniform":  # memory traffic: steps are new tokens per request, the round also prefills
+                per_step = bytes_per_step(config, requests)
+                result["workloads"][name]["read_per_step_mb"] = round(per_step / 2**20, 1)
+                for entry in (*run["serve"], peer):
+                    rate = entry["tokens_per_s"] / len(requests)  # steps per second
+                    entry["read_gb_per_s"] = round(per_step * rate / 1e9, 1)
     result["machine"] = {"platform": platform.platform(), "cpus": os.cpu_count(), "load_average_start": load_start,
                          "load_average_end": os.getloadavg()}
     with open(args.out, "w") as f:
@@ -250,9 +268,10 @@ def main(argv: list[str] | None = None) -> int:
     for name, w in result["workloads"].items():
         peer = w["transformers"]
         for s in w["serve"]:
+            traffic = f", reads {s['read_gb_per_s']} GB/s" if "read_gb_per_s" in s else ""
             print(f"{name}: serve (chunk_tokens {s['chunk_tokens']}) {s['tokens_per_s']} tokens/s vs transformers "
                   f"({peer['schedule']}, {peer['torch_threads']} threads) {peer['tokens_per_s']}: "
-                  f"{s['ratio_vs_transformers']}x, same text {s['same_text_as_transformers']}")
+                  f"{s['ratio_vs_transformers']}x, same text {s['same_text_as_transformers']}{traffic}")
     return 0
 
 

@@ -33,8 +33,9 @@ def add_arguments(parser) -> None:
                         help="how long a request waits for others to share its batch")
     parser.add_argument("--chunk_tokens", type=int, default=32,
                         help="continuous batching: most tokens decoded per scheduler step (streaming granularity; a "
-                             "step also ends when a request finishes and others wait); 0: static batches, whole "
-                             "completions per call")
+                             "step also ends when a request finishes and others wait, and runs on until one finishes "
+                             "while every row is taken by a request that neither streams nor has stop strings); 0: "
+                             "static batches, whole completions per call")
     parser.add_argument("--max_queue", type=int, default=1024, help="most waiting requests before 429s")
     parser.add_argument("--fixed_batch", action="store_true",
                         help="pad every batch to --max_batch_size rows (one compiled batch shape)")

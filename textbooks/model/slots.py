@@ -93,6 +93,11 @@ class SlotDecoder:
     def active_slots(self) -> list[int]:
         return [i for i, s in enumerate(self._slots) if s is not None]
 
+    @property
+    def longest_remaining(self) -> int:
+        """The most tokens a running request may still generate (0 when no slot is occupied)."""
+        return max((s.request.max_new_tokens - s.generated for s in self._slots if s is not None), default=0)
+
     def admit(self, requests: Sequence[decode_lib.GenerationRequest]) -> list[int]:
         """Prefills ``requests`` into free slots; returns their slot numbers, in order.
 

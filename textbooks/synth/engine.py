@@ -7,7 +7,9 @@ on a worker thread, so the event loop keeps serving. Two schedules:
   one KV cache of ``max_batch_size`` rows. Decoding proceeds in chunks of ``chunk_tokens`` tokens; between
   chunks, finished requests free their rows, waiting requests are prefilled into free rows (the others keep
   their caches: nothing is re-read), streaming requests receive their new text and stop strings are checked
-  on the decoded text.
+  on the decoded text. A chunk ends early when a request ends while others wait for a row. When every row
+  is taken and no running request streams or has stop strings, nothing can happen between chunks (no row
+  to give a newcomer, no text to deliver or check), so the chunk runs on until a request ends.
 * static batches (``chunk_tokens = 0``): each batch runs from its prompts to its last request's end in one
   :class:`textbooks.model.decode.Decoder` call; streaming then delivers the text at the end.
 
@@ -76,7 +78,8 @@ class Engine:
         max_batch_size: most requests decoded together.
         batch_wait_ms: how long the first request of a batch waits for company.
         chunk_tokens: new tokens per decoding call of continuous batching (0: static batches, a request's whole
-            completion in one call).
+            completion in one call); a call runs longer while every row is taken by a request that neither
+            streams nor has stop strings (see the module docstring).
         max_queue: most requests waiting; beyond it requests are refused (429).
         fixed_batch: static batches only: pad every batch to ``max_batch_size`` rows, so one batch shape is
             compiled (TPU-style; otherwise batches are rounded up to powers of two). Continuous batching always
@@ -228,7 +231,10 @@ class Engine:
                 self.stats["batches"] += 1
             try:
                 waiting = not self._queue.empty()  # then a chunk ends as soon as a slot frees up
-                slots, outputs = await loop.run_in_executor(self._executor, self._slot_chunk, new, waiting)
+                jobs = [*running.values(), *new]
+                until_end = len(jobs) == self.max_batch_size and all(j.stream is None and not j.stop for j in jobs)
+                slots, outputs = await loop.run_in_executor(self._executor, self._slot_chunk, new, waiting,
+                                                            until_end)
             except Exception as e:  # noqa: BLE001 - fail the running requests, reset the cache, keep serving
                 logger.exception("decoding failed with %d running and %d new requests", len(running), len(new))
                 for job in list(running.values()) + new:
@@ -268,15 +274,18 @@ class Engine:
         self.stats["rows_decoded"] += len(jobs)
         return outputs
 
-    def _slot_chunk(self, jobs: list[Job], waiting: bool = False) -> tuple[list[int], dict]:
+    def _slot_chunk(self, jobs: list[Job], waiting: bool = False, until_end: bool = False
+                    ) -> tuple[list[int], dict]:
         """Admits ``jobs`` into free slots, then decodes one chunk of every running request (``waiting``:
-        requests are queued, so the chunk stops early when one ends)."""
+        requests are queued, so the chunk stops early when one ends; ``until_end``: the chunk is not cut at
+        ``chunk_tokens`` but runs until a request ends)."""
         from textbooks.model.decode import GenerationRequest
 
         slots = self.slots.admit([GenerationRequest(
                 prompt=job.prompt_ids, max_new_tokens=job.max_tokens, temperature=job.temperature, top_k=job.top_k,
                 top_p=job.top_p, eos_id=self.eos_id, seed=job.seed) for job in jobs])
-        outputs = self.slots.step(self.chunk_tokens, until_free=waiting)
+        tokens = max(self.chunk_tokens, self.slots.longest_remaining) if until_end else self.chunk_tokens
+        outputs = self.slots.step(tokens, until_free=waiting or until_end)
         self.stats["decode_calls"] += 1
         self.stats["rows_decoded"] += len(outputs)
         return slots, outputs

@@ -1,0 +1,30 @@
+"""The serve benchmark's memory-traffic figure equals what the model's parameters and KV cache hold."""
+
+import os
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, REPO)
+
+from bench import serve_throughput  # noqa: E402
+
+
+def test_bytes_per_step_counts_weights_and_the_cache_filled_so_far():
+    from textbooks.model import decode
+    from textbooks.model.config import get_preset
+    from textbooks.model.phi import init_params
+
+    config = get_preset("phi-cpu-1m").replace(vocab_size=1000)
+    batch, prompt, new = 4, 10, 6
+    requests = [([5] * prompt, new)] * batch
+    params = init_params(config, 0)
+    weights = sum(x.size for path, x in jax.tree_util.tree_leaves_with_path(params)
+                  if "embed_tokens" not in jax.tree_util.keystr(path))
+    cache = decode.init_cache(config, batch, 64)
+    per_slot = sum(x.size for x in jax.tree.leaves(cache) if x.ndim >= 4) / 64  # keys and values, all layers
+    mean_filled = np.mean([prompt + i for i in range(new)])  # step i attends over prompt + i cached positions
+    assert serve_throughput.bytes_per_step(config, requests) == pytest.approx(4 * (weights + per_slot * mean_filled))

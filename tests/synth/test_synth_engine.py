@@ -1,0 +1,63 @@
+"""The serving engine in process: how continuous batching cuts decoding into calls, and that the cut never
+changes the text."""
+
+import asyncio
+
+import pytest
+
+from textbooks.synth.engine import Job, load_engine
+
+PROMPTS = ["def add(a, b):\n", "class Stack:\n    \"\"\"A stack.\"\"\"\n"]
+
+
+async def _run(engine, jobs):
+    await engine.start()
+    try:
+        futures = [engine.submit(job) for job in jobs]
+        return await asyncio.gather(*futures)
+    finally:
+        await engine.stop()
+
+
+def _jobs(engine, lengths, *, stream=False, stop=()):
+    queue = asyncio.Queue() if stream else None
+    return [Job(prompt_ids=engine.encode(p), max_tokens=n, temperature=0.0, stop=stop, stream=queue, index=i)
+            for i, (p, n) in enumerate(zip(PROMPTS, lengths))]
+
+
+@pytest.fixture(scope="module")
+def make_engine(tiny_checkpoint):
+    def make():
+        return load_engine(tiny_checkpoint["dir"], vocabulary=tiny_checkpoint["vocabulary"], max_batch_size=2,
+                           chunk_tokens=8, batch_wait_ms=200, min_length_bucket=64)
+    return make
+
+
+def _texts_and_calls(make_engine, lengths, **job_kwargs):
+    engine = make_engine()
+
+    async def main():
+        return await _run(engine, _jobs(engine, lengths, **job_kwargs))
+
+    done = asyncio.run(main())
+    return [(j.text, j.finish_reason, len(j.generated)) for j in done], engine.stats["decode_calls"]
+
+
+def test_full_quiet_batch_runs_until_a_request_ends(make_engine):
+    # Both rows taken, no streaming, no stop strings: one call until the 24-token request ends, then the
+    # 40-token one goes on alone in 8-token chunks (a newcomer could take the free row between them).
+    quiet, quiet_calls = _texts_and_calls(make_engine, (24, 40))
+    assert [(reason, n) for _, reason, n in quiet] == [("length", 24), ("length", 40)]
+    assert quiet_calls == 1 + (40 - 24) // 8
+    # Streaming clients get text every chunk: 40 tokens in 8-token chunks.
+    streamed, streamed_calls = _texts_and_calls(make_engine, (24, 40), stream=True)
+    assert streamed_calls == 40 // 8
+    assert streamed == quiet
+
+
+def test_stop_strings_keep_the_chunks_and_cut_the_text(make_engine):
+    quiet, _ = _texts_and_calls(make_engine, (24, 40))
+    stop = quiet[1][0][5:8]  # a string the second completion contains
+    cut, calls = _texts_and_calls(make_engine, (24, 40), stop=(stop,))
+    assert cut[1][0] == quiet[1][0][:quiet[1][0].find(stop)] and cut[1][1] == "stop"
+    assert calls > 1  # checked between chunks, so it did not run to the first request's end in one call
