@@ -20,8 +20,8 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
-BENCHMARKS = ("train_throughput", "input_pipeline", "dedup_vs_datatrove", "decode_attention", "serve_throughput",
-              "tpu_aot")
+BENCHMARKS = ("train_throughput", "input_pipeline", "dedup_vs_datatrove", "decode_attention", "decode_step",
+              "serve_throughput", "tpu_aot")
 
 
 def _skip_reason(name: str) -> str | None:

@@ -55,10 +55,10 @@ def test_models_and_health(served):
     assert data[0]["id"] == "phi-tiny" and data[0]["max_model_len"] == served["config"].max_len
     status, text = _request(served["url"], "/health")
     assert status == 200
-    from textbooks.model import cpu_attention
+    from textbooks.model import cpu_kernels
 
     # The server decodes with the compiled attention kernel wherever it can be built.
-    assert json.loads(text)["attention"] == ("cpu_kernel" if cpu_attention.status().ok else "xla")
+    assert json.loads(text)["kernels"] == ("cpu_kernel" if cpu_kernels.status().ok else "xla")
 
 
 def test_greedy_completion_matches_transformers(served, hf_greedy):

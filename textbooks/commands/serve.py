@@ -41,9 +41,9 @@ def add_arguments(parser) -> None:
                         help="pad every batch to --max_batch_size rows (one compiled batch shape)")
     parser.add_argument("--min_length_bucket", type=int, default=16,
                         help="smallest prompt/cache length bucket (larger: fewer compilations, more padding)")
-    parser.add_argument("--attention", default="auto", choices=("auto", "xla", "cpu_kernel"),
-                        help="cached attention: the compiled CPU kernel when available (auto), XLA ops, or the "
-                             "kernel or an error")
+    parser.add_argument("--kernels", default="auto", choices=("auto", "xla", "cpu_kernel"),
+                        help="decode steps' attention and weight products: the compiled CPU kernels when available "
+                             "(auto), XLA ops, or the kernels or an error")
     parser.add_argument("--no_warmup", action="store_true", help="skip compiling before listening")
     parser.add_argument("--log_level", default="WARNING")
 
@@ -61,7 +61,7 @@ def main(args) -> int:
                                         max_batch_size=args.max_batch_size, batch_wait_ms=args.batch_wait_ms,
                                         chunk_tokens=args.chunk_tokens, max_queue=args.max_queue,
                                         fixed_batch=args.fixed_batch, min_length_bucket=args.min_length_bucket,
-                                        attention=args.attention)
+                                        kernels=args.kernels)
     except (FileNotFoundError, ValueError) as e:
         print(f"textbooks serve: error: {e}", file=sys.stderr)
         return 2
@@ -69,7 +69,7 @@ def main(args) -> int:
         engine.warmup()
 
     def ready(url: str) -> None:
-        print(f"attention: {engine.decoder.attention} ({engine.decoder.attention_reason})", file=sys.stderr,
+        print(f"kernels: {engine.decoder.kernels} ({engine.decoder.kernels_reason})", file=sys.stderr,
               flush=True)
         print(f"serving {engine.model_name} on {url}", flush=True)
 

@@ -18,6 +18,7 @@ DTYPES = ("float32", "bfloat16", "float16")
 PARAM_DTYPES = ("float32", "bfloat16")
 REMAT_POLICIES = ("none", "full", "dots", "dots_with_no_batch_dims", "everything")
 DECODE_ATTENTION = ("xla", "cpu_kernel")
+DECODE_PROJECTIONS = ("xla", "cpu_kernel")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,6 +47,9 @@ class PhiConfig:
         decode_attention: how cached (decoding) attention is computed: 'xla' (einsums over the cache window,
             any backend) or 'cpu_kernel' (the compiled kernel of :mod:`textbooks.model.cpu_attention`, float32 on
             XLA:CPU; the decoder picks it by itself when it is available).
+        decode_projections: how the weight products of single-token decode steps are computed: 'xla' (einsums,
+            any backend) or 'cpu_kernel' (the multi-core kernel of :mod:`textbooks.model.cpu_matmul`, float32 on
+            XLA:CPU; picked with the attention kernel).
     """
 
     vocab_size: int = 51200
@@ -66,6 +70,7 @@ class PhiConfig:
     remat_policy: str = "none"
     initializer_range: float = 0.02
     decode_attention: str = "xla"
+    decode_projections: str = "xla"
 
     def __post_init__(self):
         problems = []
@@ -95,6 +100,9 @@ class PhiConfig:
             problems.append(f"remat_policy must be one of {REMAT_POLICIES}, got {self.remat_policy!r}")
         if self.decode_attention not in DECODE_ATTENTION:
             problems.append(f"decode_attention must be one of {DECODE_ATTENTION}, got {self.decode_attention!r}")
+        if self.decode_projections not in DECODE_PROJECTIONS:
+            problems.append(f"decode_projections must be one of {DECODE_PROJECTIONS}, "
+                            f"got {self.decode_projections!r}")
         if problems:
             raise ValueError("invalid PhiConfig: " + "; ".join(problems))
 

@@ -270,12 +270,13 @@ class Decoder:
         config: the model config.
         max_batch_size: most rows per compiled batch; larger request lists run in chunks.
         min_length_bucket: smallest prompt/cache length bucket.
-        attention: cached attention: 'auto' (the compiled CPU kernel when :func:`choose_attention` allows it,
-            else XLA ops), 'xla' or 'cpu_kernel' (an error if it is unavailable). ``self.attention`` says which.
+        kernels: how decode steps compute cached attention and weight products: 'auto' (the compiled CPU
+            kernels of :mod:`textbooks.model.cpu_kernels` when :func:`choose_kernels` allows them, else XLA ops),
+            'xla' or 'cpu_kernel' (an error if they are unavailable). ``self.kernels`` says which.
     """
 
     def __init__(self, params: Any, config: PhiConfig, *, max_batch_size: int = 16, min_length_bucket: int = 16,
-                 attention: str = "auto"):
+                 kernels: str = "auto"):
         if max_batch_size < 1:
             raise ValueError(f"max_batch_size must be >= 1, got {max_batch_size}")
         # Host (numpy) weights would be copied to the device at every call: put them there once.
@@ -283,10 +284,10 @@ class Decoder:
         self.config = config
         self.max_batch_size = max_batch_size
         self.min_length_bucket = min_length_bucket
-        self.attention, self.attention_reason = choose_attention(config, params, attention)
+        self.kernels, self.kernels_reason = choose_kernels(config, params, kernels)
         # Compiled programs are shared by every Decoder of the same (inference) config.
         self._config = config.replace(remat_policy="none", embd_dropout=0.0, attn_dropout=0.0, resid_dropout=0.0,
-                                      decode_attention=self.attention)
+                                      decode_attention=self.kernels, decode_projections=self.kernels)
         self.shapes_used: set[tuple[int, ...]] = set()  # (batch, prompt, cache, new, stops, stop length) buckets
 
     def validate(self, requests: Sequence[GenerationRequest]) -> None:
@@ -360,17 +361,17 @@ class Decoder:
         return results
 
 
-def choose_attention(config: PhiConfig, params: Any, requested: str = "auto") -> tuple[str, str]:
-    """Picks the cached-attention implementation for decoding ``params``: returns (name, reason).
+def choose_kernels(config: PhiConfig, params: Any, requested: str = "auto") -> tuple[str, str]:
+    """Picks how decode steps of ``params`` compute attention and weight products: returns (name, reason).
 
-    'cpu_kernel' needs float32 compute, parameters on one CPU device, and the kernel built (see
-    :mod:`textbooks.model.cpu_attention`); 'auto' falls back to 'xla' otherwise, 'cpu_kernel' raises.
+    'cpu_kernel' needs float32 compute, parameters on one CPU device, and the kernels built (see
+    :mod:`textbooks.model.cpu_kernels`); 'auto' falls back to 'xla' otherwise, 'cpu_kernel' raises.
 
     Raises:
         ValueError: ``requested`` is not 'auto', 'xla' or 'cpu_kernel', or is 'cpu_kernel' and unavailable.
     """
     if requested not in ("auto", "xla", "cpu_kernel"):
-        raise ValueError(f"attention must be 'auto', 'xla' or 'cpu_kernel', got {requested!r}")
+        raise ValueError(f"kernels must be 'auto', 'xla' or 'cpu_kernel', got {requested!r}")
     if requested == "xla":
         return "xla", "requested"
     devices = {d for leaf in jax.tree.leaves(params) if isinstance(leaf, jax.Array) for d in leaf.devices()}
@@ -379,14 +380,14 @@ def choose_attention(config: PhiConfig, params: Any, requested: str = "auto") ->
     elif len(devices) > 1 or any(d.platform != "cpu" for d in devices):
         why = f"parameters live on {len(devices)} device(s) of {sorted({d.platform for d in devices})}"
     else:
-        from textbooks.model import cpu_attention
+        from textbooks.model import cpu_kernels
 
-        kernel = cpu_attention.status()
+        kernel = cpu_kernels.status()
         if kernel.ok:
             return "cpu_kernel", kernel.reason
         why = kernel.reason
     if requested == "cpu_kernel":
-        raise ValueError(f"attention='cpu_kernel' is unavailable: {why}")
+        raise ValueError(f"kernels='cpu_kernel' is unavailable: {why}")
     return "xla", why
 
 

@@ -17,12 +17,14 @@ with ``batch, length, embed, heads, kv, mlp, vocab``. Map them to a mesh with ``
 from __future__ import annotations
 
 import functools
+import math
 from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from textbooks.model import cpu_attention, cpu_matmul
 from textbooks.model.config import PhiConfig
 
 Array = jax.Array
@@ -100,12 +102,19 @@ class Projection(nn.Module):
     names: tuple[str, ...]
 
     @nn.compact
-    def __call__(self, x: Array) -> Array:
+    def __call__(self, x: Array, decode: bool = False) -> Array:
         cfg = self.config
         dtype, param_dtype = _dtype(cfg.dtype), _dtype(cfg.param_dtype)
         outputs = len(self.equation.split("->")[1]) - 2  # output axes after batch and length
         kernel = self.param("kernel", _dense_init(cfg, self.names), self.kernel_shape, param_dtype)
         bias = self.param("bias", _zeros(self.names[-outputs:]), self.kernel_shape[-outputs:], param_dtype)
+        if decode and x.shape[1] == 1 and cfg.decode_projections == "cpu_kernel":
+            # A single-token decode step: the kernel streams the weights on every core. Input axes flatten
+            # into K and output axes into N (row-major reshapes of the kernel: no copies).
+            inputs = len(self.kernel_shape) - outputs
+            k_in = math.prod(self.kernel_shape[:inputs])
+            y = cpu_matmul.small_matmul(x.reshape(x.shape[0], k_in), kernel.reshape(k_in, -1), bias.reshape(-1))
+            return y.reshape(x.shape[:2] + self.kernel_shape[inputs:]).astype(dtype)
         return jnp.einsum(self.equation, x.astype(dtype), kernel.astype(dtype)) + bias.astype(dtype)
 
 
@@ -124,7 +133,7 @@ class PhiAttention(nn.Module):
             return Projection(cfg, "bld,dhk->blhk", (cfg.hidden_size, cfg.num_heads, cfg.head_dim),
                               ("embed", "heads", "kv"), name=name)
 
-        q, k, v = (projection(n)(x) for n in ("q_proj", "k_proj", "v_proj"))  # [B, L, H, Dh]
+        q, k, v = (projection(n)(x, decode) for n in ("q_proj", "k_proj", "v_proj"))  # [B, L, H, Dh]
         q = apply_rotary(q, positions, cfg.rotary_dim, cfg.rope_theta)
         k = apply_rotary(k, positions, cfg.rotary_dim, cfg.rope_theta)
         q, k, v = (nn.with_logical_constraint(t, ("batch", "length", "heads", "kv")) for t in (q, k, v))
@@ -153,8 +162,6 @@ class PhiAttention(nn.Module):
                 # before decode_index hold this row's earlier tokens, later ones are stale or empty.
                 mask = (jnp.arange(k.shape[2])[None, None, :] <= slots[:, :, None])[:, None]  # [B, 1, T, S]
         if cached and cfg.decode_attention == "cpu_kernel" and (deterministic or cfg.attn_dropout == 0.0):
-            from textbooks.model import cpu_attention
-
             # The same softmax(q.k * scale) v over each row's own slots, in one compiled pass (no dropout).
             out = cpu_attention.decode_attention(q, k, v, decode_index, scale).astype(dtype)
         else:
@@ -172,7 +179,7 @@ class PhiAttention(nn.Module):
                 out = jnp.einsum("bhqk,bhkd->bqhd", probs.astype(dtype), v.astype(dtype))
         out = nn.with_logical_constraint(out, ("batch", "length", "heads", "kv"))
         return Projection(cfg, "blhk,hkd->bld", (cfg.num_heads, cfg.head_dim, cfg.hidden_size),
-                          ("heads", "kv", "embed"), name="dense")(out)
+                          ("heads", "kv", "embed"), name="dense")(out, decode)
 
 
 class PhiMLP(nn.Module):
@@ -181,14 +188,13 @@ class PhiMLP(nn.Module):
     config: PhiConfig
 
     @nn.compact
-    def __call__(self, x: Array) -> Array:
+    def __call__(self, x: Array, decode: bool = False) -> Array:
         cfg = self.config
-        dtype, param_dtype = _dtype(cfg.dtype), _dtype(cfg.param_dtype)
-        h = nn.Dense(cfg.intermediate_size, dtype=dtype, param_dtype=param_dtype,
-                     kernel_init=_dense_init(cfg, ("embed", "mlp")), bias_init=_zeros(("mlp",)), name="fc1")(x)
+        h = Projection(cfg, "bld,dm->blm", (cfg.hidden_size, cfg.intermediate_size), ("embed", "mlp"),
+                       name="fc1")(x, decode)
         h = nn.with_logical_constraint(jax.nn.gelu(h, approximate=True), ("batch", "length", "mlp"))
-        return nn.Dense(cfg.hidden_size, dtype=dtype, param_dtype=param_dtype,
-                        kernel_init=_dense_init(cfg, ("mlp", "embed")), bias_init=_zeros(("embed",)), name="fc2")(h)
+        return Projection(cfg, "blm,md->bld", (cfg.intermediate_size, cfg.hidden_size), ("mlp", "embed"),
+                          name="fc2")(h, decode)
 
 
 def _layer_norm(cfg: PhiConfig, name: str) -> nn.LayerNorm:
@@ -210,7 +216,7 @@ class PhiBlock(nn.Module):
         cfg = self.config
         h = _layer_norm(cfg, "input_layernorm")(x)
         attn = PhiAttention(cfg, name="self_attn")(h, segment_ids, positions, decode_index, deterministic, decode)
-        mlp = PhiMLP(cfg, name="mlp")(h)
+        mlp = PhiMLP(cfg, name="mlp")(h, decode)
         dropout = nn.Dropout(rate=cfg.resid_dropout)
         x = x + dropout(attn, deterministic=deterministic) + dropout(mlp, deterministic=deterministic)
         return nn.with_logical_constraint(x, ("batch", "length", "embed")), None

@@ -70,13 +70,13 @@ class SlotDecoder:
         params, config: the model.
         num_slots: rows of the cache (most requests decoded together).
         min_length_bucket: smallest prompt / cache length bucket.
-        attention: cached attention ('auto', 'xla', 'cpu_kernel'; see :class:`textbooks.model.decode.Decoder`).
+        kernels: how decode steps compute ('auto', 'xla', 'cpu_kernel'; see :class:`textbooks.model.decode.Decoder`).
     """
 
     def __init__(self, params: Any, config: PhiConfig, *, num_slots: int = 16, min_length_bucket: int = 16,
-                 attention: str = "auto"):
+                 kernels: str = "auto"):
         self._decoder = decode_lib.Decoder(params, config, max_batch_size=num_slots,
-                                           min_length_bucket=min_length_bucket, attention=attention)
+                                           min_length_bucket=min_length_bucket, kernels=kernels)
         self.params = self._decoder.params  # on the device
         self.config = config
         self.num_slots = num_slots

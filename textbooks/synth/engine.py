@@ -86,13 +86,13 @@ class Engine:
             decodes ``max_batch_size`` rows.
         min_length_bucket: smallest prompt/cache length bucket; larger values mean fewer compiled programs
             and more padding.
-        attention: cached attention of the decoders ('auto', 'xla', 'cpu_kernel'; see
-            :class:`textbooks.model.decode.Decoder`).
+        kernels: how the decoders' steps compute attention and weight products ('auto', 'xla', 'cpu_kernel';
+            see :class:`textbooks.model.decode.Decoder`).
     """
 
     def __init__(self, params: Any, config: Any, vocabulary: Any, *, model_name: str, max_batch_size: int = 16,
                  batch_wait_ms: float = 5.0, chunk_tokens: int = 32, max_queue: int = 1024,
-                 fixed_batch: bool = False, min_length_bucket: int = 16, attention: str = "auto"):
+                 fixed_batch: bool = False, min_length_bucket: int = 16, kernels: str = "auto"):
         from textbooks.model.decode import Decoder
         from textbooks.model.slots import SlotDecoder
 
@@ -111,13 +111,13 @@ class Engine:
             raise ValueError(f"the vocabulary has {self.text_vocab_size} tokens but the model only {config.vocab_size}: "
                              f"they do not belong together; pass the vocabulary the model was trained with")
         self.decoder = Decoder(params, config, max_batch_size=max_batch_size,
-                               min_length_bucket=min(min_length_bucket, self.max_len), attention=attention)
+                               min_length_bucket=min(min_length_bucket, self.max_len), kernels=kernels)
         self.slots = SlotDecoder(params, config, num_slots=max_batch_size,
-                                 min_length_bucket=min(min_length_bucket, self.max_len), attention=attention)
+                                 min_length_bucket=min(min_length_bucket, self.max_len), kernels=kernels)
         self._executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="decode")
         self._queue: asyncio.Queue[Job] | None = None
         self._task: asyncio.Task | None = None
-        self.stats = {"attention": self.decoder.attention, "requests": 0, "batches": 0, "decode_calls": 0, "generated_tokens": 0, "rows_decoded": 0}
+        self.stats = {"kernels": self.decoder.kernels, "requests": 0, "batches": 0, "decode_calls": 0, "generated_tokens": 0, "rows_decoded": 0}
 
     # -------------------------------------------------------------------------------------------------- text
 

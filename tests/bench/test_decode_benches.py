@@ -1,4 +1,7 @@
-"""The serve benchmark's memory-traffic figure equals what the model's parameters and KV cache hold."""
+"""The decode benchmarks: the memory-traffic figure equals what the model's parameters and KV cache hold, and the
+decode-step benchmark runs its variants to the same tokens."""
+
+import json
 
 import os
 import sys
@@ -10,7 +13,7 @@ import pytest
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, REPO)
 
-from bench import serve_throughput  # noqa: E402
+from bench import decode_step, serve_throughput  # noqa: E402
 
 
 def test_bytes_per_step_counts_weights_and_the_cache_filled_so_far():
@@ -28,3 +31,17 @@ def test_bytes_per_step_counts_weights_and_the_cache_filled_so_far():
     per_slot = sum(x.size for x in jax.tree.leaves(cache) if x.ndim >= 4) / 64  # keys and values, all layers
     mean_filled = np.mean([prompt + i for i in range(new)])  # step i attends over prompt + i cached positions
     assert serve_throughput.bytes_per_step(config, requests) == pytest.approx(4 * (weights + per_slot * mean_filled))
+
+
+def test_decode_step_benchmark_compares_the_variants_on_the_same_tokens(tmp_path):
+    from textbooks.model import cpu_kernels
+
+    if not cpu_kernels.status().ok:
+        pytest.skip(f"CPU decode kernels unavailable: {cpu_kernels.status().reason}")
+    out = tmp_path / "decode_step.json"
+    assert decode_step.main(["--preset", "phi-cpu-1m", "--vocab_size", "300", "--batch", "3", "--prompt", "5",
+                             "--new", "6", "--rounds", "2", "--out", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert set(result["variants"]) == {"xla", "attention kernel", "both kernels"}
+    for v in result["variants"].values():
+        assert v["same_tokens_as_xla"] == "3/3" and len(v["ms_per_step_rounds"]) == 2 and v["ms_per_step"] > 0

@@ -1,0 +1,132 @@
+"""The compiled CPU decode kernels (attention, small weight products) against their XLA formulations and in the
+decoder."""
+
+import dataclasses
+
+import jax
+import numpy as np
+import pytest
+from phi_testing import greedy_by_recomputing
+
+from textbooks.model import cpu_attention, cpu_kernels, cpu_matmul
+from textbooks.model import decode as decode_lib
+from textbooks.model.phi import PhiForCausalLM
+from textbooks.model.slots import SlotDecoder
+
+
+@pytest.fixture(scope="module")
+def kernel():
+    status = cpu_kernels.status()
+    if not status.ok:
+        pytest.skip(f"CPU decode kernels unavailable: {status.reason}")
+    return status
+
+
+@pytest.mark.parametrize("queries", [1, 5])
+def test_kernel_equals_the_masked_softmax(kernel, queries):
+    rng = np.random.default_rng(queries)
+    batch, heads, slots, dim = 6, 3, 40, 16
+    q = rng.standard_normal((batch, queries, heads, dim), np.float32)
+    k = rng.standard_normal((batch, heads, slots, dim), np.float32)
+    v = rng.standard_normal((batch, heads, slots, dim), np.float32)
+    # Rows at the first slot, in the middle, at the end, and past it (writes were dropped: all slots visible).
+    start = np.array([0, 3, 17, slots - queries, slots - 1, slots + 4], np.int32)
+    got = jax.jit(cpu_attention.decode_attention, static_argnums=4)(q, k, v, start, dim ** -0.5)
+    want = cpu_attention.xla_decode_attention(q, k, v, start, dim ** -0.5)
+    np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-5, atol=1e-5)
+    # A row reads nothing past its own slots: changing them changes nothing.
+    k2, v2 = k.copy(), v.copy()
+    k2[1, :, 3 + queries:] = 1e4
+    v2[1, :, 3 + queries:] = np.nan
+    again = jax.jit(cpu_attention.decode_attention, static_argnums=4)(q, k2, v2, start, dim ** -0.5)
+    np.testing.assert_array_equal(np.asarray(again)[1], np.asarray(got)[1])
+
+
+@pytest.mark.parametrize("rows", [1, 3, 16, 21])
+@pytest.mark.parametrize("k,n", [(256, 768), (7, 64), (33, 100), (5, 3), (64, 16)])
+def test_small_matmul_equals_x_w_plus_b(kernel, rows, k, n):
+    rng = np.random.default_rng(rows * 1000 + n)
+    x = rng.standard_normal((rows, k), np.float32)
+    w = rng.standard_normal((k, n), np.float32)
+    b = rng.standard_normal((n,), np.float32)
+    got = np.asarray(jax.jit(cpu_matmul.small_matmul)(x, w, b))
+    want = x.astype(np.float64) @ w.astype(np.float64) + b  # 100 columns: a 64-column panel, two of 16, 4 alone
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * np.sqrt(k))
+
+
+def test_small_matmul_keeps_leading_axes_and_rejects_shapes_that_do_not_fit(kernel):
+    x = np.arange(2 * 3 * 4, dtype=np.float32).reshape(2, 3, 4)
+    w = np.ones((4, 5), np.float32)
+    got = np.asarray(cpu_matmul.small_matmul(x, w, np.zeros(5, np.float32)))
+    np.testing.assert_array_equal(got, np.broadcast_to(x.sum(-1, keepdims=True), (2, 3, 5)))
+    with pytest.raises(ValueError, match="do not fit"):
+        cpu_matmul.small_matmul(x, np.ones((5, 4), np.float32), np.zeros(4, np.float32))
+    with pytest.raises(ValueError, match="do not fit"):
+        cpu_matmul.small_matmul(x, w, np.zeros(4, np.float32))
+
+
+def test_decode_steps_use_both_kernels_and_prefill_does_not(kernel, tiny_model):
+    config, params = tiny_model
+    fast = decode_lib.Decoder(params, config, kernels="auto")
+    model = PhiForCausalLM(fast._config)  # noqa: SLF001 - the config the decoder compiles with
+    cache = decode_lib.init_cache(fast._config, 2, 32)  # noqa: SLF001
+
+    def hlo(length):
+        def run(params, cache, tokens):
+            return model.apply({"params": params, "cache": cache}, tokens, decode=True, mutable=["cache"])
+        return jax.jit(run).lower(params, cache, np.ones((2, length), np.int32)).as_text()
+
+    step, prefill = hlo(1), hlo(8)
+    assert step.count(cpu_matmul.TARGET) == 6 * config.num_layers  # q, k, v, dense, fc1, fc2 in every block
+    assert step.count(cpu_attention.TARGET) == config.num_layers
+    assert cpu_matmul.TARGET not in prefill
+
+
+def test_decoder_uses_the_kernels_and_decodes_the_same_tokens(kernel, tiny_model):
+    config, params = tiny_model
+    fast = decode_lib.Decoder(params, config, kernels="auto")
+    plain = decode_lib.Decoder(params, config, kernels="xla")
+    assert fast.kernels == "cpu_kernel" and plain.kernels == "xla"
+    rng = np.random.default_rng(0)
+    requests = [decode_lib.GenerationRequest(prompt=rng.integers(1, config.vocab_size, n).tolist(), max_new_tokens=m)
+                for n, m in [(3, 20), (11, 7), (1, 30), (25, 12)]]
+    got = fast.generate(requests)
+    assert got == plain.generate(requests)
+    for r, out in zip(requests, got):
+        assert out.tokens == greedy_by_recomputing(config, params, [r.prompt], r.max_new_tokens)[0]
+
+
+def test_continuous_batching_with_the_kernel_stops_when_a_slot_frees(kernel, tiny_model):
+    config, params = tiny_model
+    slots = SlotDecoder(params, config, num_slots=4, kernels="cpu_kernel")
+    requests = [decode_lib.GenerationRequest(prompt=[5, 9, 2][:n], max_new_tokens=m) for n, m in [(1, 3), (2, 20), (3, 9)]]
+    slots.admit(requests)
+    first = slots.step(16, until_free=True)  # ends when the 3-token request ends, not after 16 tokens
+    assert [len(first[s][0] if isinstance(first[s], tuple) else first[s].tokens) for s in sorted(first)] == [3, 3, 3]
+    assert isinstance(first[0], decode_lib.GenerationOutput) and slots.active_slots == [1, 2]
+    got = {0: first[0].tokens, 1: list(first[1][0]), 2: list(first[2][0])}
+    while slots.active_slots:
+        for s, out in slots.step(16).items():
+            got[s] += out.tokens if isinstance(out, decode_lib.GenerationOutput) else out[0]
+    for s, r in enumerate(requests):
+        assert got[s] == greedy_by_recomputing(config, params, [r.prompt], r.max_new_tokens)[0]
+
+
+def test_unavailable_kernel_is_reported_not_used(tiny_model, monkeypatch):
+    config, params = tiny_model
+    bf16 = dataclasses.replace(config, dtype="bfloat16")
+    assert decode_lib.choose_kernels(bf16, params)[0] == "xla"
+    with pytest.raises(ValueError, match="cpu_kernel.*unavailable.*float32"):
+        decode_lib.Decoder(params, bf16, kernels="cpu_kernel")
+    with pytest.raises(ValueError, match="kernels must be"):
+        decode_lib.Decoder(params, config, kernels="flash")
+    monkeypatch.setenv("TEXTBOOKS_CPU_KERNELS", "0")
+    cpu_kernels.status.cache_clear()
+    try:
+        name, reason = decode_lib.choose_kernels(config, params)
+        assert name == "xla" and "TEXTBOOKS_CPU_KERNELS=0" in reason
+        with pytest.raises(ValueError, match="unavailable.*TEXTBOOKS_CPU_KERNELS=0"):
+            cpu_matmul.small_matmul(np.ones((1, 2), np.float32), np.ones((2, 2), np.float32), np.ones(2, np.float32))
+    finally:
+        monkeypatch.delenv("TEXTBOOKS_CPU_KERNELS")
+        cpu_kernels.status.cache_clear()
