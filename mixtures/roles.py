@@ -32,20 +32,17 @@ import tensorflow as tf
 
 from mixtures import preprocessors, sources
 from textbooks.data import paths
+from textbooks.vocab import VOCABULARY_NAMES, get_vocabulary
 
 ROLES: tuple[str, ...] = paths.ROLES
 # Role ids carried per token (decoder_role_ids); 0 marks padding.
 ROLE_IDS: dict[str, int] = {role: i + 1 for i, role in enumerate(ROLES)}
 PAD_ROLE_ID = 0
-# Vocabularies with pre-registered tasks: the project's two and seqio's byte vocabulary (fast, for tests and
-# byte-level ablations).
-VOCABULARY_NAMES: tuple[str, ...] = ("phi", "spm8k", "byte")
 SOURCES: tuple[str, ...] = ("shards", "tfds")
 TFDS_NAME = "textbooks_corpus"
 TFDS_VERSION = "1.0.0"
 
 _lock = threading.RLock()
-_byte_vocabulary: seqio.Vocabulary | None = None
 
 
 def _configurable(fn):
@@ -69,19 +66,6 @@ def role_name(role_id: int) -> str:
 def vocabulary_name(name: str = "phi") -> str:
     """The default vocabulary of the alias tasks and mixtures (gin: ``vocabulary_name.name``)."""
     return name
-
-
-def get_vocabulary(name: str) -> seqio.Vocabulary:
-    """``textbooks.vocab.get_vocabulary(name)``, plus ``'byte'`` (``seqio.ByteVocabulary``)."""
-    global _byte_vocabulary
-    if name == "byte":
-        with _lock:
-            if _byte_vocabulary is None:
-                _byte_vocabulary = seqio.ByteVocabulary()
-            return _byte_vocabulary
-    from textbooks import vocab
-
-    return vocab.get_vocabulary(name)
 
 
 def default_vocabulary() -> seqio.Vocabulary:

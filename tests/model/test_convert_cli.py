@@ -46,24 +46,31 @@ def test_cli_errors_are_reported_and_nothing_is_written(tmp_path, capsys):
     assert not (tmp_path / "o").exists()
 
 
-def test_to_hf_accepts_what_the_trainer_checkpoint_loader_understands(tmp_path, monkeypatch):
+def test_to_hf_accepts_what_the_trainer_checkpoint_loader_understands(tmp_path, monkeypatch, capsys):
     """A path that is neither format goes to textbooks.train.checkpoints.load_model (here a stand-in)."""
     from textbooks.model.hf import config_from_hf, load_hf_checkpoint
 
-    config = config_from_hf(dict(FIELDS, model_type="phi")).replace(scan_layers=True)
+    config = config_from_hf(dict(FIELDS, model_type="phi", vocab_size=320)).replace(scan_layers=True)
     params = random_params(config, seed=4)
     (tmp_path / "run").mkdir()
     seen = []
 
     def load_model(path):
         seen.append(path)
-        return types.SimpleNamespace(config=config, params=params, vocabulary=types.SimpleNamespace(eos_id=7))
+        return types.SimpleNamespace(config=config, params=params, metadata={"vocabulary": "byte"})
 
     monkeypatch.setitem(sys.modules, "textbooks.train.checkpoints", types.SimpleNamespace(load_model=load_model))
     assert main(["convert", "--to-hf", "--checkpoint", str(tmp_path / "run"), "--out", str(tmp_path / "hf")]) == 0
     assert seen == [str(tmp_path / "run")]
-    assert json.loads((tmp_path / "hf" / "config.json").read_text())["eos_token_id"] == 7
+    hf_config = json.loads((tmp_path / "hf" / "config.json").read_text())
+    assert hf_config["eos_token_id"] == 1 and hf_config["textbooks_vocabulary"] == "byte"  # the checkpoint's
     loaded_config, loaded = load_hf_checkpoint(str(tmp_path / "hf"), scan_layers=True)
     assert loaded_config == config
     np.testing.assert_array_equal(loaded["layers"]["self_attn"]["dense"]["kernel"],
                                   params["layers"]["self_attn"]["dense"]["kernel"])
+
+    # A vocabulary larger than the embedding is refused before anything is written.
+    assert main(["convert", "--to-hf", "--checkpoint", str(tmp_path / "run"), "--out", str(tmp_path / "o"),
+                 "--vocabulary", "spm8k"]) == 2
+    assert "vocabulary 'spm8k' has 8192 tokens but the model only 320 embedding rows" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()

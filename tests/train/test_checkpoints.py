@@ -1,5 +1,6 @@
 """Checkpoint save/restore, fallback past a corrupt newest step, and load_model on every kind of path."""
 
+import json
 import logging
 import os
 
@@ -8,6 +9,7 @@ import numpy as np
 import pytest
 
 from train_support import FAST_COMPILE
+from textbooks import cli
 from textbooks import partitioning as part
 from textbooks.model.phi import PhiForCausalLM
 from textbooks.train import checkpoints as ck
@@ -30,8 +32,8 @@ def state_and_target(tiny_config):
     return _state(tiny_config)
 
 
-def _meta(config):
-    return {"model_config": config.to_dict(), "vocabulary": "spm8k"}
+def _meta(config, vocabulary="spm8k"):
+    return {"model_config": config.to_dict(), "vocabulary": vocabulary}
 
 
 def _assert_trees_equal(a, b):
@@ -133,9 +135,22 @@ def test_load_model_from_model_dir_step_dir_and_hf_dir(tmp_path, tiny_config, st
 
     save_hf_checkpoint(jax.device_get(state.params), tiny_config, str(tmp_path / "hf"))
     loaded = ck.load_model(str(tmp_path / "hf"))
-    assert loaded.step is None and loaded.vocabulary.vocab_size >= 50295  # 'phi' for transformers folders
+    assert loaded.step is None and loaded.vocabulary.vocab_size >= 50295  # 'phi' when a folder records none
     for a, b in zip(jax.tree_util.tree_leaves(loaded.params), jax.tree_util.tree_leaves(state.params)):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-6)
+
+    # Exported through the CLI, the folder carries the run's vocabulary and loads back with it (the tiny
+    # model's 512 rows hold the byte vocabulary; a larger vocabulary than the embedding is refused).
+    run = ck.RunCheckpoints(str(tmp_path / "byte_run"), ck.CheckpointConfig(save_every=5))
+    run.save(5, state.replace(step=state.step + 5), None, _meta(tiny_config, "byte"))
+    run.close()
+    assert cli.main(["convert", "--to-hf", "--checkpoint", str(tmp_path / "byte_run"), "--out",
+                     str(tmp_path / "x")]) == 0
+    exported = ck.load_model(str(tmp_path / "x"))
+    assert exported.metadata == {"vocabulary": "byte"} and exported.vocabulary.vocab_size == 259
+    assert json.loads((tmp_path / "x" / "config.json").read_text())["eos_token_id"] == 1
+    _assert_trees_equal(exported.params, loaded.params)
+    assert cli.main(["convert", "--to-hf", "--checkpoint", str(tmp_path / "run"), "--out", str(tmp_path / "y")]) == 2
 
     with pytest.raises(FileNotFoundError, match="holds no checkpoint"):
         ck.load_model(str(tmp_path))

@@ -133,9 +133,11 @@ def test_split_special_tokens_option():
 
 
 def test_get_vocabulary_errors_and_gin():
-    with pytest.raises(ValueError, match="known names: phi, spm8k"):
+    with pytest.raises(ValueError, match="known names: phi, spm8k, byte"):
         get_vocabulary("gpt4")
-    assert VOCABULARY_NAMES == ("phi", "spm8k")
+    assert VOCABULARY_NAMES == ("phi", "spm8k", "byte")
+    assert isinstance(get_vocabulary("byte"), seqio.ByteVocabulary) and get_vocabulary("byte").vocab_size == 259
+    assert get_vocabulary("byte") is get_vocabulary("byte")
     gin.parse_config("textbooks.vocab.get_vocabulary.name = 'spm8k'")
     assert isinstance(get_vocabulary(), seqio.SentencePieceVocabulary)
 

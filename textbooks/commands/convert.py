@@ -5,10 +5,13 @@
       project's params format (textbooks_config.json + params.safetensors: our parameter tree, float32),
       read back with textbooks.model.load_params.
 
-  textbooks convert --to-hf --checkpoint PATH --out HF_DIR
-      Exports a model to transformers' format (float32). PATH may be a params folder written by this
-      command, a transformers folder, or a training run's orbax checkpoint (model dir or one step) when
-      the training package is installed.
+  textbooks convert --to-hf --checkpoint PATH --out HF_DIR [--vocabulary NAME]
+      Exports a model to transformers' format (float32) with its vocabulary's files (for 'phi' a
+      tokenizer.json that transformers' AutoTokenizer reads; for SentencePiece vocabularies the model file;
+      see textbooks.vocab.hf_files). PATH may be a params folder written by this command, a transformers
+      folder, or a training run's orbax checkpoint (model dir or one step) when the training package is
+      installed. The vocabulary is the checkpoint's own (a params folder has none: give --vocabulary to add
+      one).
 
 Nothing is written unless the whole input loads and matches its config.
 """
@@ -34,12 +37,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--eos-id", type=int, default=None,
                         help="with --to-hf: eos_token_id for config.json (default: the checkpoint's vocabulary's)")
     parser.add_argument("--bos-id", type=int, default=None, help="with --to-hf: bos_token_id for config.json")
+    parser.add_argument("--vocabulary", default=None, metavar="NAME",
+                        help="with --to-hf: vocabulary whose files to write (phi, spm8k, spm:PATH; default: the "
+                             "checkpoint's)")
     parser.add_argument("--max-shard-gb", type=float, default=5.0,
                         help="with --to-hf: split weights into shards of at most this many GB (default 5)")
 
 
 def load_any(path: str):
-    """Loads ``(config, params, vocabulary or None)`` from a params folder, an HF folder or an orbax checkpoint.
+    """Loads ``(config, params, vocabulary name or None)`` from a params folder, an HF folder or an orbax
+    checkpoint (a params folder records no vocabulary).
 
     Raises:
         CheckpointError: ``path`` is none of these or cannot be read.
@@ -52,8 +59,10 @@ def load_any(path: str):
         config, params = params_io.load_params(path)
         return config, params, None
     if hf.is_hf_dir(path):
+        from textbooks.vocab.hf_files import vocabulary_name
+
         config, params = hf.load_hf_checkpoint(path)
-        return config, params, None
+        return config, params, vocabulary_name(path)
     try:
         from textbooks.train.checkpoints import load_model
     except ImportError as e:
@@ -62,7 +71,7 @@ def load_any(path: str):
             f"transformers folder (config.json + model.safetensors), and orbax checkpoints cannot be read "
             f"here ({e})") from e
     loaded = load_model(path)
-    return loaded.config, loaded.params, getattr(loaded, "vocabulary", None)
+    return loaded.config, loaded.params, loaded.metadata.get("vocabulary", "phi")
 
 
 def main(args: argparse.Namespace) -> int:
@@ -81,16 +90,28 @@ def main(args: argparse.Namespace) -> int:
             return 0
         if not args.checkpoint:
             raise ValueError("--to-hf needs --checkpoint PATH (params folder, transformers folder or orbax dir)")
+        from textbooks.vocab import get_vocabulary
+        from textbooks.vocab.hf_files import save_tokenizer
+
         config, params, vocabulary = load_any(args.checkpoint)
+        vocabulary = args.vocabulary or vocabulary
         eos_id = args.eos_id
-        if eos_id is None and vocabulary is not None:
-            eos_id = getattr(vocabulary, "eos_id", None)
-            eos_id = None if eos_id is None else int(eos_id)
+        if vocabulary is not None:
+            vocab = get_vocabulary(vocabulary)  # an unknown name fails here, before anything is written
+            if int(vocab.vocab_size) > config.vocab_size:
+                raise ValueError(f"vocabulary {vocabulary!r} has {vocab.vocab_size} tokens but the model only "
+                                 f"{config.vocab_size} embedding rows; give the model's own with --vocabulary")
+            if eos_id is None and getattr(vocab, "eos_id", None) is not None:
+                eos_id = int(vocab.eos_id)
         max_bytes = int(args.max_shard_gb * 1e9) if args.max_shard_gb and args.max_shard_gb > 0 else None
+        os.makedirs(args.out, exist_ok=True)
+        recorded, files = save_tokenizer(vocabulary, args.out, max_len=config.max_len) if vocabulary else (None, [])
         hf.save_hf_checkpoint(params, config, args.out, max_shard_bytes=max_bytes, bos_token_id=args.bos_id,
-                              eos_token_id=eos_id)
+                              eos_token_id=eos_id, vocabulary=recorded)
+        what = (f"vocabulary {vocabulary}: {', '.join(files)}" if vocabulary else
+                "no vocabulary: a params folder records none; add one with --vocabulary")
         print(f"exported {args.checkpoint} ({config.num_params():,} parameters) -> {args.out} "
-              f"(transformers PhiForCausalLM, float32)")
+              f"(transformers PhiForCausalLM, float32; {what})")
         return 0
     except (params_io.CheckpointError, ValueError, OSError) as e:
         print(f"textbooks convert: error: {e}", file=sys.stderr)

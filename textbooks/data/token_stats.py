@@ -24,6 +24,7 @@ import time
 from typing import Iterable, Mapping, Optional
 
 from textbooks.data import paths, records
+from textbooks.vocab import get_vocabulary
 
 logger = logging.getLogger(__name__)
 
@@ -73,17 +74,6 @@ class TokenStats:
 
 # ----------------------------------------------------------------------------------------------------------
 # Vocabularies and fingerprints.
-
-
-def get_vocabulary(name: str):
-    """A vocabulary by name: ``textbooks.vocab`` names, plus ``'byte'`` (seqio.ByteVocabulary)."""
-    if name == "byte":
-        import seqio
-
-        return seqio.ByteVocabulary()
-    from textbooks import vocab
-
-    return vocab.get_vocabulary(name)
 
 
 def vocabulary_fingerprint(name: str, vocabulary=None) -> str:

@@ -101,10 +101,14 @@ def _to_hf(kind: str, x: np.ndarray) -> np.ndarray:
 # --------------------------------------------------------------------------------------------------- config
 
 
-def config_to_hf(config: PhiConfig, *, bos_token_id: int | None = None,
-                 eos_token_id: int | None = None) -> dict[str, Any]:
-    """Returns transformers' ``config.json`` for ``config`` (readable by transformers 4.37+ and 5.x)."""
-    return {
+def config_to_hf(config: PhiConfig, *, bos_token_id: int | None = None, eos_token_id: int | None = None,
+                 vocabulary: str | None = None) -> dict[str, Any]:
+    """Returns transformers' ``config.json`` for ``config`` (readable by transformers 4.37+ and 5.x).
+
+    ``vocabulary`` is recorded under ``textbooks_vocabulary`` (see :mod:`textbooks.vocab.hf_files`).
+    """
+    extra = {} if vocabulary is None else {"textbooks_vocabulary": vocabulary}
+    return extra | {
         "architectures": ["PhiForCausalLM"],
         "model_type": "phi",
         "vocab_size": config.vocab_size,
@@ -296,7 +300,7 @@ def load_hf_checkpoint(directory: str, **config_overrides: Any) -> tuple[PhiConf
 
 def save_hf_checkpoint(params: Mapping[str, Any], config: PhiConfig, out_dir: str, *,
                        max_shard_bytes: int | None = 5 * 10**9, bos_token_id: int | None = None,
-                       eos_token_id: int | None = None) -> str:
+                       eos_token_id: int | None = None, vocabulary: str | None = None) -> str:
     """Writes ``params`` as a transformers ``PhiForCausalLM`` checkpoint (float32 safetensors + config.json).
 
     Args:
@@ -306,6 +310,8 @@ def save_hf_checkpoint(params: Mapping[str, Any], config: PhiConfig, out_dir: st
         max_shard_bytes: split the weights into ``model-0000i-of-0000n.safetensors`` plus an index when they
             are larger than this (None: one file).
         bos_token_id, eos_token_id: written to config.json (e.g. 50256 for the phi vocabulary).
+        vocabulary: the vocabulary's name, recorded in config.json (its files are written by
+            :func:`textbooks.vocab.hf_files.save_tokenizer`).
 
     Returns:
         ``out_dir``.
@@ -351,7 +357,7 @@ def save_hf_checkpoint(params: Mapping[str, Any], config: PhiConfig, out_dir: st
                  "weight_map": weight_map}
         atomic_write(os.path.join(out_dir, INDEX_NAME),
                      lambda p: write_text(p, json.dumps(index, indent=2, sort_keys=True) + "\n"))
-    hf_config = config_to_hf(config, bos_token_id=bos_token_id, eos_token_id=eos_token_id)
+    hf_config = config_to_hf(config, bos_token_id=bos_token_id, eos_token_id=eos_token_id, vocabulary=vocabulary)
     atomic_write(os.path.join(out_dir, CONFIG_NAME),
                  lambda p: write_text(p, json.dumps(hf_config, indent=2, sort_keys=True) + "\n"))
     return out_dir

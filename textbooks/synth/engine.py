@@ -357,7 +357,7 @@ def load_engine(checkpoint: str, *, vocabulary: str | None = None, model_name: s
     from textbooks.vocab import get_vocabulary
 
     if vocabulary is not None and hf.is_hf_dir(checkpoint):
-        # A transformers folder records no vocabulary: read the weights only.
+        # The vocabulary is given: read the weights only.
         config, params = hf.load_hf_checkpoint(checkpoint)
         vocab = get_vocabulary(vocabulary)
     else:

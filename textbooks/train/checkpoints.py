@@ -332,7 +332,7 @@ class LoadedModel:
         vocabulary: the seqio vocabulary it was trained with.
         step: training step of the checkpoint (None for transformers-format folders).
         path: the folder the parameters were read from.
-        metadata: the checkpoint's metadata JSON (empty for transformers-format folders).
+        metadata: the checkpoint's metadata JSON (for transformers-format folders only ``vocabulary``).
     """
 
     config: Any
@@ -405,14 +405,14 @@ def load_model(path: str, *, step: int | None = None, shardings: Any = None) -> 
         shardings: optional tree of shardings for the parameters (default: the first local device).
 
     Returns:
-        :class:`LoadedModel`; its vocabulary comes from the name recorded at training time ('phi' for
-        transformers folders).
+        :class:`LoadedModel`; its vocabulary comes from the name recorded at training time (for transformers
+        folders, the one ``textbooks convert --to-hf`` recorded in config.json, else 'phi').
 
     Raises:
         FileNotFoundError: nothing loadable at ``path`` (or not that step).
     """
     from textbooks.model.config import PhiConfig
-    from textbooks.train.data import get_vocabulary
+    from textbooks.vocab import get_vocabulary
 
     path = os.fspath(path)
     if is_hf_dir(path):
@@ -421,7 +421,10 @@ def load_model(path: str, *, step: int | None = None, shardings: Any = None) -> 
         config, params = load_hf_checkpoint(path)
         if shardings is not None:
             params = jax.device_put(params, shardings)
-        return LoadedModel(config=config, params=params, vocabulary=get_vocabulary("phi"), step=None, path=path)
+        from textbooks.vocab.hf_files import vocabulary_name
+
+        return LoadedModel(config=config, params=params, vocabulary=get_vocabulary(vocabulary_name(path)),
+                           step=None, path=path, metadata={"vocabulary": vocabulary_name(path)})
     candidates = list(_candidate_step_dirs(path))
     if step is not None:
         candidates = [c for c in candidates if c.name == str(step)]

@@ -136,18 +136,9 @@ def vocabulary_size(name: str) -> int:
     """Number of ids of vocabulary ``name`` ('phi', 'spm8k', 'byte', 'spm:PATH')."""
     if name in VOCABULARY_SIZES:
         return VOCABULARY_SIZES[name]
+    from textbooks.vocab import get_vocabulary
+
     return int(get_vocabulary(name).vocab_size)
-
-
-def get_vocabulary(name: str):
-    """The seqio vocabulary called ``name``: :func:`textbooks.vocab.get_vocabulary`, plus seqio's 'byte'."""
-    if name == "byte":
-        import seqio
-
-        return seqio.ByteVocabulary()
-    from textbooks.vocab import get_vocabulary as get
-
-    return get(name)
 
 
 def mixture_vocabulary_name(name: str) -> str | None:

@@ -5,6 +5,7 @@
 * ``'spm8k'``: the project's 8,192-piece SentencePiece BPE trained on Python docs and standard-library code
   with whitespace preserved (pad 0, end-of-text 1, unk 2, byte fallback); see :mod:`textbooks.vocab.spm`.
 * ``'spm:PATH'``: any SentencePiece model file, e.g. one trained with ``textbooks vocab train``.
+* ``'byte'``: seqio's ``ByteVocabulary`` (UTF-8 bytes, 259 ids; fast, for tests and byte-level ablations).
 
 This module imports only gin; seqio and TensorFlow load when a vocabulary is first requested.
 """
@@ -15,7 +16,7 @@ import threading
 
 import gin
 
-VOCABULARY_NAMES: tuple[str, ...] = ("phi", "spm8k")
+VOCABULARY_NAMES: tuple[str, ...] = ("phi", "spm8k", "byte")
 _cache: dict[str, object] = {}
 _lock = threading.Lock()
 
@@ -29,6 +30,10 @@ def _make(name: str):
         from textbooks.vocab.spm import spm8k_vocabulary
 
         return spm8k_vocabulary()
+    if name == "byte":
+        import seqio
+
+        return seqio.ByteVocabulary()
     if name.startswith("spm:"):
         from textbooks.vocab.spm import sentencepiece_vocabulary
 
@@ -42,7 +47,7 @@ def get_vocabulary(name: str = "phi"):
     """Returns the seqio Vocabulary called ``name`` (one shared instance per name).
 
     Args:
-        name: ``'phi'``, ``'spm8k'`` or ``'spm:PATH'``.
+        name: ``'phi'``, ``'spm8k'``, ``'byte'`` or ``'spm:PATH'``.
 
     Returns:
         A ``seqio.Vocabulary``.
