@@ -34,6 +34,7 @@ GOAL = 20.0
 def write_stdlib_corpus(root: str, max_files: int = 400) -> str:
     """Role folders ``code_filtered`` and ``code_textbooks`` made of CPython stdlib sources."""
     from textbooks.data import records
+    from textbooks.data.manifest import Manifest, write_manifest
 
     stdlib = sysconfig.get_paths()["stdlib"]
     files = []
@@ -56,7 +57,7 @@ def write_stdlib_corpus(root: str, max_files: int = 400) -> str:
                     w.write(records.Record(id=name, text=text, role=role, source="cpython-stdlib",
                                            license="PSF-2.0", split=split))
             splits[split] = w.stats
-        records.write_manifest(directory, records.Manifest(role=role, splits=splits,
+        write_manifest(directory, Manifest(role=role, splits=splits,
                                                            description="CPython stdlib sources (benchmark)"))
     return root
 

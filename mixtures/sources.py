@@ -31,6 +31,7 @@ import seqio
 import tensorflow as tf
 
 from textbooks.data import paths, records
+from textbooks.data.manifest import MANIFEST_NAME, Manifest, read_manifest
 
 logger = logging.getLogger(__name__)
 
@@ -135,7 +136,7 @@ class ShardDataSource(seqio.DataSource):
         self._directory = directory
         self._cycle_length = cycle_length
         self._block_length = block_length
-        self._manifest_cache: dict[str, tuple[float, records.Manifest]] = {}
+        self._manifest_cache: dict[str, tuple[float, Manifest]] = {}
         super().__init__(splits=splits, caching_permitted=caching_permitted)
 
     @property
@@ -158,18 +159,18 @@ class ShardDataSource(seqio.DataSource):
             f"--out DIR`, or curation) and point the data root at DIR with gin "
             f"`textbooks.data.paths.data_root.path = 'DIR'` or the environment variable {paths.ENV_VAR}")
 
-    def manifest(self) -> records.Manifest | None:
+    def manifest(self) -> Manifest | None:
         """The folder's manifest (re-read when it changes), or None when the folder has none."""
         directory = self.directory
         if not paths.isdir(directory):
             raise self._missing(directory)
-        path = records.join(directory, records.MANIFEST_NAME)
+        path = records.join(directory, MANIFEST_NAME)
         if not paths.exists(path):
             return None
         mtime = tf.io.gfile.stat(path).mtime_nsec if "://" in path else os.stat(path).st_mtime_ns
         cached = self._manifest_cache.get(directory)
         if cached is None or cached[0] != mtime:
-            self._manifest_cache[directory] = (mtime, records.read_manifest(directory))
+            self._manifest_cache[directory] = (mtime, read_manifest(directory))
         return self._manifest_cache[directory][1]
 
     def list_shards(self, split: str) -> Sequence[str]:
@@ -184,7 +185,7 @@ class ShardDataSource(seqio.DataSource):
         directory = self.directory
         if manifest is not None:
             if split not in manifest.splits:
-                raise FileNotFoundError(f"{records.join(directory, records.MANIFEST_NAME)} lists no split "
+                raise FileNotFoundError(f"{records.join(directory, MANIFEST_NAME)} lists no split "
                                         f"{split!r} (it has {', '.join(sorted(manifest.splits)) or 'none'})")
             files = manifest.shard_paths(split)
             missing = [f for f in files if not paths.exists(f)]

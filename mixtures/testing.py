@@ -12,6 +12,7 @@ from typing import Mapping, Optional
 import numpy as np
 
 from textbooks.data import paths, records
+from textbooks.data.manifest import Manifest, write_manifest
 
 _WORDS = ("the", "a", "def", "return", "class", "value", "list", "for", "in", "range", "import", "print",
           "textbook", "energy", "cell", "graph", "proof", "lemma", "x", "y", "=", "+", "(", ")", ":", "é", "λ")
@@ -58,7 +59,7 @@ def write_role(root: str, role: str, *, num_docs: Mapping[str, int] | None = Non
             for r in make_records(role, split, n, mean, seed=seed, spread=spread):
                 w.write(r)
         splits[split] = w.stats
-    records.write_manifest(directory, records.Manifest(role=role, splits=splits, stand_in="synthetic test data",
+    write_manifest(directory, Manifest(role=role, splits=splits, stand_in="synthetic test data",
                                                        description="deterministic pseudo-text"))
     return directory
 

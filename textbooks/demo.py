@@ -101,7 +101,7 @@ def _mark_done(path: str, payload: dict | None = None) -> None:
 def build_data(data_root: str) -> list[dict]:
     """Builds the local corpora into ``data_root`` (skipped when already built); returns per-role summaries."""
     from textbooks.corpora import build as corpora_build
-    from textbooks.data import records
+    from textbooks.data.manifest import read_manifest
 
     marker_dir = os.path.join(data_root, ".corpora")
     if not _is_done(marker_dir):
@@ -113,7 +113,7 @@ def build_data(data_root: str) -> list[dict]:
         manifest_path = os.path.join(data_root, role, "manifest.json")
         if not os.path.exists(manifest_path):
             continue
-        m = records.read_manifest(os.path.join(data_root, role))
+        m = read_manifest(os.path.join(data_root, role))
         summary.append({"role": role, "stand_in": getattr(m, "stand_in", None),
                         "splits": {s: getattr(st, "num_records", None) for s, st in m.splits.items()}})
     return summary

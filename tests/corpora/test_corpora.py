@@ -12,6 +12,7 @@ from textbooks import cli
 from textbooks.corpora import assets, build, chunking, python_code, python_docs, web
 from textbooks.corpora.sources import ROLE_INFO, SOURCES, sources_table
 from textbooks.data import paths, records
+from textbooks.data.manifest import read_manifest
 
 MAX_DOCS = 24
 
@@ -40,7 +41,7 @@ def test_every_role_is_built_with_both_splits(small_corpus):
     root, results = small_corpus
     assert [r.role for r in results] == list(paths.ROLES)
     for r in results:
-        m = records.read_manifest(os.path.join(root, "a", r.role))
+        m = read_manifest(os.path.join(root, "a", r.role))
         assert m == r.manifest and m.role == r.role and m.format_version == records.FORMAT_VERSION
         assert m.num_docs == MAX_DOCS
         assert m.splits["train"].num_docs >= 1 and m.splits["validation"].num_docs >= 1

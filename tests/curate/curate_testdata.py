@@ -102,9 +102,10 @@ def stdlib_functions(min_lines: int = 8, max_docs: int | None = None, max_files:
 def role_records(role: str, n: int, seed: int = 0, sources: tuple[str, ...] | None = None) -> list[dict] | None:
     """A deterministic sample of ``n`` records of a corpora-builder role, or None when it is not built."""
     from textbooks.data import paths, records
+    from textbooks.data.manifest import MANIFEST_NAME
 
     directory = paths.role_dir(role)
-    if not os.path.exists(os.path.join(directory, records.MANIFEST_NAME)):
+    if not os.path.exists(os.path.join(directory, MANIFEST_NAME)):
         return None
     recs = [r.to_dict() for r in records.iter_records(directory)
             if sources is None or r.source in sources]

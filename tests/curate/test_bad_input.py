@@ -11,6 +11,7 @@ from textbooks.curate.io import InputSpec, ReadConfig
 from textbooks.curate.pipeline import curate
 from textbooks.curate.report import read_jsonl_files
 from textbooks.data import records
+from textbooks.data.manifest import read_manifest
 
 
 def _good(i, split="train"):
@@ -98,7 +99,7 @@ def test_bad_input_is_rejected_with_reasons(bad_inputs, tmp_path):
     assert rc["balanced"] and rc["rejected"] == sum(EXPECTED_REJECTS.values()) and rc["kept"] == len(ids)
     assert rc["units_read"] == rc["kept"] + rc["rejected"]
     assert rc["rejected_by_reason"] == EXPECTED_REJECTS
-    manifest = records.read_manifest(out)
+    manifest = read_manifest(out)
     assert manifest.num_docs == len(ids) and manifest.role == "web_filtered"
     assert all(r.role == "web_filtered" for r in kept)
     md = open(os.path.join(out, "report", "report.md")).read()

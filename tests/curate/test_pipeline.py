@@ -15,6 +15,7 @@ from textbooks.curate.io import InputSpec
 from textbooks.curate.pipeline import curate
 from textbooks.curate.report import read_jsonl_files
 from textbooks.data import records
+from textbooks.data.manifest import read_manifest
 from textbooks.evaluate.benchmarks import benchmark_texts
 
 
@@ -125,7 +126,7 @@ def test_end_to_end_multiprocess_reconciles(corpus, tmp_path):
     matches = read_jsonl_files(os.path.join(out, "decontam", "matches-*.jsonl.gz"))
     assert {m["id"] for m in matches} >= {d for d, _ in planted["contaminated"]}
 
-    manifest = records.read_manifest(out)
+    manifest = read_manifest(out)
     assert manifest.num_docs == len(kept) and set(manifest.splits) == {"train", "validation"}
     assert manifest.splits["train"].shards == ["train-00000-of-00002.jsonl.gz", "train-00001-of-00002.jsonl.gz"]
     assert all(r.role == "web_filtered" for r in kept)

@@ -13,6 +13,7 @@ import tensorflow as tf
 import mixtures  # noqa: F401  (registers tasks)
 from mixtures import roles, sources, testing
 from textbooks.data import packing, pipeline, records
+from textbooks.data.manifest import Manifest, write_manifest
 
 MEAN_CHARS = {"code_filtered": 9000, "code_textbooks": 700, "code_exercises": 200}
 
@@ -240,7 +241,7 @@ def test_split_without_documents_is_a_clear_error(monkeypatch, tmp_path):
     directory = str(tmp_path / "code_exercises")
     records.write_shards([], directory, "train", num_shards=1)
     stats = records.SplitStats(shards=["train-00000-of-00001.jsonl.gz"])
-    records.write_manifest(directory, records.Manifest(role="code_exercises", splits={"train": stats}))
+    write_manifest(directory, Manifest(role="code_exercises", splits={"train": stats}))
     monkeypatch.setenv("TEXTBOOKS_DATA_DIR", str(tmp_path))
     with pytest.raises(ValueError, match="holds no documents"):
         pipeline.make_train_iterator("code_exercises", task_feature_lengths=128, batch_size=2)

@@ -8,7 +8,8 @@ import gin
 import pytest
 
 from textbooks.data import paths, records
-from textbooks.data.records import Manifest, ReadReport, Record, RecordError, ShardWriter
+from textbooks.data.manifest import Manifest, manifest_from_shards, read_manifest, write_manifest
+from textbooks.data.records import ReadReport, Record, RecordError, ShardWriter
 
 
 def _records(n, split="train"):
@@ -125,7 +126,7 @@ def test_empty_shards_and_missing_paths(tmp_path):
     with pytest.raises(FileNotFoundError, match="holds no shard files"):
         list(records.iter_records(tmp_path / "empty"))
     with pytest.raises(FileNotFoundError, match="manifest"):
-        records.read_manifest(tmp_path)
+        read_manifest(tmp_path)
 
 
 def test_writer_rejects_bad_records_and_leaves_nothing(tmp_path):
@@ -156,13 +157,13 @@ def test_manifest_round_trip(tmp_path):
     val = records.write_shards([], tmp_path, "validation")
     manifest = Manifest(role="web_raw", splits={"train": w.stats, "validation": records.SplitStats(
         shards=[os.path.basename(p) for p in val])}, stand_in=None, description="test", meta={"k": "v"})
-    records.write_manifest(tmp_path, manifest)
-    back = records.read_manifest(tmp_path)
+    write_manifest(tmp_path, manifest)
+    back = read_manifest(tmp_path)
     assert back == manifest
     assert back.num_docs == 5 and back.sources == {"test-source": 5} and back.licenses == {"CC0-1.0": 5}
     assert back.splits["train"].num_bytes == sum(len(r.text.encode()) for r in _records(5))
     assert back.shard_paths("train") == [str(tmp_path / n) for n in w.stats.shards]
-    assert records.manifest_from_shards(tmp_path, "web_raw", description="test", meta={"k": "v"}) == manifest
+    assert manifest_from_shards(tmp_path, "web_raw", description="test", meta={"k": "v"}) == manifest
     with pytest.raises(KeyError, match="has train, validation"):
         back.shard_paths("test")
 

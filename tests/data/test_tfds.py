@@ -13,6 +13,7 @@ import tensorflow_datasets as tfds
 import mixtures  # noqa: F401
 from mixtures import testing
 from textbooks.data import records, tfds_builders
+from textbooks.data.manifest import read_manifest
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +38,7 @@ def test_tfds_load_gives_the_shard_documents(data_root, tmp_path):
                        download_and_prepare_kwargs={"download_config": config})
     assert set(loaded) == {"train", "validation"}
     directory = os.path.join(data_root, "web_filtered")
-    manifest = records.read_manifest(directory)
+    manifest = read_manifest(directory)
     for split, ds in loaded.items():
         got = {ex["id"].decode(): ex for ex in tfds.as_numpy(ds)}
         want = {r.id: r for r in records.read_split(directory, split)}

@@ -11,6 +11,7 @@ import pytest
 from mixopt_helpers import COMPONENTS, FAKE_T, fake_command
 from textbooks import cli
 from textbooks.data import records
+from textbooks.data.manifest import Manifest, write_manifest
 from textbooks.mixopt import design, engine, optimize, runner
 from textbooks.mixopt.trial_runners import CommandTrial
 
@@ -105,7 +106,7 @@ def test_token_counts_from_the_data_manifests(tmp_path):
         with records.ShardWriter(str(tmp_path / role), "train", 1) as w:
             for rec in recs:
                 w.write(rec)
-        records.write_manifest(str(tmp_path / role), records.Manifest(role=role, splits={"train": w.stats}))
+        write_manifest(str(tmp_path / role), Manifest(role=role, splits={"train": w.stats}))
     tokens = optimize.data_token_counts(["web_filtered", "code_filtered"], bytes_per_token=4.0,
                                         root=str(tmp_path))
     assert tokens == {"web_filtered": 250.0, "code_filtered": 500.0}

@@ -15,6 +15,7 @@ import pytest
 
 from fault_server import FaultServer, answer_text
 from textbooks.data import records
+from textbooks.data.manifest import read_manifest
 from textbooks.synth import generate as generate_lib
 from textbooks.synth import runner
 from textbooks.synth.postprocess import PostprocessConfig
@@ -86,7 +87,7 @@ def test_faults_every_prompt_completes_exactly_once(run_files, tmp_path):
         assert rec.meta["slots"] == spec.meta["slots"] and rec.meta["sampling"]["seed"] == spec.sampling["seed"]
         assert rec.source == "synth:teacher" and rec.split in ("train", "validation")
     for role in ("synthetic_textbooks", "code_textbooks"):
-        manifest = records.read_manifest(str(out / role))
+        manifest = read_manifest(str(out / role))
         assert set(manifest.splits) == {"train", "validation"} and manifest.meta["teacher"] == "teacher"
     report = json.load(open(out / "diversity.json"))
     assert report["num_docs"] == 60 and report["distinct"]["templates"] == 2

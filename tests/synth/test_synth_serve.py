@@ -10,6 +10,7 @@ import urllib.request
 import pytest
 
 from textbooks.data import records
+from textbooks.data.manifest import read_manifest
 from textbooks.synth import client as client_lib
 from textbooks.synth import generate as generate_lib
 from textbooks.synth import postprocess
@@ -195,7 +196,7 @@ def test_generate_end_to_end_against_serve(served, tmp_path, monkeypatch):
         if os.path.isdir(out / role):
             report = records.ReadReport()
             got += list(records.iter_records(str(out / role), on_error="raise", report=report))
-            assert records.read_manifest(str(out / role)).stand_in == "random-init phi-cpu-1m (test)"
+            assert read_manifest(str(out / role)).stand_in == "random-init phi-cpu-1m (test)"
     assert len(got) == kept >= 1
     assert all(r.meta["teacher"] == "phi-tiny" and r.meta["usage"]["completion_tokens"] >= 1 for r in got)
     assert (out / "topics.jsonl").exists() and (out / "diversity.md").exists()

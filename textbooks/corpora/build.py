@@ -23,7 +23,8 @@ from textbooks.corpora.assets import AssetMissingError
 from textbooks.corpora.document import Document
 from textbooks.corpora.sources import ROLE_INFO, SOURCES
 from textbooks.data import paths, records
-from textbooks.data.records import Manifest, Record
+from textbooks.data.manifest import Manifest, write_manifest
+from textbooks.data.records import Record
 
 BUILDER_VERSION = 1
 DEFAULT_VALIDATION_FRACTION = 0.05
@@ -178,7 +179,7 @@ def build_role(role: str, out_root: str, *, max_docs: int | None = None,
               "sources": {name: {"origin": SOURCES[name].origin, "license": SOURCES[name].license,
                                  "license_note": SOURCES[name].license_note}
                           for name in sorted({r.source for r in recs})}})
-    records.write_manifest(out_dir, manifest)
+    write_manifest(out_dir, manifest)
     result = RoleResult(role, manifest, out_dir, duplicates, time.time() - start)
     if verbose:
         print(f"  {role}: {manifest.num_docs} records, {manifest.num_bytes / 1e6:.2f} MB in "

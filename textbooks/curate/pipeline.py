@@ -40,6 +40,7 @@ from textbooks.curate.io import ReadConfig, ReadInputs, parse_input
 from textbooks.curate.judge import JudgeConfig, JudgeStage
 from textbooks.curate.textnorm import count_tokens
 from textbooks.data import records as rec
+from textbooks.data.manifest import MANIFEST_NAME, read_manifest
 
 logger = logging.getLogger(__name__)
 STAGE_ORDER = ("heuristics", "exact_dedup", "near_dedup", "decontam", "judge", "classifier")
@@ -184,14 +185,14 @@ def _clean_outputs(output_dir: str, splits: Sequence[str], overwrite: bool | Non
     existing = [m.path for pattern in [rec.shard_pattern(output_dir, s) for s in splits]
                 for m in FileSystems.match([pattern])[0].metadata_list]
     owned = [m.path for name in _OWNED for m in FileSystems.match([rec.join(output_dir, name, "*")])[0].metadata_list]
-    manifest = rec.join(output_dir, rec.MANIFEST_NAME)
+    manifest = rec.join(output_dir, MANIFEST_NAME)
     if not (existing or owned or FileSystems.exists(manifest)):
         return
     if overwrite is None:
         builder = None
         if FileSystems.exists(manifest):
             try:
-                builder = rec.read_manifest(output_dir).meta.get("builder")
+                builder = read_manifest(output_dir).meta.get("builder")
             except (rec.RecordError, OSError):
                 builder = None
         overwrite = builder == BUILDER or not existing

@@ -14,6 +14,7 @@ import posixpath
 import apache_beam as beam
 
 from textbooks.data import records as rec
+from textbooks.data import manifest as manifests
 
 
 
@@ -93,9 +94,9 @@ def write_manifest(_, *, output_dir: str, role: str, stats: dict, files: list[st
         split_stats = rec.SplitStats.from_dict(s)
         split_stats.shards = names
         splits[split] = split_stats
-    manifest = rec.Manifest(role=role, splits=splits, description=description, meta=meta,
+    manifest = manifests.Manifest(role=role, splits=splits, description=description, meta=meta,
                             stand_in=_stand_in(splits))
-    return rec.write_manifest(output_dir, manifest)
+    return manifests.write_manifest(output_dir, manifest)
 
 
 def _stand_in(splits: dict) -> str | None:

@@ -40,6 +40,7 @@ import tensorflow_datasets as tfds
 from etils import epath
 
 from textbooks.data import paths, records
+from textbooks.data.manifest import MANIFEST_NAME, read_manifest
 
 logger = logging.getLogger(__name__)
 
@@ -95,14 +96,14 @@ class TextbooksCorpus(_LocalBuilder):
             manual = None
         if manual:
             for candidate in (records.join(manual, role), manual):
-                manifest = records.join(candidate, records.MANIFEST_NAME)
-                if paths.exists(manifest) and records.read_manifest(candidate).role == role:
+                manifest = records.join(candidate, MANIFEST_NAME)
+                if paths.exists(manifest) and read_manifest(candidate).role == role:
                     return candidate
         return paths.role_dir(role)
 
     def _split_generators(self, dl_manager):
         directory = self._role_dir(dl_manager)
-        manifest = records.read_manifest(directory)
+        manifest = read_manifest(directory)
         if manifest.role != self.builder_config.name:
             raise ValueError(f"{directory!r} holds role {manifest.role!r}, not {self.builder_config.name!r}")
         logger.info("building textbooks_corpus/%s from %s", manifest.role, directory)

@@ -24,6 +24,7 @@ import time
 from typing import Iterable, Mapping, Optional
 
 from textbooks.data import paths, records
+from textbooks.data.manifest import MANIFEST_NAME, Manifest, read_manifest
 from textbooks.vocab import get_vocabulary
 
 logger = logging.getLogger(__name__)
@@ -86,11 +87,11 @@ def vocabulary_fingerprint(name: str, vocabulary=None) -> str:
     return f"{name}@{h.hexdigest()[:12]}"
 
 
-def _shard_files(directory: str, split: str) -> tuple[list[str], Optional[records.Manifest]]:
+def _shard_files(directory: str, split: str) -> tuple[list[str], Optional[Manifest]]:
     if not paths.isdir(directory):
         raise FileNotFoundError(f"data folder {directory!r} does not exist; set the data root (gin "
                                 f"textbooks.data.paths.data_root.path or ${paths.ENV_VAR}) or build the data")
-    manifest = records.read_manifest(directory) if paths.exists(records.join(directory, records.MANIFEST_NAME)) \
+    manifest = read_manifest(directory) if paths.exists(records.join(directory, MANIFEST_NAME)) \
         else None
     if manifest is not None and split in manifest.splits:
         files = manifest.shard_paths(split)
@@ -115,7 +116,7 @@ def data_fingerprint(directory: str, split: str) -> str:
     """Digest of the manifest and of each shard's name, size and modification time."""
     files, _ = _shard_files(directory, split)
     h = hashlib.sha256(split.encode())
-    manifest_path = records.join(directory, records.MANIFEST_NAME)
+    manifest_path = records.join(directory, MANIFEST_NAME)
     if paths.exists(manifest_path):
         with records.open_file(manifest_path, "rb") as f:
             h.update(f.read())

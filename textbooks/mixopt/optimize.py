@@ -72,11 +72,12 @@ def data_token_counts(components: Sequence[str], bytes_per_token: float = 4.0,
     Raises:
         FileNotFoundError: a role's manifest is missing (names it).
     """
-    from textbooks.data import paths, records
+    from textbooks.data import paths
+    from textbooks.data.manifest import read_manifest
 
     out = {}
     for c in components:
-        manifest = records.read_manifest(paths.role_dir(c, root))
+        manifest = read_manifest(paths.role_dir(c, root))
         if "train" not in manifest.splits:
             raise FileNotFoundError(f"the manifest of {c!r} has no train split; splits: {sorted(manifest.splits)}")
         out[c] = manifest.splits["train"].num_bytes / float(bytes_per_token)

@@ -21,6 +21,7 @@ import os
 from typing import Any, Callable
 
 from textbooks.data import records
+from textbooks.data.manifest import Manifest, write_manifest
 from textbooks.synth import diversity, postprocess, runner
 
 logger = logging.getLogger(__name__)
@@ -109,13 +110,13 @@ def finalize(run_dir: str, *, shards_dir: str | None = None, source: str | None 
                 for r in part:
                     w.write(r)
             splits[split] = w.stats
-        manifest = records.Manifest(role=role, splits=splits, stand_in=stand_in,
+        manifest = Manifest(role=role, splits=splits, stand_in=stand_in,
                                     description=DESCRIPTIONS.get(role, "Synthetic documents written by a teacher model."),
                                     meta={"builder": "textbooks.synth", "run_dir": os.path.abspath(run_dir),
                                           "teacher": info.get("model"), "endpoint": info.get("endpoint"),
                                           "templates": info.get("templates"), "expansion_seed": info.get("seed"),
                                           "decontamination": pp_summary["decontamination"]})
-        records.write_manifest(role_dir, manifest)
+        write_manifest(role_dir, manifest)
         written[role] = {"dir": role_dir, "train": splits["train"].num_docs,
                          "validation": splits["validation"].num_docs}
     if rejected:
