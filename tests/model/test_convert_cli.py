@@ -69,8 +69,20 @@ def test_to_hf_accepts_what_the_trainer_checkpoint_loader_understands(tmp_path, 
     np.testing.assert_array_equal(loaded["layers"]["self_attn"]["dense"]["kernel"],
                                   params["layers"]["self_attn"]["dense"]["kernel"])
 
+    # Imported back, the params folder keeps the vocabulary, loads as a checkpoint, and exports it again.
+    monkeypatch.undo()
+    from textbooks.train.checkpoints import load_model as real_load_model
+
+    assert main(["convert", "--from-hf", str(tmp_path / "hf"), "--out", str(tmp_path / "params")]) == 0
+    assert "vocabulary byte" in capsys.readouterr().out
+    assert json.loads((tmp_path / "params" / "textbooks_config.json").read_text())["vocabulary"] == "byte"
+    loaded = real_load_model(str(tmp_path / "params"))
+    assert loaded.metadata == {"vocabulary": "byte"} and loaded.vocabulary.vocab_size == 259 and loaded.step is None
+    assert main(["convert", "--to-hf", "--checkpoint", str(tmp_path / "params"), "--out", str(tmp_path / "hf2")]) == 0
+    assert json.loads((tmp_path / "hf2" / "config.json").read_text())["textbooks_vocabulary"] == "byte"
+
     # A vocabulary larger than the embedding is refused before anything is written.
-    assert main(["convert", "--to-hf", "--checkpoint", str(tmp_path / "run"), "--out", str(tmp_path / "o"),
+    assert main(["convert", "--to-hf", "--checkpoint", str(tmp_path / "params"), "--out", str(tmp_path / "o"),
                  "--vocabulary", "spm8k"]) == 2
     assert "vocabulary 'spm8k' has 8192 tokens but the model only 320 embedding rows" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()

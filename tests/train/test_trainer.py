@@ -139,6 +139,22 @@ def test_init_from_takes_the_parameters_of_another_run(tmp_path, tiny_config):
     for a, b in zip(jax.tree_util.tree_leaves(tuned), jax.tree_util.tree_leaves(source)):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-9)
 
+    # From a params folder (what `textbooks convert --from-hf` writes, unscanned) into a run with scanned layers.
+    from textbooks.model import params_io
+
+    params_io.save_params(source, tiny_config, str(tmp_path / "params"), vocabulary="byte")
+    scanned = tiny_config.replace(scan_layers=True)
+    _train(tmp_path / "scanned", scanned, 1, data, tensorboard=False,
+           optimizer=opt.OptimizerConfig(learning_rate=1e-12, weight_decay=0.0),
+           checkpoint=ck.CheckpointConfig(save_every=1, async_save=False, init_from=str(tmp_path / "params")))
+    tuned = ck.load_model(str(tmp_path / "scanned"))
+    assert tuned.config.scan_layers and params_io.is_scanned(tuned.params)
+    unscanned = params_io.to_layout(jax.device_get(tuned.params), scan_layers=False)
+    flat_tuned, flat_source = params_io.flatten(unscanned), params_io.flatten(source)
+    assert flat_tuned.keys() == flat_source.keys()
+    for key in flat_source:
+        np.testing.assert_allclose(np.asarray(flat_tuned[key]), np.asarray(flat_source[key]), atol=1e-9)
+
 
 @pytest.mark.parametrize("files", [
     ["runs/pretrain.gin"], ["runs/finetune.gin"], ["runs/pretrain.gin", "tiny/pretrain_tiny.gin"],

@@ -3,15 +3,16 @@
   textbooks convert --from-hf HF_DIR --out DIR
       Imports a transformers PhiForCausalLM folder (config.json + safetensors, single or sharded) into the
       project's params format (textbooks_config.json + params.safetensors: our parameter tree, float32),
-      read back with textbooks.model.load_params.
+      read back with textbooks.model.load_params, or as a checkpoint by serve, eval and the trainer's
+      INIT_FROM. A vocabulary the folder records comes along (its name and files).
 
   textbooks convert --to-hf --checkpoint PATH --out HF_DIR [--vocabulary NAME]
       Exports a model to transformers' format (float32) with its vocabulary's files (for 'phi' a
       tokenizer.json that transformers' AutoTokenizer reads; for SentencePiece vocabularies the model file;
       see textbooks.vocab.hf_files). PATH may be a params folder written by this command, a transformers
       folder, or a training run's orbax checkpoint (model dir or one step) when the training package is
-      installed. The vocabulary is the checkpoint's own (a params folder has none: give --vocabulary to add
-      one).
+      installed. The vocabulary is the checkpoint's own (a params folder imported from a folder that recorded
+      none has none: give --vocabulary to add one).
 
 Nothing is written unless the whole input loads and matches its config.
 """
@@ -46,7 +47,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def load_any(path: str):
     """Loads ``(config, params, vocabulary name or None)`` from a params folder, an HF folder or an orbax
-    checkpoint (a params folder records no vocabulary).
+    checkpoint (a params folder imported from a transformers folder that recorded none has none).
 
     Raises:
         CheckpointError: ``path`` is none of these or cannot be read.
@@ -55,12 +56,12 @@ def load_any(path: str):
 
     if not os.path.exists(path):
         raise params_io.CheckpointError(f"{path} does not exist")
+    from textbooks.vocab.hf_files import recorded_vocabulary, vocabulary_name
+
     if params_io.is_params_dir(path):
         config, params = params_io.load_params(path)
-        return config, params, None
+        return config, params, recorded_vocabulary(path)
     if hf.is_hf_dir(path):
-        from textbooks.vocab.hf_files import vocabulary_name
-
         config, params = hf.load_hf_checkpoint(path)
         return config, params, vocabulary_name(path)
     try:
@@ -81,12 +82,18 @@ def main(args: argparse.Namespace) -> int:
         if args.from_hf:
             if args.checkpoint:
                 raise ValueError("--checkpoint goes with --to-hf; with --from-hf give the folder to --from-hf")
+            from textbooks.vocab.hf_files import recorded_vocabulary, save_tokenizer
+
             config, params = hf.load_hf_checkpoint(args.from_hf)
+            vocabulary = recorded_vocabulary(args.from_hf)
             if args.scan_layers:
                 config = config.replace(scan_layers=True)
-            params_io.save_params(params, config, args.out)
+            os.makedirs(args.out, exist_ok=True)
+            if vocabulary is not None:
+                vocabulary, _ = save_tokenizer(vocabulary, args.out, max_len=config.max_len)
+            params_io.save_params(params, config, args.out, vocabulary=vocabulary)
             print(f"imported {args.from_hf} ({config.num_params():,} parameters, {config.num_layers} layers, "
-                  f"width {config.hidden_size}) -> {args.out}")
+                  f"width {config.hidden_size}; vocabulary {vocabulary or 'not recorded'}) -> {args.out}")
             return 0
         if not args.checkpoint:
             raise ValueError("--to-hf needs --checkpoint PATH (params folder, transformers folder or orbax dir)")
@@ -109,7 +116,7 @@ def main(args: argparse.Namespace) -> int:
         hf.save_hf_checkpoint(params, config, args.out, max_shard_bytes=max_bytes, bos_token_id=args.bos_id,
                               eos_token_id=eos_id, vocabulary=recorded)
         what = (f"vocabulary {vocabulary}: {', '.join(files)}" if vocabulary else
-                "no vocabulary: a params folder records none; add one with --vocabulary")
+                "no vocabulary: the params folder records none; add one with --vocabulary")
         print(f"exported {args.checkpoint} ({config.num_params():,} parameters) -> {args.out} "
               f"(transformers PhiForCausalLM, float32; {what})")
         return 0

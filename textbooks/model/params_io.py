@@ -117,8 +117,11 @@ def validate_params(params: Mapping[str, Any], config: PhiConfig, where: str = "
         raise CheckpointError(f"{where} do not match the model config: " + "; ".join(problems))
 
 
-def save_params(params: Mapping[str, Any], config: PhiConfig, out_dir: str) -> str:
+def save_params(params: Mapping[str, Any], config: PhiConfig, out_dir: str, *,
+                vocabulary: str | None = None) -> str:
     """Writes ``params`` and ``config`` in the own format (float32, unscanned layout); returns ``out_dir``.
+
+    ``vocabulary``, a vocabulary name, is recorded in ``textbooks_config.json`` when given.
 
     Raises:
         CheckpointError: ``params`` do not match ``config``.
@@ -133,7 +136,10 @@ def save_params(params: Mapping[str, Any], config: PhiConfig, out_dir: str) -> s
     os.makedirs(out_dir, exist_ok=True)
     meta = {"format_version": str(FORMAT_VERSION), "layout": "unscanned"}
     atomic_write(os.path.join(out_dir, PARAMS_FILE), lambda path: save_file(flat, path, metadata=meta))
-    body = json.dumps({"format_version": FORMAT_VERSION, "config": config.to_dict()}, indent=2, sort_keys=True)
+    body = {"format_version": FORMAT_VERSION, "config": config.to_dict()}
+    if vocabulary is not None:
+        body["vocabulary"] = vocabulary
+    body = json.dumps(body, indent=2, sort_keys=True)
     atomic_write(os.path.join(out_dir, CONFIG_FILE), lambda path: write_text(path, body + "\n"))
     return out_dir
 

@@ -59,7 +59,8 @@ class CheckpointConfig:
         async_save: write checkpoints in the background while training goes on.
         resume: restore the newest checkpoint in the model dir on start.
         init_from: at the start of a fresh run, take the parameters (only) from this orbax model dir, step
-            dir or transformers-format folder (fine-tuning).
+            dir, transformers-format or params folder (fine-tuning); folders are read into the run's layer
+            layout (scanned or not).
     """
 
     save_every: int = 1000
@@ -330,9 +331,9 @@ class LoadedModel:
         config: the :class:`textbooks.model.config.PhiConfig`.
         params: parameter tree for :class:`textbooks.model.phi.PhiForCausalLM`.
         vocabulary: the seqio vocabulary it was trained with.
-        step: training step of the checkpoint (None for transformers-format folders).
+        step: training step of the checkpoint (None for transformers-format and params folders).
         path: the folder the parameters were read from.
-        metadata: the checkpoint's metadata JSON (for transformers-format folders only ``vocabulary``).
+        metadata: the checkpoint's metadata JSON (for transformers-format and params folders only ``vocabulary``).
     """
 
     config: Any
@@ -365,8 +366,9 @@ def _candidate_step_dirs(path: str) -> Iterator[epath.Path]:
     steps = sorted((int(c.name), c) for c in root.iterdir() if c.is_dir() and c.name.isdigit())
     if not steps:
         raise FileNotFoundError(f"{path} holds no checkpoint: expected an orbax model dir (with {CHECKPOINT_SUBDIR}/"
-                                f"<step>/), a step dir (with params/ and metadata/) or a transformers-format "
-                                f"folder (config.json + model.safetensors)")
+                                f"<step>/), a step dir (with params/ and metadata/), a transformers-format "
+                                f"folder (config.json + model.safetensors) or a params folder "
+                                f"(textbooks_config.json + params.safetensors)")
     for _, c in reversed(steps):
         yield c
 
@@ -396,35 +398,41 @@ def restore_params(step_dir: str, config: Any, shardings: Any = None) -> Any:
     return out["params"]
 
 
-def load_model(path: str, *, step: int | None = None, shardings: Any = None) -> LoadedModel:
-    """Loads a trained model from an orbax model dir (newest readable step), a step dir or a transformers folder.
+def load_model(path: str, *, step: int | None = None, shardings: Any = None,
+               scan_layers: bool | None = None) -> LoadedModel:
+    """Loads a trained model from an orbax model dir (newest readable step), a step dir, a transformers folder
+    or a params folder (``textbooks convert --from-hf``).
 
     Args:
-        path: model dir, ``<model dir>/checkpoints``, one step dir, or a transformers-format folder.
+        path: model dir, ``<model dir>/checkpoints``, one step dir, a transformers-format or a params folder.
         step: a specific step of a model dir (default: the newest readable one).
         shardings: optional tree of shardings for the parameters (default: the first local device).
+        scan_layers: for transformers and params folders, the layer layout to load into (default: the
+            folder's); an orbax checkpoint keeps the layout it was trained with.
 
     Returns:
         :class:`LoadedModel`; its vocabulary comes from the name recorded at training time (for transformers
-        folders, the one ``textbooks convert --to-hf`` recorded in config.json, else 'phi').
+        and params folders, the one ``textbooks convert`` recorded, else 'phi').
 
     Raises:
         FileNotFoundError: nothing loadable at ``path`` (or not that step).
     """
+    from textbooks.model import params_io
     from textbooks.model.config import PhiConfig
     from textbooks.vocab import get_vocabulary
 
     path = os.fspath(path)
-    if is_hf_dir(path):
+    if is_hf_dir(path) or params_io.is_params_dir(path):
         from textbooks.model.hf import load_hf_checkpoint
-
-        config, params = load_hf_checkpoint(path)
-        if shardings is not None:
-            params = jax.device_put(params, shardings)
         from textbooks.vocab.hf_files import vocabulary_name
 
-        return LoadedModel(config=config, params=params, vocabulary=get_vocabulary(vocabulary_name(path)),
-                           step=None, path=path, metadata={"vocabulary": vocabulary_name(path)})
+        overrides = {} if scan_layers is None else {"scan_layers": scan_layers}
+        config, params = (load_hf_checkpoint if is_hf_dir(path) else params_io.load_params)(path, **overrides)
+        if shardings is not None:
+            params = jax.device_put(params, shardings)
+        name = vocabulary_name(path)
+        return LoadedModel(config=config, params=params, vocabulary=get_vocabulary(name), step=None, path=path,
+                           metadata={"vocabulary": name})
     candidates = list(_candidate_step_dirs(path))
     if step is not None:
         candidates = [c for c in candidates if c.name == str(step)]

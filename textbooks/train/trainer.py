@@ -277,7 +277,7 @@ def _write_run_files(model_dir: str, metadata: Mapping[str, Any]) -> None:
 
 
 def _init_params_from(state, path, model_config, shardings, tx):
-    loaded = ckpt_lib.load_model(path, shardings=shardings.params)
+    loaded = ckpt_lib.load_model(path, shardings=shardings.params, scan_layers=model_config.scan_layers)
     if loaded.config.to_dict() != model_config.to_dict():
         diff = {k: (v, model_config.to_dict().get(k)) for k, v in loaded.config.to_dict().items()
                 if model_config.to_dict().get(k) != v}

@@ -16,6 +16,8 @@
 The vocabulary's name goes into ``config.json`` under :data:`CONFIG_KEY` (transformers keeps unknown keys), so
 that loading the folder back (``load_model``, ``textbooks serve``, ``textbooks eval``) uses the same
 vocabulary. Folders without the key (e.g. a downloaded phi-1.5) are read with the ``'phi'`` vocabulary.
+``textbooks convert --from-hf`` carries a recorded vocabulary (name and files) into the params folder it
+writes, whose ``textbooks_config.json`` records it under ``vocabulary``.
 """
 
 from __future__ import annotations
@@ -82,25 +84,36 @@ def _read_spm_model(name: str) -> bytes:
         return f.read()
 
 
-def vocabulary_name(hf_dir: str) -> str:
-    """The vocabulary a transformers folder records in ``config.json`` (:data:`CONFIG_KEY`), ``'phi'`` if none.
+def recorded_vocabulary(folder: str) -> str | None:
+    """The vocabulary a checkpoint folder records, or None: a transformers folder's ``config.json``
+    (:data:`CONFIG_KEY`) or a params folder's ``textbooks_config.json`` (``vocabulary``).
 
-    A relative ``spm:FILE`` is resolved against ``hf_dir``.
+    A relative ``spm:FILE`` is resolved against ``folder``.
 
     Raises:
-        ValueError: the recorded value is not a string.
+        ValueError: the recorded value is not a non-empty string (names the file and key).
     """
-    path = os.path.join(hf_dir, "config.json")
-    try:
-        with open(path, encoding="utf-8") as f:
-            recorded = json.load(f).get(CONFIG_KEY)
-    except (OSError, ValueError, AttributeError):
-        return DEFAULT_VOCABULARY
-    if recorded is None:
-        return DEFAULT_VOCABULARY
-    if not isinstance(recorded, str) or not recorded:
-        raise ValueError(f"{path}: {CONFIG_KEY!r} must be a vocabulary name such as 'phi' or 'spm8k', "
-                         f"got {recorded!r}")
-    if recorded.startswith("spm:") and not os.path.isabs(recorded[len("spm:"):]):
-        return "spm:" + os.path.join(os.path.abspath(hf_dir), recorded[len("spm:"):])
-    return recorded
+    from textbooks.model.params_io import CONFIG_FILE
+
+    for file, key in (("config.json", CONFIG_KEY), (CONFIG_FILE, "vocabulary")):
+        path = os.path.join(folder, file)
+        try:
+            with open(path, encoding="utf-8") as f:
+                body = json.load(f)
+        except (OSError, ValueError):
+            continue
+        recorded = body.get(key) if isinstance(body, dict) else None
+        if recorded is None:
+            continue
+        if not isinstance(recorded, str) or not recorded:
+            raise ValueError(f"{path}: {key!r} must be a vocabulary name such as 'phi' or 'spm8k', "
+                             f"got {recorded!r}")
+        if recorded.startswith("spm:") and not os.path.isabs(recorded[len("spm:"):]):
+            return "spm:" + os.path.join(os.path.abspath(folder), recorded[len("spm:"):])
+        return recorded
+    return None
+
+
+def vocabulary_name(folder: str) -> str:
+    """:func:`recorded_vocabulary`, or ``'phi'`` when the folder records none (e.g. a downloaded phi-1.5)."""
+    return recorded_vocabulary(folder) or DEFAULT_VOCABULARY
