@@ -27,6 +27,8 @@ from textbooks.model.params_io import (CheckpointError, atomic_write, cast_and_l
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 INDEX_NAME = "model.safetensors.index.json"
+# The config.json key naming the vocabulary (see textbooks.vocab.hf_files); transformers keeps unknown keys.
+VOCABULARY_KEY = "textbooks_vocabulary"
 _TANH_GELUS = ("gelu_new", "gelu_pytorch_tanh", "gelu_fast")
 # Buffers some transformers versions wrote that carry no weights.
 _IGNORED = re.compile(r".*rotary_emb\.inv_freq$")
@@ -105,9 +107,9 @@ def config_to_hf(config: PhiConfig, *, bos_token_id: int | None = None, eos_toke
                  vocabulary: str | None = None) -> dict[str, Any]:
     """Returns transformers' ``config.json`` for ``config`` (readable by transformers 4.37+ and 5.x).
 
-    ``vocabulary`` is recorded under ``textbooks_vocabulary`` (see :mod:`textbooks.vocab.hf_files`).
+    ``vocabulary`` is recorded under :data:`VOCABULARY_KEY` (see :mod:`textbooks.vocab.hf_files`).
     """
-    extra = {} if vocabulary is None else {"textbooks_vocabulary": vocabulary}
+    extra = {} if vocabulary is None else {VOCABULARY_KEY: vocabulary}
     return extra | {
         "architectures": ["PhiForCausalLM"],
         "model_type": "phi",

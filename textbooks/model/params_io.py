@@ -18,6 +18,7 @@ import numpy as np
 from textbooks.model.config import PhiConfig
 
 CONFIG_FILE = "textbooks_config.json"
+VOCABULARY_KEY = "vocabulary"  # in CONFIG_FILE, when recorded
 PARAMS_FILE = "params.safetensors"
 FORMAT_VERSION = 1
 
@@ -138,7 +139,7 @@ def save_params(params: Mapping[str, Any], config: PhiConfig, out_dir: str, *,
     atomic_write(os.path.join(out_dir, PARAMS_FILE), lambda path: save_file(flat, path, metadata=meta))
     body = {"format_version": FORMAT_VERSION, "config": config.to_dict()}
     if vocabulary is not None:
-        body["vocabulary"] = vocabulary
+        body[VOCABULARY_KEY] = vocabulary
     body = json.dumps(body, indent=2, sort_keys=True)
     atomic_write(os.path.join(out_dir, CONFIG_FILE), lambda path: write_text(path, body + "\n"))
     return out_dir

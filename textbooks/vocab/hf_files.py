@@ -25,7 +25,9 @@ from __future__ import annotations
 import json
 import os
 
-CONFIG_KEY = "textbooks_vocabulary"
+from textbooks.model import hf, params_io
+
+CONFIG_KEY = hf.VOCABULARY_KEY
 SPM_FILE = "spm.model"
 TOKENIZER_FILE = "tokenizer.json"
 TOKENIZER_CONFIG_FILE = "tokenizer_config.json"
@@ -93,9 +95,7 @@ def recorded_vocabulary(folder: str) -> str | None:
     Raises:
         ValueError: the recorded value is not a non-empty string (names the file and key).
     """
-    from textbooks.model.params_io import CONFIG_FILE
-
-    for file, key in (("config.json", CONFIG_KEY), (CONFIG_FILE, "vocabulary")):
+    for file, key in ((hf.CONFIG_NAME, hf.VOCABULARY_KEY), (params_io.CONFIG_FILE, params_io.VOCABULARY_KEY)):
         path = os.path.join(folder, file)
         try:
             with open(path, encoding="utf-8") as f:
