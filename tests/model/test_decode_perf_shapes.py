@@ -4,6 +4,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from phi_testing import our_logits, random_params
+from treecheck import assert_same_structure
 
 from textbooks.model import Decoder, GenerationRequest, get_preset, init_cache
 from textbooks.model.decode import _attention_windows, _resize_cache
@@ -22,6 +23,8 @@ def test_resize_cache_cuts_and_zero_pads_the_slot_axis():
         cache = jax.tree.map(lambda x: x + 1, init_cache(config, 3, 32))
         small = _resize_cache(cache, 16)
         grown = _resize_cache(small, 32)
+        assert_same_structure(grown, cache)
+        assert jax.tree.structure(small) == jax.tree.structure(cache)
         for before, cut, after in zip(jax.tree.leaves(cache), jax.tree.leaves(small), jax.tree.leaves(grown)):
             if before.ndim < 4:  # the per-row write indices
                 np.testing.assert_array_equal(before, after)
