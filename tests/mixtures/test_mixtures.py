@@ -17,6 +17,22 @@ MEAN_CHARS = {"synthetic_textbooks": 3000, "code_textbooks": 400, "code_exercise
 LENGTH = 2048
 MIN_TOKENS = 1_000_000
 
+# The papers' mixtures, typed from the reports (token shares), independently of mixtures.phi:
+# phi-1's CodeTextbook is about 6B tokens of filtered code plus under 1B of synthetic textbooks, mixed by size;
+# its finetuning set is CodeExercises alone. phi-1.5 trains on 80% new synthetic textbooks and 20% phi-1's
+# data; phi-1.5-web-only on 80% filtered web text and 20% code; phi-1.5-web on 40% filtered web, 20% phi-1's
+# code data and 40% synthetic textbooks.
+_CODE_B, _CODE_TEXTBOOK_B = 6.0, 1.0
+_PHI1 = {"code_filtered": _CODE_B / (_CODE_B + _CODE_TEXTBOOK_B),
+         "code_textbooks": _CODE_TEXTBOOK_B / (_CODE_B + _CODE_TEXTBOOK_B)}
+PAPER_FRACTIONS = {
+    "phi1": _PHI1,
+    "phi1_finetune": {"code_exercises": 1.0},
+    "phi15": {"synthetic_textbooks": 0.80, **{k: 0.20 * v for k, v in _PHI1.items()}},
+    "phi15_web_only": {"web_filtered": 0.80, "code_filtered": 0.20},
+    "phi15_web": {"web_filtered": 0.40, "synthetic_textbooks": 0.40, **{k: 0.20 * v for k, v in _PHI1.items()}},
+}
+
 
 @pytest.fixture(scope="module")
 def data_root(tmp_path_factory):
@@ -45,9 +61,18 @@ def realized_fractions(name, *, min_tokens=MIN_TOKENS, batch_size=64, seed=0, mi
     return fractions, real / total, counts.sum()
 
 
+def test_paper_mixtures_are_the_papers():
+    assert set(phi.MIXTURES) == set(PAPER_FRACTIONS)
+    for name, want in PAPER_FRACTIONS.items():
+        got = phi.MIXTURES[name]
+        assert set(got) == set(want), name
+        for role, fraction in want.items():
+            assert math.isclose(got[role], fraction, rel_tol=1e-12), (name, role, got[role], fraction)
+
+
 @pytest.mark.parametrize("name", ["phi1", "phi15", "phi15_web_only", "phi15_web"])
 def test_realized_token_fractions_match_request(name):
-    requested = phi.MIXTURES[name]
+    requested = PAPER_FRACTIONS[name]
     fractions, efficiency, tokens = realized_fractions(name)
     assert tokens >= MIN_TOKENS
     assert set(fractions) == set(requested)
