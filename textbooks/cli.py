@@ -50,7 +50,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     if extra and not getattr(module, "ACCEPTS_EXTRA", False):
         parser.error(f"unrecognized arguments for '{args.command}': {' '.join(extra)}")
     args.extra = extra
-    return int(module.main(args) or 0)
+    try:
+        return int(module.main(args) or 0)
+    except Exception as e:
+        from textbooks.gin_utils import GinConfigError  # deferred: `textbooks --help` does not import gin
+
+        if not isinstance(e, GinConfigError):
+            raise
+        print(f"textbooks {args.command}: {e}", file=sys.stderr)  # a configuration error: exit status 2
+        return 2
 
 
 if __name__ == "__main__":

@@ -2,10 +2,17 @@
 
 Used by every gin-configured command (train, eval, curate, generate, sweep). Errors name the file or the
 binding at fault; the operative config can be written next to a run's outputs.
+
+gin itself rejects a binding of an unknown configurable or parameter (``OptimizerConfig.learnig_rate``) but
+accepts any macro name: ``TRAIN_STEP = 5`` defines a macro nothing reads, and the run silently keeps the
+file's ``TRAIN_STEPS``. Commands therefore parse with ``check_macros=True``: a binding that introduces a macro
+which no composed gin file defines (``NAME = ...``) and nothing references (``%NAME``) is an error that names
+the closest known names.
 """
 
 from __future__ import annotations
 
+import difflib
 import os
 import re
 from typing import Iterable, Sequence
@@ -70,12 +77,21 @@ def resolve_gin_file(path: str, search_paths: Iterable[str] = ()) -> str:
 
 
 def parse_gin(gin_files: Sequence[str] = (), bindings: Sequence[str] = (),
-              search_paths: Sequence[str] = (), finalize: bool = True) -> None:
+              search_paths: Sequence[str] = (), finalize: bool = True, check_macros: bool = False) -> None:
     """Parses ``gin_files`` in order and then ``bindings``, with errors that name the file or binding.
+
+    Args:
+        gin_files: gin files, composed in order (relative paths: see :func:`resolve_gin_file`).
+        bindings: ``'NAME = VALUE'`` strings applied after the files.
+        search_paths: extra folders for relative paths and includes.
+        finalize: lock the config afterwards.
+        check_macros: refuse a binding that sets a macro the files neither define nor reference (a typo such
+            as ``TRAIN_STEP`` for ``TRAIN_STEPS`` would otherwise be ignored). Commands set it; library
+            callers that bind optional macros for several file sets (tests, sweeps) leave it off.
 
     Raises:
         GinConfigError: a file is missing, or a file or binding does not parse or names an unknown
-            configurable or parameter.
+            configurable or parameter, or (``check_macros``) sets a macro nothing uses.
     """
     for p in list(search_paths) + list(DEFAULT_SEARCH_PATHS):
         if os.path.isdir(p):
@@ -86,21 +102,75 @@ def parse_gin(gin_files: Sequence[str] = (), bindings: Sequence[str] = (),
             gin.parse_config_file(resolved)
         except Exception as e:  # gin raises several types; keep the original message and name the file.
             raise GinConfigError(f"in gin file {resolved}: {e}") from e
+    defined_by_files = _bound_macros()
+    introduced: dict[str, str] = {}  # macro name -> the binding that introduced it
     for b in bindings:
+        before = _bound_macros()
         try:
             gin.parse_config(b)
         except Exception as e:
             raise GinConfigError(f"in gin binding {b!r}: {e}") from e
+        for name in sorted(_bound_macros() - before):
+            introduced.setdefault(name, b)
+    if check_macros:
+        _check_introduced_macros(introduced, defined_by_files, gin_files)
     if finalize:
         gin.finalize()
 
 
+def _bound_macros() -> set[str]:
+    """Names of the macros gin's current config binds (``NAME = value`` in a file or binding)."""
+    # gin keeps parsed bindings in config._CONFIG, keyed (scope, selector); a macro NAME is (NAME, 'gin.macro').
+    return {scope for scope, selector in gin.config._CONFIG if selector == "gin.macro"}
+
+
+def _referenced_macros() -> set[str]:
+    """Names of the macros referenced as ``%NAME`` anywhere in gin's current config."""
+    refs = gin.config.iterate_references(gin.config._CONFIG, to=gin.config.get_configurable(gin.config.macro))
+    return {ref.scoped_selector.rsplit("/", 1)[0] for ref in refs}
+
+
+def _parameter_names() -> set[str]:
+    """``Configurable.param`` for every parameter the current config binds (suggestions for a mistyped name)."""
+    return {f"{selector.rsplit('.', 1)[-1]}.{param}" for (_, selector), params in gin.config._CONFIG.items()
+            if selector != "gin.macro" for param in params}
+
+
+def nearest_names(name: str, candidates: Iterable[str], n: int = 3) -> list[str]:
+    """The ``n`` candidates closest to ``name`` (``difflib.get_close_matches``, ignoring case)."""
+    by_folded: dict[str, str] = {}
+    for c in sorted(candidates):
+        by_folded.setdefault(c.casefold(), c)
+    return [by_folded[m] for m in difflib.get_close_matches(name.casefold(), list(by_folded), n=n)]
+
+
+def _check_introduced_macros(introduced: dict[str, str], defined_by_files: set[str],
+                             gin_files: Sequence[str]) -> None:
+    """Raises GinConfigError for each macro a binding introduced that nothing in the config references."""
+    referenced = _referenced_macros()
+    unused = {name: b for name, b in introduced.items() if name not in referenced}
+    if not unused:
+        return
+    known = sorted(defined_by_files | referenced)
+    where = f"the gin files ({', '.join(gin_files)}) neither define nor reference" if gin_files else \
+        "no gin file reads (none was given), nor does any binding reference"
+    problems = []
+    for name, binding in unused.items():
+        close = nearest_names(name, set(known) | _parameter_names())
+        hint = f"did you mean {' or '.join(close)}?" if close else "no known name is close"
+        problems.append(f"gin binding {binding.strip()!r} sets the macro {name}, which {where} as %{name}, so "
+                        f"it would have no effect; {hint}")
+    raise GinConfigError("; ".join(problems) + f". Macros in use: {', '.join(known) or 'none'}. Bind a "
+                         f"parameter as Configurable.param = VALUE, or a macro that the files read.")
+
+
 def parse_gin_from_args(args) -> None:
-    """Applies ``--gin_file``, ``--gin_bindings`` and ``--gin.X=Y`` from a parsed command line."""
+    """Applies ``--gin_file``, ``--gin_bindings`` and ``--gin.X=Y`` from a parsed command line (macro names
+    checked, see :func:`parse_gin`)."""
     flag_bindings, rest = split_gin_flags(getattr(args, "extra", []) or [])
     if rest:
         raise GinConfigError(f"unrecognized arguments: {' '.join(rest)}")
-    parse_gin(args.gin_file, list(args.gin_bindings) + flag_bindings, args.gin_search_path)
+    parse_gin(args.gin_file, list(args.gin_bindings) + flag_bindings, args.gin_search_path, check_macros=True)
 
 
 def write_operative_config(directory: str, filename: str = "config.gin") -> str:

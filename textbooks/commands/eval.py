@@ -66,7 +66,7 @@ def main(args) -> int:
     if args.limit is not None:
         bindings.append(f"EvalSettings.limit = {int(args.limit)}")
     try:
-        gin_utils.parse_gin(args.gin_file, bindings, args.gin_search_path)
+        gin_utils.parse_gin(args.gin_file, bindings, args.gin_search_path, check_macros=True)
     except gin_utils.GinConfigError as e:
         print(f"textbooks eval: {e}", file=sys.stderr)
         return 2

@@ -73,7 +73,7 @@ def main(args) -> int:
         return 2
     try:
         trainer.register_gin_names()
-        gin_utils.parse_gin(args.gin_file, bindings, args.gin_search_path)
+        gin_utils.parse_gin(args.gin_file, bindings, args.gin_search_path, check_macros=True)
     except (gin_utils.GinConfigError, ValueError) as e:  # finalizing reports unset %gin.REQUIRED as ValueError
         print(f"textbooks train: {e} (set it in a gin file or with --gin.NAME=VALUE)"
               if "gin.REQUIRED" in str(e) else f"textbooks train: {e}", file=sys.stderr)
