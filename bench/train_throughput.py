@@ -14,7 +14,8 @@ and gradient clipping at norm 1.0:
 
 Timing: after warm-up steps (compilation), each round times ``--steps`` steps per side, sides alternating,
 and measures the machine's float32 matmul peak right after; the median over rounds counts (the machine may
-be shared, so every number is taken under the same conditions as its neighbours). Reported: tokens/s of each
+be shared, so every number is taken under the same conditions as its neighbours; ``bench/machine.py`` records
+the load and marks a busy run's headline as not a result). Reported: tokens/s of each
 side, the ratio ours / torch (goal >= 1.5x), and model FLOPs utilization: tokens/s x training FLOPs per token
 (6N + 12 L d T) over the peak of the same round (goal >= 60% for ours).
 """
@@ -24,10 +25,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import sys
 import time
+
+try:
+    from bench import machine
+except ImportError:  # run as a script: python bench/train_throughput.py
+    import machine
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 if "--xla_force_host_platform_device_count" in os.environ.get("XLA_FLAGS", ""):
@@ -136,6 +141,7 @@ def main(argv=None) -> int:
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--out", default="train_throughput.json")
+    machine.add_arguments(parser)
     args = parser.parse_args(argv)
 
     from textbooks.model.config import get_preset
@@ -157,10 +163,12 @@ def main(argv=None) -> int:
     fpt = flops.flops_per_token(config, args.seq_len)
     timed = {"ours": [], "torch": []}
     peaks, ratios, mfus, mfus_torch = [], [], [], []
+    cond = machine.Conditions(args.wait_quiet)
     for r in range(args.rounds):
-        timed["ours"].append(ours.run(ours_batches[args.warmup:]))
-        timed["torch"].append(peer.run(peer_batches[args.warmup:]))
-        peaks.append(flops.measure_cpu_peak_flops.__wrapped__(repeats=3))
+        with cond.round():
+            timed["ours"].append(ours.run(ours_batches[args.warmup:]))
+            timed["torch"].append(peer.run(peer_batches[args.warmup:]))
+            peaks.append(flops.measure_cpu_peak_flops.__wrapped__(repeats=3))
         ratios.append(timed["torch"][-1] / timed["ours"][-1])
         mfus.append(args.steps * tokens_per_step / timed["ours"][-1] * fpt / peaks[-1])
         mfus_torch.append(args.steps * tokens_per_step / timed["torch"][-1] * fpt / peaks[-1])
@@ -177,11 +185,12 @@ def main(argv=None) -> int:
         "goal_ratio": GOAL_RATIO, "flops_per_token": fpt, "cpu_matmul_peak_flops": peak, "peak_per_round": peaks,
         "mfu_ours": mfu, "mfu_ours_per_round": mfus, "mfu_torch": statistics.median(mfus_torch),
         "goal_mfu": GOAL_MFU,
-        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "load_average": os.getloadavg()},
+        "machine": cond.finish(args.settle),
     }
     print(f"ours {rate['ours']:,.0f} tokens/s, torch {rate['torch']:,.0f} tokens/s (medians), ratio "
           f"{result['ratio_ours_over_torch']:.2f}x (goal {GOAL_RATIO}x); MFU {100 * mfu:.1f}% of the measured "
           f"{peak / 1e9:.0f} GFLOP/s (goal {100 * GOAL_MFU:.0f}%)")
+    print(cond.headline(f"{args.preset} training tokens/s, ours / torch", result["ratio_ours_over_torch"]))
     with open(args.out, "w") as f:
         json.dump(result, f, indent=2)
     return 0
