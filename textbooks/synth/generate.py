@@ -36,9 +36,20 @@ PostprocessConfig = gin.external_configurable(postprocess.PostprocessConfig, nam
                                               module="textbooks.synth")
 
 
+def seed_shard_pattern(source: str) -> str:
+    """A seed source as a shard glob: a data role's name (``'web_filtered'``) becomes its train shards under the
+    data root (``$TEXTBOOKS_DATA_DIR`` or gin ``data_root.path``); anything else is a glob, ``~`` expanded."""
+    from textbooks.data import paths
+
+    if source in paths.ROLES:
+        return paths.split_pattern(source, "train")
+    return os.path.expanduser(source)
+
+
 def load_seed_texts(pattern: str, *, max_texts: int = 10_000, max_chars: int = 1500, min_chars: int = 200,
                     seed: int = 0) -> list[prompts.SeedText]:
-    """Web extracts for seeded templates from shards (e.g. ``<data_root>/web_filtered/train-*.jsonl.gz``).
+    """Web extracts for seeded templates from shards: a data role's name (its train shards under the data root)
+    or a glob such as ``<data_root>/web_filtered/train-*.jsonl.gz``.
 
     Takes each document's opening ``max_chars`` characters (cut at a sentence end when possible), skips
     documents shorter than ``min_chars``, and keeps ``max_texts`` of them chosen by a seeded hash of the id.
@@ -46,7 +57,7 @@ def load_seed_texts(pattern: str, *, max_texts: int = 10_000, max_chars: int = 1
     from textbooks.data import records
 
     def candidates():
-        for rec in records.iter_records(os.path.expanduser(pattern)):
+        for rec in records.iter_records(seed_shard_pattern(pattern)):
             text = rec.text.strip()
             if len(text) < min_chars:
                 continue
@@ -119,7 +130,8 @@ def generate(*, endpoint: str = gin.REQUIRED, model: str = gin.REQUIRED,
         vocabularies: extra vocabulary files.
         grow_topics: grow the topic tree with the teacher (default: when the file holds bare subjects).
         topics_per_subject, subtopics_per_topic, topic_sampling: topic-tree growth settings.
-        seed_shards: shard glob of web documents for seeded templates (web_raw / web_filtered).
+        seed_shards: web documents for seeded templates: a data role's name (``'web_filtered'``, ``'web_raw'``:
+            its train shards under the data root, ``$TEXTBOOKS_DATA_DIR``) or a shard glob.
         max_seed_texts, seed_max_chars: how many extracts, and how long each.
         api_key_env, require_api_key, timeout, max_retries, backoff_base, backoff_max, stream: client settings.
         price_prompt_per_1k, price_completion_per_1k: prices for the cost estimate.
@@ -154,7 +166,7 @@ def generate(*, endpoint: str = gin.REQUIRED, model: str = gin.REQUIRED,
                                        topics_per_subject=topics_per_subject,
                                        subtopics_per_topic=subtopics_per_topic, sampling=topic_sampling,
                                        progress_interval=progress_interval)
-            seeds = load_seed_texts(seed_shards, max_texts=max_seed_texts, max_chars=seed_max_chars, seed=seed) \
+            seeds = load_seed_texts(seed_shard_pattern(seed_shards), max_texts=max_seed_texts, max_chars=seed_max_chars, seed=seed) \
                 if seed_shards else []
             specs = prompts.expand_prompts(template_set, topic_list, num_samples=num_samples, seed=seed,
                                            template_weights=template_weights, seed_texts=seeds, sampling=sampling,
