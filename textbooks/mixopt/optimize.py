@@ -130,7 +130,7 @@ def proposal_gin(ratios: Mapping[str, float], spec: Mapping[str, Any], header: s
     # `textbooks train` locks the config.
     lines += ["import mixtures", "import textbooks.data.cache", "import textbooks.data.pipeline",
               "import textbooks.mixopt.propose", ""]
-    ratio_text = ", ".join(f"{k!r}: {float(v)!r}" for k, v in ratios.items() if v > 0)
+    ratio_text = ", ".join(f"{k!r}: {float(v)!r}" for k, v in ratios.items())  # as given: the factory validates
     lines.append(f"registered_mixture.ratios = {{{ratio_text}}}")
     for key, param in (("mixture_temperature", "temperature"), ("mixture_vocabulary", "vocabulary")):
         if kw.get(key) is not None:

@@ -331,10 +331,15 @@ def registered_mixture(ratios: Mapping[str, float] = gin.REQUIRED, temperature: 
         import textbooks.mixopt.propose
         registered_mixture.ratios = {'web_filtered': 0.3, 'code_filtered': 0.2, 'synthetic_textbooks': 0.5}
         MIXTURE_OR_TASK_NAME = @registered_mixture()
+
+    The ratios go to the factory as given: it is the one place that validates them (a negative, NaN or
+    non-numeric ratio, or an unknown role, is an error there; a zero drops the role).
+
+    Raises:
+        TypeError, ValueError: the factory refused the ratios or settings (the message names the key).
     """
     with gin.unlock_config():  # importing the factory registers its configurables.
         from mixtures import factory
 
-    return factory.register_mixture({k: float(v) for k, v in ratios.items() if float(v) > 0},
-                                    temperature=temperature, max_epochs=max_epochs, token_budget=token_budget,
-                                    vocabulary=vocabulary)
+    return factory.register_mixture(ratios, temperature=temperature, max_epochs=max_epochs,
+                                    token_budget=token_budget, vocabulary=vocabulary)
