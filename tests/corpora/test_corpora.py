@@ -17,26 +17,14 @@ from textbooks.data.manifest import read_manifest
 MAX_DOCS = 24
 
 
-def _missing_sources() -> list[str]:
-    return [name for name, ok in assets.status().items() if not ok]
-
-
-needs_assets = pytest.mark.skipif(
-    bool(_missing_sources()),
-    reason=f"local sources not installed ({', '.join(_missing_sources())}); run "
-           f"`python -m textbooks.corpora.assets install`")
-
-
 @pytest.fixture(scope="module")
 def small_corpus(tmp_path_factory):
-    if _missing_sources():
-        pytest.skip(f"local sources not installed: {', '.join(_missing_sources())}")
+    assets.require_all()  # AssetMissingError says what is missing and how to install it
     root = tmp_path_factory.mktemp("corpora")
     results = build.build_corpora(str(root / "a"), max_docs=MAX_DOCS, max_chars=4000, verbose=False)
     return root, results
 
 
-@needs_assets
 def test_every_role_is_built_with_both_splits(small_corpus):
     root, results = small_corpus
     assert [r.role for r in results] == list(paths.ROLES)
@@ -53,7 +41,6 @@ def test_every_role_is_built_with_both_splits(small_corpus):
             assert sum(x.num_bytes for x in got) == m.splits[split].num_bytes
 
 
-@needs_assets
 def test_record_metadata(small_corpus):
     root, _ = small_corpus
     for role in paths.ROLES:
@@ -73,7 +60,6 @@ def test_record_metadata(small_corpus):
             assert split_of.setdefault(parent, r.split) == r.split
 
 
-@needs_assets
 def test_exercises_are_prompt_plus_solution(small_corpus):
     root, _ = small_corpus
     for r in records.iter_records(os.path.join(root, "a", "code_exercises")):
@@ -84,7 +70,6 @@ def test_exercises_are_prompt_plus_solution(small_corpus):
         assert solution.strip() and "CodeExercises" in r.meta["stand_in"]
 
 
-@needs_assets
 def test_web_filtered_passes_heuristics(small_corpus):
     root, _ = small_corpus
     for r in records.iter_records(os.path.join(root, "a", "web_filtered")):
@@ -94,7 +79,6 @@ def test_web_filtered_passes_heuristics(small_corpus):
         assert "textbooks curate" in r.meta["filter"]
 
 
-@needs_assets
 def test_building_twice_is_byte_identical(small_corpus):
     root, _ = small_corpus
     build.build_corpora(str(root / "b"), max_docs=MAX_DOCS, max_chars=4000, verbose=False)
@@ -107,8 +91,8 @@ def test_building_twice_is_byte_identical(small_corpus):
         assert not mismatch and not errors, (role, mismatch)
 
 
-@needs_assets
 def test_cli_builds_selected_roles(tmp_path, capsys):
+    assets.require_all()
     assert cli.main(["corpora", "--out", str(tmp_path), "--roles", "code_exercises", "web_raw",
                      "--max_docs", "6", "-q"]) == 0
     out = capsys.readouterr().out

@@ -23,8 +23,8 @@ def encoder():
 
 
 def _reference(texts, max_length):
-    torch = pytest.importorskip("torch")
-    transformers = pytest.importorskip("transformers")
+    import torch
+    import transformers
     model_dir = minilm_dir()
     model = transformers.BertModel.from_pretrained(model_dir).eval()
     tokenizer = transformers.BertTokenizerFast(tokenizer_file=os.path.join(model_dir, "tokenizer.json"))
@@ -61,8 +61,8 @@ def test_batching_and_order_do_not_change_embeddings(encoder):
 def test_phi_checkpoint_embeddings_match_transformers(tmp_path):
     """Mean-pooled final hidden states of a phi checkpoint (our Flax model via load_model) against
     transformers' PhiModel on the same transformers-format files."""
-    torch = pytest.importorskip("torch")
-    transformers = pytest.importorskip("transformers")
+    import torch
+    import transformers
     from textbooks.curate.embeddings import EncoderSpec, PhiEncoder
     from textbooks.model import phi
     from textbooks.model.config import get_preset

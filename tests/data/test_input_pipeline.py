@@ -267,12 +267,8 @@ def test_bad_arguments_are_clear_errors():
 
 
 def test_phi_vocabulary_token_zero_gets_loss(monkeypatch, tmp_path):
-    try:
-        vocab = roles.get_vocabulary("phi")
-        bang = vocab.encode("!")
-    except (ImportError, FileNotFoundError) as e:
-        pytest.skip(f"phi vocabulary unavailable: {e}")
-    assert bang == [0]
+    vocab = roles.get_vocabulary("phi")
+    assert vocab.encode("!") == [0]
     directory = str(tmp_path / "code_exercises")
     write_raw_shard(directory, "train-00000-of-00001.jsonl.gz", [
         (json.dumps({"id": "a", "text": "!", "role": "code_exercises", "source": "t", "license": "x",

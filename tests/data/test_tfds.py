@@ -94,10 +94,7 @@ def test_missing_tfds_build_is_a_clear_error(tmp_path):
 def test_benchmark_builder_matches_the_loader(name, tmp_path):
     from textbooks.evaluate import benchmarks
 
-    try:
-        want = benchmarks.load_benchmark(name)
-    except benchmarks.BenchmarkError as e:
-        pytest.skip(f"benchmark files unavailable: {e}")
+    want = benchmarks.load_benchmark(name)
     builder = tfds_builders.build_benchmark(name, str(tmp_path))
     split = benchmarks.default_split(name)
     got = list(tfds.as_numpy(builder.as_dataset(split=split, shuffle_files=False)))

@@ -78,7 +78,6 @@ def test_exercise_checks():
 
 
 def test_exercise_tests_run_in_the_sandbox():
-    pytest.importorskip("textbooks.evaluate.sandbox")
     cfg = PostprocessConfig(min_chars=20, min_words=5, run_tests=True, near_dedup=False, decontaminate=False,
                             sandbox_timeout_s=20)
     opts = {"syntax_check": True, "require_function": "function_name", "run_tests": "check"}
@@ -138,7 +137,6 @@ def test_distinct_n_by_hand():
 
 
 def test_decontamination_through_the_curation_stage(tmp_path):
-    pytest.importorskip("textbooks.curate.decontam")
     from textbooks.evaluate.benchmarks import benchmark_texts
 
     item_id, item = next(iter(benchmark_texts("humaneval")))

