@@ -2,15 +2,15 @@
 
 Modules: :mod:`.trainer` (``train``, the loop), :mod:`.step` (loss, train/eval steps, gradient accumulation),
 :mod:`.state` (train state and its shardings), :mod:`.optimizer` (AdamW, schedules), :mod:`.checkpoints`
-(orbax, resume, ``load_model``), :mod:`.metrics` and :mod:`.flops` (TensorBoard/JSONL, MFU), :mod:`.hooks`
-(signals, evaluation), :mod:`.data` (data sources), :mod:`.synthetic` (synthetic batches), :mod:`.aot`
-(compiling for a TPU topology ahead of time). The mesh and sharding rules live in
+(orbax, resume, ``load_model``), :mod:`.metrics` and :mod:`.flops` (TensorBoard/JSONL, MFU), :mod:`.summary`
+(the run's summary.json), :mod:`.hooks` (signals, evaluation), :mod:`.data` (data sources), :mod:`.synthetic`
+(synthetic batches), :mod:`.aot` (compiling for a TPU topology ahead of time). The mesh and sharding rules live in
 :mod:`textbooks.partitioning`.
 
 ``train``, ``load_model`` and ``LoadedModel`` are importable from here (loaded on first use).
 """
 
-_LAZY = {"train": "textbooks.train.trainer", "TrainResult": "textbooks.train.trainer",
+_LAZY = {"train": "textbooks.train.trainer", "TrainResult": "textbooks.train.summary",
          "load_model": "textbooks.train.checkpoints", "LoadedModel": "textbooks.train.checkpoints"}
 
 __all__ = sorted(_LAZY)

@@ -8,7 +8,9 @@ small dataclass configs it takes (:class:`~textbooks.train.optimizer.OptimizerCo
 A run: build the mesh; build the model and optimizer; restore the newest checkpoint of ``model_dir`` (or
 initialize, optionally from ``init_from`` parameters); compile the step; loop. Metrics of step ``s`` are read
 back while step ``s+1`` runs, so the host never stalls the devices. Checkpoints are saved asynchronously every
-``save_every`` steps, at the end, and on SIGTERM/SIGINT (then the run returns normally).
+``save_every`` steps, at the end, and on SIGTERM/SIGINT (then the run returns normally). A model dir whose newest
+checkpoint already reached ``train_steps`` holds a finished run: nothing is trained or written, and the summary
+it records is returned (:mod:`textbooks.train.summary`).
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from textbooks.train import data as data_lib
 from textbooks.train import flops as flops_lib
 from textbooks.train import hooks, metrics as metrics_lib, optimizer as opt_lib, state as state_lib
 from textbooks.train import step as step_lib
+from textbooks.train.summary import TrainResult, finished_run, summary_line, write_summary  # noqa: F401
 
 log = logging.getLogger(__name__)
 
@@ -37,23 +40,6 @@ NONFINITE_POLICIES = ("stop", "skip")
 
 class NonFiniteLossError(RuntimeError):
     """The loss or gradient became NaN/Inf and the run was configured to stop."""
-
-
-@dataclasses.dataclass
-class TrainResult:
-    """What :func:`train` returns (and writes to ``<model_dir>/summary.json``)."""
-
-    model_dir: str
-    start_step: int
-    final_step: int
-    final_loss: float | None
-    tokens_per_second: float | None
-    mfu: float | None
-    wall_seconds: float
-    stopped_by: str  # 'completed', 'signal', 'end_of_data' or 'nonfinite'
-    skipped_steps: int
-    last_checkpoint_step: int | None
-    eval: dict[str, float] = dataclasses.field(default_factory=dict)
 
 
 def register_gin_names() -> None:
@@ -133,7 +119,7 @@ def train(*, model_dir: str = gin.REQUIRED, model_config: Any = gin.REQUIRED,
             ``compiler_options``), e.g. ``{'xla_tpu_enable_latency_hiding_scheduler': True}``.
 
     Returns:
-        A :class:`TrainResult`.
+        A :class:`TrainResult` (for a finished model dir, the one its summary.json records).
 
     Raises:
         ValueError: inconsistent settings (the message says which). NonFiniteLossError: see ``on_nonfinite``.
@@ -193,6 +179,9 @@ def train(*, model_dir: str = gin.REQUIRED, model_config: Any = gin.REQUIRED,
         if checkpoint.init_from:
             state = _init_params_from(state, checkpoint.init_from, model_config, shardings, tx)
     start_step = int(jax.device_get(state.step))
+    if restored is not None and start_step >= train_steps:
+        ckpts.close()
+        return finished_run(model_dir, start_step, train_steps, ckpts.latest_step(), wall_start)
 
     iterator = train_iterator if train_iterator is not None else data_lib.make_iterator(
         spec, shard, "train", dataset_fn=dataset_fn, vocabulary=pinned_vocabulary, train_steps=train_steps)
@@ -242,27 +231,11 @@ def train(*, model_dir: str = gin.REQUIRED, model_config: Any = gin.REQUIRED,
                          skipped_steps=loop.skipped, last_checkpoint_step=ckpts.latest_step(),
                          eval=loop.last_eval)
     if primary:
-        from textbooks.data import paths
-
-        with paths.open_file(paths.join(model_dir, "summary.json"), "w") as f:
-            json.dump(dataclasses.asdict(result), f, indent=2)
+        write_summary(result)
         metrics_lib.emit(f"run summary: {summary_line(result)}")
     if loop.stopped_by == "nonfinite":
         raise NonFiniteLossError(loop.nonfinite_message)
     return result
-
-
-def summary_line(r: TrainResult) -> str:
-    """One line describing a finished run."""
-    parts = [f"steps {r.start_step}->{r.final_step} ({r.stopped_by})"]
-    if r.final_loss is not None:
-        parts.append(f"final loss {r.final_loss:.4f}")
-    if r.tokens_per_second:
-        parts.append(f"{r.tokens_per_second:,.0f} tokens/s")
-    if r.mfu is not None and math.isfinite(r.mfu):
-        parts.append(f"MFU {100 * r.mfu:.1f}%")
-    parts.append(f"{r.wall_seconds:.0f} s; last checkpoint: step {r.last_checkpoint_step}")
-    return "; ".join(parts)
 
 
 def _write_run_files(model_dir: str, metadata: Mapping[str, Any]) -> None:
