@@ -14,6 +14,7 @@ import sys
 from typing import Sequence
 
 from textbooks import commands as _commands
+from textbooks import logs
 
 
 def _command_modules() -> dict[str, object]:
@@ -38,6 +39,10 @@ def build_parser() -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=module.HELP, description=(module.__doc__ or module.HELP).strip(),
                                               formatter_class=argparse.RawDescriptionHelpFormatter)
         module.add_arguments(p)
+        if "--log_level" not in p._option_string_actions:
+            p.add_argument("--log_level", default="INFO", help="logging level of this project's messages")
+        p.add_argument("--verbose", action="store_true",
+                       help="also show the libraries' logs (TensorFlow, JAX, libtpu, Beam workers, absl)")
         p.set_defaults(_module=module)
     return parser
 
@@ -50,6 +55,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if extra and not getattr(module, "ACCEPTS_EXTRA", False):
         parser.error(f"unrecognized arguments for '{args.command}': {' '.join(extra)}")
     args.extra = extra
+    logs.setup(args.log_level, verbose=args.verbose)  # before the verb imports TensorFlow, JAX or Beam
     try:
         return int(module.main(args) or 0)
     except Exception as e:
@@ -61,5 +67,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
 
 
+def entry() -> int:
+    """The console script: :func:`main` with native libraries' log noise filtered from stderr unless
+    ``--verbose`` (see :mod:`textbooks.logs`)."""
+    if "--verbose" not in sys.argv[1:]:
+        logs.filter_native_stderr()
+    return main()
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(entry())
