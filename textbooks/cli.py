@@ -1,8 +1,9 @@
 """The ``textbooks`` console script: one subcommand per module in :mod:`textbooks.commands`.
 
 Each command module defines ``HELP`` (a one-line summary), ``add_arguments(parser)`` and ``main(args) -> int``.
-Commands are discovered from the package, so adding a verb means adding one module; heavy imports (JAX,
-TensorFlow, Beam) happen inside each command's ``main`` so that ``textbooks --help`` stays fast.
+Commands are discovered from the package, so adding a verb means adding one module. Every flag may be spelled
+with ``_`` or ``-`` between words. Heavy imports (JAX, TensorFlow, Beam) happen inside each command's ``main`` so
+that ``textbooks --help`` stays fast.
 """
 
 from __future__ import annotations
@@ -47,9 +48,34 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def normalize_flag_spelling(parser: argparse.ArgumentParser, argv: Sequence[str]) -> list[str]:
+    """Lets every flag be spelled with ``_`` or ``-`` between words (``--from_hf`` = ``--from-hf``, ``--model-dir``
+    = ``--model_dir``): a ``--flag`` the verb does not define is replaced by its other spelling when the verb
+    defines that one. Gin bindings (``--gin.NAME=...``) and everything after ``--`` are left as they are."""
+    argv = list(argv)
+    sub = next((a for a in parser._actions if isinstance(a, argparse._SubParsersAction)), None)
+    command = next((t for t in argv if not t.startswith("-")), None)
+    if sub is None or command not in sub.choices:
+        return argv
+    known = sub.choices[command]._option_string_actions
+    out = []
+    for i, token in enumerate(argv):
+        if token == "--":
+            return out + argv[i:]
+        name, eq, value = token.partition("=")
+        if name.startswith("--") and not name.startswith("--gin.") and name not in known:
+            for other in (name[:2] + name[2:].replace("-", "_"), name[:2] + name[2:].replace("_", "-")):
+                if other in known:
+                    token = other + eq + value
+                    break
+        out.append(token)
+    return out
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Parses ``argv`` and runs the chosen command; returns its exit status."""
     parser = build_parser()
+    argv = normalize_flag_spelling(parser, sys.argv[1:] if argv is None else argv)
     args, extra = parser.parse_known_args(argv)
     module = args._module
     if extra and not getattr(module, "ACCEPTS_EXTRA", False):
