@@ -8,8 +8,14 @@ loop of steps (as in decoding); results are checked equal to float rounding. Cas
 attends over windows (steps of a quarter of the cache) that hold the longest row, so in decoding XLA's cost
 lies between the exact-fit case and the whole-cache case.
 
+Each case (XLA ops, then the kernel) is one round of :mod:`bench.machine`, which records the date, the CPU
+model, the load average before and after (``--wait_quiet``, ``--settle``) and the cores other processes kept
+busy during each case. The last lines are one headline per case, XLA ops / kernel time per step, marked
+``NOT A HEADLINE`` when the machine was busy.
+
 Usage:
-    python bench/decode_attention.py [--batch 16] [--heads 4] [--head_dim 64] [--out decode_attention.json]
+    python bench/decode_attention.py [--batch 16] [--heads 4] [--head_dim 64] [--wait_quiet 0] [--settle 150]
+                                     [--out decode_attention.json]
 """
 
 from __future__ import annotations
@@ -20,6 +26,11 @@ import os
 import statistics
 import sys
 import time
+
+try:
+    from bench import machine
+except ImportError:  # run as a script: python bench/decode_attention.py
+    import machine
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -49,7 +60,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=64)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--out", default="decode_attention.json")
+    machine.add_arguments(parser)
     args = parser.parse_args(argv)
+    cond = machine.Conditions(args.wait_quiet)  # before this process loads the machine itself
     os.environ.setdefault("JAX_PLATFORMS", "cpu")
     import numpy as np
 
@@ -70,6 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     result = {"benchmark": "decode_attention", "batch": b, "heads": h, "head_dim": d, "steps": args.steps,
               "cases": {}}
+    ratios: dict[str, float] = {}
     for name, (slots, start) in cases.items():
         q = rng.standard_normal((b, 1, h, d), np.float32)
         k = rng.standard_normal((b, h, slots, d), np.float32)
@@ -78,17 +92,22 @@ def main(argv: list[str] | None = None) -> int:
         got = np.asarray(cpu_attention.decode_attention(q, k, v, start, scale))
         want = np.asarray(cpu_attention.xla_decode_attention(q, k, v, start, scale))
         error = float(np.max(np.abs(got - want)))
-        xla = _time_steps(cpu_attention.xla_decode_attention, q, k, v, start, scale, args.steps, args.rounds)
-        kernel = _time_steps(cpu_attention.decode_attention, q, k, v, start, scale, args.steps, args.rounds)
+        with cond.round():
+            xla = _time_steps(cpu_attention.xla_decode_attention, q, k, v, start, scale, args.steps, args.rounds)
+            kernel = _time_steps(cpu_attention.decode_attention, q, k, v, start, scale, args.steps, args.rounds)
         row = {"xla_ms": round(statistics.median(xla), 4), "kernel_ms": round(statistics.median(kernel), 4),
                "max_abs_difference": error}
-        row["speedup"] = round(row["xla_ms"] / row["kernel_ms"], 2)
+        ratios[name] = statistics.median(xla) / statistics.median(kernel)  # unrounded: tiny cases take microseconds
+        row["speedup"] = round(ratios[name], 2)
         result["cases"][name] = row
         print(f"{name}: XLA ops {row['xla_ms']:.3f} ms, kernel {row['kernel_ms']:.3f} ms per step: "
               f"{row['speedup']}x (max |difference| {error:.1e})", flush=True)
+    result["machine"] = cond.finish(args.settle)
     with open(args.out, "w") as f:
         json.dump(result, f, indent=2)
         f.write("\n")
+    for name, ratio in ratios.items():
+        print(cond.headline(f"decode attention ms/step, XLA ops / kernel, {name}", ratio))
     return 0
 
 

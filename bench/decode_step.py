@@ -8,9 +8,14 @@ alike) and the median is reported; every variant must produce the same tokens as
 must read (weights but the embedding table, plus the cached keys and values so far) give the memory bandwidth
 each variant reaches.
 
+Each round (every variant once) is one round of :mod:`bench.machine`, which records the date, the CPU model, the
+load average before and after (``--wait_quiet``, ``--settle``) and the cores other processes kept busy during
+each round. The last line is the headline, ms per step with XLA ops / with both kernels, marked
+``NOT A HEADLINE`` when the machine was busy.
+
 Usage:
     python bench/decode_step.py [--preset phi-cpu-7m] [--batch 16] [--prompt 64] [--new 128] [--rounds 8]
-                                [--out decode_step.json]
+                                [--wait_quiet 0] [--settle 150] [--out decode_step.json]
 """
 
 from __future__ import annotations
@@ -21,6 +26,11 @@ import os
 import statistics
 import sys
 import time
+
+try:
+    from bench import machine
+except ImportError:  # run as a script: python bench/decode_step.py
+    import machine
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -38,7 +48,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--new", type=int, default=128)
     parser.add_argument("--rounds", type=int, default=8)
     parser.add_argument("--out", default="decode_step.json")
+    machine.add_arguments(parser)
     args = parser.parse_args(argv)
+    cond = machine.Conditions(args.wait_quiet)  # before this process loads the machine itself
     os.environ.setdefault("JAX_PLATFORMS", "cpu")
     import numpy as np
 
@@ -67,10 +79,11 @@ def main(argv: list[str] | None = None) -> int:
         decoders[name] = decoder
     times: dict[str, list[float]] = {name: [] for name in VARIANTS}
     for _ in range(args.rounds):
-        for name, decoder in decoders.items():
-            start = time.perf_counter()
-            decoder.generate(requests)
-            times[name].append((time.perf_counter() - start) / args.new * 1000)
+        with cond.round():
+            for name, decoder in decoders.items():
+                start = time.perf_counter()
+                decoder.generate(requests)
+                times[name].append((time.perf_counter() - start) / args.new * 1000)
     per_step = bytes_per_step(config, [(r.prompt, r.max_new_tokens) for r in requests])
     base = statistics.median(times["xla"])
     result = {"benchmark": "decode_step", "preset": args.preset, "batch": args.batch, "prompt": args.prompt,
@@ -85,9 +98,12 @@ def main(argv: list[str] | None = None) -> int:
         v = result["variants"][name]
         print(f"{name:16s} {v['ms_per_step']:.3f} ms/step ({v['speedup_vs_xla']}x, {v['read_gb_per_s']} GB/s), "
               f"same tokens {v['same_tokens_as_xla']}")
+    result["machine"] = cond.finish(args.settle)
     with open(args.out, "w", encoding="utf-8") as f:
         json.dump(result, f, indent=2)
         f.write("\n")
+    print(cond.headline(f"{args.preset} decode ms/step, XLA ops / both kernels",
+                        base / statistics.median(times["both kernels"])))
     return 0 if all(v["same_tokens_as_xla"] == f"{args.batch}/{args.batch}" for v in result["variants"].values()) \
         else 1
 

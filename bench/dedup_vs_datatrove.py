@@ -1,7 +1,8 @@
 """MinHash near-dedup throughput and agreement: textbooks.curate (Apache Beam) vs datatrove, same corpus.
 
     python bench/dedup_vs_datatrove.py [--num_bases 2000] [--dup_fraction 0.3] [--workers 2]
-                                       [--modes multi_processing in_memory] [--out dedup_vs_datatrove.json]
+                                       [--modes multi_processing in_memory] [--wait_quiet 0] [--settle 150]
+                                       [--out dedup_vs_datatrove.json]
 
 Corpus: real text, CPython standard library docstrings of at least 30 words, without natural near-duplicates
 (exact 5-gram Jaccard < 0.2 between any two), plus planted near-duplicates of a fraction of them (word
@@ -21,6 +22,11 @@ resolve clusters and write the kept documents:
 Reported: documents per second (wall clock, end to end), the ratio ours / datatrove (goal >= 1x), and the
 agreement of the duplicate clusterings: pairwise precision, recall and F1 of "same cluster" pairs (ours vs
 datatrove, and each vs the planted truth).
+
+The timed runs (datatrove, then ours in each mode) form one round of :mod:`bench.machine`, which records the
+date, the CPU model, the load average before and after (``--wait_quiet``, ``--settle``) and the cores other
+processes kept busy meanwhile (the worker processes count as ours). The last line is the headline ratio,
+marked ``NOT A HEADLINE`` when the machine was busy.
 """
 
 from __future__ import annotations
@@ -38,6 +44,11 @@ import sys
 import sysconfig
 import tempfile
 import time
+
+try:
+    from bench import machine
+except ImportError:  # run as a script: python bench/dedup_vs_datatrove.py
+    import machine
 
 GOAL = 1.0
 _DOCSTRING = re.compile(r'^[ \t]*[rRuU]?"""(.*?)"""', re.S | re.M)
@@ -259,7 +270,9 @@ def main(argv=None) -> int:
     parser.add_argument("--modes", nargs="+", default=["multi_processing", "in_memory"],
                         choices=["multi_processing", "multi_threading", "in_memory"])
     parser.add_argument("--out", default="dedup_vs_datatrove.json")
+    machine.add_arguments(parser)
     args = parser.parse_args(argv)
+    cond = machine.Conditions(args.wait_quiet)  # before this process loads the machine itself
     import logging
 
     logging.getLogger("apache_beam").setLevel(logging.ERROR)
@@ -274,16 +287,19 @@ def main(argv=None) -> int:
     n = len(records)
     with tempfile.TemporaryDirectory() as tmp:
         write_inputs(records, os.path.join(tmp, "input"))
-        dt_time, dt_clusters = run_datatrove(os.path.join(tmp, "input"), os.path.join(tmp, "dt"), args.workers, 2)
         ours = {}
-        for mode in args.modes:
-            t, clusters = run_ours(os.path.join(tmp, "input"), os.path.join(tmp, f"ours_{mode}"), mode, args.workers)
-            ours[mode] = {"seconds": t, "docs_per_s": n / t, "clusters": clusters}
+        with cond.round():
+            dt_time, dt_clusters = run_datatrove(os.path.join(tmp, "input"), os.path.join(tmp, "dt"), args.workers,
+                                                 2)
+            for mode in args.modes:
+                t, clusters = run_ours(os.path.join(tmp, "input"), os.path.join(tmp, f"ours_{mode}"), mode,
+                                       args.workers)
+                ours[mode] = {"seconds": t, "docs_per_s": n / t, "clusters": clusters}
     best_mode = min(ours, key=lambda m: ours[m]["seconds"])
     best = ours[best_mode]
     result = {
         "documents": n, "planted_pairs": len(pairs(true_groups)), "workers": args.workers,
-        "machine": {"python": platform.python_version(), "cpus": os.cpu_count(), "platform": platform.platform()},
+        "machine": {**cond.finish(args.settle), "python": platform.python_version()},
         "datatrove": {"version": __import__("datatrove").__version__ if hasattr(__import__("datatrove"),
                                                                                   "__version__") else "0.10.1",
                       "seconds": dt_time, "docs_per_s": n / dt_time, "clusters": len(dt_clusters),
@@ -303,6 +319,7 @@ def main(argv=None) -> int:
               f"{v['vs_truth']['f1']:.3f}, pairwise F1 vs datatrove {v['vs_datatrove']['f1']:.3f}")
     print(f"ratio ours/datatrove (docs/s, best mode {best_mode}): {result['ratio']:.2f}x (goal >= {GOAL:.0f}x)")
     print(f"wrote {args.out}")
+    print(cond.headline(f"near-dedup docs/s, ours ({best_mode}) / datatrove", result["ratio"]))
     return 0
 
 

@@ -1,7 +1,7 @@
 """Input pipeline throughput on one CPU core vs the training consumption of the CPU-size model.
 
     python -m bench.input_pipeline [--vocabulary phi] [--seq_len 512] [--batch 8] [--seconds 20]
-                                   [--data_root DIR] [--out input_pipeline.json]
+                                   [--data_root DIR] [--wait_quiet 0] [--settle 150] [--out input_pipeline.json]
 
 1. The pipeline (``textbooks.data.pipeline.make_train_iterator`` on the ``phi1`` mixture, stream-packed rows,
    the chosen vocabulary) runs in a child process pinned to one core, with TensorFlow limited to one thread
@@ -14,6 +14,11 @@ The ratio pipeline / model is what matters (goal: >= 20x, so one input core neve
 numbers come from the same run on the same machine. Without ``--data_root`` the corpus is real code: the
 CPython standard library's ``.py`` files, as whole files (``code_filtered``) and as short excerpts
 (``code_textbooks``).
+
+The two measurements form one round of :mod:`bench.machine`, which records the date, the CPU model, the load
+average before and after (``--wait_quiet``, ``--settle``) and the cores other processes kept busy meanwhile
+(the pipeline's child process counts as ours). The last line is the headline ratio, marked
+``NOT A HEADLINE`` when the machine was busy.
 """
 
 from __future__ import annotations
@@ -27,6 +32,11 @@ import sys
 import sysconfig
 import tempfile
 import time
+
+try:
+    from bench import machine
+except ImportError:  # run as a script: python bench/input_pipeline.py
+    import machine
 
 GOAL = 20.0
 
@@ -150,10 +160,12 @@ def main(argv=None) -> int:
     parser.add_argument("--data_root", help="role folders to read (default: a CPython stdlib corpus)")
     parser.add_argument("--out", default="input_pipeline.json")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    machine.add_arguments(parser)
     args = parser.parse_args(argv)
     if args.child:
         _child(args)
         return 0
+    cond = machine.Conditions(args.wait_quiet)  # before this process loads the machine itself
     os.environ.setdefault("JAX_PLATFORMS", "cpu")
     tmp = None
     if not args.data_root:
@@ -162,19 +174,20 @@ def main(argv=None) -> int:
     cmd = [sys.executable, "-m", "bench.input_pipeline", "--child", "--data_root", args.data_root,
            "--vocabulary", args.vocabulary, "--seq_len", str(args.seq_len), "--batch", str(args.batch),
            "--seconds", str(args.seconds)]
-    proc = subprocess.run(cmd, capture_output=True, text=True,
-                          cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
-    if proc.returncode or not lines:
-        sys.stderr.write(proc.stderr[-4000:])
-        raise SystemExit(f"pipeline measurement failed (exit {proc.returncode})")
-    pipe = json.loads(lines[-1][len("RESULT "):])
-    model = measure_model_consumption(args.seq_len, args.batch, steps=args.model_steps)
+    with cond.round():
+        proc = subprocess.run(cmd, capture_output=True, text=True,
+                              cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+        lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
+        if proc.returncode or not lines:
+            sys.stderr.write(proc.stderr[-4000:])
+            raise SystemExit(f"pipeline measurement failed (exit {proc.returncode})")
+        pipe = json.loads(lines[-1][len("RESULT "):])
+        model = measure_model_consumption(args.seq_len, args.batch, steps=args.model_steps)
     ratio = pipe["tokens_per_s"] / model["tokens_per_s"]
     result = {"pipeline_one_core": pipe, "model_all_cores": model, "ratio": ratio, "goal": GOAL,
               "meets_goal": ratio >= GOAL, "vocabulary": args.vocabulary, "seq_len": args.seq_len,
-              "batch": args.batch, "mixture": "phi1", "machine": {"cpus": os.cpu_count(),
-                                                                  "python": platform.python_version()}}
+              "batch": args.batch, "mixture": "phi1",
+              "machine": {**cond.finish(args.settle), "python": platform.python_version()}}
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     with open(args.out, "w") as f:
         json.dump(result, f, indent=2)
@@ -184,6 +197,8 @@ def main(argv=None) -> int:
     print(f"ratio {ratio:.1f}x (goal >= {GOAL:.0f}x) -> {args.out}")
     if tmp is not None:
         tmp.cleanup()
+    print(cond.headline(f"input pipeline tokens/s on one core ({args.vocabulary}) / {model['preset']} training "
+                        "consumption", ratio))
     return 0
 
 

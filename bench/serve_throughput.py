@@ -17,9 +17,15 @@ which the script checks. Two workloads:
 The server receives the requests as concurrent HTTP ``/v1/completions`` calls (token-id prompts) with
 ``--max_batch_size N``. transformers runs at each of ``--torch_threads``; the fastest setting is the peer.
 
+Each round (every contender once) is one round of :mod:`bench.machine`, which records the date, the CPU model,
+the load average before and after (``--wait_quiet``, ``--settle``) and the cores other processes kept busy
+during each round (the server processes count as ours). The last lines are one headline per workload: the
+ratio serve (the first ``--chunk_tokens`` setting) / transformers, marked ``NOT A HEADLINE`` when the machine
+was busy.
+
 Usage:
     python bench/serve_throughput.py [--preset phi-cpu-7m] [--workload uniform mixed] [--rounds 3]
-                                     [--out serve_throughput.json]
+                                     [--wait_quiet 0] [--settle 150] [--out serve_throughput.json]
 """
 
 from __future__ import annotations
@@ -28,7 +34,6 @@ import argparse
 import asyncio
 import json
 import os
-import platform
 import select
 import statistics
 import subprocess
@@ -37,6 +42,11 @@ import sysconfig
 import tempfile
 import time
 from typing import Any
+
+try:
+    from bench import machine
+except ImportError:  # run as a script: python bench/serve_throughput.py
+    import machine
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -171,7 +181,8 @@ def _schedules(name: str, requests: list[tuple[list[int], int]], batch: int) -> 
 
 
 def run_workload(name: str, ckpt: str, vocab: str, requests: list, batch: int, eos: int, rounds: int,
-                 threads: list[int], chunk_settings: list[int], hf: _Transformers) -> dict:
+                 threads: list[int], chunk_settings: list[int], hf: _Transformers,
+                 cond: machine.Conditions) -> dict:
     schedules = _schedules(name, requests, batch)
     servers = {c: _start_server(ckpt, vocab, batch, c) for c in chunk_settings}
     try:
@@ -188,10 +199,11 @@ def run_workload(name: str, ckpt: str, vocab: str, requests: list, batch: int, e
         hf_runs: dict[tuple, list] = {k: [] for k in hf_keys}
         serve_runs: dict[int, list] = {c: [] for c in chunk_settings}
         for _ in range(rounds):
-            for key in hf_keys:
-                hf_runs[key].append(hf.round(key[0], schedules[key[1]]))
-            for c, (_, url) in servers.items():
-                serve_runs[c].append(asyncio.run(_serve_round(url, requests)))
+            with cond.round():
+                for key in hf_keys:
+                    hf_runs[key].append(hf.round(key[0], schedules[key[1]]))
+                for c, (_, url) in servers.items():
+                    serve_runs[c].append(asyncio.run(_serve_round(url, requests)))
     finally:
         for proc, _ in servers.values():
             proc.terminate()
@@ -220,14 +232,15 @@ def main(argv: list[str] | None = None) -> int:
                         help="torch thread counts to try; the fastest is the peer (OpenMP spinning makes more "
                              "threads slower on a busy machine)")
     parser.add_argument("--out", default="serve_throughput.json")
+    machine.add_arguments(parser)
     args = parser.parse_args(argv)
+    cond = machine.Conditions(args.wait_quiet)  # before this process loads the machine itself
 
     os.environ.setdefault("JAX_PLATFORMS", "cpu")
     from textbooks.model.config import get_preset
     from textbooks.model.hf import save_hf_checkpoint
     from textbooks.model.phi import init_params
 
-    load_start = os.getloadavg()
     result: dict[str, Any] = {"benchmark": "serve_throughput", "preset": args.preset, "batch": args.batch,
                               "rounds": args.rounds, "goal_ratio": 2.0, "workloads": {}}
     with tempfile.TemporaryDirectory() as tmp:
@@ -241,7 +254,7 @@ def main(argv: list[str] | None = None) -> int:
         for name in args.workload:
             requests = make_workload(name, vocab_size, args)
             run = run_workload(name, ckpt, vocab, requests, args.batch, eos, args.rounds, args.torch_threads,
-                               args.chunk_tokens, hf)
+                               args.chunk_tokens, hf, cond)
             peer = max(run["transformers_runs"], key=lambda r: r["tokens_per_s"])
             reference_texts = [sp.decode([t for t in r if t < vocab_size]) for r in run["reference"]]
             for s in run["serve"]:
@@ -260,8 +273,7 @@ def main(argv: list[str] | None = None) -> int:
                 for entry in (*run["serve"], peer):
                     rate = entry["tokens_per_s"] / len(requests)  # steps per second
                     entry["read_gb_per_s"] = round(per_step * rate / 1e9, 1)
-    result["machine"] = {"platform": platform.platform(), "cpus": os.cpu_count(), "load_average_start": load_start,
-                         "load_average_end": os.getloadavg()}
+    result["machine"] = cond.finish(args.settle)
     with open(args.out, "w") as f:
         json.dump(result, f, indent=2)
         f.write("\n")
@@ -272,6 +284,10 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{name}: serve (chunk_tokens {s['chunk_tokens']}) {s['tokens_per_s']} tokens/s vs transformers "
                   f"({peer['schedule']}, {peer['torch_threads']} threads) {peer['tokens_per_s']}: "
                   f"{s['ratio_vs_transformers']}x, same text {s['same_text_as_transformers']}{traffic}")
+    for name, w in result["workloads"].items():
+        first = w["serve"][0]
+        print(cond.headline(f"{args.preset} {name}: serve (chunk_tokens {first['chunk_tokens']}) / transformers "
+                            f"generated tokens/s", first["tokens_per_s"] / w["transformers"]["tokens_per_s"]))
     return 0
 
 

@@ -11,16 +11,27 @@ GiB on v5e, 95 GiB on v5p) with headroom (< 90%).
 
 Needs the ``libtpu`` package (the ``tpu`` extra). Each configuration compiles in its own subprocess (several
 minutes on a laptop CPU); ``JAX_PLATFORMS`` is cleared for it so that JAX loads the TPU plugin.
+
+The JSON holds ``configs`` (one result per configuration) and ``machine``: the date, CPU model, core count and
+platform of the compiling machine. The figures are bytes, not speeds, so the machine's load does not change
+them and no quiet/busy verdict is recorded.
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
 import os
+import platform
 import subprocess
 import sys
 import time
+
+try:
+    from bench import machine
+except ImportError:  # run as a script: python bench/tpu_aot.py
+    import machine
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_CONFIGS = ("phi15/phi15.gin+tpu/phi15_v5e256.gin=v5e:16x16", "phi15/phi15.gin+tpu/phi15_v5p128.gin=v5p:4x4x4")
@@ -55,6 +66,7 @@ def main(argv=None) -> int:
     except ImportError:
         print("needs the libtpu package: pip install -c constraints.txt -e '.[tpu]'", file=sys.stderr)
         return 2
+    started = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
     results, ok = [], True
     for spec in args.config or DEFAULT_CONFIGS:
         gin_file, topology = spec.rsplit("=", 1)
@@ -69,8 +81,10 @@ def main(argv=None) -> int:
               f"{r['hbm_bytes'] / gib:.0f} GiB ({100 * share:.0f}%): arguments {r['argument_bytes'] / gib:.2f}, "
               f"outputs {r['output_bytes'] / gib:.2f} (donated {r['alias_bytes'] / gib:.2f}), temporaries "
               f"{r['temp_bytes'] / gib:.2f} GiB; compiled in {r['compile_seconds']:.0f} s", flush=True)
+    record = {"date": started, "cpu_model": machine.cpu_model(), "cpus": os.cpu_count(),
+              "platform": platform.platform()}
     with open(args.out, "w") as f:
-        json.dump(results, f, indent=2)
+        json.dump({"configs": results, "machine": record}, f, indent=2)
     return 0 if ok else 1
 
 

@@ -33,15 +33,23 @@ def test_bytes_per_step_counts_weights_and_the_cache_filled_so_far():
     assert serve_throughput.bytes_per_step(config, requests) == pytest.approx(4 * (weights + per_slot * mean_filled))
 
 
-def test_decode_step_benchmark_compares_the_variants_on_the_same_tokens(tmp_path):
+def test_decode_step_benchmark_compares_the_variants_on_the_same_tokens(tmp_path, capsys):
     from textbooks.model import cpu_kernels
 
     if not cpu_kernels.status().ok:
         pytest.skip(f"CPU decode kernels unavailable: {cpu_kernels.status().reason}")
     out = tmp_path / "decode_step.json"
     assert decode_step.main(["--preset", "phi-cpu-1m", "--vocab_size", "300", "--batch", "3", "--prompt", "5",
-                             "--new", "6", "--rounds", "2", "--out", str(out)]) == 0
+                             "--new", "6", "--rounds", "2", "--settle", "0", "--out", str(out)]) == 0
     result = json.loads(out.read_text())
     assert set(result["variants"]) == {"xla", "attention kernel", "both kernels"}
     for v in result["variants"].values():
         assert v["same_tokens_as_xla"] == "3/3" and len(v["ms_per_step_rounds"]) == 2 and v["ms_per_step"] > 0
+    # Each round of the variants is one round of the machine record; the last line is the headline, marked
+    # when the machine was busy.
+    record = result["machine"]
+    assert len(record["rounds"]) == 2 and isinstance(record["quiet"], bool) and record["load_average_after"] >= 0
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    assert last.startswith("phi-cpu-1m decode ms/step, XLA ops / both kernels: ")
+    assert record["date"] in last and record["cpu_model"] in last
+    assert ("NOT A HEADLINE" in last) is (not record["quiet"])
