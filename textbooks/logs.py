@@ -62,9 +62,10 @@ def quiet_native_libraries(verbose: bool = False) -> None:
         os.environ["JAX_PLATFORMS"] = "cpu"
 
 
-# Native log lines dropped unless verbose: absl/glog INFO and WARNING lines ("I1206 10:51:10.33 1234 file.cc:12]"
-# or "I0000 00:00:1796554258.96 16344 port.cc:153]"), absl's notice about logging before initialization, and
-# notices that are errors in form only on a machine without a GPU or TPU.
+# Lines dropped from stderr unless verbose: absl/glog INFO and WARNING lines of native code ("I1206 10:51:10.33
+# 1234 file.cc:12]" or "I0000 00:00:1796554258.96 16344 port.cc:153]"), absl's notice about logging before
+# initialization, notices that are errors in form only on a machine without a GPU or TPU, and what every Beam
+# worker process prints at start-up whatever its log level (its imports and its handler set-up).
 NATIVE_NOISE = (
     r"^[IW]\d{4} \d\d:\d\d:[\d.]+\s+\d+ [\w./-]+:\d+\] ",
     r"^WARNING: All log messages before absl::InitializeLog\(\) is called are written to STDERR",
@@ -72,6 +73,10 @@ NATIVE_NOISE = (
     r"failed call to cuInit",
     r"precompiled_charsmap is empty",
     r"Could not find cuda drivers on your machine",
+    r"apitools not found, and bigquery client libraries are not available",
+    r"No semi_persistent_directory found",
+    r"Discarding unparseable args: .*direct_runner_use_stacked_bundle",
+    r"^INFO:[\w.]*:Logging handler created\.",
 )
 _FILTER = """
 import re, sys

@@ -218,6 +218,10 @@ def run_plan(plan: Plan, *, runner: str = "DirectRunner", direct_num_workers: in
     if plan.classifier is not None:
         plan.classifier_metadata = QualityClassifier.load(plan.classifier.path).metadata
     options = {"runner": runner}
+    if not any(a.startswith("--default_sdk_harness_log_level") for a in pipeline_args):
+        # Workers log at the level the driver shows Beam's own logs (WARNING unless --verbose).
+        options["default_sdk_harness_log_level"] = logging.getLevelName(
+            max(logging.getLogger("apache_beam").getEffectiveLevel(), logging.DEBUG))
     if runner in ("DirectRunner", "direct"):
         options.update(direct_num_workers=direct_num_workers, direct_running_mode=direct_running_mode)
     p = beam.Pipeline(options=PipelineOptions(list(pipeline_args), **options))
