@@ -42,6 +42,8 @@ class Job:
         stream: queue receiving ``(index, "delta", text)`` items, then ``(index, "end", None)``; None when not
             streaming (several jobs of one request may share a queue).
         index: the job's choice index within its request.
+        generated: the completion's token ids; when a stop string ends it, only those that spell the text
+            before the stop string (what ``usage.completion_tokens`` counts), not the rest of the decoded chunk.
     """
 
     prompt_ids: list[int]
@@ -300,6 +302,8 @@ class Engine:
         cut = _find_stop(job.text, job.stop)
         if cut is not None:
             job.text = job.text[:cut]
+            # Tokens decoded past the cut (the rest of the chunk, or of the batch) are not the completion's.
+            del job.generated[self._tokens_spelling(job.generated, job.text):]
             job.finish_reason = "stop"
         elif reason in ("eos", "stop"):
             job.finish_reason = "stop"
@@ -310,6 +314,21 @@ class Engine:
             if safe > job.emitted:
                 job.stream.put_nowait((job.index, "delta", job.text[job.emitted:safe]))
                 job.emitted = safe
+
+    def _tokens_spelling(self, ids: Sequence[int], text: str) -> int:
+        """The fewest leading ``ids`` whose text begins with ``text`` (a prefix of the text of all of them).
+
+        A longer prefix of ids only appends text (or completes a trailing partial character), so the test is
+        monotone in the prefix length and bisection finds the answer in O(log n) decodes.
+        """
+        lo, hi = 0, len(ids)
+        while lo < hi:
+            mid = (lo + hi) // 2
+            if self.decode(ids[:mid]).startswith(text):
+                hi = mid
+            else:
+                lo = mid + 1
+        return lo
 
     def _finish(self, job: Job, error: BaseException | None = None) -> None:
         job.error = error
