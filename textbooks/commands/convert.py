@@ -14,7 +14,8 @@
       installed. The vocabulary is the checkpoint's own (a params folder imported from a folder that recorded
       none has none: give --vocabulary to add one).
 
-Nothing is written unless the whole input loads and matches its config.
+Nothing is written unless the whole input loads and matches its config. Relative paths are taken from the
+working directory.
 """
 
 from __future__ import annotations
@@ -76,31 +77,34 @@ def load_any(path: str):
 
 
 def main(args: argparse.Namespace) -> int:
+    from textbooks.data import paths
     from textbooks.model import hf, params_io
 
     try:
-        if args.from_hf:
-            if args.checkpoint:
+        from_hf, checkpoint = (paths.resolve(p) if p else None for p in (args.from_hf, args.checkpoint))
+        out = paths.check_output_dir(args.out, "the output folder (--out)")
+        if from_hf:
+            if checkpoint:
                 raise ValueError("--checkpoint goes with --to-hf; with --from-hf give the folder to --from-hf")
             from textbooks.vocab.hf_files import recorded_vocabulary, save_tokenizer
 
-            config, params = hf.load_hf_checkpoint(args.from_hf)
-            vocabulary = recorded_vocabulary(args.from_hf)
+            config, params = hf.load_hf_checkpoint(from_hf)
+            vocabulary = recorded_vocabulary(from_hf)
             if args.scan_layers:
                 config = config.replace(scan_layers=True)
-            os.makedirs(args.out, exist_ok=True)
+            os.makedirs(out, exist_ok=True)
             if vocabulary is not None:
-                vocabulary, _ = save_tokenizer(vocabulary, args.out, max_len=config.max_len)
-            params_io.save_params(params, config, args.out, vocabulary=vocabulary)
-            print(f"imported {args.from_hf} ({config.num_params():,} parameters, {config.num_layers} layers, "
-                  f"width {config.hidden_size}; vocabulary {vocabulary or 'not recorded'}) -> {args.out}")
+                vocabulary, _ = save_tokenizer(vocabulary, out, max_len=config.max_len)
+            params_io.save_params(params, config, out, vocabulary=vocabulary)
+            print(f"imported {from_hf} ({config.num_params():,} parameters, {config.num_layers} layers, "
+                  f"width {config.hidden_size}; vocabulary {vocabulary or 'not recorded'}) -> {out}")
             return 0
-        if not args.checkpoint:
+        if not checkpoint:
             raise ValueError("--to-hf needs --checkpoint PATH (params folder, transformers folder or orbax dir)")
         from textbooks.vocab import get_vocabulary
         from textbooks.vocab.hf_files import save_tokenizer
 
-        config, params, vocabulary = load_any(args.checkpoint)
+        config, params, vocabulary = load_any(checkpoint)
         vocabulary = args.vocabulary or vocabulary
         eos_id = args.eos_id
         if vocabulary is not None:
@@ -111,13 +115,13 @@ def main(args: argparse.Namespace) -> int:
             if eos_id is None and getattr(vocab, "eos_id", None) is not None:
                 eos_id = int(vocab.eos_id)
         max_bytes = int(args.max_shard_gb * 1e9) if args.max_shard_gb and args.max_shard_gb > 0 else None
-        os.makedirs(args.out, exist_ok=True)
-        recorded, files = save_tokenizer(vocabulary, args.out, max_len=config.max_len) if vocabulary else (None, [])
-        hf.save_hf_checkpoint(params, config, args.out, max_shard_bytes=max_bytes, bos_token_id=args.bos_id,
+        os.makedirs(out, exist_ok=True)
+        recorded, files = save_tokenizer(vocabulary, out, max_len=config.max_len) if vocabulary else (None, [])
+        hf.save_hf_checkpoint(params, config, out, max_shard_bytes=max_bytes, bos_token_id=args.bos_id,
                               eos_token_id=eos_id, vocabulary=recorded)
         what = (f"vocabulary {vocabulary}: {', '.join(files)}" if vocabulary else
                 "no vocabulary: the params folder records none; add one with --vocabulary")
-        print(f"exported {args.checkpoint} ({config.num_params():,} parameters) -> {args.out} "
+        print(f"exported {checkpoint} ({config.num_params():,} parameters) -> {out} "
               f"(transformers PhiForCausalLM, float32; {what})")
         return 0
     except (params_io.CheckpointError, ValueError, OSError) as e:

@@ -48,10 +48,12 @@ def main(args) -> int:
     if not 0.0 <= args.validation_fraction < 1.0:
         raise SystemExit("--validation_fraction must be in [0, 1)")
     from textbooks.corpora import assets, build
+    from textbooks.data import paths
 
     if args.install:
         assets.install(quiet=args.quiet)
-    results = build.build_corpora(args.out, args.roles, max_docs=args.max_docs, max_chars=args.max_chars,
+    out = paths.resolve(args.out) if args.out else None  # relative to the working directory
+    results = build.build_corpora(out, args.roles, max_docs=args.max_docs, max_chars=args.max_chars,
                                   validation_fraction=args.validation_fraction, verbose=not args.quiet)
     print(build.summary_table(results))
     skipped = [r.role for r in results if r.manifest is None]

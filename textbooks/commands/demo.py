@@ -23,6 +23,7 @@ def main(args) -> int:
     import logging
 
     from textbooks import demo, gin_utils
+    from textbooks.data import paths
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     for noisy in ("apache_beam", "jax._src.xla_bridge", "absl", "tensorflow"):
@@ -32,5 +33,5 @@ def main(args) -> int:
     import gin
 
     gin.clear_config()
-    demo.run_demo(args.out, config)
+    demo.run_demo(paths.resolve(args.out), config)
     return 0

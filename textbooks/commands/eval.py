@@ -9,13 +9,15 @@ Examples:
 Tasks: humaneval, mbpp, gsm8k, piqa, hellaswag, arc_easy, arc_challenge, boolq, winogrande, openbookqa, siqa,
 mmlu, squad; suites: phi15 (all of them), common_sense, language, reasoning, code, multiple_choice.
 The report (results.json, results.md in the phi-1.5 tables' layout with 95% intervals, results.png and
-per-item records under items/) goes to --out. Generated programs run in the sandbox of
-textbooks.evaluate.sandbox. Exit status: 0 done (individual task failures are recorded in the report),
-2 bad arguments or configuration, 3 the checkpoint does not load.
+per-item records under items/) goes to --out. Paths may be relative to the working directory. Generated
+programs run in the sandbox of textbooks.evaluate.sandbox. A task that fails (a missing benchmark file, a model
+error) is reported with its error while the other tasks still run. Exit status: 0 every task ran, 1 some task
+failed (the others are in the report), 2 bad arguments or configuration, 3 the checkpoint does not load.
 """
 
 from __future__ import annotations
 
+import argparse
 import logging
 import sys
 
@@ -30,7 +32,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--checkpoint", default=None,
                         help="orbax model dir (newest step), step dir, or transformers-format folder")
     parser.add_argument("--tasks", default=None, help="comma-separated tasks or suites (default: phi15)")
-    parser.add_argument("--limit", type=int, default=None, help="items per task (a seeded subset)")
+    parser.add_argument("--limit", type=positive_int, default=None,
+                        help="items per task (a seeded subset; a positive number)")
     parser.add_argument("--out", default=None, help="folder for the report")
     parser.add_argument("--list", action="store_true", help="list tasks and suites, then exit")
     parser.add_argument("--log_level", default="INFO", help="logging level (default INFO)")
@@ -43,6 +46,7 @@ def main(args) -> int:
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
     from textbooks import gin_utils
+    from textbooks.data import paths
     from textbooks.evaluate import benchmarks, runner
 
     register_gin_names()
@@ -58,11 +62,15 @@ def main(args) -> int:
         return 2
     bindings = list(args.gin_bindings) + flag_bindings
     if args.checkpoint:
-        bindings.append(f"evaluate.checkpoint = {args.checkpoint!r}")
+        bindings.append(f"evaluate.checkpoint = {paths.resolve(args.checkpoint)!r}")
     if args.tasks:
         bindings.append(f"evaluate.tasks = {args.tasks!r}")
     if args.out:
-        bindings.append(f"evaluate.out_dir = {args.out!r}")
+        try:  # before the model loads and the tasks run, not when the report is written
+            bindings.append(f"evaluate.out_dir = {paths.check_output_dir(args.out, 'the report folder (--out)')!r}")
+        except ValueError as e:
+            print(f"textbooks eval: {e}", file=sys.stderr)
+            return 2
     if args.limit is not None:
         bindings.append(f"EvalSettings.limit = {int(args.limit)}")
     try:
@@ -82,7 +90,24 @@ def main(args) -> int:
     print(runner.summarize(results))
     if results.get("report"):
         print(f"report: {results['report'].get('markdown')}")
+    failed = runner.failed_tasks(results)
+    if failed:
+        print(f"textbooks eval: {len(failed)} of {len(results['tasks'])} tasks failed: {', '.join(failed)} (their "
+              f"errors are above and in the report)", file=sys.stderr)
+        return 1
     return 0
+
+
+def positive_int(text: str) -> int:
+    """argparse type of ``--limit``: a whole number of at least 1 (argparse turns the error into exit status 2)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1 (items per task), got {value}; leave --limit out "
+                                         f"to run every item")
+    return value
 
 
 def register_gin_names() -> None:

@@ -53,6 +53,7 @@ def main(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     import dataclasses
 
+    from textbooks.data import paths
     from textbooks.mixopt import fit, optimize, propose
 
     gin_utils.parse_gin_from_args(args)
@@ -83,6 +84,9 @@ def main(args: argparse.Namespace) -> int:
                       ("seed", "seed"), ("out", "out_dir")):
         if getattr(args, flag) is not None:
             kwargs[key] = getattr(args, flag)
+    for key in ("sweep_dir", "out_dir"):  # relative paths are taken from the working directory
+        if key in kwargs:
+            kwargs[key] = paths.resolve(kwargs[key])
     if args.maximize:
         kwargs["maximize"] = True
     if args.tokens_from_data:

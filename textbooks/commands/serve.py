@@ -7,7 +7,8 @@ Any OpenAI-compatible client works, including `textbooks generate` (as a local t
   curl -s http://127.0.0.1:8000/v1/completions -H 'Content-Type: application/json' \\
        -d '{"model": "checkpoints", "prompt": "def fib(n):", "max_tokens": 32}'
 
-With --port 0 a free port is picked; the first line on stdout says where the server listens.
+A relative --checkpoint is taken from the working directory. With --port 0 a free port is picked; the first
+line on stdout says where the server listens.
 """
 
 from __future__ import annotations
@@ -49,6 +50,7 @@ def add_arguments(parser) -> None:
 
 
 def main(args) -> int:
+    from textbooks.data import paths
     from textbooks.synth import engine as engine_lib
     from textbooks.synth import server
 
@@ -57,7 +59,8 @@ def main(args) -> int:
     if args.host not in ("127.0.0.1", "localhost", "::1"):
         print(f"warning: binding to {args.host}: the server has no authentication", file=sys.stderr)
     try:
-        engine = engine_lib.load_engine(args.checkpoint, vocabulary=args.vocabulary, model_name=args.model_name,
+        engine = engine_lib.load_engine(paths.resolve(args.checkpoint), vocabulary=args.vocabulary,
+                                        model_name=args.model_name,
                                         max_batch_size=args.max_batch_size, batch_wait_ms=args.batch_wait_ms,
                                         chunk_tokens=args.chunk_tokens, max_queue=args.max_queue,
                                         fixed_batch=args.fixed_batch, min_length_bucket=args.min_length_bucket,

@@ -56,7 +56,11 @@ def _print_status(sweep_dir: str) -> int:
 
 def main(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from textbooks.data import paths
     from textbooks.mixopt import runner
+
+    if args.sweep_dir:  # relative to the working directory; trials and emitted commands get the absolute path
+        args.sweep_dir = paths.resolve(args.sweep_dir)
 
     if args.run_trial or args.status:
         if not args.sweep_dir:

@@ -11,10 +11,11 @@ Examples:
       --model_dir=gs://bucket/phi15_web       (the paper run, on every host of a TPU slice)
 
 gin files are composed in order, then --gin.NAME=VALUE bindings (macros such as MIXTURE_OR_TASK_NAME,
-TASK_FEATURE_LENGTHS, BATCH_SIZE, TRAIN_STEPS; --model_dir sets MODEL_DIR). A run resumes from the newest
-checkpoint in its model dir; SIGTERM or Ctrl-C saves a checkpoint and exits 0. Multi-host: pass
---coordinator_address/--num_processes/--process_id (or $TEXTBOOKS_COORDINATOR_ADDRESS, ...), or
---multihost to let JAX detect a TPU pod or SLURM cluster.
+TASK_FEATURE_LENGTHS, BATCH_SIZE, TRAIN_STEPS; --model_dir sets MODEL_DIR). Relative paths (--model_dir,
+MODEL_DIR, INIT_FROM) are taken from the working directory and recorded absolute; gs:// paths are kept as they
+are. A run resumes from the newest checkpoint in its model dir; SIGTERM or Ctrl-C saves a checkpoint and exits
+0. Multi-host: pass --coordinator_address/--num_processes/--process_id (or $TEXTBOOKS_COORDINATOR_ADDRESS,
+...), or --multihost to let JAX detect a TPU pod or SLURM cluster.
 """
 
 from __future__ import annotations
@@ -24,6 +25,10 @@ import sys
 
 HELP = "train a phi model with gin configs (T5X style); resumes from the model dir"
 ACCEPTS_EXTRA = True
+
+# The gin parameters that hold paths (usually bound to the MODEL_DIR and INIT_FROM macros).
+MODEL_DIR_BINDING = "train.model_dir"
+PATH_BINDINGS = (MODEL_DIR_BINDING, "CheckpointConfig.init_from")
 
 
 def add_arguments(parser) -> None:
@@ -58,7 +63,10 @@ def main(args) -> int:
     partitioning.initialize_distributed(args.coordinator_address, args.num_processes, args.process_id,
                                         auto=args.multihost)
 
+    import gin
+
     from textbooks import gin_utils
+    from textbooks.data import paths
     from textbooks.train import trainer
 
     flag_bindings, rest = gin_utils.split_gin_flags(args.extra or [])
@@ -67,13 +75,19 @@ def main(args) -> int:
         return 2
     bindings = list(args.gin_bindings) + flag_bindings
     if args.model_dir:
-        bindings.append(f"MODEL_DIR = {args.model_dir!r}")
+        bindings.append(f"MODEL_DIR = {paths.resolve(args.model_dir)!r}")
     if not args.gin_file:
         print("textbooks train: give at least one --gin_file (e.g. --gin_file=runs/pretrain.gin)", file=sys.stderr)
         return 2
     try:
         trainer.register_gin_names()
-        gin_utils.parse_gin(args.gin_file, bindings, args.gin_search_path, check_macros=True)
+        gin_utils.parse_gin(args.gin_file, bindings, args.gin_search_path, finalize=False, check_macros=True)
+        # MODEL_DIR and INIT_FROM may come from gin files or --gin flags: make them absolute before the config
+        # is locked (orbax refuses relative paths; config.gin then names the same folders from anywhere).
+        resolved = paths.resolve_gin_paths(PATH_BINDINGS)
+        gin.finalize()
+        if MODEL_DIR_BINDING in resolved:  # checked now, not at the first save after all the training steps
+            paths.check_output_dir(resolved[MODEL_DIR_BINDING], "the model dir (train.model_dir, MODEL_DIR)")
     except (gin_utils.GinConfigError, ValueError) as e:  # finalizing reports unset %gin.REQUIRED as ValueError
         print(f"textbooks train: {e} (set it in a gin file or with --gin.NAME=VALUE)"
               if "gin.REQUIRED" in str(e) else f"textbooks train: {e}", file=sys.stderr)

@@ -102,6 +102,11 @@ class EvalSettings:
     sandbox_workers: int | None = None
     sandbox_isolation: str = "auto"
 
+    def __post_init__(self):
+        if self.limit is not None and self.limit < 1:
+            raise ValueError(f"EvalSettings.limit must be a positive number of items per task (or None for all), "
+                             f"got {self.limit}")
+
 
 class Progress:
     """Logs ``label: done/total (rate/s, ETA)`` at most every ``every_s`` seconds."""
@@ -367,6 +372,11 @@ def make_eval_hook(config, vocabulary, tasks: str | Sequence[str] = ("piqa", "he
     return BenchmarkEvalHook(config, vocabulary, tasks, settings, out_dir=out_dir, every=every)
 
 
+def failed_tasks(results: Mapping[str, Any]) -> list[str]:
+    """The tasks of ``results`` that recorded an error instead of metrics (``textbooks eval`` then exits 1)."""
+    return [task for task, entry in results.get("tasks", {}).items() if entry.get("error")]
+
+
 def summarize(results: Mapping[str, Any]) -> str:
     """One line per task: primary metric with its interval (for logs and the CLI)."""
     lines = []
@@ -383,4 +393,5 @@ def summarize(results: Mapping[str, Any]) -> str:
 
 
 __all__ = ["BenchmarkEvalHook", "EvalError", "EvalSettings", "PHI15_SUITE", "Progress", "SUITES", "evaluate",
-           "evaluate_model", "flatten_metrics", "load_eval_model", "make_eval_hook", "resolve_tasks", "summarize"]
+           "evaluate_model", "failed_tasks", "flatten_metrics", "load_eval_model", "make_eval_hook", "resolve_tasks",
+           "summarize"]

@@ -24,7 +24,6 @@ import base64
 import dataclasses
 import json
 import logging
-import os
 import time
 from typing import Any, Iterator, Mapping
 
@@ -33,6 +32,8 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
+
+from textbooks.data import paths
 
 log = logging.getLogger(__name__)
 
@@ -391,10 +392,12 @@ def read_metadata(step_dir: str) -> dict[str, Any]:
 
 
 def restore_params(step_dir: str, config: Any, shardings: Any = None) -> Any:
-    """Restores only the parameters of a step dir (the optimizer state is not read)."""
+    """Restores only the parameters of a step dir (the optimizer state is not read); a relative ``step_dir`` is
+    taken from the working directory (orbax itself only reads absolute paths)."""
     target = _abstract_params(config, shardings)
     with ocp.Checkpointer(ocp.CompositeCheckpointHandler()) as ckptr:
-        out = ckptr.restore(epath.Path(step_dir), args=ocp.args.Composite(params=ocp.args.StandardRestore(target)))
+        out = ckptr.restore(epath.Path(paths.resolve(step_dir)),
+                            args=ocp.args.Composite(params=ocp.args.StandardRestore(target)))
     return out["params"]
 
 
@@ -404,7 +407,8 @@ def load_model(path: str, *, step: int | None = None, shardings: Any = None,
     or a params folder (``textbooks convert --from-hf``).
 
     Args:
-        path: model dir, ``<model dir>/checkpoints``, one step dir, a transformers-format or a params folder.
+        path: model dir, ``<model dir>/checkpoints``, one step dir, a transformers-format or a params folder;
+            relative to the working directory, or ``gs://...``.
         step: a specific step of a model dir (default: the newest readable one).
         shardings: optional tree of shardings for the parameters (default: the first local device).
         scan_layers: for transformers and params folders, the layer layout to load into (default: the
@@ -421,7 +425,7 @@ def load_model(path: str, *, step: int | None = None, shardings: Any = None,
     from textbooks.model.config import PhiConfig
     from textbooks.vocab import get_vocabulary
 
-    path = os.fspath(path)
+    path = paths.resolve(path)
     if is_hf_dir(path) or params_io.is_params_dir(path):
         from textbooks.model.hf import load_hf_checkpoint
         from textbooks.vocab.hf_files import vocabulary_name
