@@ -130,3 +130,24 @@ def test_files_roundtrip_and_errors(tmp_path):
         TopicTree.load(str(bad_txt))
     with pytest.raises(topics.TopicError, match="not found"):
         TopicTree.load(str(tmp_path / "missing.txt"))
+
+
+def test_a_fatal_refusal_stops_growth_at_once_without_warnings(caplog):
+    """A 404 (wrong model name) would refuse every request alike: the first one ends the growth, with no
+    warning per subject (a 400 for one prompt is still counted and warned about)."""
+
+    class Refusing:
+        model = "nope"
+        calls = 0
+
+        async def complete(self, prompt, **sampling):
+            Refusing.calls += 1
+            raise client_lib.APIStatusError(404, "the model 'nope' does not exist", "http://127.0.0.1:1/v1")
+
+        chat = complete
+
+    subjects = [f"Subject {i}" for i in range(16)]
+    with caplog.at_level("WARNING"), pytest.raises(client_lib.APIStatusError, match="404"):
+        asyncio.run(topics.grow_topic_tree(Refusing(), subjects, max_failures=100))
+    assert not [r for r in caplog.records if "expanding" in r.getMessage()]
+    assert client_lib.APIStatusError(400, "bad", "u").fatal is False

@@ -33,6 +33,8 @@ logger = logging.getLogger(__name__)
 
 # Statuses worth retrying besides 5xx: request timeout, conflict, too early, rate limited.
 RETRY_STATUSES = frozenset({408, 409, 425, 429})
+# 4xx statuses that mean every request of a run would be refused (key, payment, permissions, model name).
+FATAL_STATUSES = frozenset({401, 402, 403, 404})
 # Sampling fields the client sets itself; passing them in ``**sampling`` is a mistake.
 _RESERVED = frozenset({"model", "prompt", "messages", "stream"})
 
@@ -47,12 +49,15 @@ class APIStatusError(ClientError):
     Attributes:
         status: the HTTP status.
         message: the server's error message (from ``{"error": {"message": ...}}`` or the body text).
+        fatal: the status refuses every request alike (:data:`FATAL_STATUSES`: key, permissions, model name),
+            so a run should stop at the first one rather than count it against one prompt.
     """
 
     def __init__(self, status: int, message: str, url: str):
         self.status = status
         self.message = message
         self.url = url
+        self.fatal = status in FATAL_STATUSES
         super().__init__(f"HTTP {status} from {url}: {message}")
 
 

@@ -41,8 +41,6 @@ RUN_INFO = "run.json"
 PARTS = "parts"
 FAILURES = "failures.jsonl"
 CACHE = "cache.sqlite"
-# 4xx statuses that mean the whole run is misconfigured (key, permissions, model name), not one prompt.
-FATAL_STATUSES = frozenset({401, 402, 403, 404})
 
 
 class RunError(RuntimeError):
@@ -350,7 +348,7 @@ async def execute(run_dir: str, client: client_lib.OpenAIClient, *, cache: Respo
                 except client_lib.EndpointUnreachableError as e:
                     raise RunError(str(e)) from e
                 except client_lib.APIStatusError as e:
-                    if e.status in FATAL_STATUSES:
+                    if e.fatal:
                         raise RunError(f"the endpoint refused the run: {e}. Check the model name, the API key "
                                        f"variable ({client.api_key_env}) and permissions.") from e
                     record_failure(spec, e)

@@ -316,6 +316,8 @@ async def grow_topic_tree(client: Any, seeds: TopicTree | Sequence[str], *, temp
         except client_lib.EndpointUnreachableError:
             raise
         except client_lib.ClientError as e:
+            if getattr(e, "fatal", False):  # every other request would be refused alike: stop now, warn nothing
+                raise
             failures += 1
             logger.warning("expanding %s failed: %s", " > ".join(parent.path), e)
             if failures > limit:
