@@ -258,3 +258,12 @@ def test_tiny_runs_keep_the_token_ratios_between_paper_runs():
         assert abs(sequences(ft) / sequences(pre) - 1 / 24) < 0.01
     assert abs(sequences("phi15/phi15.gin") / sequences("phi1/pretrain.gin") - 1.99) < 0.01
     assert abs(sequences("tiny/phi15.gin") / sequences("tiny/phi1_pretrain.gin") - 2.0) < 0.01
+
+
+def test_train_called_from_python_with_a_relative_model_dir(tmp_path, tiny_config, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    data = SyntheticBatches(global_batch_size=8, seq_len=32, vocab_size=tiny_config.vocab_size, mean_doc_len=12)
+    result = _train("rel/run", tiny_config, 2, data, tensorboard=False)
+    assert result.final_step == 2
+    assert os.path.isdir(tmp_path / "rel" / "run" / "checkpoints" / "2")
+    assert not [p for p in os.listdir(tmp_path / "rel" / "run" / "checkpoints") if "tmp" in p]

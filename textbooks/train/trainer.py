@@ -26,6 +26,7 @@ import gin
 import jax
 
 from textbooks import partitioning as part
+from textbooks.data import paths
 from textbooks.train import checkpoints as ckpt_lib
 from textbooks.train import data as data_lib
 from textbooks.train import flops as flops_lib
@@ -125,6 +126,7 @@ def train(*, model_dir: str = gin.REQUIRED, model_config: Any = gin.REQUIRED,
         ValueError: inconsistent settings (the message says which). NonFiniteLossError: see ``on_nonfinite``.
     """
     wall_start = time.time()
+    model_dir = paths.resolve(model_dir)  # orbax needs an absolute path; gs:// is kept
     optimizer = optimizer or opt_lib.OptimizerConfig()
     partitioning = partitioning or part.PartitioningConfig()
     checkpoint = checkpoint or ckpt_lib.CheckpointConfig()
