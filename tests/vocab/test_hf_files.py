@@ -43,7 +43,7 @@ def test_spm_files_record_a_path_relative_to_the_folder(tmp_path):
     out = tmp_path / "export"
     out.mkdir()
     recorded, files = save_tokenizer(f"spm:{tmp_path / 'mine.model'}", str(out))
-    assert recorded == "spm:spm.model" and files == ["spm.model"]
+    assert recorded == "spm:spm.model" and files == ["spm.model", "tokenizer.json", "tokenizer_config.json"]
     (out / "config.json").write_text(json.dumps({"model_type": "phi", CONFIG_KEY: recorded}))
     moved = tmp_path / "moved"
     out.rename(moved)
@@ -57,8 +57,9 @@ def test_spm_files_record_a_path_relative_to_the_folder(tmp_path):
 
 def test_reexport_replaces_the_other_vocabularys_files(tmp_path):
     save_tokenizer("phi", str(tmp_path))
-    assert save_tokenizer("spm8k", str(tmp_path)) == ("spm8k", ["spm.model"])
-    assert sorted(os.listdir(tmp_path)) == ["spm.model"]
+    spm_files = ["spm.model", "tokenizer.json", "tokenizer_config.json"]
+    assert save_tokenizer("spm8k", str(tmp_path)) == ("spm8k", spm_files)
+    assert sorted(os.listdir(tmp_path)) == spm_files
     assert save_tokenizer("byte", str(tmp_path)) == ("byte", [])
     assert os.listdir(tmp_path) == []
 

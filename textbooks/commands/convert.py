@@ -7,12 +7,13 @@
       INIT_FROM. A vocabulary the folder records comes along (its name and files).
 
   textbooks convert --to-hf --checkpoint PATH --out HF_DIR [--vocabulary NAME]
-      Exports a model to transformers' format (float32) with its vocabulary's files (for 'phi' a
-      tokenizer.json that transformers' AutoTokenizer reads; for SentencePiece vocabularies the model file;
-      see textbooks.vocab.hf_files). PATH may be a params folder written by this command, a transformers
-      folder, or a training run's orbax checkpoint (model dir or one step) when the training package is
-      installed. The vocabulary is the checkpoint's own (a params folder imported from a folder that recorded
-      none has none: give --vocabulary to add one).
+      Exports a model to transformers' format (float32) with its vocabulary's files (for 'phi' and
+      SentencePiece vocabularies a tokenizer.json that transformers' AutoTokenizer reads with the project's
+      ids, plus the SentencePiece model file; a SentencePiece model that cannot be converted exactly gets no
+      tokenizer.json, and the reason is printed; see textbooks.vocab.hf_files). PATH may be a params folder
+      written by this command, a transformers folder, or a training run's orbax checkpoint (model dir or one
+      step) when the training package is installed. The vocabulary is the checkpoint's own (a params folder
+      imported from a folder that recorded none has none: give --vocabulary to add one).
 
 Nothing is written unless the whole input loads and matches its config. Relative paths are taken from the
 working directory.
@@ -102,7 +103,7 @@ def main(args: argparse.Namespace) -> int:
         if not checkpoint:
             raise ValueError("--to-hf needs --checkpoint PATH (params folder, transformers folder or orbax dir)")
         from textbooks.vocab import get_vocabulary
-        from textbooks.vocab.hf_files import save_tokenizer
+        from textbooks.vocab.hf_files import save_tokenizer, transformers_note
 
         config, params, vocabulary = load_any(checkpoint)
         vocabulary = args.vocabulary or vocabulary
@@ -123,6 +124,9 @@ def main(args: argparse.Namespace) -> int:
                 "no vocabulary: the params folder records none; add one with --vocabulary")
         print(f"exported {checkpoint} ({config.num_params():,} parameters) -> {out} "
               f"(transformers PhiForCausalLM, float32; {what})")
+        note = transformers_note(out) if vocabulary else None
+        if note:
+            print(f"  {note}")
         return 0
     except (params_io.CheckpointError, ValueError, OSError) as e:
         print(f"textbooks convert: error: {e}", file=sys.stderr)

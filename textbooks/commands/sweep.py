@@ -67,7 +67,11 @@ def main(args: argparse.Namespace) -> int:
             print("--run_trial and --status need --sweep_dir", file=sys.stderr)
             return 2
         if args.status:
-            return _print_status(args.sweep_dir)
+            try:
+                return _print_status(args.sweep_dir)
+            except FileNotFoundError as e:  # not a sweep folder; the message says what to give instead
+                print(f"textbooks sweep --status: error: {e}", file=sys.stderr)
+                return 2
         result = runner.run_trial(args.sweep_dir, args.run_trial)
         print(f"trial {result['trial_id']}: {result['status']}")
         return 0 if result["status"] in ("done", "skipped") else 1

@@ -157,8 +157,10 @@ class SweepDir:
         """
         m = read_json(self.sweep_json)
         if m is None:
-            raise FileNotFoundError(f"{self.sweep_json} does not exist: {self.root} is not a sweep folder (or the "
-                                    "sweep was never started); run `textbooks sweep --gin_file ...` first")
+            missing = self.root if not os.path.isdir(self.root) else self.sweep_json
+            raise FileNotFoundError(f"{missing} does not exist: {self.root} is not a sweep folder (or the sweep was "
+                                    "never started); give --sweep_dir the folder of a sweep, or start one with "
+                                    "`textbooks sweep --gin_file ...`")
         return m
 
     def init_or_check(self, fingerprint: str, payload: Mapping[str, Any], components: Sequence[str],

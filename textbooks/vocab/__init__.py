@@ -38,8 +38,8 @@ def _make(name: str):
         from textbooks.vocab.spm import sentencepiece_vocabulary
 
         return sentencepiece_vocabulary(name[len("spm:"):])
-    raise ValueError(f"unknown vocabulary {name!r}; known names: {', '.join(VOCABULARY_NAMES)} "
-                     f"(or 'spm:/path/to/model.model' for a SentencePiece model file)")
+    raise ValueError(f"unknown vocabulary {name!r}; known names: {', '.join(VOCABULARY_NAMES)}; give one of "
+                     f"them, or 'spm:/path/to/model.model' for a SentencePiece model file")
 
 
 @gin.configurable

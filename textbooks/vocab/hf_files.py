@@ -6,11 +6,17 @@
   :func:`textbooks.vocab.phi.build_tokenizer`) and ``tokenizer_config.json`` (``CodeGenTokenizer``, with
   ``<|endoftext|>`` as bos/eos/unk), so that ``transformers.AutoTokenizer.from_pretrained(folder)`` gives the
   same ids as the project's vocabulary;
-* for SentencePiece vocabularies (``'spm8k'``, ``'spm:PATH'``): the model file as ``spm.model``, to be loaded
-  with ``sentencepiece.SentencePieceProcessor(model_file=...)`` or ``seqio.SentencePieceVocabulary``. No
-  transformers tokenizer config is written for them: transformers' SentencePiece classes (Llama, T5) add a
-  dummy prefix, an end-of-sequence token or their own whitespace handling and would give other ids than the
-  whitespace-preserving models trained here, so ``AutoTokenizer`` fails loudly instead of tokenizing wrongly;
+* for SentencePiece vocabularies (``'spm8k'``, ``'spm:PATH'``): the model file as ``spm.model`` (for
+  ``sentencepiece`` or ``seqio.SentencePieceVocabulary``), and ``tokenizer.json``, the same BPE written out
+  for HF ``tokenizers`` by :func:`textbooks.vocab.spm_hf.build_tokenizer`, with ``tokenizer_config.json``
+  (``PreTrainedTokenizerFast``; the model's pad/eos/unk/bos pieces as special tokens (spm8k has no bos),
+  nothing added to the ids, ``split_special_tokens`` so that the text ``<|endoftext|>`` is encoded as text,
+  as SentencePiece does). ``AutoTokenizer.from_pretrained(folder)`` then gives the project's ids and decoded
+  text (up to one decoding difference on malformed byte runs, see :mod:`textbooks.vocab.spm_hf`). A model
+  with settings that conversion does not reproduce exactly (see :func:`textbooks.vocab.spm_hf.unsupported`)
+  gets no ``tokenizer.json`` but a ``tokenizer_config.json`` whose :data:`NOTE_KEY` says why and whose class
+  does not exist, so that ``AutoTokenizer`` raises instead of returning an empty tokenizer (without a
+  tokenizer config, transformers would pick phi's GPT-2 class with no vocabulary);
 * for ``'byte'``: nothing (the ids are the UTF-8 bytes plus 3, seqio's ``ByteVocabulary``).
 
 The vocabulary's name goes into ``config.json`` under :data:`CONFIG_KEY` (transformers keeps unknown keys), so
@@ -32,6 +38,10 @@ SPM_FILE = "spm.model"
 TOKENIZER_FILE = "tokenizer.json"
 TOKENIZER_CONFIG_FILE = "tokenizer_config.json"
 DEFAULT_VOCABULARY = "phi"
+# tokenizer_config.json of a SentencePiece model that cannot be converted: a class transformers does not have
+# (AutoTokenizer raises) and the reason under NOTE_KEY.
+REFUSED_CLASS = "SentencePieceNotConvertedForTransformers"
+NOTE_KEY = "textbooks_note"
 
 
 def save_tokenizer(name: str, out_dir: str, *, max_len: int | None = None) -> tuple[str, list[str]]:
@@ -40,11 +50,12 @@ def save_tokenizer(name: str, out_dir: str, *, max_len: int | None = None) -> tu
     Args:
         name: ``'phi'``, ``'spm8k'``, ``'byte'`` or ``'spm:PATH'``.
         out_dir: an existing folder.
-        max_len: ``model_max_length`` for transformers' tokenizer config (phi only).
+        max_len: ``model_max_length`` for transformers' tokenizer config.
 
     Returns:
         ``(name to record in config.json, file names written)``; a ``spm:PATH`` vocabulary is recorded as
-        ``'spm:spm.model'``, relative to the folder, so the folder can move.
+        ``'spm:spm.model'``, relative to the folder, so the folder can move. A SentencePiece model written
+        without ``tokenizer.json`` has a :func:`transformers_note` saying why.
 
     Raises:
         ValueError: an unknown vocabulary name.
@@ -54,26 +65,61 @@ def save_tokenizer(name: str, out_dir: str, *, max_len: int | None = None) -> tu
 
     get_vocabulary(name)  # an unknown name or a missing model file fails here, before anything is touched
     spm_model = None if name in ("phi", "byte") else _read_spm_model(name)
+    spm_files = None if spm_model is None else _spm_files(spm_model)  # converted before anything is removed
     for stale in (TOKENIZER_FILE, TOKENIZER_CONFIG_FILE, SPM_FILE):  # of a previous export
         if os.path.isfile(os.path.join(out_dir, stale)):
             os.remove(os.path.join(out_dir, stale))
-    if spm_model is not None:
+    if spm_files is not None:
+        tokenizer, config = spm_files
         with open(os.path.join(out_dir, SPM_FILE), "wb") as f:
             f.write(spm_model)
-        return (name if name == "spm8k" else f"spm:{SPM_FILE}"), [SPM_FILE]
+        if tokenizer is not None:
+            tokenizer.save(os.path.join(out_dir, TOKENIZER_FILE))
+        _write_config(out_dir, config, max_len)
+        written = [SPM_FILE] + ([TOKENIZER_FILE] if tokenizer is not None else []) + [TOKENIZER_CONFIG_FILE]
+        return (name if name == "spm8k" else f"spm:{SPM_FILE}"), written
     if name == "byte":
         return name, []
     from textbooks.vocab.phi import EOS_TOKEN, build_tokenizer
 
     build_tokenizer().save(os.path.join(out_dir, TOKENIZER_FILE))
-    config = {"tokenizer_class": "CodeGenTokenizer", "bos_token": EOS_TOKEN, "eos_token": EOS_TOKEN,
-              "unk_token": EOS_TOKEN, "add_prefix_space": False, "add_bos_token": False,
-              "clean_up_tokenization_spaces": False}
+    _write_config(out_dir, {"tokenizer_class": "CodeGenTokenizer", "bos_token": EOS_TOKEN, "eos_token": EOS_TOKEN,
+                            "unk_token": EOS_TOKEN, "add_prefix_space": False, "add_bos_token": False,
+                            "clean_up_tokenization_spaces": False}, max_len)
+    return name, [TOKENIZER_FILE, TOKENIZER_CONFIG_FILE]
+
+
+def _spm_files(model: bytes) -> tuple[object | None, dict]:
+    """``(tokenizers.Tokenizer or None, tokenizer_config.json)`` of a SentencePiece model (module docstring)."""
+    from textbooks.vocab import spm_hf
+
+    try:
+        tokenizer = spm_hf.build_tokenizer(model)
+    except spm_hf.UnsupportedModelError as e:
+        return None, {"tokenizer_class": REFUSED_CLASS,
+                      NOTE_KEY: f"no transformers tokenizer: this SentencePiece model cannot be converted "
+                                f"exactly ({e}); read {SPM_FILE} with sentencepiece or seqio"}
+    special = spm_hf.special_tokens(spm_hf.load_proto(model))
+    return tokenizer, {"tokenizer_class": "PreTrainedTokenizerFast", **special, "split_special_tokens": True,
+                       "add_bos_token": False, "add_eos_token": False, "clean_up_tokenization_spaces": False}
+
+
+def _write_config(out_dir: str, config: dict, max_len: int | None) -> None:
     if max_len:
-        config["model_max_length"] = int(max_len)
+        config = dict(config, model_max_length=int(max_len))
     with open(os.path.join(out_dir, TOKENIZER_CONFIG_FILE), "w", encoding="utf-8") as f:
         f.write(json.dumps(config, indent=2, sort_keys=True) + "\n")
-    return name, [TOKENIZER_FILE, TOKENIZER_CONFIG_FILE]
+
+
+def transformers_note(folder: str) -> str | None:
+    """Why ``AutoTokenizer`` refuses ``folder``'s vocabulary (as :func:`save_tokenizer` recorded it), or None."""
+    try:
+        with open(os.path.join(folder, TOKENIZER_CONFIG_FILE), encoding="utf-8") as f:
+            body = json.load(f)
+    except (OSError, ValueError):
+        return None
+    note = body.get(NOTE_KEY) if isinstance(body, dict) else None
+    return note if isinstance(note, str) else None
 
 
 def _read_spm_model(name: str) -> bytes:

@@ -55,9 +55,15 @@ def gpt2_files() -> tuple[str, str]:
     return encoder, merges
 
 
+def added_tokens_path() -> str:
+    """Path of ``textbooks/assets/codegen_added_tokens.json`` (codegen's 38 added tokens)."""
+    return str(importlib.resources.files("textbooks.assets") / _ADDED_TOKENS_FILE)
+
+
 def added_tokens() -> list[tuple[int, str]]:
     """codegen's added tokens as ``(id, content)`` pairs in id order (50257..50294)."""
-    text = (importlib.resources.files("textbooks.assets") / _ADDED_TOKENS_FILE).read_text(encoding="utf-8")
+    with open(added_tokens_path(), encoding="utf-8") as f:
+        text = f.read()
     tokens = [(int(t["id"]), str(t["content"])) for t in json.loads(text)["tokens"]]
     expected = list(range(GPT2_VOCAB_SIZE, VOCAB_SIZE))
     if [i for i, _ in tokens] != expected:

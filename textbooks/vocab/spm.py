@@ -48,7 +48,8 @@ def sentencepiece_vocabulary(path: str, extra_ids: int = 0):
     import tensorflow as tf
 
     if not tf.io.gfile.exists(path):
-        raise FileNotFoundError(f"SentencePiece model {path!r} not found")
+        raise FileNotFoundError(f"SentencePiece model {path!r} not found; give the path of an existing .model "
+                                f"file (`textbooks vocab train` writes one)")
     return seqio.SentencePieceVocabulary(path, extra_ids=extra_ids)
 
 
