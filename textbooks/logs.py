@@ -103,6 +103,11 @@ def filter_native_stderr() -> bool:
     return True
 
 
+def drop_gin_path_probes(record: logging.LogRecord) -> bool:
+    """A logging filter: gin logs every search-path probe of an include (at ERROR when a probe misses)."""
+    return not record.pathname.replace("\\", "/").endswith("gin/resource_reader.py")
+
+
 def setup(level: str | int = "INFO", verbose: bool = False) -> None:
     """Configures Python logging once for a verb: our loggers at ``level``, the stack's at WARNING unless
     ``verbose`` (then everything at ``level``, DEBUG included when asked)."""
@@ -114,6 +119,9 @@ def setup(level: str | int = "INFO", verbose: bool = False) -> None:
         handler = logging.StreamHandler()
         handler.setFormatter(logging.Formatter(FORMAT))
         root.addHandler(handler)
+    for handler in root.handlers:
+        if drop_gin_path_probes not in handler.filters:
+            handler.addFilter(drop_gin_path_probes)
     root.setLevel(level)
     for name in NOISY_LOGGERS:
         logging.getLogger(name).setLevel(level if verbose else max(level, logging.WARNING))

@@ -29,14 +29,10 @@ def add_arguments(parser) -> None:
 
 def main(args) -> int:
     import json
-    import logging
     import os
 
     from textbooks import gin_utils
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    for noisy in ("apache_beam", "absl", "jax"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
     # Register the configurables before the gin files are parsed.
     import textbooks.curate.pipeline  # noqa: F401
     import textbooks.curate.training  # noqa: F401

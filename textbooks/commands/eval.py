@@ -18,7 +18,6 @@ failed (the others are in the report), 2 bad arguments or configuration, 3 the c
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 
 HELP = "evaluate a checkpoint on the phi-1 / phi-1.5 benchmarks (multiple choice, code, GSM8K, SQuAD)"
@@ -40,10 +39,6 @@ def add_arguments(parser) -> None:
 
 
 def main(args) -> int:
-    logging.basicConfig(level=getattr(logging, str(args.log_level).upper(), logging.INFO),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
-    for noisy in ("absl", "jax._src", "orbax", "tensorflow"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
 
     from textbooks import gin_utils
     from textbooks.data import paths

@@ -18,7 +18,6 @@ refused credentials or model, too many failures, a folder used by another proces
 
 from __future__ import annotations
 
-import logging
 import os
 import sys
 
@@ -40,8 +39,6 @@ def main(args) -> int:
     from textbooks.synth import client, postprocess, runner, templates, topics
     from textbooks.synth import generate as generate_lib
 
-    logging.basicConfig(level=getattr(logging, str(args.log_level).upper(), logging.WARNING),
-                        format="%(levelname)s %(name)s: %(message)s")
     postprocess.import_integrations()  # They register gin configurables: before the config is locked.
     try:
         gin_utils.parse_gin_from_args(args)

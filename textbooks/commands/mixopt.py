@@ -17,7 +17,6 @@ and train_proposal.sh.
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 
 from textbooks import gin_utils
@@ -50,7 +49,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     import dataclasses
 
     from textbooks.data import paths

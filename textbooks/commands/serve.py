@@ -14,7 +14,6 @@ line on stdout says where the server listens.
 from __future__ import annotations
 
 import asyncio
-import logging
 import signal
 import sys
 
@@ -46,7 +45,8 @@ def add_arguments(parser) -> None:
                         help="decode steps' attention and weight products: the compiled CPU kernels when available "
                              "(auto), XLA ops, or the kernels or an error")
     parser.add_argument("--no_warmup", action="store_true", help="skip compiling before listening")
-    parser.add_argument("--log_level", default="WARNING")
+    parser.add_argument("--log_level", default="WARNING",
+                        help="logging level (default WARNING; INFO logs each request and batch)")
 
 
 def main(args) -> int:
@@ -54,8 +54,6 @@ def main(args) -> int:
     from textbooks.synth import engine as engine_lib
     from textbooks.synth import server
 
-    logging.basicConfig(level=getattr(logging, str(args.log_level).upper(), logging.WARNING),
-                        format="%(levelname)s %(name)s: %(message)s")
     if args.host not in ("127.0.0.1", "localhost", "::1"):
         print(f"warning: binding to {args.host}: the server has no authentication", file=sys.stderr)
     try:

@@ -1,4 +1,4 @@
-"""Train a phi model on a seqio mixture, T5X style.
+r"""Train a phi model on a seqio mixture, T5X style.
 
 Examples:
 
@@ -20,7 +20,6 @@ are. A run resumes from the newest checkpoint in its model dir; SIGTERM or Ctrl-
 
 from __future__ import annotations
 
-import logging
 import sys
 
 HELP = "train a phi model with gin configs (T5X style); resumes from the model dir"
@@ -44,19 +43,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--log_level", default="INFO", help="logging level (default INFO)")
 
 
-def _drop_gin_path_probes(record: logging.LogRecord) -> bool:
-    # gin logs every search-path probe of an include (at ERROR when the probe misses); keep them out.
-    return not record.pathname.replace("\\", "/").endswith("gin/resource_reader.py")
-
-
 def main(args) -> int:
-    logging.basicConfig(level=getattr(logging, str(args.log_level).upper(), logging.INFO),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
-    for noisy in ("absl", "jax._src", "orbax", "tensorflow"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
-    for handler in logging.getLogger().handlers:
-        handler.addFilter(_drop_gin_path_probes)
-
     # Join the other processes before anything touches the devices.
     from textbooks import partitioning
 
@@ -89,8 +76,12 @@ def main(args) -> int:
         if MODEL_DIR_BINDING in resolved:  # checked now, not at the first save after all the training steps
             paths.check_output_dir(resolved[MODEL_DIR_BINDING], "the model dir (train.model_dir, MODEL_DIR)")
     except (gin_utils.GinConfigError, ValueError) as e:  # finalizing reports unset %gin.REQUIRED as ValueError
-        print(f"textbooks train: {e} (set it in a gin file or with --gin.NAME=VALUE)"
-              if "gin.REQUIRED" in str(e) else f"textbooks train: {e}", file=sys.stderr)
+        if "MODEL_DIR" in str(e) and "gin.REQUIRED" in str(e):
+            print("textbooks train: no model dir: pass --model_dir=DIR (or bind MODEL_DIR in a gin file); the run's "
+                  "checkpoints, metrics and config go there", file=sys.stderr)
+        else:
+            print(f"textbooks train: {e} (set it in a gin file or with --gin.NAME=VALUE)"
+                  if "gin.REQUIRED" in str(e) else f"textbooks train: {e}", file=sys.stderr)
         return 2
     try:
         result = trainer.train()

@@ -33,6 +33,7 @@ from typing import Any, Mapping, Sequence
 
 import gin
 
+from textbooks import logs
 from textbooks.mixopt import results as results_lib
 from textbooks.mixopt import trials as trials_lib
 
@@ -152,7 +153,7 @@ class TrainingTrial(TrialRunner):
         from textbooks import gin_utils
         from textbooks.train import trainer
 
-        for noisy in ("absl", "jax._src", "orbax", "tensorflow"):
+        for noisy in logs.NOISY_LOGGERS:
             logging.getLogger(noisy).setLevel(logging.WARNING)
         name = self.register(trial.ratios)
         logger.info("trial %s: mixture %s", trial.trial_id, name)
@@ -288,11 +289,6 @@ class CommandTrial(TrialRunner):
         return metrics
 
 
-def _drop_gin_path_probes(record: logging.LogRecord) -> bool:
-    # gin logs every search-path probe of an include, at ERROR when a probe misses: noise in a trial's log.
-    return not record.pathname.replace("\\", "/").endswith("gin/resource_reader.py")
-
-
 def _submitit_logs() -> list[str]:
     """stdout/stderr paths of the current submitit job (empty outside one)."""
     if "SUBMITIT_EXECUTOR" not in os.environ:
@@ -327,8 +323,8 @@ def execute_trial(sweep_root: str, trial_dict: Mapping[str, Any], runner: TrialR
             if os.path.exists(failed_path):
                 os.replace(failed_path, failed_path + ".previous")
             handler = logging.FileHandler(log_path)
-            handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-            handler.addFilter(_drop_gin_path_probes)
+            handler.setFormatter(logging.Formatter(logs.FORMAT))
+            handler.addFilter(logs.drop_gin_path_probes)
             logging.getLogger().addHandler(handler)
             if logging.getLogger().level > logging.INFO:
                 logging.getLogger().setLevel(logging.INFO)
