@@ -14,7 +14,6 @@ trials are not redone); another base config is refused.
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 
 from textbooks import gin_utils
@@ -55,7 +54,6 @@ def _print_status(sweep_dir: str) -> int:
 
 
 def main(args: argparse.Namespace) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     from textbooks.data import paths
     from textbooks.mixopt import runner
 

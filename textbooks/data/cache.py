@@ -27,6 +27,8 @@ from typing import Optional, Sequence
 import gin
 import seqio
 
+from textbooks import logs
+
 logger = logging.getLogger(__name__)
 
 
@@ -204,7 +206,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--max_shards", type=int, default=0)
     parser.add_argument("--overwrite", action="store_true")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO)
+    logs.setup("INFO")
     if args.data_root:
         os.environ["TEXTBOOKS_DATA_DIR"] = args.data_root
     import mixtures  # noqa: F401

@@ -39,6 +39,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 from etils import epath
 
+from textbooks import logs
 from textbooks.data import paths, records
 from textbooks.data.manifest import MANIFEST_NAME, read_manifest
 
@@ -196,7 +197,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--data_root", help="data root holding the role folders")
     parser.add_argument("--file_format", default="tfrecord", choices=["tfrecord", "array_record"])
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO)
+    logs.setup("INFO")
     if args.data_root:
         os.environ[paths.ENV_VAR] = args.data_root
     data_dir = args.data_dir or records.join(paths.data_root(), "tfds")
