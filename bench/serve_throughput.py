@@ -88,7 +88,7 @@ def _start_server(ckpt: str, vocab: str, batch: int, chunk_tokens: int) -> tuple
 
 
 async def _serve_round(url: str, requests: list[tuple[list[int], int]]) -> tuple[float, int, list[str]]:
-    from textbooks.synth.client import OpenAIClient
+    from textbooks.serve.client import OpenAIClient
 
     async with OpenAIClient(url, "bench", api_key_env=None, concurrency=len(requests), timeout=1200,
                             max_retries=0) as client:

@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from textbooks.synth import client as client_lib
+from textbooks.serve import client as client_lib
 from textbooks.synth import topics
 from textbooks.synth.topics import Topic, TopicTree
 

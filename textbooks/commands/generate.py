@@ -36,7 +36,8 @@ def main(args) -> int:
     import gin
 
     from textbooks import gin_utils
-    from textbooks.synth import client, postprocess, runner, templates, topics
+    from textbooks.serve import client
+    from textbooks.synth import postprocess, runner, templates, topics
     from textbooks.synth import generate as generate_lib
 
     postprocess.import_integrations()  # They register gin configurables: before the config is locked.

@@ -51,8 +51,8 @@ def add_arguments(parser) -> None:
 
 def main(args) -> int:
     from textbooks.data import paths
-    from textbooks.synth import engine as engine_lib
-    from textbooks.synth import server
+    from textbooks.serve import engine as engine_lib
+    from textbooks.serve import server
 
     if args.host not in ("127.0.0.1", "localhost", "::1"):
         print(f"warning: binding to {args.host}: the server has no authentication", file=sys.stderr)

@@ -3,7 +3,7 @@
 As FineWeb-Edu and phi-1 did, a teacher model reads each document with a rubric that adds one point per
 criterion met and ends with ``Educational score: N``. Rubrics are data files in ``textbooks/curate/prompts/``
 (``edu_web`` for prose, ``edu_code`` for code) or any file path; ``{document}`` marks where the (truncated)
-document goes. Requests go through :class:`textbooks.synth.client.OpenAIClient` (bounded concurrency,
+document goes. Requests go through :class:`textbooks.serve.client.OpenAIClient` (bounded concurrency,
 retries). :func:`parse_score` reads the score robustly from free-form answers; answers without a readable
 score, and failed requests, are counted and left without a score (never guessed).
 
@@ -134,7 +134,7 @@ def parse_score(answer: str, low: float = 0.0, high: float = 5.0) -> float | Non
 async def judge_many(texts: Sequence[str], config: JudgeConfig, rubric: str | None = None) -> list[JudgeResult]:
     """Sends every text to the judge concurrently (bounded by the client); failures become results with
     ``error`` set."""
-    from textbooks.synth.client import ClientError, OpenAIClient
+    from textbooks.serve.client import ClientError, OpenAIClient
 
     rubric = rubric if rubric is not None else load_rubric(config.rubric)
     sampling = {"temperature": config.temperature, "max_tokens": config.max_tokens}

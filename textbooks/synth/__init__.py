@@ -1,4 +1,4 @@
-"""Synthetic textbooks from a teacher LLM (phi-1 / phi-1.5 / Cosmopedia style), and a server for our checkpoints.
+"""Synthetic textbooks from a teacher LLM (phi-1 / phi-1.5 / Cosmopedia style).
 
 The pieces, in data-flow order:
 
@@ -8,24 +8,20 @@ The pieces, in data-flow order:
   (``templates/``), validated on load.
 * :mod:`~textbooks.synth.prompts`: deterministic expansion topics x templates x audiences x styles (x web
   extracts) into prompts whose ids, template ids and slot values end up in every record's ``meta``.
-* :mod:`~textbooks.synth.client`: the async OpenAI-compatible client (retries, Retry-After, streaming, usage,
-  cost, concurrency limit, API key from the environment).
-* :mod:`~textbooks.synth.runner`: resumable runs (prompt manifest, append-only part files, response cache).
+* :mod:`~textbooks.synth.runner`: resumable runs (prompt manifest, append-only part files, response cache),
+  talking to the teacher through :class:`textbooks.serve.client.OpenAIClient`.
 * :mod:`~textbooks.synth.postprocess` and :mod:`~textbooks.synth.finalize`: cleanup, filters, exercise checks,
   near-dedup and decontamination, then shards per data role; :mod:`~textbooks.synth.diversity`: the report.
 * :mod:`~textbooks.synth.generate`: the gin entry point behind ``textbooks generate``.
-* :mod:`~textbooks.synth.engine` and :mod:`~textbooks.synth.server`: ``textbooks serve``, an OpenAI-compatible
-  HTTP server batching requests into KV-cache decoding (usable as a local teacher).
 
-Importing this package is cheap; the submodules load their dependencies (aiohttp, JAX) when imported. The
-main classes and functions are available from the package (``from textbooks.synth import OpenAIClient``);
+A local teacher for our own checkpoints is ``textbooks serve`` (:mod:`textbooks.serve`).
+
+Importing this package is cheap; the submodules load their dependencies when imported. The main classes and
+functions are available from the package (``from textbooks.synth import TopicTree``);
 ``textbooks.synth.generate.generate`` and ``textbooks.synth.finalize.finalize`` live in their modules.
 """
 
 _EXPORTS = {
-    "OpenAIClient": "client", "Completion": "client", "Usage": "client", "Pricing": "client",
-    "ClientError": "client", "APIStatusError": "client", "RetriesExhaustedError": "client",
-    "EndpointUnreachableError": "client",
     "load_templates": "templates", "TemplateError": "templates", "TemplateSet": "templates",
     "Topic": "topics", "TopicTree": "topics", "grow_topic_tree": "topics", "parse_list": "topics",
     "expand_prompts": "prompts", "PromptSpec": "prompts", "SeedText": "prompts",

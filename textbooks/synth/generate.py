@@ -24,7 +24,7 @@ from typing import Any, Mapping, Sequence
 
 import gin
 
-from textbooks.synth import client as client_lib
+from textbooks.serve import client as client_lib
 from textbooks.synth import finalize as finalize_lib
 from textbooks.synth import postprocess, prompts, runner, topics
 from textbooks.synth import templates as templates_lib

@@ -30,7 +30,7 @@ import sqlite3
 import time
 from typing import Any, Iterator, Mapping, Sequence
 
-from textbooks.synth import client as client_lib
+from textbooks.serve import client as client_lib
 from textbooks.synth.progress import Progress
 from textbooks.synth.prompts import PromptSpec
 

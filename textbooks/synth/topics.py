@@ -280,7 +280,7 @@ async def grow_topic_tree(client: Any, seeds: TopicTree | Sequence[str], *, temp
     """Grows subjects into topics and topics into subtopics with the teacher.
 
     Args:
-        client: an :class:`~textbooks.synth.client.OpenAIClient` (or anything with ``async complete``).
+        client: an :class:`~textbooks.serve.client.OpenAIClient` (or anything with ``async complete``).
         seeds: seed subjects (strings) or a tree whose leaves are subjects.
         templates: a TemplateSet holding ``topics.topics_of_subject`` and ``topics.subtopics_of_topic``
             (default: the built-in ``topics`` templates).
@@ -294,7 +294,7 @@ async def grow_topic_tree(client: Any, seeds: TopicTree | Sequence[str], *, temp
         A tree of (subject, topic, subtopic) leaves; a node whose expansion failed or gave nothing new stays
         a leaf at its level.
     """
-    from textbooks.synth import client as client_lib
+    from textbooks.serve import client as client_lib
     from textbooks.synth import templates as templates_lib
 
     templates = templates or templates_lib.load_templates("topics")

@@ -7,7 +7,7 @@ import time
 import pytest
 
 from fault_server import FaultServer, answer_text
-from textbooks.synth import client as client_lib
+from textbooks.serve import client as client_lib
 
 
 def _run(coro):

@@ -3,7 +3,7 @@
 Routes: ``GET /v1/models``, ``POST /v1/completions``, ``POST /v1/chat/completions`` (streaming with server-sent
 events or not), ``GET /health``. Requests are validated the way the OpenAI API does (types, ranges, unknown
 fields, context length) and refused with a 4xx JSON error ``{"error": {"message", "type", "param", "code"}}``;
-no request can crash the server. Concurrent requests are batched by :class:`textbooks.synth.engine.Engine`.
+no request can crash the server. Concurrent requests are batched by :class:`textbooks.serve.engine.Engine`.
 
 Chat messages are rendered with a plain template (the phi models have no chat tokens)::
 
@@ -32,7 +32,7 @@ from typing import Any, Callable, Mapping
 
 from aiohttp import web
 
-from textbooks.synth.engine import Engine, Job, Overloaded
+from textbooks.serve.engine import Engine, Job, Overloaded
 
 logger = logging.getLogger(__name__)
 

@@ -5,7 +5,7 @@ import asyncio
 
 import pytest
 
-from textbooks.synth.engine import Job, load_engine
+from textbooks.serve.engine import Job, load_engine
 
 PROMPTS = ["def add(a, b):\n", "class Stack:\n    \"\"\"A stack.\"\"\"\n"]
 

@@ -12,7 +12,7 @@ import pytest
 import torch
 import transformers
 
-from textbooks.synth import client as client_lib
+from textbooks.serve import client as client_lib
 from textbooks.synth import runner
 from textbooks.synth.progress import Progress
 from textbooks.synth.prompts import PromptSpec
@@ -22,9 +22,9 @@ MAX_TOKENS = 40
 CHUNK = 16  # the `served` fixture's --chunk_tokens
 
 
-def _synth_conftest():
+def _serve_conftest():
     """This folder's conftest (server start and stop), loaded by path: several test folders have a conftest."""
-    spec = importlib.util.spec_from_file_location("synth_conftest", os.path.join(os.path.dirname(__file__),
+    spec = importlib.util.spec_from_file_location("serve_conftest", os.path.join(os.path.dirname(__file__),
                                                                                  "conftest.py"))
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -76,7 +76,7 @@ def test_continuous_batching_counts_the_kept_tokens(served, reference):
 
 
 def test_static_batches_count_the_kept_tokens_not_max_tokens(tiny_checkpoint, reference):
-    servers = _synth_conftest()
+    servers = _serve_conftest()
     proc, url = servers.start_server(tiny_checkpoint, "--max_batch_size", "2", "--chunk_tokens", "0",
                                      "--min_length_bucket", "128")
     try:

@@ -11,7 +11,7 @@ import pytest
 
 from textbooks.data import records
 from textbooks.data.manifest import read_manifest
-from textbooks.synth import client as client_lib
+from textbooks.serve import client as client_lib
 from textbooks.synth import generate as generate_lib
 from textbooks.synth import postprocess
 
