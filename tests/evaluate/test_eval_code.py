@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from textbooks.evaluate import benchmarks, code_eval
+from textbooks.model.stops import cut_at_stop
 
 
 def test_humaneval_canonical_solutions_pass_and_swapped_ones_fail(sandbox):
@@ -78,7 +79,7 @@ def test_execute_completions_records_each_sample():
 
 
 def test_truncation_and_program_assembly():
-    assert code_eval.truncate_completion("    return x\n\ndef other():\n    pass", code_eval.HUMANEVAL_STOPS) == \
+    assert cut_at_stop("    return x\n\ndef other():\n    pass", code_eval.HUMANEVAL_STOPS) == \
         "    return x\n"
     item = benchmarks.load_benchmark("humaneval")[0]
     program = code_eval.build_program(item, item["reference"])

@@ -16,6 +16,7 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 
 from textbooks.evaluate import sandbox as sandbox_lib
+from textbooks.model.stops import cut_at_stop
 
 logger = logging.getLogger(__name__)
 
@@ -43,16 +44,6 @@ def pass_at_k(n: int, c: int, k: int) -> float:
 def mean_pass_at_k(samples: Sequence[int], correct: Sequence[int], k: int) -> float:
     """pass@k averaged over problems (``samples[i]`` and ``correct[i]`` for problem i)."""
     return float(np.mean([pass_at_k(n, c, k) for n, c in zip(samples, correct)]))
-
-
-def truncate_completion(text: str, stops: Sequence[str]) -> str:
-    """Cuts ``text`` at the earliest stop sequence."""
-    cut = len(text)
-    for s in stops:
-        i = text.find(s)
-        if i != -1:
-            cut = min(cut, i)
-    return text[:cut]
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -171,7 +162,7 @@ def generate_completions(model, items: Sequence[Mapping[str, Any]], *, samples: 
     stops = stops_for(task)
     texts = model.generate(prompts, max_new_tokens=max_new_tokens, stop=stops, temperature=temperature,
                            top_p=top_p, num_samples=samples, seed=seed)
-    return {item["id"]: [truncate_completion(t, stops) for t in outs] for item, outs in zip(items, texts)}
+    return {item["id"]: [cut_at_stop(t, stops) for t in outs] for item, outs in zip(items, texts)}
 
 
 def evaluate_code(model, items: Sequence[Mapping[str, Any]], *, samples: int = 1, ks: Sequence[int] = (1,),

@@ -26,6 +26,8 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from textbooks.model.stops import cut_at_stop
+
 logger = logging.getLogger(__name__)
 
 
@@ -306,14 +308,6 @@ class EvalModel:
         out = []
         for p in range(len(prompt_ids)):
             samples = texts[p * num_samples:(p + 1) * num_samples]
-            out.append([_cut(t, stop) for t in samples])
+            out.append([cut_at_stop(t, stop) for t in samples])
         return out
 
-
-def _cut(text: str, stops: Sequence[str]) -> str:
-    cut = len(text)
-    for s in stops:
-        i = text.find(s)
-        if i != -1:
-            cut = min(cut, i)
-    return text[:cut]

@@ -23,8 +23,15 @@ import asyncio
 import concurrent.futures
 import dataclasses
 import logging
+import os
 import time
 from typing import Any, Sequence
+
+from textbooks.model import hf
+from textbooks.model.decode import Decoder, GenerationRequest
+from textbooks.model.slots import SlotDecoder, chunk_seed
+from textbooks.model.stops import find_stop
+from textbooks.vocab.registry import get_vocabulary
 
 
 logger = logging.getLogger(__name__)
@@ -95,9 +102,6 @@ class Engine:
     def __init__(self, params: Any, config: Any, vocabulary: Any, *, model_name: str, max_batch_size: int = 16,
                  batch_wait_ms: float = 5.0, chunk_tokens: int = 32, max_queue: int = 1024,
                  fixed_batch: bool = False, min_length_bucket: int = 16, kernels: str = "auto"):
-        from textbooks.model.decode import Decoder
-        from textbooks.model.slots import SlotDecoder
-
         self.config = config
         self.vocabulary = vocabulary
         self.model_name = model_name
@@ -262,9 +266,6 @@ class Engine:
 
     def _decode_chunk(self, jobs: list[Job]):
         """Static batches: every job's whole completion in one Decoder call."""
-        from textbooks.model.decode import GenerationRequest
-        from textbooks.model.slots import chunk_seed
-
         requests = [GenerationRequest(prompt=job.prompt_ids, max_new_tokens=job.max_tokens,
                                       temperature=job.temperature, top_k=job.top_k, top_p=job.top_p,
                                       eos_id=self.eos_id, seed=chunk_seed(job.seed, 0)) for job in jobs]
@@ -281,8 +282,6 @@ class Engine:
         """Admits ``jobs`` into free slots, then decodes one chunk of every running request (``waiting``:
         requests are queued, so the chunk stops early when one ends; ``until_end``: the chunk is not cut at
         ``chunk_tokens`` but runs until a request ends)."""
-        from textbooks.model.decode import GenerationRequest
-
         slots = self.slots.admit([GenerationRequest(
                 prompt=job.prompt_ids, max_new_tokens=job.max_tokens, temperature=job.temperature, top_k=job.top_k,
                 top_p=job.top_p, eos_id=self.eos_id, seed=job.seed) for job in jobs])
@@ -299,7 +298,7 @@ class Engine:
         job.generated.extend(int(t) for t in tokens)
         self.stats["generated_tokens"] += len(tokens)
         job.text = self.decode(job.generated)
-        cut = _find_stop(job.text, job.stop)
+        cut = find_stop(job.text, job.stop)
         if cut is not None:
             job.text = job.text[:cut]
             # Tokens decoded past the cut (the rest of the chunk, or of the batch) are not the completion's.
@@ -338,11 +337,6 @@ class Engine:
             job.done.set_result(job)
 
 
-def _find_stop(text: str, stops: Sequence[str]) -> int | None:
-    found = [i for i in (text.find(s) for s in stops if s) if i >= 0]
-    return min(found) if found else None
-
-
 def _safe_prefix(text: str, stops: Sequence[str]) -> int:
     """How much of ``text`` can be streamed: not a trailing partial character, nor a possible stop-string start."""
     end = len(text)
@@ -370,17 +364,12 @@ def load_engine(checkpoint: str, *, vocabulary: str | None = None, model_name: s
         FileNotFoundError: nothing loadable at ``checkpoint``.
         ValueError: the vocabulary does not fit the model.
     """
-    import os
-
-    from textbooks.model import hf
-    from textbooks.vocab import get_vocabulary
-
     if vocabulary is not None and hf.is_hf_dir(checkpoint):
         # The vocabulary is given: read the weights only.
         config, params = hf.load_hf_checkpoint(checkpoint)
         vocab = get_vocabulary(vocabulary)
     else:
-        from textbooks.train.checkpoints import load_model
+        from textbooks.train.checkpoints import load_model  # serve may not import train: moves to textbooks.model
 
         loaded = load_model(checkpoint)
         config, params = loaded.config, loaded.params
