@@ -8,6 +8,7 @@ import pytest
 
 from fault_server import FaultServer, answer_text
 from textbooks.serve import client as client_lib
+from textbooks.serve.answers import parse_retry_after
 
 
 def _run(coro):
@@ -51,9 +52,9 @@ def test_retry_after_is_honored():
 
 
 def test_retry_after_http_date():
-    assert client_lib._parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT") == 0.0  # in the past
-    assert client_lib._parse_retry_after("2") == 2.0
-    assert client_lib._parse_retry_after("soon") is None
+    assert parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT") == 0.0  # in the past
+    assert parse_retry_after("2") == 2.0
+    assert parse_retry_after("soon") is None
 
 
 def test_hang_past_timeout_is_retried():

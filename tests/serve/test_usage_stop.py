@@ -13,6 +13,7 @@ import torch
 import transformers
 
 from textbooks.serve import client as client_lib
+from textbooks.serve.answers import Usage
 from textbooks.synth import runner
 from textbooks.synth.progress import Progress
 from textbooks.synth.prompts import PromptSpec
@@ -106,8 +107,8 @@ def test_client_and_runner_totals_follow_the_kept_tokens(served, reference, tmp_
 
     streamed, stream_stats, result, progress = asyncio.run(go())
     # Streaming: the text arrives in pieces and the final usage event has the same count.
-    assert streamed.text == reference["text"] and streamed.usage == client_lib.Usage(p, k)
-    assert stream_stats.usage == client_lib.Usage(p, k)
+    assert streamed.text == reference["text"] and streamed.usage == Usage(p, k)
+    assert stream_stats.usage == Usage(p, k)
     assert stream_stats.cost == pytest.approx((p * 1.0 + k * 3.0) / 1000)
     # The generation runner: per-record usage, client totals and the progress summary.
     assert result.completed == 3 and result.failed == 0

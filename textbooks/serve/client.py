@@ -6,7 +6,8 @@ flight, retries what is worth retrying (429 honoring ``Retry-After``, 5xx, time-
 malformed JSON, streams cut before ``[DONE]``) with exponential backoff and jitter, and fails at once with the
 server's message on any other 4xx. It counts tokens from the ``usage`` fields and estimates cost from
 configurable prices. The API key is read from an environment variable and never appears in reprs, logs or
-error messages.
+error messages. Reading the answers (JSON bodies, event streams, usage, error messages, ``Retry-After``) is
+:mod:`textbooks.serve.answers`'s.
 
 Example::
 
@@ -19,8 +20,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import email.utils
-import json
 import logging
 import os
 import random
@@ -28,6 +27,9 @@ import time
 from typing import Any, Mapping, Sequence
 
 import aiohttp
+
+from textbooks.serve.answers import (Answer, RetryableAnswer, Usage, error_message, parse_body, parse_retry_after,
+                                     read_stream)
 
 logger = logging.getLogger(__name__)
 
@@ -72,43 +74,6 @@ class RetriesExhaustedError(ClientError):
 
 class EndpointUnreachableError(RetriesExhaustedError):
     """No attempt could connect to the endpoint (wrong host or port, server down)."""
-
-
-class _Retryable(Exception):
-    """An attempt failed in a way worth retrying; ``retry_after`` is the server's wish in seconds."""
-
-    def __init__(self, message: str, *, retry_after: float | None = None, kind: str = "error"):
-        super().__init__(message)
-        self.retry_after = retry_after
-        self.kind = kind
-
-
-@dataclasses.dataclass(frozen=True)
-class Usage:
-    """Token counts of one or more requests, as reported by the server."""
-
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-
-    @property
-    def total_tokens(self) -> int:
-        return self.prompt_tokens + self.completion_tokens
-
-    def __add__(self, other: "Usage") -> "Usage":
-        return Usage(self.prompt_tokens + other.prompt_tokens, self.completion_tokens + other.completion_tokens)
-
-    def to_dict(self) -> dict:
-        return {"prompt_tokens": self.prompt_tokens, "completion_tokens": self.completion_tokens,
-                "total_tokens": self.total_tokens}
-
-    @classmethod
-    def from_dict(cls, obj: Mapping[str, Any] | None) -> "Usage | None":
-        if not isinstance(obj, Mapping):
-            return None
-        try:
-            return cls(int(obj.get("prompt_tokens") or 0), int(obj.get("completion_tokens") or 0))
-        except (TypeError, ValueError):
-            return None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -169,37 +134,6 @@ def normalize_base_url(base_url: str) -> str:
         raise ValueError(f"endpoint {base_url!r} must be a URL such as http://127.0.0.1:8000/v1")
     scheme_host, _, path = url.partition("://")[2].partition("/")
     return url if path else url + "/v1"
-
-
-def _parse_retry_after(value: str | None) -> float | None:
-    if not value:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    return max(0.0, when.timestamp() - time.time())
-
-
-def _error_message(body: str) -> str:
-    """The server's error message from an OpenAI-style JSON error, else the (shortened) body."""
-    try:
-        obj = json.loads(body)
-    except ValueError:
-        return body.strip()[:500] or "(empty body)"
-    if isinstance(obj, dict):
-        err = obj.get("error", obj)
-        if isinstance(err, dict) and err.get("message"):
-            return str(err["message"])[:1000]
-        if isinstance(err, str):
-            return err[:1000]
-        if obj.get("message"):
-            return str(obj["message"])[:1000]
-    return body.strip()[:500]
 
 
 class OpenAIClient:
@@ -352,7 +286,7 @@ class OpenAIClient:
                 assert self._semaphore is not None
                 async with self._semaphore:
                     text, finish, usage, model = await self._attempt(session, url, payload, path)
-            except _Retryable as e:
+            except RetryableAnswer as e:
                 last = self._redact(str(e))
                 connect_failures += e.kind == "connect"
                 if attempt == self.max_retries:
@@ -383,75 +317,27 @@ class OpenAIClient:
         raise RetriesExhaustedError(f"request to {url} failed after {attempts} attempts; last error: {last}",
                                     attempts, last)
 
-    async def _attempt(self, session: aiohttp.ClientSession, url: str, payload: dict,
-                       path: str) -> tuple[str, str | None, Usage | None, str | None]:
+    async def _attempt(self, session: aiohttp.ClientSession, url: str, payload: dict, path: str) -> Answer:
         timeout = aiohttp.ClientTimeout(total=self.timeout)
         try:
             async with session.post(url, json=payload, timeout=timeout) as resp:
                 if resp.status >= 400:
                     body = await resp.text(errors="replace")
-                    message = self._redact(_error_message(body))
+                    message = self._redact(error_message(body))
                     if resp.status >= 500 or resp.status in RETRY_STATUSES:
                         kind = "rate_limited" if resp.status == 429 else f"http_{resp.status}"
-                        raise _Retryable(f"HTTP {resp.status}: {message}", kind=kind,
-                                         retry_after=_parse_retry_after(resp.headers.get("Retry-After")))
+                        raise RetryableAnswer(f"HTTP {resp.status}: {message}", kind=kind,
+                                         retry_after=parse_retry_after(resp.headers.get("Retry-After")))
                     raise APIStatusError(resp.status, message, url)
                 if payload.get("stream"):
-                    return await self._read_stream(resp, path)
+                    return await read_stream(resp, chat=path.startswith("chat"))
                 raw = await resp.read()
         except (asyncio.TimeoutError, TimeoutError) as e:
-            raise _Retryable(f"no complete answer within {self.timeout:g}s", kind="timeout") from e
+            raise RetryableAnswer(f"no complete answer within {self.timeout:g}s", kind="timeout") from e
         except aiohttp.ClientConnectorError as e:
-            raise _Retryable(f"connection failed: {e.os_error or e}", kind="connect") from e
+            raise RetryableAnswer(f"connection failed: {e.os_error or e}", kind="connect") from e
         except (aiohttp.ClientPayloadError, aiohttp.ServerDisconnectedError) as e:
-            raise _Retryable(f"answer cut short: {e}", kind="truncated") from e
+            raise RetryableAnswer(f"answer cut short: {e}", kind="truncated") from e
         except aiohttp.ClientError as e:
-            raise _Retryable(f"{type(e).__name__}: {e}", kind="connection") from e
-        try:
-            obj = json.loads(raw)
-        except (ValueError, UnicodeDecodeError) as e:
-            raise _Retryable(f"malformed JSON in the answer: {raw[:80]!r}", kind="malformed") from e
-        return self._parse_body(obj, path)
-
-    def _parse_body(self, obj: Any, path: str) -> tuple[str, str | None, Usage | None, str | None]:
-        try:
-            choice = obj["choices"][0]
-            text = choice["message"]["content"] if path.startswith("chat") else choice["text"]
-            if not isinstance(text, str):
-                raise TypeError(f"text is {type(text).__name__}")
-        except (KeyError, IndexError, TypeError) as e:
-            raise _Retryable(f"answer lacks choices[0] text ({type(e).__name__}: {e})", kind="malformed") from e
-        return text, choice.get("finish_reason"), Usage.from_dict(obj.get("usage")), obj.get("model")
-
-    async def _read_stream(self, resp: aiohttp.ClientResponse,
-                           path: str) -> tuple[str, str | None, Usage | None, str | None]:
-        pieces: list[str] = []
-        finish = model = None
-        usage = None
-        done = False
-        async for raw_line in resp.content:
-            line = raw_line.decode("utf-8", "replace").strip()
-            if not line or line.startswith(":") or not line.startswith("data:"):
-                continue
-            data = line[5:].strip()
-            if data == "[DONE]":
-                done = True
-                break
-            try:
-                chunk = json.loads(data)
-            except ValueError as e:
-                raise _Retryable(f"malformed JSON in stream event: {data[:80]!r}", kind="malformed") from e
-            if not isinstance(chunk, dict):
-                raise _Retryable(f"stream event is not an object: {data[:80]!r}", kind="malformed")
-            if isinstance(chunk.get("error"), dict):
-                raise _Retryable(f"error event in stream: {_error_message(data)}", kind="stream_error")
-            model = chunk.get("model", model)
-            usage = Usage.from_dict(chunk.get("usage")) or usage
-            for choice in chunk.get("choices") or []:
-                piece = (choice.get("delta") or {}).get("content") if path.startswith("chat") else choice.get("text")
-                if piece:
-                    pieces.append(piece)
-                finish = choice.get("finish_reason") or finish
-        if not done:
-            raise _Retryable("stream ended before [DONE]", kind="truncated")
-        return "".join(pieces), finish, usage, model
+            raise RetryableAnswer(f"{type(e).__name__}: {e}", kind="connection") from e
+        return parse_body(raw, chat=path.startswith("chat"))

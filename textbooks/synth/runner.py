@@ -31,6 +31,7 @@ import time
 from typing import Any, Iterator, Mapping, Sequence
 
 from textbooks.serve import client as client_lib
+from textbooks.serve.answers import Usage
 from textbooks.synth.progress import Progress
 from textbooks.synth.prompts import PromptSpec
 
@@ -368,7 +369,7 @@ async def execute(run_dir: str, client: client_lib.OpenAIClient, *, cache: Respo
             usage = result.get("usage") or {}
             progress.update(done=1, cached=int(cached), prompt_tokens=0 if cached else usage.get("prompt_tokens", 0),
                             completion_tokens=0 if cached else usage.get("completion_tokens", 0),
-                            cost=0.0 if cached or not usage else client.pricing.cost(client_lib.Usage.from_dict(usage)))
+                            cost=0.0 if cached or not usage else client.pricing.cost(Usage.from_dict(usage)))
 
         async def worker() -> None:
             while queue:
