@@ -16,6 +16,7 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 
 from textbooks.evaluate import sandbox as sandbox_lib
+from textbooks.evaluate.execution import ExecutionResult
 from textbooks.model.stops import cut_at_stop
 
 logger = logging.getLogger(__name__)
@@ -130,7 +131,7 @@ def execute_completions(items: Sequence[Mapping[str, Any]], completions: Mapping
             programs.append(build_program(item, completion))
             owners.append((item["id"], j))
     results = sandbox.run_many(programs, progress=progress) if programs else []
-    by_item: dict[str, list[sandbox_lib.ExecutionResult]] = {}
+    by_item: dict[str, list[ExecutionResult]] = {}
     for (item_id, _), r in zip(owners, results):
         by_item.setdefault(item_id, []).append(r)
     problems = []
@@ -181,7 +182,7 @@ def evaluate_code(model, items: Sequence[Mapping[str, Any]], *, samples: int = 1
 
 
 def check_references(items: Sequence[Mapping[str, Any]], sandbox: sandbox_lib.Sandbox | None = None,
-                     rotate: int = 0) -> list[sandbox_lib.ExecutionResult]:
+                     rotate: int = 0) -> list[ExecutionResult]:
     """Runs each item's canonical solution against its tests (with ``rotate`` != 0, item i gets the solution
     of item i + rotate: a negative control). Returns the results in item order."""
     sandbox = sandbox or sandbox_lib.Sandbox()

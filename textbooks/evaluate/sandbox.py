@@ -3,7 +3,8 @@
 Every program runs through :mod:`textbooks.evaluate._jail` in a fresh session, with a wall-clock deadline
 enforced here (the whole process group is SIGKILLed at the deadline) and captured, size-capped stdout/stderr.
 What the isolation guarantees depends on what the kernel permits; :func:`probe_isolation` finds out once per
-process by running a trivial program, and :meth:`Sandbox.isolation` reports it.
+process by running a trivial program, and :meth:`Sandbox.isolation` reports it. How a run ended (status, error
+type) is decided by :func:`textbooks.evaluate.execution.classify`.
 
 Mode ``namespaces`` (the evaluator runs as root, or has CAP_SYS_ADMIN and CAP_SETUID):
   * **network** - a new network namespace with only a loopback interface that is down: connecting anywhere,
@@ -42,10 +43,8 @@ import json
 import logging
 import math
 import os
-import re
 import selectors
 import shutil
-import signal
 import sys
 import tempfile
 import threading
@@ -53,6 +52,7 @@ import time
 from typing import Callable, Iterable, Sequence
 
 from textbooks.evaluate import _launchers
+from textbooks.evaluate.execution import FAILED, PASSED, SANDBOX_ERROR, ExecutionResult, classify
 
 logger = logging.getLogger(__name__)
 
@@ -61,18 +61,6 @@ logger = logging.getLogger(__name__)
 DEFAULT_UID_BASE = 910_000
 SLOTS_PER_PROCESS = 64
 _SYSTEM_DIRS = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32")
-
-# Outcome statuses.
-PASSED = "passed"
-FAILED = "failed"
-TIMEOUT = "timeout"
-CPU_LIMIT = "cpu_limit"
-MEMORY_LIMIT = "memory_limit"
-FILE_SIZE_LIMIT = "file_size_limit"
-OUTPUT_LIMIT = "output_limit"
-KILLED = "killed"
-SANDBOX_ERROR = "sandbox_error"
-
 
 @dataclasses.dataclass(frozen=True)
 class SandboxConfig:
@@ -109,45 +97,6 @@ class SandboxConfig:
             raise ValueError(f"SandboxConfig.timeout_s must be positive, got {self.timeout_s}")
 
 
-@dataclasses.dataclass
-class ExecutionResult:
-    """How one program run ended.
-
-    Attributes:
-        status: one of passed, failed, timeout, cpu_limit, memory_limit, file_size_limit, output_limit,
-            killed, sandbox_error.
-        error_type: the exception class of a failure (e.g. 'AssertionError', 'SyntaxError'), or the limit hit.
-        returncode: the program's exit code (None when killed by a signal).
-        signal: the signal that ended it, if any.
-        stdout, stderr: captured text (each at most ``output_limit_bytes``; ``truncated`` says if cut).
-        duration_s: wall-clock seconds from launch to exit.
-        cpu_s: user+system CPU seconds of the program (as reported by its parent).
-        mode: isolation mode used.
-    """
-
-    status: str
-    error_type: str | None = None
-    returncode: int | None = None
-    signal: int | None = None
-    stdout: str = ""
-    stderr: str = ""
-    truncated: bool = False
-    duration_s: float = 0.0
-    cpu_s: float | None = None
-    mode: str = ""
-
-    @property
-    def passed(self) -> bool:
-        return self.status == PASSED
-
-    def to_dict(self, max_chars: int | None = 2000) -> dict:
-        d = dataclasses.asdict(self)
-        if max_chars is not None:
-            d["stdout"] = d["stdout"][-max_chars:]
-            d["stderr"] = d["stderr"][-max_chars:]
-        return d
-
-
 def _real_python() -> str:
     """The base interpreter (not a venv shim), so that the venv's packages are not on the program's path."""
     base = getattr(sys, "_base_executable", None) or sys.executable
@@ -160,18 +109,6 @@ def _ro_binds(python: str) -> list[str]:
         if not any(extra == b or extra.startswith(b.rstrip("/") + "/") for b in binds if not os.path.islink(b)):
             binds.append(extra)
     return binds
-
-
-_EXC_LINE = re.compile(r"^([A-Za-z_][\w.]*(?:Error|Exception|Exit|Interrupt|Warning|Iteration))\b(?::|$)")
-
-
-def error_type_from_stderr(stderr: str) -> str | None:
-    """Returns the exception class named by the last traceback line of ``stderr`` (e.g. 'AssertionError')."""
-    for line in reversed(stderr.strip().splitlines()):
-        m = _EXC_LINE.match(line.strip())
-        if m:
-            return m.group(1).rsplit(".", 1)[-1]
-    return None
 
 
 class _UidSlots:
@@ -403,37 +340,7 @@ class Sandbox:
         result = ExecutionResult(status=FAILED, stdout=stdout, stderr=stderr, truncated=overflow,
                                  duration_s=duration, cpu_s=status.get("cpu_s"), mode=cfg["mode"],
                                  returncode=status.get("exit_code"), signal=status.get("signal"))
-        return _classify(result, status, timed_out, overflow)
-
-
-def _classify(result: ExecutionResult, status: dict, timed_out: bool, overflow: bool) -> ExecutionResult:
-    if overflow:
-        result.status, result.error_type = OUTPUT_LIMIT, "OutputLimitExceeded"
-    elif timed_out:
-        result.status, result.error_type = TIMEOUT, "Timeout"
-    elif "setup_error" in status:
-        result.status, result.error_type = SANDBOX_ERROR, "SandboxSetupError"
-        result.stderr = (result.stderr + "\n" + status["setup_error"]).strip()
-    elif not status:
-        result.status, result.error_type = KILLED, "NoStatus"
-    elif result.signal is not None:
-        sig = result.signal
-        if sig == signal.SIGXCPU:
-            result.status, result.error_type = CPU_LIMIT, "CPUTimeLimit"
-        elif sig == signal.SIGXFSZ:
-            result.status, result.error_type = FILE_SIZE_LIMIT, "FileSizeLimit"
-        else:
-            result.status = KILLED
-            result.error_type = signal.Signals(sig).name if sig in signal.Signals._value2member_map_ else str(sig)
-    elif result.returncode == 0:
-        result.status = PASSED
-    else:
-        exc = error_type_from_stderr(result.stderr)
-        if exc == "MemoryError":
-            result.status, result.error_type = MEMORY_LIMIT, exc
-        else:
-            result.status, result.error_type = FAILED, exc or f"ExitCode{result.returncode}"
-    return result
+        return classify(result, status, timed_out=timed_out, overflow=overflow)
 
 
 def probe_isolation(requested: str = "auto", sandbox: Sandbox | None = None) -> str:
