@@ -26,21 +26,22 @@ ACCEPTS_EXTRA = True
 
 
 def add_arguments(parser) -> None:
-    from textbooks import gin_utils
+    from textbooks import gin_utils  # deferred: keeps the CLI start fast
 
     gin_utils.add_gin_arguments(parser)
     parser.add_argument("--log_level", default="WARNING", help="logging level (DEBUG shows every retry)")
 
 
 def main(args) -> int:
+    # deferred: keeps the CLI start fast (importing generate registers every configurable its gin files bind,
+    # the curation modules' included)
     import gin
 
     from textbooks import gin_utils
     from textbooks.serve import client
-    from textbooks.synth import postprocess, runner, templates, topics
     from textbooks.synth import generate as generate_lib
+    from textbooks.synth import runner, templates, topics
 
-    postprocess.import_integrations()  # They register gin configurables: before the config is locked.
     try:
         gin_utils.parse_gin_from_args(args)
         result = generate_lib.generate()

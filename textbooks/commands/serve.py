@@ -50,6 +50,7 @@ def add_arguments(parser) -> None:
 
 
 def main(args) -> int:
+    # deferred: keeps the CLI start fast
     from textbooks.data import paths
     from textbooks.serve import engine as engine_lib
     from textbooks.serve import server

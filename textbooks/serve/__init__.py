@@ -5,7 +5,8 @@
 * :mod:`~textbooks.serve.server`: the aiohttp server behind ``textbooks serve`` (request validation, OpenAI
   responses, streaming).
 * :mod:`~textbooks.serve.client`: the async OpenAI-compatible client (retries, Retry-After, streaming, usage,
-  cost, concurrency limit, API key from the environment), used by ``textbooks generate`` and the curation judge.
+  cost, concurrency limit, API key from the environment), used by ``textbooks generate`` and the curation judge;
+  :mod:`~textbooks.serve.answers` reads the servers' answers for it.
 
 Importing this package is cheap; import the submodules for their contents.
 """

@@ -21,6 +21,8 @@ functions are available from the package (``from textbooks.synth import TopicTre
 ``textbooks.synth.generate.generate`` and ``textbooks.synth.finalize.finalize`` live in their modules.
 """
 
+import importlib
+
 _EXPORTS = {
     "load_templates": "templates", "TemplateError": "templates", "TemplateSet": "templates",
     "Topic": "topics", "TopicTree": "topics", "grow_topic_tree": "topics", "parse_list": "topics",
@@ -32,8 +34,6 @@ _EXPORTS = {
 
 def __getattr__(name: str):
     if name in _EXPORTS:
-        import importlib
-
         module = importlib.import_module(f"{__name__}.{_EXPORTS[name]}")
         return getattr(module, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

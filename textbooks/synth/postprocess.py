@@ -23,7 +23,9 @@ import re
 import warnings
 from typing import Any, Callable, Mapping, Sequence
 
-from textbooks.synth import minhash
+from textbooks.curate import decontam
+from textbooks.curate import dedup as curate_dedup
+from textbooks.evaluate import sandbox
 
 logger = logging.getLogger(__name__)
 
@@ -91,27 +93,6 @@ class Sample:
     def reject(self, reason: str, detail: str = "") -> None:
         if self.reject_reason is None:
             self.reject_reason, self.reject_detail = reason, detail
-
-
-def import_integrations() -> list[str]:
-    """Imports the curation modules used here (near-dedup, decontamination) if they are installed.
-
-    Call it before gin parses a config: those modules register gin configurables, which gin refuses once the
-    config is finalized, and their settings can then be bound in the run's gin files too.
-
-    Returns:
-        The modules imported.
-    """
-    import importlib
-
-    done = []
-    for name in ("textbooks.curate.dedup", "textbooks.curate.decontam"):
-        try:
-            importlib.import_module(name)
-            done.append(name)
-        except ImportError as e:
-            logger.info("%s is unavailable (%s)", name, e)
-    return done
 
 
 def clean_boilerplate(text: str) -> tuple[str, list[str]]:
@@ -214,11 +195,6 @@ def run_exercise_tests(samples: Sequence[Sample], config: PostprocessConfig,
     if not todo:
         return 0
     if runner is None:
-        try:
-            from textbooks.evaluate import sandbox
-        except ImportError:
-            logger.warning("textbooks.evaluate.sandbox is unavailable; %d exercises were not executed", len(todo))
-            return 0
         cfg = sandbox.SandboxConfig(timeout_s=config.sandbox_timeout_s)
         runner = lambda programs: sandbox.run_programs(programs, cfg)  # noqa: E731
     programs = [f"{s.text}\n\n{s.template_options['run_tests']}()\n" for s in todo]
@@ -233,38 +209,24 @@ def near_dedup(samples: Sequence[Sample], threshold: float) -> int:
     """Rejects near duplicates (per role), keeping one sample per cluster; returns how many were rejected.
 
     Uses the curation stage's in-memory MinHash LSH (``textbooks.curate.dedup.near_duplicate_clusters``, word
-    5-grams, 14 x 8 bands, pairs verified at ``threshold``; the smallest id of a cluster survives) when the
-    curation package is importable, else :func:`textbooks.synth.minhash.near_duplicate_clusters` (the first
-    sample of a cluster survives).
+    5-grams, 14 x 8 bands, pairs verified at ``threshold``; the smallest id of a cluster survives).
     """
-    try:
-        from textbooks.curate import dedup as curate_dedup
-    except (ImportError, RuntimeError) as e:  # RuntimeError: gin was locked before it was imported.
-        logger.warning("textbooks.curate.dedup unavailable (%s); using textbooks.synth.minhash", e)
-        curate_dedup = None
     dropped = 0
     by_role: dict[str, list[Sample]] = {}
     for s in samples:
         if s.reject_reason is None:
             by_role.setdefault(s.role, []).append(s)
+    config = curate_dedup.MinHashConfig(verify_threshold=threshold)
     for group in by_role.values():
-        if curate_dedup is not None:
-            by_id = {s.id: s for s in group}
-            config = curate_dedup.MinHashConfig(verify_threshold=threshold)
-            for cluster in curate_dedup.near_duplicate_clusters([(s.id, s.text) for s in group], config):
-                for other in cluster[1:]:
-                    by_id[other].reject("near_duplicate", f"of {cluster[0]}")
-                    dropped += 1
-            continue
-        reps = minhash.near_duplicate_clusters([s.text for s in group], threshold=threshold)
-        for i, r in enumerate(reps):
-            if r != i:
-                group[i].reject("near_duplicate", f"of {group[r].id}")
+        by_id = {s.id: s for s in group}
+        for cluster in curate_dedup.near_duplicate_clusters([(s.id, s.text) for s in group], config):
+            for other in cluster[1:]:
+                by_id[other].reject("near_duplicate", f"of {cluster[0]}")
                 dropped += 1
     return dropped
 
 
-def _decontam_index(decontam: Any, dcfg: Any, cache_dir: str | None) -> Any:
+def _decontam_index(dcfg: decontam.DecontamConfig, cache_dir: str | None) -> decontam.DecontamIndex:
     """The curation stage's benchmark index, loaded from ``cache_dir`` when an equal one was saved there."""
     if cache_dir is None:
         return decontam.build_index(dcfg)
@@ -292,23 +254,16 @@ def decontaminate(samples: Sequence[Sample], config: PostprocessConfig, cache_di
         cache_dir: where the benchmark index is saved and reused (building it reads every benchmark).
 
     Returns:
-        ``{"status": "applied"|"off"|"unavailable"|"failed", "dropped": n, ...}``; when the check cannot run,
+        ``{"status": "applied"|"off"|"failed", "dropped": n, ...}``; when the check cannot run,
         the reason is logged and returned (the run's summary and manifest show it) and nothing is dropped.
     """
     if not config.decontaminate:
         return {"status": "off", "dropped": 0}
-    try:
-        from textbooks.curate import decontam
-    except (ImportError, RuntimeError) as e:  # RuntimeError: gin was locked before it was imported.
-        logger.warning("decontamination unavailable (%s): run `textbooks curate` on the shards before training "
-                       "(in a gin program, call textbooks.synth.postprocess.import_integrations() before "
-                       "gin.finalize())", e)
-        return {"status": "unavailable", "dropped": 0, "error": str(e)}
     benchmarks = tuple(config.decontamination_benchmarks) or tuple(decontam.DEFAULT_BENCHMARKS)
     dcfg = decontam.DecontamConfig(benchmarks=benchmarks,
                                    code=decontam.CodeDecontamConfig() if config.decontaminate_code else None)
     try:
-        index = _decontam_index(decontam, dcfg, cache_dir)
+        index = _decontam_index(dcfg, cache_dir)
     except Exception as e:  # noqa: BLE001 - missing benchmark files must not lose a finished run
         logger.error("decontamination failed to load the benchmarks (%s: %s); outputs were NOT checked: run "
                      "`textbooks curate` on the shards before training", type(e).__name__, e)

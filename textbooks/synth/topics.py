@@ -23,7 +23,9 @@ import re
 import unicodedata
 from typing import Any, Iterable, Iterator, Mapping, Sequence
 
+from textbooks.serve import client as client_lib
 from textbooks.synth import minhash
+from textbooks.synth import templates as templates_lib
 
 logger = logging.getLogger(__name__)
 
@@ -294,9 +296,6 @@ async def grow_topic_tree(client: Any, seeds: TopicTree | Sequence[str], *, temp
         A tree of (subject, topic, subtopic) leaves; a node whose expansion failed or gave nothing new stays
         a leaf at its level.
     """
-    from textbooks.serve import client as client_lib
-    from textbooks.synth import templates as templates_lib
-
     templates = templates or templates_lib.load_templates("topics")
     sampling = {"max_tokens": 512, "temperature": 0.7, **(sampling or {})}
     subjects = [t.subject for t in seeds] if isinstance(seeds, TopicTree) else list(seeds)
