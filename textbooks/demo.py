@@ -52,6 +52,7 @@ class DemoConfig:
         seq_len: tokens per sequence.
         learning_rate: peak learning rate (linear warmup, cosine decay: short runs need a schedule).
         eval_every: steps between per-component validation losses.
+        eval_batches: validation batches per per-component loss.
         eval_tasks: benchmark tasks or suites for the final evaluation.
         eval_limit: items per benchmark task (seeded subset).
         classifier_docs: documents per class for the educational-value classifier.
@@ -61,6 +62,12 @@ class DemoConfig:
             default 0.5 keeps almost nothing; 0.1 keeps about a quarter of what passes the heuristics, close
             to the share of code phi-1 kept (about 6B of 35B tokens).
         curate: run the curation stage (otherwise web_filtered is the corpora's heuristic selection).
+        curate_workers: Beam DirectRunner worker processes of the curation stage; 1 runs the pipeline in this
+            process (in_memory), which is quicker for small inputs.
+        corpora_max_docs: records (chunks) per data role in the local corpora; None for all of them. Small
+            values make every later stage fast (curation reads all of ``web_raw``; token statistics read
+            every role).
+        sample_tokens: new tokens per sampled continuation in the report.
         seed: one seed for everything.
     """
 
@@ -71,13 +78,26 @@ class DemoConfig:
     seq_len: int = 256
     learning_rate: float = 2e-3
     eval_every: int = 100
+    eval_batches: int = 8
     eval_tasks: str = "multiple_choice"
     eval_limit: int = 40
     classifier_docs: int = 400
     classifier_max_length: int = 128
     classifier_threshold: float = 0.1
     curate: bool = True
+    curate_workers: int = 2
+    corpora_max_docs: int | None = None
+    sample_tokens: int = 48
     seed: int = 0
+
+    def __post_init__(self):
+        sizes = {"steps": self.steps, "batch_size": self.batch_size, "seq_len": self.seq_len,
+                 "eval_batches": self.eval_batches, "curate_workers": self.curate_workers,
+                 "corpora_max_docs": 1 if self.corpora_max_docs is None else self.corpora_max_docs}
+        bad = {k: v for k, v in sizes.items() if v < 1}
+        if bad:
+            raise ValueError(f"DemoConfig: {', '.join(f'{k}={v}' for k, v in bad.items())} must be at least 1; "
+                             f"set --gin.DemoConfig.<name>=<positive number>")
 
 
 def _stage(name: str, index: int, total: int = 5) -> None:
@@ -98,14 +118,15 @@ def _mark_done(path: str, payload: dict | None = None) -> None:
         json.dump(payload or {}, f)
 
 
-def build_data(data_root: str) -> list[dict]:
-    """Builds the local corpora into ``data_root`` (skipped when already built); returns per-role summaries."""
+def build_data(data_root: str, max_docs: int | None = None) -> list[dict]:
+    """Builds the local corpora into ``data_root`` (skipped when already built), at most ``max_docs`` records
+    per role; returns per-role summaries."""
     from textbooks.corpora import build as corpora_build
     from textbooks.data.manifest import read_manifest
 
     marker_dir = os.path.join(data_root, ".corpora")
     if not _is_done(marker_dir):
-        results = corpora_build.build_corpora(data_root, verbose=True)
+        results = corpora_build.build_corpora(data_root, max_docs=max_docs, verbose=True)
         print(corpora_build.summary_table(results), flush=True)
         _mark_done(marker_dir)
     summary = []
@@ -141,6 +162,9 @@ def curate_web(data_root: str, work_dir: str, config: DemoConfig) -> dict:
                         [f"EDU_WEB_CLASSIFIER = '{classifier_dir}'",
                          f"curate.output_dir = '{os.path.join(data_root, 'web_filtered')}'",
                          "curate.overwrite = True",
+                         f"curate.direct_num_workers = {config.curate_workers}",
+                         "curate.direct_running_mode = "
+                         f"'{'in_memory' if config.curate_workers == 1 else 'multi_processing'}'",
                          f"ClassifierStageConfig.threshold = {config.classifier_threshold}"])
     report = curate_pipeline.curate()
     gin.clear_config()
@@ -173,7 +197,7 @@ def train_variant(name: str, mixture: str, model_dir: str, config: DemoConfig) -
         optimizer=optimizer.OptimizerConfig(learning_rate=config.learning_rate, schedule="cosine",
                                             warmup_steps=max(1, config.steps // 20)),
         checkpoint=checkpoints.CheckpointConfig(save_every=max(1, config.steps // 3), keep=1),
-        evaluation=hooks.EvalConfig(eval_every=config.eval_every, num_batches=8),
+        evaluation=hooks.EvalConfig(eval_every=config.eval_every, num_batches=config.eval_batches),
         seed=config.seed,
         log_every=1,  # every step: the report sums tokens/<role> into realized proportions
     )
@@ -233,7 +257,7 @@ def run_demo(out_dir: str, config: DemoConfig | None = None) -> dict:
 
     _stage("corpora: real local text per data role", 1)
     t = time.time()
-    corpora = build_data(data_root)
+    corpora = build_data(data_root, config.corpora_max_docs)
     timings["corpora"] = time.time() - t
 
     _stage("curate: educational-value classifier + web_raw -> web_filtered (Apache Beam)", 2)
@@ -255,7 +279,8 @@ def run_demo(out_dir: str, config: DemoConfig | None = None) -> dict:
         _stage(f"evaluate {name}", 4)
         t = time.time()
         run["eval"] = evaluate_variant(run["model_dir"], os.path.join(out_dir, "eval", name), config)
-        run["samples"] = dict(zip(SAMPLE_PROMPTS, sample_variant(run["model_dir"], SAMPLE_PROMPTS)))
+        run["samples"] = dict(zip(SAMPLE_PROMPTS, sample_variant(run["model_dir"], SAMPLE_PROMPTS,
+                                                                      config.sample_tokens)))
         timings[f"eval/{name}"] = time.time() - t
 
     _stage("report", 5)

@@ -25,13 +25,23 @@ def _metrics(model_dir: str, split: str) -> list[dict]:
     return read_jsonl(path) if os.path.exists(path) else []
 
 
-def realized_proportions(train_rows: list[dict]) -> dict[str, float]:
-    """Token share per role over all logged steps (from ``tokens/<role>``; needs log_every=1 to be exact)."""
+def realized_tokens(train_rows: list[dict]) -> dict[str, float]:
+    """Trained tokens per role over all logged steps (sums of ``tokens/<role>``; needs log_every=1).
+
+    A resumed run logs the steps after its checkpoint again; the last record of a step counts, once.
+    """
+    by_step = {row["step"]: row for row in train_rows}
     totals: dict[str, float] = {}
-    for row in train_rows:
+    for row in by_step.values():
         for key, value in row.items():
             if key.startswith("tokens/"):
                 totals[key[len("tokens/"):]] = totals.get(key[len("tokens/"):], 0.0) + float(value)
+    return totals
+
+
+def realized_proportions(train_rows: list[dict]) -> dict[str, float]:
+    """Token share per role over all logged steps (see :func:`realized_tokens`)."""
+    totals = realized_tokens(train_rows)
     total = sum(totals.values())
     return {k: v / total for k, v in sorted(totals.items())} if total else {}
 
@@ -41,6 +51,45 @@ def requested_proportions(mixture: str) -> dict[str, float]:
     from mixtures import phi
 
     return dict(phi.MIXTURES.get(mixture, {}))
+
+
+def curation_reconciliation(curation: Mapping[str, Any]) -> dict | None:
+    """Documents into curation = kept + dropped (by stage and reason) + rejected (unreadable, by reason).
+
+    Returns None when the curation summary has no reconciliation (curation skipped).
+    """
+    report = curation.get("report") or {}
+    rec = report.get("reconciliation")
+    if not rec:
+        return None
+    dropped = {f"{row['stage']}/{reason}": n for row in report.get("stages", [])
+               for reason, n in sorted(row.get("dropped_by_reason", {}).items())}
+    rejected = dict(rec.get("rejected_by_reason", {}))
+    balanced = rec["units_read"] == rec["kept"] + sum(dropped.values()) + sum(rejected.values())
+    return {"documents_in": rec["units_read"], "kept": rec["kept"], "dropped_by_reason": dropped,
+            "rejected_by_reason": rejected, "balanced": balanced and bool(rec.get("balanced", True))}
+
+
+def reconciliation_line(rec: Mapping[str, Any]) -> str:
+    """One markdown line: ``documents in N = kept K + dropped D (reasons) + rejected R (reasons): balanced``."""
+    def reasons(counts: Mapping[str, int]) -> str:
+        return f" ({', '.join(f'{k} {v}' for k, v in counts.items())})" if counts else ""
+
+    dropped, rejected = rec["dropped_by_reason"], rec["rejected_by_reason"]
+    return (f"Reconciliation: documents in {rec['documents_in']} = kept {rec['kept']} + dropped "
+            f"{sum(dropped.values())}{reasons(dropped)} + rejected {sum(rejected.values())}{reasons(rejected)}: "
+            f"{'balanced' if rec['balanced'] else 'NOT BALANCED'}")
+
+
+def benchmark_table(runs: Mapping[str, Any]) -> dict[str, dict[str, dict]]:
+    """Per variant and task: the metric values (``{metric: value}``), or ``{'error': message}``."""
+    table: dict[str, dict[str, dict]] = {}
+    for name, run in runs.items():
+        table[name] = {}
+        for task, entry in sorted(run.get("eval", {}).get("tasks", {}).items()):
+            table[name][task] = ({"error": entry["error"]} if entry.get("error") else
+                                 {m: v["value"] for m, v in entry.get("metrics", {}).items()})
+    return table
 
 
 def _plot_loss_curves(runs: Mapping[str, Any], path: str) -> None:
@@ -119,18 +168,20 @@ def write_report(out_dir: str, *, config: Mapping[str, Any], corpora: list, cura
     if curation.get("skipped"):
         lines += ["Curation was skipped: `web_filtered` is the corpora builder's heuristic selection.", ""]
     else:
-        rec = (curation.get("report") or {}).get("reconciliation")
+        rec = curation_reconciliation(curation)
         lines += ["`web_filtered` = `web_raw` curated on Apache Beam (Gopher/C4 heuristics, exact + MinHash "
-                  "dedup, 13-gram decontamination, MiniLM + logistic educational-value classifier).",
-                  f"Reconciliation: `{json.dumps(rec)}`" if rec else "", ""]
+                  "dedup, 13-gram decontamination, MiniLM + logistic educational-value classifier).", "",
+                  reconciliation_line(rec) if rec else "Reconciliation: missing from the curation summary.", ""]
 
     lines += ["## Token proportions (requested vs realized in training)", "",
               "| variant | mixture | role | requested | realized |", "|---|---|---|---|---|"]
     proportions = {}
     for name, run in runs.items():
         req = requested_proportions(run["mixture"])
-        real = realized_proportions(_metrics(run["model_dir"], "train"))
-        proportions[name] = {"requested": req, "realized": real}
+        train_rows = _metrics(run["model_dir"], "train")
+        real = realized_proportions(train_rows)
+        proportions[name] = {"requested": req, "realized": real,
+                             "tokens": sum(realized_tokens(train_rows).values())}
         for role in sorted(set(req) | set(real)):
             lines.append(f"| {name} | `{run['mixture']}` | {role} | {_fmt(req.get(role, 0.0))} | "
                          f"{_fmt(real.get(role, 0.0))} |")
@@ -156,6 +207,11 @@ def write_report(out_dir: str, *, config: Mapping[str, Any], corpora: list, cura
                              if m else "–")
             if any(c != "–" for c in cells):
                 lines.append(f"| {task} | {metric} | " + " | ".join(cells) + " |")
+    benchmarks = benchmark_table(runs)
+    errors = [f"{name}/{task}: {entry['error']}" for name, tasks_ in benchmarks.items()
+              for task, entry in tasks_.items() if "error" in entry]
+    if errors:
+        lines += ["", "Failed tasks: " + "; ".join(errors)]
     lines += ["", "Accuracies of models this small sit at chance; 95% intervals in brackets.", ""]
 
     lines += ["## Samples (temperature 0.8, top-k 40, seed 0; KV-cache decoding)", ""]
@@ -171,6 +227,7 @@ def write_report(out_dir: str, *, config: Mapping[str, Any], corpora: list, cura
         f.write("\n".join(lines) + "\n")
     report = {"markdown": md_path, "plots": [loss_png, comp_png], "config": dict(config),
               "proportions": proportions, "component_loss": components, "timings": dict(timings),
+              "curation": curation_reconciliation(curation), "benchmarks": benchmarks,
               "runs": {n: {k: v for k, v in r.items() if k != "eval"} for n, r in runs.items()}}
     with open(os.path.join(out_dir, "report.json"), "w") as f:
         json.dump(report, f, indent=2, default=str)
