@@ -14,6 +14,8 @@ Examples:
 
 from __future__ import annotations
 
+import sys
+
 HELP = "filter, deduplicate and decontaminate a corpus (Beam), or train the quality classifier"
 ACCEPTS_EXTRA = True
 
@@ -39,11 +41,10 @@ def main(args) -> int:
     from textbooks.curate import report as report_lib
 
     if not args.gin_file and not args.gin_bindings and not any(a.startswith("--gin.") for a in args.extra):
-        raise SystemExit("give a config: --gin_file=experiments/curate/<name>.gin (see experiments/curate/)")
-    try:
-        gin_utils.parse_gin_from_args(args)
-    except gin_utils.GinConfigError as e:
-        raise SystemExit(f"error: {e}")
+        print("textbooks curate: give a config: --gin_file=experiments/curate/<name>.gin (see experiments/curate/)",
+              file=sys.stderr)
+        return 2
+    gin_utils.parse_gin_from_args(args)  # a GinConfigError becomes one line and exit status 2 (textbooks.cli)
     if args.train_classifier:
         metadata = textbooks.curate.training.train_classifier()
         held = metadata["metrics"]["held_out"]
