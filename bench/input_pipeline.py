@@ -3,7 +3,7 @@
     python -m bench.input_pipeline [--vocabulary phi] [--seq_len 512] [--batch 8] [--seconds 20]
                                    [--data_root DIR] [--wait_quiet 0] [--settle 150] [--out input_pipeline.json]
 
-1. The pipeline (``textbooks.data.pipeline.make_train_iterator`` on the ``phi1`` mixture, stream-packed rows,
+1. The pipeline (``textbooks.inputs.pipeline.make_train_iterator`` on the ``phi1`` mixture, stream-packed rows,
    the chosen vocabulary) runs in a child process pinned to one core, with TensorFlow limited to one thread
    per pool; its rate is real (loss-weighted) tokens per second after a warm-up.
 2. The model's consumption is measured in this process on all cores: a jitted forward + backward + AdamW
@@ -80,7 +80,7 @@ def measure_pipeline(data_root: str, vocabulary: str, seq_len: int, batch: int, 
 
     tf.config.threading.set_inter_op_parallelism_threads(1)
     tf.config.threading.set_intra_op_parallelism_threads(1)
-    from textbooks.data import pipeline
+    from textbooks.inputs import pipeline
 
     it = pipeline.make_train_iterator("phi1", task_feature_lengths=seq_len, batch_size=batch, seed=0,
                                       vocabulary=vocabulary)

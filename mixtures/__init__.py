@@ -10,8 +10,9 @@
 * :mod:`mixtures.sources`, :mod:`mixtures.preprocessors`: the DataSources (shards, TFDS) and the task steps.
 * :mod:`mixtures.testing`: small synthetic role corpora for tests, benchmarks and demos.
 
-Train on them with :func:`textbooks.data.pipeline.make_train_iterator`, or in T5X style with
-``seqio.get_dataset(name, {'targets': L}, textbooks.data.packing.LMPackingFeatureConverter(), ...)``.
+Role names and ids are those of :mod:`textbooks.data.roles`. Train on the mixtures with
+:func:`textbooks.inputs.pipeline.make_train_iterator`, or in T5X style with
+``seqio.get_dataset(name, {'targets': L}, textbooks.inputs.converters.LMPackingFeatureConverter(), ...)``.
 
 The data root is read when datasets are built, so gin or flags may set it after this import.
 """
@@ -20,14 +21,10 @@ from mixtures import factory, mixing, phi, roles
 from mixtures.factory import mixture_name, register_mixture, validate_ratios, with_vocabulary
 from mixtures.mixing import TokenMixture
 from mixtures.roles import (
-    PAD_ROLE_ID,
-    ROLE_IDS,
-    ROLES,
     VOCABULARY_NAMES,
     RoleTask,
     get_role_task,
     get_vocabulary,
-    role_name,
     task_name,
     vocabulary_name,
 )
@@ -36,7 +33,7 @@ roles.register_role_tasks()
 phi.register_phi_mixtures()
 
 __all__ = [
-    "PAD_ROLE_ID", "ROLES", "ROLE_IDS", "RoleTask", "TokenMixture", "VOCABULARY_NAMES", "factory",
-    "get_role_task", "get_vocabulary", "mixing", "mixture_name", "phi", "register_mixture", "role_name", "roles",
-    "task_name", "validate_ratios", "vocabulary_name", "with_vocabulary",
+    "RoleTask", "TokenMixture", "VOCABULARY_NAMES", "factory", "get_role_task", "get_vocabulary", "mixing",
+    "mixture_name", "phi", "register_mixture", "roles", "task_name", "validate_ratios", "vocabulary_name",
+    "with_vocabulary",
 ]

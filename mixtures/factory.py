@@ -29,6 +29,7 @@ from typing import Mapping, Optional
 import seqio
 
 from mixtures import mixing, roles
+from textbooks.data.roles import ROLES
 
 ABBREVIATIONS: dict[str, str] = {
     "synthetic_textbooks": "st",
@@ -51,10 +52,10 @@ def validate_ratios(ratios: Mapping[str, float]) -> dict[str, float]:
     if not isinstance(ratios, Mapping):
         raise TypeError(f"ratios must be a mapping role -> ratio, got {type(ratios).__name__}")
     if not ratios:
-        raise ValueError(f"ratios are empty; give at least one of: {', '.join(roles.ROLES)}")
+        raise ValueError(f"ratios are empty; give at least one of: {', '.join(ROLES)}")
     for key, value in ratios.items():
-        if key not in roles.ROLES:
-            raise ValueError(f"unknown role {key!r} in ratios; known roles: {', '.join(roles.ROLES)}")
+        if key not in ROLES:
+            raise ValueError(f"unknown role {key!r} in ratios; known roles: {', '.join(ROLES)}")
         if isinstance(value, bool) or not isinstance(value, numbers.Real):
             raise TypeError(f"ratio of {key!r} must be a real number, got {value!r}")
         if math.isnan(value) or math.isinf(value):
@@ -64,7 +65,7 @@ def validate_ratios(ratios: Mapping[str, float]) -> dict[str, float]:
     total = float(sum(ratios.values()))
     if total <= 0:
         raise ValueError(f"all ratios are zero ({dict(ratios)}); at least one role needs a positive ratio")
-    return {r: float(ratios[r]) / total for r in roles.ROLES if ratios.get(r, 0) > 0}
+    return {r: float(ratios[r]) / total for r in ROLES if ratios.get(r, 0) > 0}
 
 
 def _pct(x: float) -> str:

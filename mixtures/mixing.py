@@ -4,17 +4,17 @@ seqio mixes examples, but documents of different roles differ in length by 10x o
 are very unequal token rates. A TokenMixture takes token fractions and offers two ways to realize them:
 
 * ``mixing='rows'`` (default): each component is packed on its own into rows of exactly the sequence length
-  (:func:`textbooks.data.packing.pack_rows`, no padding), and rows are interleaved with the token fractions
+  (:func:`textbooks.tokens.packing.pack_rows`, no padding), and rows are interleaved with the token fractions
   as rates. Every row holds the same number of tokens, so example rates are token rates. With the default
   ``schedule='stratified'`` the order of components is a smooth weighted round-robin (with a seeded random
   phase): after ``n`` rows each component has had ``n * fraction`` rows give or take one, so the realized
   token fractions match the request to within one row per component at any point of training.
 * ``mixing='documents'``: seqio's classic scheme. Document pieces (documents split at the sequence length)
   are sampled with example rates ``fraction / mean tokens per piece`` (token counts from
-  :mod:`textbooks.data.token_stats`) and packed together afterwards, so rows mix roles. The token fractions
+  :mod:`textbooks.tokens.stats`) and packed together afterwards, so rows mix roles. The token fractions
   are right in expectation; how close a given stretch comes depends on the spread of document lengths.
 
-Read mixtures through :class:`textbooks.data.packing.LMPackingFeatureConverter` (the input pipeline does):
+Read mixtures through :class:`textbooks.inputs.converters.LMPackingFeatureConverter` (the input pipeline does):
 it passes the packed rows through with their segments and role ids, whereas seqio's ``DecoderFeatureConverter``
 would take each packed row for one document.
 
@@ -37,7 +37,8 @@ import seqio
 import tensorflow as tf
 
 from mixtures import roles, sources
-from textbooks.data import packing, paths, token_stats
+from textbooks.data import paths
+from textbooks.tokens import packing, stats as token_stats
 
 logger = logging.getLogger(__name__)
 
@@ -188,7 +189,7 @@ class TokenMixture(seqio.Mixture):
         """The mixed dataset (seqio's signature; ``use_cached=None`` reads caches where they exist).
 
         With ``mixing='rows'`` the elements are packed rows (``targets``, ``targets_segment_ids``,
-        ``targets_positions``, ``targets_role_ids``) that :class:`~textbooks.data.packing.
+        ``targets_positions``, ``targets_role_ids``) that :class:`~textbooks.inputs.converters.
         LMPackingFeatureConverter` passes through; with ``'documents'`` they are document pieces
         (``targets``, ``role_id``).
 

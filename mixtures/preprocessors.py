@@ -9,7 +9,8 @@ The chain registered for every role (see :mod:`mixtures.roles`)::
   phi-1, where documents are concatenated with it);
 * ``split_to_length`` cuts documents longer than the sequence length into consecutive pieces of exactly that
   length (the last one shorter) instead of letting seqio's trimming drop the tail;
-* ``add_role_id`` tags each example with its role (``mixtures.roles.ROLE_IDS``) for per-component losses.
+* ``add_role_id`` tags each example with its role id (:data:`textbooks.data.roles.ROLE_IDS`) for
+  per-component losses.
 """
 
 from __future__ import annotations

@@ -15,8 +15,8 @@ serves ``code_filtered`` under the phi default. Other SentencePiece models (``'s
 tasks on demand through :func:`get_role_task`.
 
 Every task yields ``targets`` (token ids ending with the end-of-text id, at most the sequence length: longer
-documents are split into consecutive pieces) and ``role_id`` (``ROLE_IDS[role]``, 0 is kept for padding), and
-reads its folder when a dataset is built, so the data root can be set after import.
+documents are split into consecutive pieces) and ``role_id`` (:data:`textbooks.data.roles.ROLE_IDS`; 0 is kept
+for padding), and reads its folder when a dataset is built, so the data root can be set after import.
 """
 
 from __future__ import annotations
@@ -31,13 +31,9 @@ import seqio
 import tensorflow as tf
 
 from mixtures import preprocessors, sources
-from textbooks.data import paths
+from textbooks.data.roles import ROLE_IDS, ROLES, check_role
 from textbooks.vocab import VOCABULARY_NAMES, get_vocabulary
 
-ROLES: tuple[str, ...] = paths.ROLES
-# Role ids carried per token (decoder_role_ids); 0 marks padding.
-ROLE_IDS: dict[str, int] = {role: i + 1 for i, role in enumerate(ROLES)}
-PAD_ROLE_ID = 0
 SOURCES: tuple[str, ...] = ("shards", "tfds")
 TFDS_NAME = "textbooks_corpus"
 TFDS_VERSION = "1.0.0"
@@ -47,19 +43,9 @@ _lock = threading.RLock()
 
 def _configurable(fn):
     """``gin.configurable`` that also works when this module is first imported after gin was finalized (a
-    trainer may import the data modules lazily); no binding can name the new configurable at that point."""
+    caller may import these modules lazily); no binding can name the new configurable at that point."""
     with gin.unlock_config():
         return gin.configurable(fn)
-
-
-def role_name(role_id: int) -> str:
-    """The role of a ``decoder_role_ids`` value ('padding' for 0)."""
-    if role_id == PAD_ROLE_ID:
-        return "padding"
-    try:
-        return ROLES[int(role_id) - 1]
-    except IndexError:
-        raise ValueError(f"unknown role id {role_id}; ids are 1..{len(ROLES)} ({', '.join(ROLES)})") from None
 
 
 @_configurable
@@ -212,7 +198,7 @@ class RoleTask(seqio.Task):
 
 def task_name(role: str, vocabulary: Optional[str] = None, source: str = "shards") -> str:
     """The registered name of a role's task (``vocabulary=None``: the default-vocabulary alias)."""
-    paths.check_role(role)
+    check_role(role)
     if source not in SOURCES:
         raise ValueError(f"unknown source {source!r}; use one of {', '.join(SOURCES)}")
     name = role if source == "shards" else f"{role}_tfds"

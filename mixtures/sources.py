@@ -12,8 +12,9 @@ file early with a warning logged by tf.data; ``textbooks.data.records.iter_recor
 Shards are the unit of host sharding: with at least as many files as hosts each host reads whole files,
 otherwise seqio shards by example. ``num_input_examples`` comes from ``manifest.json``.
 
-:class:`LazyTfdsDataSource` reads the ``textbooks_corpus/<role>`` TFDS build
-(:mod:`textbooks.data.tfds_builders`) from ``<data_root>/tfds`` unless gin binds ``tfds_data_dir.path``.
+:class:`LazyTfdsDataSource` reads the ``textbooks_corpus/<role>`` TFDS build from ``<data_root>/tfds`` unless
+gin binds ``tfds_data_dir.path``. It reads the prepared files alone (TFDS restores a build from its
+``dataset_info.json``), so the builder, :mod:`textbooks.inputs.tfds_builders`, is needed only to make them.
 """
 
 from __future__ import annotations
@@ -30,8 +31,10 @@ import numpy as np
 import seqio
 import tensorflow as tf
 
-from textbooks.data import paths, records
+from textbooks.data import files, paths
 from textbooks.data.manifest import MANIFEST_NAME, Manifest, read_manifest
+from textbooks.data.records import SHARD_SUFFIX, Record, RecordError, shard_pattern
+from textbooks.data.roles import check_role
 
 logger = logging.getLogger(__name__)
 
@@ -42,7 +45,7 @@ _MAX_LOGGED = 20
 
 def _configurable(fn):
     """``gin.configurable`` that also works when this module is first imported after gin was finalized (a
-    trainer may import the data modules lazily); no binding can name the new configurable at that point."""
+    caller may import these modules lazily); no binding can name the new configurable at that point."""
     with gin.unlock_config():
         return gin.configurable(fn)
 
@@ -90,8 +93,8 @@ def bad_record_report() -> dict:
 def _parse_line(path: bytes, lineno: np.int64, line: bytes):
     """numpy_function body: one JSON line -> the record fields as bytes, plus whether it was valid."""
     try:
-        record = records.Record.from_json(line)
-    except records.RecordError as e:
+        record = Record.from_json(line)
+    except RecordError as e:
         BAD_RECORDS.add(path.decode("utf-8", "replace"), int(lineno), str(e))
         return b"", b"", b"", b"", b"", b"", False
     meta = json.dumps(record.meta, ensure_ascii=False, sort_keys=True)
@@ -131,7 +134,7 @@ class ShardDataSource(seqio.DataSource):
     def __init__(self, role: str, *, directory: str | Callable[[], str] | None = None,
                  splits: Sequence[str] = paths.SPLITS, caching_permitted: bool = True,
                  cycle_length: int = 16, block_length: int = 8):
-        paths.check_role(role)
+        check_role(role)
         self.role = role
         self._directory = directory
         self._cycle_length = cycle_length
@@ -162,12 +165,12 @@ class ShardDataSource(seqio.DataSource):
     def manifest(self) -> Manifest | None:
         """The folder's manifest (re-read when it changes), or None when the folder has none."""
         directory = self.directory
-        if not paths.isdir(directory):
+        if not files.isdir(directory):
             raise self._missing(directory)
-        path = records.join(directory, MANIFEST_NAME)
-        if not paths.exists(path):
+        path = files.join(directory, MANIFEST_NAME)
+        if not files.exists(path):
             return None
-        mtime = tf.io.gfile.stat(path).mtime_nsec if "://" in path else os.stat(path).st_mtime_ns
+        mtime = tf.io.gfile.stat(path).mtime_nsec if files.is_url(path) else os.stat(path).st_mtime_ns
         cached = self._manifest_cache.get(directory)
         if cached is None or cached[0] != mtime:
             self._manifest_cache[directory] = (mtime, read_manifest(directory))
@@ -185,19 +188,19 @@ class ShardDataSource(seqio.DataSource):
         directory = self.directory
         if manifest is not None:
             if split not in manifest.splits:
-                raise FileNotFoundError(f"{records.join(directory, MANIFEST_NAME)} lists no split "
+                raise FileNotFoundError(f"{files.join(directory, MANIFEST_NAME)} lists no split "
                                         f"{split!r} (it has {', '.join(sorted(manifest.splits)) or 'none'})")
-            files = manifest.shard_paths(split)
-            missing = [f for f in files if not paths.exists(f)]
+            shards = manifest.shard_paths(split)
+            missing = [f for f in shards if not files.exists(f)]
             if missing:
                 raise FileNotFoundError(f"shard(s) listed in the manifest of {directory!r} are missing: "
                                         f"{', '.join(missing[:5])}; rebuild the folder")
         else:
-            files = records.glob(records.shard_pattern(directory, split))
-        if not files:
+            shards = files.glob(shard_pattern(directory, split))
+        if not shards:
             raise FileNotFoundError(f"no {split!r} shards in {directory!r} (expected {split}-00000-of-000NN"
-                                    f"{records.SHARD_SUFFIX}); was the folder written by write_shards?")
-        return files
+                                    f"{SHARD_SUFFIX}); was the folder written by write_shards?")
+        return shards
 
     def num_input_examples(self, split: str) -> Optional[int]:
         manifest = self.manifest()
@@ -209,19 +212,19 @@ class ShardDataSource(seqio.DataSource):
                     shard_info: Optional[seqio.ShardInfo] = None, *,
                     sequence_length: Optional[Mapping[str, int]] = None, use_cached: bool = False,
                     num_epochs: Optional[int] = 1) -> tf.data.Dataset:
-        files = list(self.list_shards(split))
+        shards = list(self.list_shards(split))
         if self.num_input_examples(split) == 0:
             raise ValueError(f"split {split!r} of role {self.role!r} in {self.directory!r} holds no documents "
                              f"(manifest num_docs = 0); rebuild it or drop the role from the mixture")
-        files_ds = tf.data.Dataset.from_tensor_slices(np.asarray(files, dtype=str))
+        files_ds = tf.data.Dataset.from_tensor_slices(np.asarray(shards, dtype=str))
         if shard_info is not None and shard_info.num_shards > 1:
-            if len(files) < shard_info.num_shards:
-                raise ValueError(f"{len(files)} shard file(s) of {self.role!r}/{split} cannot be split over "
+            if len(shards) < shard_info.num_shards:
+                raise ValueError(f"{len(shards)} shard file(s) of {self.role!r}/{split} cannot be split over "
                                  f"{shard_info.num_shards} hosts; write at least that many shards")
             files_ds = files_ds.shard(shard_info.num_shards, shard_info.index)
         if shuffle:
-            files_ds = files_ds.shuffle(len(files), seed=seed)
-        return files_ds.interleave(read_shard_file, cycle_length=min(self._cycle_length, len(files)),
+            files_ds = files_ds.shuffle(len(shards), seed=seed)
+        return files_ds.interleave(read_shard_file, cycle_length=min(self._cycle_length, len(shards)),
                                    block_length=self._block_length, num_parallel_calls=tf.data.AUTOTUNE,
                                    deterministic=True)
 
@@ -234,15 +237,15 @@ class ShardDataSource(seqio.DataSource):
 def tfds_data_dir(path: str | None = None) -> str:
     """The TFDS data dir holding ``textbooks_corpus``: ``path`` if bound, else ``<data_root>/tfds``."""
     if path:
-        return path if "://" in path else os.path.abspath(os.path.expanduser(path))
-    return records.join(paths.data_root(), "tfds")
+        return paths.resolve(path)
+    return files.join(paths.data_root(), "tfds")
 
 
 class LazyTfdsDataSource(seqio.TfdsDataSource):
     """``seqio.TfdsDataSource`` whose data dir is resolved when read (gin/flags may set it after import).
 
     Reads only prepared builds (``read_only``): build them with
-    ``python -m textbooks.data.tfds_builders --roles ROLE``.
+    ``python -m textbooks.inputs.tfds_builders --roles ROLE``.
     """
 
     def __init__(self, tfds_name: str, *, data_dir: str | Callable[[], str] | None = None,
@@ -259,15 +262,13 @@ class LazyTfdsDataSource(seqio.TfdsDataSource):
 
     @property
     def tfds_dataset(self) -> seqio.utils.LazyTfdsLoader:
-        import textbooks.data.tfds_builders  # noqa: F401  (registers the builders with TFDS)
-
         data_dir = self._resolved_dir()
         if data_dir not in self._loaders:
             name = self._lazy_name.split(":")[0]
-            if not tf.io.gfile.exists(records.join(data_dir, *name.split("/"))):
+            if not tf.io.gfile.exists(files.join(data_dir, *name.split("/"))):
                 raise FileNotFoundError(
                     f"TFDS dataset {name!r} is not prepared in {data_dir!r}; build it with `python -m "
-                    f"textbooks.data.tfds_builders --roles {name.split('/')[-1]} --data_dir {data_dir}` or bind "
+                    f"textbooks.inputs.tfds_builders --roles {name.split('/')[-1]} --data_dir {data_dir}` or bind "
                     f"gin `mixtures.sources.tfds_data_dir.path`")
             self._loaders[data_dir] = seqio.utils.LazyTfdsLoader(
                 self._lazy_name, data_dir=data_dir, split_map={s: s for s in self._splits}, read_only=True)

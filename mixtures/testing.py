@@ -11,8 +11,9 @@ from typing import Mapping, Optional
 
 import numpy as np
 
-from textbooks.data import paths, records
+from textbooks.data import records
 from textbooks.data.manifest import Manifest, write_manifest
+from textbooks.data.roles import ROLES
 
 _WORDS = ("the", "a", "def", "return", "class", "value", "list", "for", "in", "range", "import", "print",
           "textbook", "energy", "cell", "graph", "proof", "lemma", "x", "y", "=", "+", "(", ")", ":", "é", "λ")
@@ -39,7 +40,7 @@ def make_text(rng: np.random.Generator, num_chars: int) -> str:
 def make_records(role: str, split: str, num_docs: int, mean_chars: int, *, seed: int = 0,
                  spread: float = 0.5) -> list[records.Record]:
     """``num_docs`` records whose lengths are uniform in ``mean_chars * (1 +/- spread)``."""
-    rng = np.random.default_rng([seed, paths.ROLES.index(role), 0 if split == "train" else 1])
+    rng = np.random.default_rng([seed, ROLES.index(role), 0 if split == "train" else 1])
     lows, highs = max(1, int(mean_chars * (1 - spread))), max(2, int(mean_chars * (1 + spread)))
     lengths = rng.integers(lows, highs, size=num_docs)
     return [records.Record(id=f"{role}-{split}-{i:06d}", text=make_text(rng, int(n)), role=role,
@@ -60,7 +61,7 @@ def write_role(root: str, role: str, *, num_docs: Mapping[str, int] | None = Non
                 w.write(r)
         splits[split] = w.stats
     write_manifest(directory, Manifest(role=role, splits=splits, stand_in="synthetic test data",
-                                                       description="deterministic pseudo-text"))
+                                       description="deterministic pseudo-text"))
     return directory
 
 
@@ -68,7 +69,7 @@ def write_corpora(root: str, roles: Optional[list[str]] = None, *, mean_chars: O
                   num_docs: Optional[Mapping[str, int]] = None, num_shards: int = 4, seed: int = 0,
                   spread: float = 0.5) -> str:
     """Writes every role (or ``roles``) under ``root``; returns ``root``."""
-    for role in roles or paths.ROLES:
+    for role in roles or ROLES:
         write_role(root, role, num_docs=num_docs, mean_chars=(mean_chars or {}).get(role), num_shards=num_shards,
                    seed=seed, spread=spread)
     return root

@@ -13,6 +13,7 @@ from textbooks.corpora import assets, build, chunking, python_code, python_docs,
 from textbooks.corpora.sources import ROLE_INFO, SOURCES, sources_table
 from textbooks.data import paths, records
 from textbooks.data.manifest import read_manifest
+from textbooks.data.roles import ROLES
 
 MAX_DOCS = 24
 
@@ -27,7 +28,7 @@ def small_corpus(tmp_path_factory):
 
 def test_every_role_is_built_with_both_splits(small_corpus):
     root, results = small_corpus
-    assert [r.role for r in results] == list(paths.ROLES)
+    assert [r.role for r in results] == list(ROLES)
     for r in results:
         m = read_manifest(os.path.join(root, "a", r.role))
         assert m == r.manifest and m.role == r.role and m.format_version == records.FORMAT_VERSION
@@ -43,7 +44,7 @@ def test_every_role_is_built_with_both_splits(small_corpus):
 
 def test_record_metadata(small_corpus):
     root, _ = small_corpus
-    for role in paths.ROLES:
+    for role in ROLES:
         recs = list(records.iter_records(os.path.join(root, "a", role), on_error="raise"))
         assert len({r.id for r in recs}) == len(recs)
         by_source = collections.Counter(r.source for r in recs)
@@ -84,7 +85,7 @@ def test_building_twice_is_byte_identical(small_corpus):
     build.build_corpora(str(root / "b"), max_docs=MAX_DOCS, max_chars=4000, verbose=False)
     cmp = filecmp.dircmp(root / "a", root / "b")
     assert not cmp.left_only and not cmp.right_only
-    for role in paths.ROLES:
+    for role in ROLES:
         names = sorted(os.listdir(root / "a" / role))
         assert "manifest.json" in names
         _, mismatch, errors = filecmp.cmpfiles(root / "a" / role, root / "b" / role, names, shallow=False)
@@ -104,11 +105,11 @@ def test_sources_table_lists_every_role_and_license(capsys):
     assert cli.main(["corpora", "--print-sources-table"]) == 0
     table = capsys.readouterr().out
     assert table == sources_table() + "\n"
-    for role in paths.ROLES:
+    for role in ROLES:
         assert f"`{role}`" in table
     for s in SOURCES.values():
         assert s.license in table
-    assert set(ROLE_INFO) == set(paths.ROLES)
+    assert set(ROLE_INFO) == set(ROLES)
 
 
 def test_chunking_joins_back_and_respects_limits():

@@ -4,7 +4,7 @@ macros, and output folders checked before work starts."""
 import gin
 import pytest
 
-from textbooks.data import paths
+from textbooks.data import files, paths
 
 
 def test_resolve_takes_relative_paths_from_the_working_directory_and_keeps_urls(tmp_path, monkeypatch):
@@ -14,8 +14,8 @@ def test_resolve_takes_relative_paths_from_the_working_directory_and_keeps_urls(
     assert paths.resolve(tmp_path / "x" / ".." / "y") == str(tmp_path / "y")
     assert paths.resolve("~/ckpt") == str(tmp_path / "home" / "ckpt")
     for url in ("gs://bucket/run", "file:///tmp/run", "s3://b/k/../k"):
-        assert paths.resolve(url) == url and paths.is_url(url)
-    assert not paths.is_url("runs/a")
+        assert paths.resolve(url) == url and files.is_url(url)
+    assert not files.is_url("runs/a")
 
 
 def test_check_output_dir(tmp_path, monkeypatch):

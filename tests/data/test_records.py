@@ -9,7 +9,8 @@ import pytest
 
 from textbooks.data import paths, records
 from textbooks.data.manifest import Manifest, manifest_from_shards, read_manifest, write_manifest
-from textbooks.data.records import ReadReport, Record, RecordError, ShardWriter
+from textbooks.data.counts import ReadReport, SplitStats
+from textbooks.data.records import Record, RecordError, ShardWriter
 
 
 def _records(n, split="train"):
@@ -155,7 +156,7 @@ def test_manifest_round_trip(tmp_path):
         for r in _records(5):
             w.write(r)
     val = records.write_shards([], tmp_path, "validation")
-    manifest = Manifest(role="web_raw", splits={"train": w.stats, "validation": records.SplitStats(
+    manifest = Manifest(role="web_raw", splits={"train": w.stats, "validation": SplitStats(
         shards=[os.path.basename(p) for p in val])}, stand_in=None, description="test", meta={"k": "v"})
     write_manifest(tmp_path, manifest)
     back = read_manifest(tmp_path)
@@ -196,5 +197,5 @@ def test_data_root_resolution(monkeypatch, tmp_path):
     assert paths.role_dir("web_raw", root="gs://bucket/data/") == "gs://bucket/data/web_raw"
     with pytest.raises(ValueError, match="known roles: synthetic_textbooks"):
         paths.role_dir("textbooks")
-    assert set(paths.ROLES) == {"synthetic_textbooks", "code_textbooks", "code_exercises", "code_filtered",
-                                "web_filtered", "web_raw"}
+    assert paths.split_pattern("web_raw", "train", root="gs://bucket/data") == records.shard_pattern(
+        "gs://bucket/data/web_raw", "train")

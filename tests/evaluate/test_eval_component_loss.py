@@ -76,7 +76,7 @@ def test_mixture_component_losses_agree_with_the_shard_files(tiny_model, tiny_co
     # earlier context), so the totals differ a little from one-document-per-piece packing ...
     assert a.nats == pytest.approx(b.nats, rel=5e-3)
     # ... and equal a direct recomputation over the pipeline's own batches.
-    from textbooks.data import pipeline
+    from textbooks.inputs import pipeline
     from textbooks.model.phi import PhiForCausalLM
 
     module = PhiForCausalLM(tiny_config)

@@ -7,9 +7,11 @@ import numpy as np
 import pytest
 import seqio
 
-import mixtures
+import mixtures  # noqa: F401  (registers the tasks and mixtures)
 from mixtures import factory, phi, roles, testing
-from textbooks.data import pipeline, token_stats
+from textbooks.data.roles import ROLES, role_name
+from textbooks.inputs import pipeline
+from textbooks.tokens import stats as token_stats
 
 # Mean characters (= byte tokens) per document: roles differ by >= 10x (code_filtered vs web_filtered 27x).
 MEAN_CHARS = {"synthetic_textbooks": 3000, "code_textbooks": 400, "code_exercises": 250, "code_filtered": 8000,
@@ -49,7 +51,7 @@ def _byte_data(data_root, monkeypatch):
 def realized_fractions(name, *, min_tokens=MIN_TOKENS, batch_size=64, seed=0, mixing=None):
     it = pipeline.make_train_iterator(name, task_feature_lengths=LENGTH, batch_size=batch_size, seed=seed,
                                       mixing=mixing)
-    counts = np.zeros(len(roles.ROLES) + 1)
+    counts = np.zeros(len(ROLES) + 1)
     total = real = 0
     while counts.sum() < min_tokens:
         batch = next(it)
@@ -57,7 +59,7 @@ def realized_fractions(name, *, min_tokens=MIN_TOKENS, batch_size=64, seed=0, mi
         counts += np.bincount(batch["decoder_role_ids"][weights], minlength=len(counts))
         real += weights.sum()
         total += weights.size
-    fractions = {roles.role_name(i): counts[i] / counts.sum() for i in range(1, len(counts)) if counts[i]}
+    fractions = {role_name(i): counts[i] / counts.sum() for i in range(1, len(counts)) if counts[i]}
     return fractions, real / total, counts.sum()
 
 
@@ -185,10 +187,3 @@ def test_alias_tasks_follow_the_gin_vocabulary():
     assert factory.with_vocabulary("phi15", "phi") == "phi15_phi"
     assert {t.name for t in seqio.get_mixture_or_task("phi15_phi").tasks} == {
         "synthetic_textbooks_phi", "code_filtered_phi", "code_textbooks_phi"}
-
-
-def test_role_ids_name_roles():
-    assert [mixtures.role_name(mixtures.ROLE_IDS[r]) for r in mixtures.ROLES] == list(mixtures.ROLES)
-    assert mixtures.role_name(0) == "padding"
-    with pytest.raises(ValueError, match="unknown role id"):
-        mixtures.role_name(99)

@@ -17,7 +17,7 @@ HELP = "build the local corpora for every data role (shards + manifests)"
 
 
 def add_arguments(parser) -> None:
-    from textbooks.data.paths import ROLES
+    from textbooks.data.roles import ROLES
 
     parser.add_argument("--out", default=None,
                         help="data root to write <out>/<role>/ into (default: the data root: "

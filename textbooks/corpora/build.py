@@ -25,6 +25,7 @@ from textbooks.corpora.sources import ROLE_INFO, SOURCES
 from textbooks.data import paths, records
 from textbooks.data.manifest import Manifest, write_manifest
 from textbooks.data.records import Record
+from textbooks.data.roles import ROLES, check_role
 
 BUILDER_VERSION = 1
 DEFAULT_VALIDATION_FRACTION = 0.05
@@ -47,7 +48,7 @@ def _role_sources(role: str) -> dict[str, Iterator[Document]]:
         return web.web_raw_sources()
     if role == "web_filtered":
         return web.web_filtered_sources()
-    raise ValueError(f"no builder for role {role!r}; roles: {', '.join(paths.ROLES)}")
+    raise ValueError(f"no builder for role {role!r}; roles: {', '.join(ROLES)}")
 
 
 def _hash_fraction(key: str) -> float:
@@ -138,14 +139,14 @@ def build_role(role: str, out_root: str, *, max_docs: int | None = None,
     """Builds ``<out_root>/<role>/`` (shards of both splits and ``manifest.json``).
 
     Args:
-        role: one of :data:`textbooks.data.paths.ROLES`.
+        role: one of :data:`textbooks.data.roles.ROLES`.
         out_root: the data root to write into.
         max_docs: keep at most this many records (chunks) in the role; None for all.
         max_chars: the largest chunk, in characters.
         validation_fraction: share of documents (by id hash) in the validation split.
         verbose: print progress to stderr.
     """
-    paths.check_role(role)
+    check_role(role)
     start = time.time()
     last = [start]
 
@@ -193,9 +194,9 @@ def build_corpora(out_root: str | None = None, roles: Iterable[str] | None = Non
                   verbose: bool = True) -> list[RoleResult]:
     """Builds every role (or ``roles``) under ``out_root`` (default: the data root)."""
     out_root = out_root or paths.data_root()
-    roles = list(roles or paths.ROLES)
+    roles = list(roles or ROLES)
     for role in roles:
-        paths.check_role(role)
+        check_role(role)
     results = []
     for i, role in enumerate(roles, 1):
         if verbose:

@@ -13,9 +13,9 @@ import json
 import os
 from typing import Any, Mapping
 
-from textbooks.data.paths import exists, isdir, join, makedirs, open_file
-from textbooks.data.records import (FORMAT_VERSION, SHARD_RE, RecordError, SplitStats, expand_paths, iter_records,
-                                    sort_keys)
+from textbooks.data.counts import SplitStats
+from textbooks.data.files import exists, isdir, join, makedirs, open_file
+from textbooks.data.records import FORMAT_VERSION, SHARD_RE, RecordError, expand_paths, iter_records, sort_keys
 
 MANIFEST_NAME = "manifest.json"
 
@@ -25,7 +25,7 @@ class Manifest:
     """``<dir>/manifest.json``: what a shard folder holds.
 
     Attributes:
-        role: the data role (see :data:`textbooks.data.paths.ROLES`).
+        role: the data role (see :data:`textbooks.data.roles.ROLES`).
         splits: per split, the shard file names and counts.
         stand_in: when the data stands in for something unavailable offline, what it stands in for.
         description: one or two sentences about the contents and how they were made.

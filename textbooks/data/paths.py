@@ -4,9 +4,8 @@ The data root is resolved in this order: the gin binding ``textbooks.data.paths.
 environment variable ``TEXTBOOKS_DATA_DIR``, then ``~/.cache/textbooks/data``. Each role's shards live in
 ``<data_root>/<role>/`` with ``train`` and ``validation`` splits (see :mod:`textbooks.data.records`).
 
-The small file-access layer used by the shard format lives here too: local paths use the built-in file API;
-paths with a scheme (``gs://...``) go through ``tf.io.gfile``, imported only then. Setting the environment
-variable ``TEXTBOOKS_FORCE_GFILE=1`` routes local paths through ``tf.io.gfile`` as well.
+The role names are those of :mod:`textbooks.data.roles`; reading and writing files, local or ``gs://``, goes
+through :mod:`textbooks.data.files`.
 
 Paths given by users (command-line flags, gin bindings such as ``MODEL_DIR``) enter through :func:`resolve`:
 a local path becomes absolute once, where it enters, because some readers (orbax) refuse relative ones and a
@@ -17,29 +16,18 @@ scheme stay as they are. :func:`resolve_gin_paths` does the same for values alre
 
 from __future__ import annotations
 
-import glob as _glob
 import os
 from typing import Iterable
 
 import gin
 
-# The data roles of phi-1 / phi-1.5 mixtures; names used by corpora, curation, mixtures and reports.
-ROLES: tuple[str, ...] = (
-    "synthetic_textbooks",  # phi-1.5's synthetic NLP textbooks (teacher-written)
-    "code_textbooks",  # phi-1's synthetic Python textbooks: prose interleaved with code
-    "code_exercises",  # phi-1's CodeExercises: signature + docstring -> body
-    "code_filtered",  # The Stack / StackOverflow Python filtered by an educational-value classifier
-    "web_filtered",  # phi-1.5-web's filtered web text (Falcon RefinedWeb filtered by the classifier)
-    "web_raw",  # unfiltered web text, the baseline
-)
+from textbooks.data.files import is_url, join
+from textbooks.data.records import shard_pattern
+from textbooks.data.roles import check_role
+
 SPLITS: tuple[str, ...] = ("train", "validation")
 ENV_VAR = "TEXTBOOKS_DATA_DIR"
 DEFAULT_DATA_ROOT = os.path.join("~", ".cache", "textbooks", "data")
-
-
-def is_url(path: str) -> bool:
-    """True for paths with a scheme (``gs://bucket/x``, ``file:///x``), which are used as given."""
-    return "://" in os.fspath(path)
 
 
 def resolve(path: str | os.PathLike) -> str:
@@ -65,17 +53,6 @@ def data_root(path: str | None = None) -> str:
     return resolve(DEFAULT_DATA_ROOT)
 
 
-def check_role(role: str) -> str:
-    """Returns ``role`` if it is a known data role.
-
-    Raises:
-        ValueError: unknown role; the message lists the known ones.
-    """
-    if role not in ROLES:
-        raise ValueError(f"unknown data role {role!r}; known roles: {', '.join(ROLES)}")
-    return role
-
-
 def role_dir(role: str, root: str | None = None) -> str:
     """``<root>/<role>`` for a known role; ``root`` defaults to :func:`data_root`.
 
@@ -83,15 +60,12 @@ def role_dir(role: str, root: str | None = None) -> str:
         ValueError: unknown role.
     """
     check_role(role)
-    root = data_root() if root is None else resolve(root)
-    return root.rstrip("/") + "/" + role if is_url(root) else os.path.join(root, role)
+    return join(data_root() if root is None else resolve(root), role)
 
 
 def split_pattern(role: str, split: str, root: str | None = None) -> str:
     """The glob of the shards of ``split`` of ``role`` under the data root."""
-    from textbooks.data import records
-
-    return records.shard_pattern(role_dir(role, root), split)
+    return shard_pattern(role_dir(role, root), split)
 
 
 def resolve_gin_paths(keys: Iterable[str]) -> dict[str, str]:
@@ -150,69 +124,3 @@ def check_output_dir(path: str, what: str = "output folder") -> str:
         raise ValueError(f"{what} {path} cannot be {verb}: {probe} is not writable by this user; give a "
                          f"folder you can write to")
     return path
-
-
-# ----------------------------------------------------------------------------------------------------------
-# File access: built-in files for local paths, tf.io.gfile for gs:// and other schemes (or for every path
-# when the environment variable TEXTBOOKS_FORCE_GFILE=1).
-
-
-def _use_gfile(path: str) -> bool:
-    return is_url(path) or os.environ.get("TEXTBOOKS_FORCE_GFILE", "") not in ("", "0")
-
-
-def _gfile():
-    import tensorflow as tf  # Heavy; only needed for remote paths.
-
-    return tf.io.gfile
-
-
-def open_file(path: str, mode: str = "rb"):
-    """Opens ``path`` (local or ``gs://``) in ``mode`` ('rb', 'wb', 'r', 'w')."""
-    if _use_gfile(path):
-        return _gfile().GFile(path, mode)
-    return open(path, mode)
-
-
-def exists(path: str) -> bool:
-    return _gfile().exists(path) if _use_gfile(path) else os.path.exists(path)
-
-
-def isdir(path: str) -> bool:
-    return _gfile().isdir(path) if _use_gfile(path) else os.path.isdir(path)
-
-
-def makedirs(path: str) -> None:
-    if _use_gfile(path):
-        _gfile().makedirs(path)
-    else:
-        os.makedirs(path, exist_ok=True)
-
-
-def listdir(path: str) -> list[str]:
-    names = _gfile().listdir(path) if _use_gfile(path) else os.listdir(path)
-    return sorted(n.rstrip("/") for n in names)
-
-
-def glob(pattern: str) -> list[str]:
-    """Sorted paths matching ``pattern`` (``*``, ``?``, ``[...]``), local or remote."""
-    return sorted(_gfile().glob(pattern) if _use_gfile(pattern) else _glob.glob(pattern))
-
-
-def remove(path: str) -> None:
-    if _use_gfile(path):
-        _gfile().remove(path)
-    else:
-        os.remove(path)
-
-
-def rename(src: str, dst: str) -> None:
-    if _use_gfile(src):
-        _gfile().rename(src, dst, overwrite=True)
-    else:
-        os.replace(src, dst)
-
-
-def join(directory: str, *names: str) -> str:
-    """``os.path.join`` that keeps ``gs://bucket/...`` intact."""
-    return "/".join([directory.rstrip("/"), *names]) if is_url(directory) else os.path.join(directory, *names)

@@ -15,14 +15,12 @@ Writing is deterministic: the same records in the same order give byte-identical
 mtime 0 and no file name, fixed compression level, keys in a fixed order, ``meta`` keys sorted). Reading
 counts every bad line (not JSON, invalid UTF-8, missing or mistyped fields, a truncated gzip stream) with its
 file and line number; ``on_error='skip'`` sets it aside as a :class:`RejectedRecord` and goes on,
-``on_error='raise'`` stops with a :class:`RecordError` naming the file and line.
-
-Paths may be local or ``gs://`` (file access is in :mod:`textbooks.data.paths`).
+``on_error='raise'`` stops with a :class:`RecordError` naming the file and line. Paths may be local or
+``gs://`` (:mod:`textbooks.data.files`); what a read or a write counted is in :mod:`textbooks.data.counts`.
 """
 
 from __future__ import annotations
 
-import collections
 import dataclasses
 import gzip
 import hashlib
@@ -33,7 +31,8 @@ import re
 import zlib
 from typing import Any, Iterable, Iterator, Mapping, Sequence
 
-from textbooks.data.paths import exists, glob, isdir, join, listdir, makedirs, open_file, remove, rename
+from textbooks.data.files import exists, glob, isdir, join, listdir, makedirs, open_file, remove, rename
+from textbooks.data.counts import ReadReport, RejectedRecord, SplitStats
 
 FORMAT_VERSION = 1
 SHARD_SUFFIX = ".jsonl.gz"
@@ -43,7 +42,6 @@ REQUIRED_FIELDS = ("id", "text", "role", "source", "license", "split")
 _FIELDS = REQUIRED_FIELDS + ("meta",)
 _GZIP_LEVEL = 6
 _RAW_PREFIX_CHARS = 200
-_MAX_KEPT_REJECTS = 10_000
 _MAX_LOGGED_REJECTS = 20
 
 logger = logging.getLogger(__name__)
@@ -173,46 +171,6 @@ class Record:
         return len(self.text.encode("utf-8", "surrogatepass"))
 
 
-@dataclasses.dataclass(frozen=True)
-class RejectedRecord:
-    """A line that could not be read: where it is, why, and its first characters."""
-
-    path: str
-    line: int
-    reason: str
-    raw_prefix: str
-    kind: str = "invalid"
-
-    def __str__(self) -> str:
-        return f"{self.path}:{self.line}: {self.reason} (starts {self.raw_prefix[:60]!r})"
-
-
-@dataclasses.dataclass
-class ReadReport:
-    """What :func:`iter_records` read: filled in while iterating, complete when the iterator is exhausted.
-
-    ``rejected`` keeps the first 10,000 rejects; ``num_rejected`` and ``reasons`` count all of them.
-    """
-
-    files: list[str] = dataclasses.field(default_factory=list)
-    num_records: int = 0
-    num_rejected: int = 0
-    reasons: collections.Counter = dataclasses.field(default_factory=collections.Counter)
-    rejected: list[RejectedRecord] = dataclasses.field(default_factory=list)
-
-    def add_reject(self, reject: RejectedRecord) -> None:
-        self.num_rejected += 1
-        self.reasons[reject.kind] += 1
-        if len(self.rejected) < _MAX_KEPT_REJECTS:
-            self.rejected.append(reject)
-
-    def summary(self) -> str:
-        text = f"read {self.num_records} records from {len(self.files)} file(s), rejected {self.num_rejected}"
-        if self.num_rejected:
-            text += " (" + ", ".join(f"{r}: {n}" for r, n in self.reasons.most_common()) + ")"
-        return text
-
-
 def _raw_prefix(raw: bytes) -> str:
     return raw[: _RAW_PREFIX_CHARS * 4].decode("utf-8", "replace")[:_RAW_PREFIX_CHARS].rstrip("\n")
 
@@ -333,38 +291,6 @@ def shard_name(split: str, index: int, num_shards: int) -> str:
 def shard_pattern(directory: str, split: str) -> str:
     """The glob matching all shards of ``split`` in ``directory``."""
     return join(directory, f"{split}-[0-9][0-9][0-9][0-9][0-9]-of-[0-9][0-9][0-9][0-9][0-9]{SHARD_SUFFIX}")
-
-
-@dataclasses.dataclass
-class SplitStats:
-    """Counts for one split: shard file names (relative to the folder), documents, UTF-8 bytes of text."""
-
-    shards: list[str] = dataclasses.field(default_factory=list)
-    num_docs: int = 0
-    num_bytes: int = 0
-    sources: dict[str, int] = dataclasses.field(default_factory=dict)
-    licenses: dict[str, int] = dataclasses.field(default_factory=dict)
-    stand_ins: dict[str, int] = dataclasses.field(default_factory=dict)
-
-    def add(self, record: Record, num_bytes: int) -> None:
-        self.num_docs += 1
-        self.num_bytes += num_bytes
-        for table, key in ((self.sources, record.source), (self.licenses, record.license)):
-            table[key] = table.get(key, 0) + 1
-        stand_in = record.meta.get("stand_in")
-        if stand_in:
-            self.stand_ins[str(stand_in)] = self.stand_ins.get(str(stand_in), 0) + 1
-
-    def to_dict(self) -> dict:
-        return {"shards": list(self.shards), "num_docs": self.num_docs, "num_bytes": self.num_bytes,
-                "sources": dict(sorted(self.sources.items())), "licenses": dict(sorted(self.licenses.items())),
-                "stand_ins": dict(sorted(self.stand_ins.items()))}
-
-    @classmethod
-    def from_dict(cls, obj: Mapping[str, Any]) -> "SplitStats":
-        return cls(shards=list(obj.get("shards", [])), num_docs=int(obj.get("num_docs", 0)),
-                   num_bytes=int(obj.get("num_bytes", 0)), sources=dict(obj.get("sources", {})),
-                   licenses=dict(obj.get("licenses", {})), stand_ins=dict(obj.get("stand_ins", {})))
 
 
 class ShardWriter:

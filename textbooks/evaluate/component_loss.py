@@ -3,7 +3,7 @@
 Two ways to get the held-out text, with the same accounting:
 
 * :func:`component_losses` - a registered seqio mixture or task, read through
-  :func:`textbooks.data.pipeline.make_eval_datasets` (each component's validation split packed exactly as in
+  :func:`textbooks.inputs.pipeline.make_eval_datasets` (each component's validation split packed exactly as in
   training, keyed by role);
 * :func:`shard_losses` - the role folders under the data root in the shard format, read with
   :func:`textbooks.data.records.iter_records` (no seqio registration needed): each document is tokenized, ends
@@ -98,7 +98,7 @@ def component_losses(model, mixture_or_task_name: str, *, vocabulary_name: str |
         num_batches: at most this many batches per component (None: all).
         progress: called with (role, batches done).
     """
-    from textbooks.data import pipeline
+    from textbooks.inputs import pipeline
 
     lengths = {"targets": int(seq_len or model.max_len)}
     datasets = pipeline.make_eval_datasets(mixture_or_task_name, task_feature_lengths=lengths,
@@ -187,12 +187,13 @@ def shard_losses(model, roles: Sequence[str] | None = None, *, split: str = "val
 
     Roles without that split are skipped with a warning. Bad records are counted and skipped by the reader.
     """
-    from textbooks.data import paths, records
+    from textbooks.data import files, paths, records
+    from textbooks.data.roles import ROLES
 
     out: dict[str, ComponentLoss] = {}
-    for role in roles or paths.ROLES:
+    for role in roles or ROLES:
         pattern = paths.split_pattern(role, split, data_root)
-        if not paths.glob(pattern):
+        if not files.glob(pattern):
             log.warning("no %s shards for role %s (%s); skipped", split, role, pattern)
             continue
         texts = (r.text for r in records.iter_records(pattern, on_error="skip"))

@@ -128,7 +128,7 @@ def proposal_gin(ratios: Mapping[str, float], spec: Mapping[str, Any], header: s
     lines = [f"# {line}" for line in header.splitlines()]
     # The imports register the factory's and the input pipeline's configurables while gin is parsing, before
     # `textbooks train` locks the config.
-    lines += ["import mixtures", "import textbooks.data.cache", "import textbooks.data.pipeline",
+    lines += ["import mixtures", "import textbooks.inputs.cache", "import textbooks.inputs.pipeline",
               "import textbooks.mixopt.propose", ""]
     ratio_text = ", ".join(f"{k!r}: {float(v)!r}" for k, v in ratios.items())  # as given: the factory validates
     lines.append(f"registered_mixture.ratios = {{{ratio_text}}}")

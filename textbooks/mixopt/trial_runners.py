@@ -126,14 +126,14 @@ class TrainingTrial(TrialRunner):
 
     def check(self, components: Sequence[str]) -> None:
         from textbooks import gin_utils
-        from textbooks.data import paths
+        from textbooks.data.roles import check_role
 
         if not self.gin_files:
             raise ValueError("TrainingTrial.gin_files is empty: name the base training gin file(s) of the sweep")
         for f in self.gin_files:
             gin_utils.resolve_gin_file(f, self.gin_search_paths)
         for c in components:
-            paths.check_role(c)
+            check_role(c)
 
     def trainer_bindings(self, trial: trials_lib.Trial, mixture_name: str) -> list[str]:
         """The base bindings plus the two that change per trial (mixture name, seed)."""

@@ -40,8 +40,9 @@ def seed_shard_pattern(source: str) -> str:
     """A seed source as a shard glob: a data role's name (``'web_filtered'``) becomes its train shards under the
     data root (``$TEXTBOOKS_DATA_DIR`` or gin ``data_root.path``); anything else is a glob, ``~`` expanded."""
     from textbooks.data import paths
+    from textbooks.data.roles import ROLES
 
-    if source in paths.ROLES:
+    if source in ROLES:
         return paths.split_pattern(source, "train")
     return os.path.expanduser(source)
 

@@ -12,6 +12,11 @@ import dataclasses
 import logging
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
+import seqio
+
+from mixtures import roles as mixture_roles  # importing mixtures registers the project's tasks and mixtures
+from textbooks.data.roles import ID_NAMES
+from textbooks.inputs import pipeline
 from textbooks.partitioning import DataShardInfo
 
 log = logging.getLogger(__name__)
@@ -47,13 +52,7 @@ class DataSpec:
 
 
 def registered_names() -> list[str]:
-    """Names of the registered seqio mixtures and tasks (after importing the project's registrations)."""
-    import seqio
-
-    try:
-        import mixtures  # noqa: F401 - registers the project's tasks and mixtures
-    except ImportError as e:  # pragma: no cover - the package ships with the project
-        log.warning("could not import the project's mixtures: %s", e)
+    """Names of the registered seqio mixtures and tasks (the project's are registered by importing mixtures)."""
     return sorted(set(seqio.MixtureRegistry.names()) | set(seqio.TaskRegistry.names()))
 
 
@@ -66,9 +65,7 @@ def check_mixture(name: str) -> None:
                          f"(gin) to one of them, or register it in mixtures/.")
 
 
-def _shard_info(shard: DataShardInfo):
-    import seqio
-
+def _shard_info(shard: DataShardInfo) -> seqio.ShardInfo:
     return seqio.ShardInfo(index=shard.index, num_shards=shard.num_shards)
 
 
@@ -83,7 +80,7 @@ def make_iterator(spec: DataSpec, shard: DataShardInfo, split: str, *,
         split: the split to read ('train').
         dataset_fn: optional data function called as ``dataset_fn(batch_size=, seq_len=, vocab_size=,
             shard_index=, num_shards=, seed=, split=)`` (e.g. :func:`textbooks.train.synthetic.synthetic_dataset`).
-            Without it the seqio pipeline (:func:`textbooks.data.pipeline.make_train_iterator`) reads
+            Without it the seqio pipeline (:func:`textbooks.inputs.pipeline.make_train_iterator`) reads
             ``spec.mixture_or_task_name``.
         vocabulary: pin the mixture's vocabulary (None: the mixture's own / the gin default).
         train_steps: the planned number of steps (lets the pipeline check repetition against a token budget).
@@ -95,8 +92,6 @@ def make_iterator(spec: DataSpec, shard: DataShardInfo, split: str, *,
         raise ValueError("no training data: set MIXTURE_OR_TASK_NAME (train.mixture_or_task_name) or "
                          "train.dataset_fn")
     check_mixture(spec.mixture_or_task_name)
-    from textbooks.data import pipeline
-
     return pipeline.make_train_iterator(
         spec.mixture_or_task_name, task_feature_lengths=dict(spec.task_feature_lengths), batch_size=spec.batch_size,
         shard_info=_shard_info(shard), seed=spec.seed, vocabulary=vocabulary, split=split,
@@ -117,8 +112,6 @@ def make_eval_batches(spec: DataSpec, shard: DataShardInfo, split: str, num_batc
         for _ in range(num_batches):
             yield next(it)
         return
-    from textbooks.data import pipeline
-
     datasets = pipeline.make_eval_datasets(
         spec.mixture_or_task_name, task_feature_lengths=dict(spec.task_feature_lengths), batch_size=spec.batch_size,
         shard_info=_shard_info(shard), split=split, vocabulary=vocabulary, num_batches=num_batches)
@@ -144,9 +137,6 @@ def vocabulary_size(name: str) -> int:
 def mixture_vocabulary_name(name: str) -> str | None:
     """The vocabulary name of a registered mixture's or task's ``targets``: the task's own when it names one,
     else the gin default (``mixtures.roles.vocabulary_name``)."""
-    import seqio
-
-    registered_names()
     try:
         vocab = seqio.get_mixture_or_task(name).output_features["targets"].vocabulary
     except (ValueError, KeyError, AttributeError, TypeError):
@@ -156,20 +146,12 @@ def mixture_vocabulary_name(name: str) -> str | None:
         return named
     if isinstance(vocab, seqio.ByteVocabulary):
         return "byte"
-    try:
-        import mixtures.roles
-
-        return mixtures.roles.vocabulary_name()
-    except ImportError:
-        return None
+    return mixture_roles.vocabulary_name()
 
 
 def role_names() -> tuple[str, ...]:
-    """Names of the ``decoder_role_ids`` values: id 0 is padding, id ``i`` is ``ROLES[i - 1]``
-    (the convention of ``mixtures.roles.ROLE_IDS``)."""
-    from textbooks.data.paths import ROLES
-
-    return ("padding",) + tuple(ROLES)
+    """Names of the ``decoder_role_ids`` values, in id order (:data:`textbooks.data.roles.ID_NAMES`)."""
+    return ID_NAMES
 
 
 def restore_iterator(iterator: Iterator[Batch], state: Any, step: int) -> Iterator[Batch]:

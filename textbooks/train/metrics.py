@@ -70,11 +70,11 @@ class MetricsLogger:
 
     def _file(self, split: str):
         if split not in self._files:
-            from textbooks.data import paths
+            from textbooks.data import files
 
-            directory = paths.join(self.model_dir, "metrics")
-            paths.makedirs(directory)
-            self._files[split] = paths.open_file(paths.join(directory, f"{split}.jsonl"), "a")
+            directory = files.join(self.model_dir, "metrics")
+            files.makedirs(directory)
+            self._files[split] = files.open_file(files.join(directory, f"{split}.jsonl"), "a")
         return self._files[split]
 
     def write(self, step: int, record: Mapping[str, float], split: str = "train") -> None:

@@ -53,21 +53,21 @@ def summary_line(r: TrainResult) -> str:
 
 def write_summary(result: TrainResult) -> None:
     """Writes ``result`` to ``<result.model_dir>/summary.json``."""
-    from textbooks.data import paths  # local files without TensorFlow; gs:// through tf.io.gfile
+    from textbooks.data import files  # local files without TensorFlow; gs:// through tf.io.gfile
 
-    with paths.open_file(paths.join(result.model_dir, SUMMARY_FILE), "w") as f:
+    with files.open_file(files.join(result.model_dir, SUMMARY_FILE), "w") as f:
         json.dump(dataclasses.asdict(result), f, indent=2)
 
 
 def read_summary(model_dir: str) -> TrainResult | None:
     """The summary recorded in ``model_dir``, or None when there is none (or it cannot be read)."""
-    from textbooks.data import paths
+    from textbooks.data import files
 
-    path = paths.join(model_dir, SUMMARY_FILE)
-    if not paths.exists(path):
+    path = files.join(model_dir, SUMMARY_FILE)
+    if not files.exists(path):
         return None
     try:
-        with paths.open_file(path, "r") as f:
+        with files.open_file(path, "r") as f:
             recorded = json.load(f)
     except ValueError as e:
         log.warning("%s is not valid JSON (%s); ignoring it", path, e)

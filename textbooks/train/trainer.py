@@ -242,12 +242,12 @@ def train(*, model_dir: str = gin.REQUIRED, model_config: Any = gin.REQUIRED,
 
 def _write_run_files(model_dir: str, metadata: Mapping[str, Any]) -> None:
     """Writes the operative gin config (``config.gin``) and the model config next to the checkpoints."""
-    from textbooks.data import paths  # local files without TensorFlow; gs:// through tf.io.gfile
+    from textbooks.data import files  # local files without TensorFlow; gs:// through tf.io.gfile
 
-    paths.makedirs(model_dir)
-    with paths.open_file(paths.join(model_dir, "config.gin"), "w") as f:
+    files.makedirs(model_dir)
+    with files.open_file(files.join(model_dir, "config.gin"), "w") as f:
         f.write(metadata["operative_config"])
-    with paths.open_file(paths.join(model_dir, "model_config.json"), "w") as f:
+    with files.open_file(files.join(model_dir, "model_config.json"), "w") as f:
         json.dump(metadata["model_config"], f, indent=2, sort_keys=True)
 
 

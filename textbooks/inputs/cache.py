@@ -7,12 +7,12 @@ preprocessed in parallel (``seqio.beam_utils.PreprocessTask``), spread over outp
 example (a deterministic global shuffle: rerunning gives identical files), written as TFRecords of tf.Examples
 with ``info``/``stats`` JSON files, and a ``COMPLETED`` marker is written last::
 
-    python -m textbooks.data.cache --tasks code_filtered_phi web_filtered_phi --cache_dir gs://bucket/cache \\
+    python -m textbooks.inputs.cache --tasks code_filtered_phi web_filtered_phi --cache_dir gs://bucket/cache \\
         --data_root gs://bucket/data --runner DataflowRunner --pipeline_option=--project=...
 
 Aliases (``code_filtered``) and mixtures (``phi15``) expand to their explicit-vocabulary tasks. Readers find
 caches through seqio's global cache dirs: :func:`cache_tasks` adds its folder, and training configs bind
-``textbooks.data.cache.cache_dirs.dirs = ['gs://bucket/cache']`` (the input pipeline adds them).
+``textbooks.inputs.cache.cache_dirs.dirs = ['gs://bucket/cache']`` (the input pipeline adds them).
 """
 
 from __future__ import annotations
@@ -26,15 +26,18 @@ from typing import Optional, Sequence
 
 import gin
 import seqio
+import tensorflow as tf
 
+from mixtures import roles  # importing mixtures registers its tasks
 from textbooks import logs
+from textbooks.data import paths
 
 logger = logging.getLogger(__name__)
 
 
 def _configurable(fn):
     """``gin.configurable`` that also works when this module is first imported after gin was finalized (a
-    trainer may import the data modules lazily); no binding can name the new configurable at that point."""
+    caller may import these modules lazily); no binding can name the new configurable at that point."""
     with gin.unlock_config():
         return gin.configurable(fn)
 
@@ -54,13 +57,11 @@ def register_cache_dirs(dirs: Optional[Sequence[str]] = None) -> None:
 
 def _worker_setup(data_root: str) -> None:
     # Beam workers do not see the launcher's gin bindings; the data root travels as an environment variable.
-    os.environ["TEXTBOOKS_DATA_DIR"] = data_root
+    os.environ[paths.ENV_VAR] = data_root
 
 
 def resolve_tasks(names: Sequence[str]) -> list:
     """Explicit-vocabulary role tasks for task, alias or mixture names (deduplicated, in order)."""
-    from mixtures import roles
-
     out: dict[str, object] = {}
     for name in names:
         for task in roles.role_tasks(name):
@@ -75,8 +76,6 @@ def _shard_of(serialized: bytes, num_shards: int) -> tuple[int, bytes]:
 
 def _write_shard(item, prefix: str, num_shards: int) -> str:
     """Writes one TFRecord shard; examples ordered by digest, so reruns give identical files."""
-    import tensorflow as tf
-
     index, examples = item
     path = f"{prefix}-{index:05d}-of-{num_shards:05d}"
     with tf.io.TFRecordWriter(path) as writer:
@@ -101,8 +100,6 @@ def _write_tfrecords(examples, label: str, prefix: str, num_shards: int):
 
 
 def _fill_empty_shards(prefix: str, num_shards: int) -> None:
-    import tensorflow as tf
-
     for i in range(num_shards):
         path = f"{prefix}-{i:05d}-of-{num_shards:05d}"
         if not tf.io.gfile.exists(path):
@@ -139,12 +136,9 @@ def cache_tasks(task_names: Sequence[str], cache_dir: str, *, splits: Optional[S
     Raises:
         FileNotFoundError: a task's data is missing.
     """
-    import apache_beam as beam
-    import tensorflow as tf
+    import apache_beam as beam  # Beam is heavy and needed only to build a cache, not to read one.
     from apache_beam.options.pipeline_options import PipelineOptions
     from seqio import beam_utils
-
-    from textbooks.data import paths
 
     tasks = resolve_tasks(task_names)
     outputs: dict[str, str] = {}
@@ -208,9 +202,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parser.parse_args(argv)
     logs.setup("INFO")
     if args.data_root:
-        os.environ["TEXTBOOKS_DATA_DIR"] = args.data_root
-    import mixtures  # noqa: F401
-
+        os.environ[paths.ENV_VAR] = args.data_root
     if args.vocabulary:
         gin.bind_parameter("mixtures.roles.vocabulary_name.name", args.vocabulary)
     out = cache_tasks(args.tasks, args.cache_dir, splits=args.splits, runner=args.runner,

@@ -12,8 +12,11 @@ import tensorflow as tf
 
 import mixtures  # noqa: F401  (registers tasks)
 from mixtures import roles, sources, testing
-from textbooks.data import packing, pipeline, records
+from textbooks.data import records
+from textbooks.data.counts import SplitStats
 from textbooks.data.manifest import Manifest, write_manifest
+from textbooks.inputs import converters, pipeline
+from textbooks.tokens import packing
 
 MEAN_CHARS = {"code_filtered": 9000, "code_textbooks": 700, "code_exercises": 200}
 
@@ -81,7 +84,7 @@ def test_converter_loss_weights_come_from_segments_not_token_ids():
     ds = tf.data.Dataset.from_generator(lambda: ({"targets": d, "role_id": np.int32(2)} for d in docs),
                                         output_signature={"targets": tf.TensorSpec([None], tf.int32),
                                                           "role_id": tf.TensorSpec([], tf.int32)})
-    conv = packing.LMPackingFeatureConverter(bos_id=99)
+    conv = converters.LMPackingFeatureConverter(bos_id=99)
     (row,) = list(conv(ds, {"targets": 12}).as_numpy_iterator())
     np.testing.assert_array_equal(row["decoder_target_tokens"], [0, 0, 7, 9, 0, 5, 4, 0, 0, 0, 0, 0])
     np.testing.assert_array_equal(row["decoder_segment_ids"], [1, 1, 1, 1, 2, 2, 3, 3, 3, 0, 0, 0])
@@ -240,7 +243,7 @@ def test_bad_lines_are_counted_with_file_and_line(monkeypatch, tmp_path):
 def test_split_without_documents_is_a_clear_error(monkeypatch, tmp_path):
     directory = str(tmp_path / "code_exercises")
     records.write_shards([], directory, "train", num_shards=1)
-    stats = records.SplitStats(shards=["train-00000-of-00001.jsonl.gz"])
+    stats = SplitStats(shards=["train-00000-of-00001.jsonl.gz"])
     write_manifest(directory, Manifest(role="code_exercises", splits={"train": stats}))
     monkeypatch.setenv("TEXTBOOKS_DATA_DIR", str(tmp_path))
     with pytest.raises(ValueError, match="holds no documents"):

@@ -1,9 +1,12 @@
-"""TFDS builds of the roles: same documents as the shards, reproducible files, usable by the tfds tasks."""
+"""TFDS builds of the roles: same documents as the shards, reproducible files, usable by the tfds tasks without
+the builder module."""
 
 import glob
 import hashlib
 import json
 import os
+import subprocess
+import sys
 
 import gin
 import pytest
@@ -12,8 +15,11 @@ import tensorflow_datasets as tfds
 
 import mixtures  # noqa: F401
 from mixtures import testing
-from textbooks.data import records, tfds_builders
+from textbooks.data import records
 from textbooks.data.manifest import read_manifest
+from textbooks.inputs import tfds_builders
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +60,7 @@ def test_tfds_load_gives_the_shard_documents(data_root, tmp_path):
 def test_building_twice_gives_identical_files(data_root, tmp_path):
     role_dir = os.path.join(data_root, "code_exercises")
     a = tfds_builders.build_role("code_exercises", str(tmp_path / "a"), input_dir=role_dir)
-    b = tfds_builders.build_role("code_exercises", str(tmp_path / "b"), input_dir=role_dir)
+    tfds_builders.build_role("code_exercises", str(tmp_path / "b"), input_dir=role_dir)
     assert a.info.splits["train"].num_examples == 70
     digests_a, digests_b = file_digests(str(tmp_path / "a")), file_digests(str(tmp_path / "b"))
     assert digests_a == digests_b
@@ -83,24 +89,39 @@ def test_tfds_task_matches_shard_task(data_root, tmp_path, monkeypatch):
     assert seqio.TaskRegistry.get("web_filtered_tfds_byte").num_input_examples("validation") == 9
 
 
+def test_a_build_from_the_command_line_is_read_without_the_builder_module(data_root, tmp_path):
+    """`python -m textbooks.inputs.tfds_builders` builds a role; mixtures, below the input pipeline, reads the
+    prepared files in a process that never imports the builder code."""
+    env = {**os.environ, "TEXTBOOKS_DATA_DIR": data_root, "PYTHONPATH": REPO}
+    build = subprocess.run([sys.executable, "-m", "textbooks.inputs.tfds_builders", "--roles", "web_filtered",
+                            "--data_dir", str(tmp_path)], capture_output=True, text=True, env=env, cwd=REPO,
+                           timeout=300)
+    assert build.returncode == 0, build.stderr[-3000:]
+    line = build.stdout.strip().splitlines()[-1]  # TFDS prints its progress to stdout first
+    assert line.startswith(f"textbooks_corpus/web_filtered\t{tmp_path / 'textbooks_corpus'}"), build.stdout
+    assert "'validation': <SplitInfo num_examples=9," in line
+    code = f"""
+import json, sys
+import gin, seqio
+import mixtures
+gin.bind_parameter("mixtures.sources.tfds_data_dir.path", {str(tmp_path)!r})
+ds = seqio.TaskRegistry.get("web_filtered_tfds_byte").get_dataset({{"targets": 256}}, split="validation",
+                                                                  shuffle=False)
+ids = sorted({{ex["id"].decode() for ex in ds.as_numpy_iterator()}})
+print(json.dumps({{"ids": ids, "builder_imported": "textbooks.inputs.tfds_builders" in sys.modules}}))
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=REPO,
+                         timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    got = json.loads(out.stdout.strip().splitlines()[-1])
+    assert got["builder_imported"] is False
+    # A document longer than the sequence length gives several pieces with its id: compare the set of ids.
+    assert got["ids"] == sorted(r.id for r in records.read_split(os.path.join(data_root, "web_filtered"),
+                                                                 "validation"))
+
+
 def test_missing_tfds_build_is_a_clear_error(tmp_path):
     gin.bind_parameter("mixtures.sources.tfds_data_dir.path", str(tmp_path))
     task = seqio.TaskRegistry.get("code_filtered_tfds_byte")
     with pytest.raises(FileNotFoundError, match="tfds_builders --roles code_filtered"):
         task.get_dataset({"targets": 64}, split="train")
-
-
-@pytest.mark.parametrize("name", ["humaneval", "arc_easy"])
-def test_benchmark_builder_matches_the_loader(name, tmp_path):
-    from textbooks.evaluate import benchmarks
-
-    want = benchmarks.load_benchmark(name)
-    builder = tfds_builders.build_benchmark(name, str(tmp_path))
-    split = benchmarks.default_split(name)
-    got = list(tfds.as_numpy(builder.as_dataset(split=split, shuffle_files=False)))
-    got.sort(key=lambda ex: ex["index"])
-    assert [ex["id"].decode() for ex in got] == [w["id"] for w in want]
-    assert json.loads(got[0]["record"]) == json.loads(json.dumps(want[0], sort_keys=True, default=str))
-    assert got[0]["text"].decode() == benchmarks.item_text(want[0])
-    if name == "arc_easy":
-        assert set(builder.info.splits) == {"test", "validation"}

@@ -9,8 +9,10 @@ import seqio
 
 import mixtures  # noqa: F401
 from mixtures import testing
-from textbooks.data import records, token_stats
+from textbooks.data import records
+from textbooks.data.counts import SplitStats
 from textbooks.data.manifest import read_manifest, write_manifest
+from textbooks.tokens import stats as token_stats
 
 
 @pytest.fixture()
@@ -56,7 +58,7 @@ def test_cache_is_reused_and_invalidated_when_data_changes(role_dir, monkeypatch
     more = testing.make_records("web_raw", "train", 60, 900, seed=1)
     records.write_shards(more, role_dir, "train", num_shards=2)
     manifest = read_manifest(role_dir)
-    manifest.splits["train"] = records.SplitStats(shards=["train-00000-of-00002.jsonl.gz",
+    manifest.splits["train"] = SplitStats(shards=["train-00000-of-00002.jsonl.gz",
                                                           "train-00001-of-00002.jsonl.gz"], num_docs=60)
     write_manifest(role_dir, manifest)
     second = token_stats.get_token_stats("web_raw", "byte", directory=role_dir)

@@ -23,7 +23,11 @@ import os
 import time
 from typing import Iterable, Mapping, Optional
 
-from textbooks.data import paths, records
+import seqio
+import tensorflow as tf
+
+from textbooks.data import files, paths, records
+from textbooks.data.counts import ReadReport
 from textbooks.data.manifest import MANIFEST_NAME, Manifest, read_manifest
 from textbooks.vocab import get_vocabulary
 
@@ -88,24 +92,22 @@ def vocabulary_fingerprint(name: str, vocabulary=None) -> str:
 
 
 def _shard_files(directory: str, split: str) -> tuple[list[str], Optional[Manifest]]:
-    if not paths.isdir(directory):
+    if not files.isdir(directory):
         raise FileNotFoundError(f"data folder {directory!r} does not exist; set the data root (gin "
                                 f"textbooks.data.paths.data_root.path or ${paths.ENV_VAR}) or build the data")
-    manifest = read_manifest(directory) if paths.exists(records.join(directory, MANIFEST_NAME)) \
+    manifest = read_manifest(directory) if files.exists(files.join(directory, MANIFEST_NAME)) \
         else None
     if manifest is not None and split in manifest.splits:
-        files = manifest.shard_paths(split)
+        shards = manifest.shard_paths(split)
     else:
-        files = records.glob(records.shard_pattern(directory, split))
-    if not files:
+        shards = files.glob(records.shard_pattern(directory, split))
+    if not shards:
         raise FileNotFoundError(f"no {split!r} shards in {directory!r}")
-    return files, manifest
+    return shards, manifest
 
 
 def _stat(path: str) -> tuple[int, int]:
-    if "://" in path:
-        import tensorflow as tf
-
+    if files.is_url(path):
         st = tf.io.gfile.stat(path)
         return st.length, st.mtime_nsec
     st = os.stat(path)
@@ -114,13 +116,13 @@ def _stat(path: str) -> tuple[int, int]:
 
 def data_fingerprint(directory: str, split: str) -> str:
     """Digest of the manifest and of each shard's name, size and modification time."""
-    files, _ = _shard_files(directory, split)
+    shards, _ = _shard_files(directory, split)
     h = hashlib.sha256(split.encode())
-    manifest_path = records.join(directory, MANIFEST_NAME)
-    if paths.exists(manifest_path):
-        with records.open_file(manifest_path, "rb") as f:
+    manifest_path = files.join(directory, MANIFEST_NAME)
+    if files.exists(manifest_path):
+        with files.open_file(manifest_path, "rb") as f:
             h.update(f.read())
-    for path in files:
+    for path in shards:
         size, mtime = _stat(path)
         h.update(f"{os.path.basename(path)}:{size}:{mtime}".encode())
     return h.hexdigest()[:16]
@@ -131,8 +133,6 @@ def data_fingerprint(directory: str, split: str) -> str:
 
 
 def _token_lengths(vocabulary, texts: list[str]) -> Iterable[int]:
-    import seqio
-
     if isinstance(vocabulary, seqio.ByteVocabulary):
         return (len(t.encode("utf-8", "surrogatepass")) for t in texts)
     if hasattr(vocabulary, "encode_batch"):
@@ -147,10 +147,10 @@ def compute_token_stats(directory: str, vocabulary_name: str, split: str = "trai
     Bad lines are skipped and counted exactly as the training readers skip them.
     """
     vocabulary = get_vocabulary(vocabulary_name)
-    files, manifest = _shard_files(directory, split)
+    shards, manifest = _shard_files(directory, split)
     fingerprint = data_fingerprint(directory, split)
     total = manifest.splits[split].num_docs if manifest is not None and split in manifest.splits else None
-    report = records.ReadReport()
+    report = ReadReport()
     counts: dict[int, int] = {}
     num_docs = num_tokens = 0
     start = last_log = time.monotonic()
@@ -165,7 +165,7 @@ def compute_token_stats(directory: str, vocabulary_name: str, split: str = "trai
             num_tokens += n
         batch.clear()
 
-    for record in records.iter_records(files, on_error="skip", report=report):
+    for record in records.iter_records(shards, on_error="skip", report=report):
         batch.append(record.text)
         if len(batch) >= _BATCH:
             flush()
@@ -195,10 +195,10 @@ def _fallback_path(directory: str) -> str:
 
 
 def _load(path: str) -> dict:
-    if not paths.exists(path):
+    if not files.exists(path):
         return {}
     try:
-        with records.open_file(path, "rb") as f:
+        with files.open_file(path, "rb") as f:
             data = json.loads(f.read().decode("utf-8"))
     except (OSError, ValueError) as e:
         logger.warning("ignoring unreadable token stats cache %s (%s)", path, e)
@@ -207,16 +207,16 @@ def _load(path: str) -> dict:
 
 
 def _store(path: str, data: dict) -> None:
-    paths.makedirs(os.path.dirname(path))
+    files.makedirs(os.path.dirname(path))
     tmp = f"{path}.tmp-{os.getpid()}"
-    with records.open_file(tmp, "wb") as f:
+    with files.open_file(tmp, "wb") as f:
         f.write((json.dumps(data, indent=1, sort_keys=True) + "\n").encode("utf-8"))
-    paths.rename(tmp, path)
+    files.rename(tmp, path)
 
 
 def stats_paths(directory: str) -> list[str]:
     """Where cached stats for ``directory`` are looked up, in order."""
-    return [records.join(directory, STATS_FILE), _fallback_path(directory)]
+    return [files.join(directory, STATS_FILE), _fallback_path(directory)]
 
 
 def get_token_stats(role: str, vocabulary_name: str, split: str = "train", *, directory: Optional[str] = None,

@@ -41,7 +41,9 @@ import numpy as np
 import seqio
 import tensorflow as tf
 
-from textbooks.data import packing
+from mixtures import factory, mixing as mixing_lib, roles, sources  # importing mixtures registers its tasks
+from textbooks.data.roles import ROLE_IDS, role_name
+from textbooks.inputs import cache, converters
 
 logger = logging.getLogger(__name__)
 
@@ -52,7 +54,7 @@ _STATE_KEYS = ("name", "task_feature_lengths", "batch_size", "shard_info", "seed
 
 def _configurable(fn):
     """``gin.configurable`` that also works when this module is first imported after gin was finalized (a
-    trainer may import the data modules lazily); no binding can name the new configurable at that point."""
+    caller may import these modules lazily); no binding can name the new configurable at that point."""
     with gin.unlock_config():
         return gin.configurable(fn)
 
@@ -67,11 +69,7 @@ def _lengths(task_feature_lengths: Union[int, Mapping[str, int]]) -> dict[str, i
 
 
 def _resolve_name(name: str, vocabulary: Optional[str]) -> str:
-    import mixtures  # noqa: F401  (registers the tasks and mixtures)
-    from mixtures import factory
-    from textbooks.data import cache
-
-    cache.register_cache_dirs()  # gin: textbooks.data.cache.cache_dirs.dirs
+    cache.register_cache_dirs()  # gin: textbooks.inputs.cache.cache_dirs.dirs
     if vocabulary is None:
         seqio.get_mixture_or_task(name)  # Raises a helpful error for unknown names.
         return name
@@ -97,7 +95,7 @@ def _converter(feature_converter: Optional[seqio.FeatureConverter], provider) ->
     if feature_converter is not None:
         return feature_converter
     vocab = seqio.get_subtasks(provider)[0].output_features["targets"].vocabulary
-    return packing.LMPackingFeatureConverter(pack=True, bos_id=vocab.eos_id)
+    return converters.LMPackingFeatureConverter(pack=True, bos_id=vocab.eos_id)
 
 
 class TrainIterator(Iterator[dict]):
@@ -137,8 +135,6 @@ class TrainIterator(Iterator[dict]):
     @staticmethod
     def bad_records() -> dict:
         """Lines the shard readers skipped in this process (count, per file, first reasons)."""
-        from mixtures import sources
-
         return sources.bad_record_report()
 
     def get_state(self) -> bytes:
@@ -206,15 +202,13 @@ def make_train_iterator(mixture_or_task_name: str, *, task_feature_lengths: Unio
         use_cached: read seqio caches (None: where they exist).
         mixing: TokenMixture mode override ('rows' or 'documents').
         num_train_steps: with a mixture that has ``max_epochs``, checks repetition for the planned budget.
-        feature_converter: default :class:`~textbooks.data.packing.LMPackingFeatureConverter` with the
+        feature_converter: default :class:`~textbooks.inputs.converters.LMPackingFeatureConverter` with the
             vocabulary's end-of-text as bos.
         prefetch: batches prepared ahead.
 
     Raises:
         ValueError: unknown name, bad lengths or batch size; FileNotFoundError: missing data.
     """
-    from mixtures import mixing as mixing_lib
-
     shard_info = shard_info or seqio.ShardInfo(index=0, num_shards=1)
     lengths = _lengths(task_feature_lengths)
     per_host = _per_host(batch_size, shard_info)
@@ -276,8 +270,6 @@ def make_eval_datasets(mixture_or_task_name: str, *, task_feature_lengths: Union
     Raises:
         ValueError: unknown name or bad batch size.
     """
-    from mixtures import roles
-
     shard_info = shard_info or seqio.ShardInfo(index=0, num_shards=1)
     lengths = _lengths(task_feature_lengths)
     per_host = _per_host(batch_size, shard_info)
@@ -298,16 +290,14 @@ def make_eval_datasets(mixture_or_task_name: str, *, task_feature_lengths: Union
             empty = ds.element_spec
             blank = {k: tf.zeros([per_host, s.shape[1]], s.dtype) for k, s in empty.items()}
             ds = ds.concatenate(tf.data.Dataset.from_tensors(blank).repeat()).take(num_batches)
-        out[task.role] = EvalDataset(role=task.role, role_id=roles.ROLE_IDS[task.role], task_name=task.name,
+        out[task.role] = EvalDataset(role=task.role, role_id=ROLE_IDS[task.role], task_name=task.name,
                                      dataset=ds.prefetch(1).with_options(_options()))
     return out
 
 
 def describe_batch(batch: Mapping[str, Any]) -> dict:
     """Token counts per role and packing efficiency of one batch (for logs and tests)."""
-    from mixtures import roles
-
     weights = np.asarray(batch["decoder_loss_weights"]) > 0
     role_ids = np.asarray(batch["decoder_role_ids"])
-    per_role = {roles.role_name(int(r)): int(((role_ids == r) & weights).sum()) for r in np.unique(role_ids[weights])}
+    per_role = {role_name(int(r)): int(((role_ids == r) & weights).sum()) for r in np.unique(role_ids[weights])}
     return {"tokens": int(weights.sum()), "efficiency": float(weights.mean()), "tokens_per_role": per_role}

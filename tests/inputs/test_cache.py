@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 import seqio
 
-import mixtures
 from mixtures import testing
-from textbooks.data import cache, pipeline
+from textbooks.data.roles import ROLE_IDS
+from textbooks.inputs import cache, pipeline
 
 
 @pytest.fixture(autouse=True)
@@ -53,7 +53,7 @@ def test_cache_job_round_trip(data_root, tmp_path, monkeypatch):
     monkeypatch.setenv("TEXTBOOKS_DATA_DIR", str(tmp_path / "elsewhere"))
     batch = next(pipeline.make_train_iterator("code_exercises", task_feature_lengths=96, batch_size=2))
     assert batch["decoder_loss_weights"].sum() == 2 * 96
-    assert set(np.unique(batch["decoder_role_ids"])) == {mixtures.ROLE_IDS["code_exercises"]}
+    assert set(np.unique(batch["decoder_role_ids"])) == {ROLE_IDS["code_exercises"]}
     with pytest.raises(FileNotFoundError, match="elsewhere"):
         pipeline.make_train_iterator("code_exercises", task_feature_lengths=96, batch_size=2, use_cached=False)
     # Rerunning finds the finished cache and does nothing.
