@@ -1,7 +1,7 @@
 """Decode attention: the compiled XLA:CPU kernel vs the same computation as XLA ops, per decoding step.
 
 One step of cached attention for a batch: each row's query attends over its own cache prefix. The XLA
-formulation (the model's ``decode_attention='xla'`` path) multiplies over the whole cache window and masks;
+formulation (the model's ``DecodeKernels(attention='xla')`` path) multiplies over the whole cache window and masks;
 the kernel (:mod:`textbooks.model.cpu_attention`) reads each row's prefix only. Both run inside a compiled
 loop of steps (as in decoding); results are checked equal to float rounding. Cases: rows of one length
 (static batches) and rows of lengths spread over the cache (continuous batching). The decoder's XLA path

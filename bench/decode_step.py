@@ -1,9 +1,9 @@
 """Decode steps of a whole model: XLA ops vs the compiled CPU kernels, one kernel at a time.
 
 Greedy decoding of a batch through :class:`textbooks.model.decode.Decoder` (prefill, then a compiled token
-loop), timed per generated token step, with the model's decode-step kernels set three ways: all XLA ops
-(``decode_attention='xla'``, ``decode_projections='xla'``), the attention kernel only, and both kernels (what
-``Decoder(kernels='auto')`` picks on XLA:CPU). Rounds of the variants are interleaved (load changes hit all
+loop), timed per generated token step, with the model's decode-step kernels (:class:`DecodeKernels`) set three
+ways: all XLA ops (``attention='xla'``, ``projections='xla'``), the attention kernel only, and both kernels
+(what ``Decoder(kernels='auto')`` picks on XLA:CPU). Rounds of the variants are interleaved (load changes hit all
 alike) and the median is reported; every variant must produce the same tokens as the XLA one. The bytes a step
 must read (weights but the embedding table, plus the cached keys and values so far) give the memory bandwidth
 each variant reaches.
@@ -34,7 +34,7 @@ except ImportError:  # run as a script: python bench/decode_step.py
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-# name -> (decode_attention, decode_projections)
+# name -> (DecodeKernels.attention, DecodeKernels.projections)
 VARIANTS = {"xla": ("xla", "xla"), "attention kernel": ("cpu_kernel", "xla"),
             "both kernels": ("cpu_kernel", "cpu_kernel")}
 
@@ -58,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     from textbooks.model import cpu_kernels
     from textbooks.model import decode as decode_lib
     from textbooks.model.config import get_preset
-    from textbooks.model.phi import init_params
+    from textbooks.model.phi import DecodeKernels, init_params
 
     status = cpu_kernels.status()
     if not status.ok:
@@ -71,10 +71,8 @@ def main(argv: list[str] | None = None) -> int:
                                              max_new_tokens=args.new) for _ in range(args.batch)]
     decoders, tokens = {}, {}
     for name, (attention, projections) in VARIANTS.items():
-        decoder = decode_lib.Decoder(params, config, max_batch_size=args.batch, kernels="xla")
-        # The variant's model config (Decoder(kernels=...) sets both fields together).
-        decoder._config = decoder._config.replace(decode_attention=attention,  # noqa: SLF001
-                                                  decode_projections=projections)
+        decoder = decode_lib.Decoder(params, config, max_batch_size=args.batch,
+                                     kernels=DecodeKernels(attention=attention, projections=projections))
         tokens[name] = [o.tokens for o in decoder.generate(requests)]  # compiles
         decoders[name] = decoder
     times: dict[str, list[float]] = {name: [] for name in VARIANTS}

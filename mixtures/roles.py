@@ -32,7 +32,8 @@ import tensorflow as tf
 
 from mixtures import preprocessors, sources
 from textbooks.data.roles import ROLE_IDS, ROLES, check_role
-from textbooks.vocab import VOCABULARY_NAMES, get_vocabulary
+from textbooks.vocab import VOCABULARY_NAMES
+from textbooks.vocab.registry import get_vocabulary
 
 SOURCES: tuple[str, ...] = ("shards", "tfds")
 TFDS_NAME = "textbooks_corpus"

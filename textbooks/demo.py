@@ -30,6 +30,8 @@ from typing import Any, Sequence
 
 import gin
 
+from textbooks.vocab import PHI_PADDED_VOCAB_SIZE, SPM8K_VOCAB_SIZE
+
 log = logging.getLogger(__name__)
 
 VARIANTS: tuple[tuple[str, str, str], ...] = (
@@ -185,7 +187,7 @@ def train_variant(name: str, mixture: str, model_dir: str, config: DemoConfig) -
     from textbooks.train import checkpoints, hooks, optimizer, trainer
 
     gin.clear_config()
-    vocab_size = 51200 if config.vocabulary == "phi" else 8192
+    vocab_size = PHI_PADDED_VOCAB_SIZE if config.vocabulary == "phi" else SPM8K_VOCAB_SIZE
     result = trainer.train(
         model_dir=model_dir,
         model_config=model_config(config.preset, vocab_size=vocab_size, max_len=max(config.seq_len, 256)),
@@ -221,7 +223,7 @@ def evaluate_variant(model_dir: str, out_dir: str, config: DemoConfig) -> dict:
 def sample_variant(model_dir: str, prompts: Sequence[str], max_new_tokens: int = 48) -> list[str]:
     """Sampled continuations (T=0.8, top-k 40, seed 0) of ``prompts`` from the final checkpoint."""
     from textbooks.model.decode import generate
-    from textbooks.train.checkpoints import load_model
+    from textbooks.model.load import load_model
 
     loaded = load_model(model_dir)
     vocab = loaded.vocabulary

@@ -31,7 +31,7 @@ def tiny_params(tiny_config):
 def tiny_model(tiny_config, tiny_params):
     """An EvalModel over the project's SentencePiece vocabulary (8k, CPU-cheap)."""
     from textbooks.evaluate.lm import EvalModel
-    from textbooks.vocab import get_vocabulary
+    from textbooks.vocab.registry import get_vocabulary
 
     return EvalModel(tiny_config, tiny_params, get_vocabulary("spm8k"), tokens_per_batch=2048)
 

@@ -9,7 +9,7 @@ from textbooks.evaluate import benchmarks, multiple_choice, seqio_tasks
 def test_seqio_evaluator_reproduces_score_items(tiny_model, task):
     import seqio
 
-    from textbooks.vocab import get_vocabulary
+    from textbooks.vocab.registry import get_vocabulary
 
     names = seqio_tasks.register_eval_tasks(get_vocabulary("spm8k"), limit=10)
     assert f"textbooks_eval.{task}" in names and len(names) == len(seqio_tasks.MC_TASKS)

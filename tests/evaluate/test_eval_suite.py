@@ -104,7 +104,7 @@ def test_a_failing_task_is_recorded_and_the_others_still_run(tiny_model, monkeyp
 def test_training_hook_reuses_the_compiled_model(tiny_config, tiny_params, tmp_path):
     import jax
 
-    from textbooks.vocab import get_vocabulary
+    from textbooks.vocab.registry import get_vocabulary
 
     hook = runner.make_eval_hook(tiny_config, get_vocabulary("spm8k"), tasks=("piqa", "winogrande"), limit=6,
                                  every=100, out_dir=str(tmp_path))

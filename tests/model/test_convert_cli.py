@@ -1,13 +1,13 @@
 """`textbooks convert` through the CLI: HF -> params folder -> HF, logits preserved; errors; trained checkpoints."""
 
 import json
-import sys
 import types
 
 import numpy as np
 from phi_testing import HF_CONFIGS, hf_logits, make_hf_model, our_logits, random_params
 
 from textbooks.cli import main
+from textbooks.model import load as model_load
 from textbooks.model import load_params
 
 FIELDS = HF_CONFIGS["three_heads_quarter_rotary"]
@@ -46,8 +46,8 @@ def test_cli_errors_are_reported_and_nothing_is_written(tmp_path, capsys):
     assert not (tmp_path / "o").exists()
 
 
-def test_to_hf_accepts_what_the_trainer_checkpoint_loader_understands(tmp_path, monkeypatch, capsys):
-    """A path that is neither format goes to textbooks.train.checkpoints.load_model (here a stand-in)."""
+def test_to_hf_accepts_what_the_checkpoint_loader_understands(tmp_path, monkeypatch, capsys):
+    """A path that is not a params folder goes to textbooks.model.load.load_model (here a stand-in)."""
     from textbooks.model.hf import config_from_hf, load_hf_checkpoint
 
     config = config_from_hf(dict(FIELDS, model_type="phi", vocab_size=320)).replace(scan_layers=True)
@@ -57,9 +57,9 @@ def test_to_hf_accepts_what_the_trainer_checkpoint_loader_understands(tmp_path, 
 
     def load_model(path):
         seen.append(path)
-        return types.SimpleNamespace(config=config, params=params, metadata={"vocabulary": "byte"})
+        return types.SimpleNamespace(config=config, params=params, vocabulary_name="byte")
 
-    monkeypatch.setitem(sys.modules, "textbooks.train.checkpoints", types.SimpleNamespace(load_model=load_model))
+    monkeypatch.setattr(model_load, "load_model", load_model)
     assert main(["convert", "--to-hf", "--checkpoint", str(tmp_path / "run"), "--out", str(tmp_path / "hf")]) == 0
     assert seen == [str(tmp_path / "run")]
     hf_config = json.loads((tmp_path / "hf" / "config.json").read_text())
@@ -71,12 +71,10 @@ def test_to_hf_accepts_what_the_trainer_checkpoint_loader_understands(tmp_path, 
 
     # Imported back, the params folder keeps the vocabulary, loads as a checkpoint, and exports it again.
     monkeypatch.undo()
-    from textbooks.train.checkpoints import load_model as real_load_model
-
     assert main(["convert", "--from-hf", str(tmp_path / "hf"), "--out", str(tmp_path / "params")]) == 0
     assert "vocabulary byte" in capsys.readouterr().out
     assert json.loads((tmp_path / "params" / "textbooks_config.json").read_text())["vocabulary"] == "byte"
-    loaded = real_load_model(str(tmp_path / "params"))
+    loaded = model_load.load_model(str(tmp_path / "params"))
     assert loaded.metadata == {"vocabulary": "byte"} and loaded.vocabulary.vocab_size == 259 and loaded.step is None
     assert main(["convert", "--to-hf", "--checkpoint", str(tmp_path / "params"), "--out", str(tmp_path / "hf2")]) == 0
     assert json.loads((tmp_path / "hf2" / "config.json").read_text())["textbooks_vocabulary"] == "byte"

@@ -10,7 +10,8 @@ from phi_testing import greedy_by_recomputing
 
 from textbooks.model import cpu_attention, cpu_kernels, cpu_matmul
 from textbooks.model import decode as decode_lib
-from textbooks.model.phi import PhiForCausalLM
+from textbooks.model.kv_cache import init_cache
+from textbooks.model.phi import DecodeKernels, PhiForCausalLM
 from textbooks.model.slots import SlotDecoder
 
 
@@ -68,8 +69,9 @@ def test_small_matmul_keeps_leading_axes_and_rejects_shapes_that_do_not_fit(kern
 def test_decode_steps_use_both_kernels_and_prefill_does_not(kernel, tiny_model):
     config, params = tiny_model
     fast = decode_lib.Decoder(params, config, kernels="auto")
-    model = PhiForCausalLM(fast._config)  # noqa: SLF001 - the config the decoder compiles with
-    cache = decode_lib.init_cache(fast._config, 2, 32)  # noqa: SLF001
+    assert fast.model_kernels == DecodeKernels(attention="cpu_kernel", projections="cpu_kernel")
+    model = PhiForCausalLM(config, fast.model_kernels)
+    cache = init_cache(config, 2, 32)
 
     def hlo(length):
         def run(params, cache, tokens):
@@ -92,6 +94,8 @@ def test_decoder_uses_the_kernels_and_decodes_the_same_tokens(kernel, tiny_model
                 for n, m in [(3, 20), (11, 7), (1, 30), (25, 12)]]
     got = fast.generate(requests)
     assert got == plain.generate(requests)
+    mixed = decode_lib.Decoder(params, config, kernels=DecodeKernels(attention="cpu_kernel", projections="xla"))
+    assert mixed.kernels == "attention=cpu_kernel,projections=xla" and mixed.generate(requests) == got
     for r, out in zip(requests, got):
         assert out.tokens == greedy_by_recomputing(config, params, [r.prompt], r.max_new_tokens)[0]
 

@@ -7,7 +7,7 @@ import pytest
 from phi_testing import greedy_by_recomputing
 
 from textbooks.model import Decoder, GenerationRequest, generate
-from textbooks.model.decode import sample_tokens
+from textbooks.model.sampling import sample_tokens
 
 PROMPT_LENGTHS = (1, 4, 9, 17)
 NEW = 10

@@ -1,4 +1,5 @@
-"""Decoding shapes that keep a step cheap: single-query attention and the cache windows of the token loop."""
+"""Decoding shapes that keep a step cheap: power-of-two buckets, single-query attention and the cache windows of
+the token loop."""
 
 import jax
 import jax.numpy as jnp
@@ -7,22 +8,31 @@ from phi_testing import our_logits, random_params
 from treecheck import assert_same_structure
 
 from textbooks.model import Decoder, GenerationRequest, get_preset, init_cache
-from textbooks.model.decode import _attention_windows, _resize_cache
+from textbooks.model.buckets import bucket
+from textbooks.model.kv_cache import attention_windows, resize_cache
+
+
+def test_buckets_are_the_smallest_power_of_two_that_fits_within_the_limits():
+    for n in range(0, 300):
+        for minimum, maximum in ((1, None), (16, None), (8, 200), (1, 64)):
+            power = next(2 ** k for k in range(12) if 2 ** k >= n)
+            want = min(max(power, minimum), maximum) if maximum is not None else max(power, minimum)
+            assert bucket(n, minimum, maximum) == want, (n, minimum, maximum)
 
 
 def test_attention_windows_grow_to_the_cache_length():
-    assert _attention_windows(32) == [32]
-    assert _attention_windows(64) == [64]
-    assert _attention_windows(256) == [64, 128, 192, 256]
-    assert _attention_windows(2048) == [512, 1024, 1536, 2048]
+    assert attention_windows(32) == [32]
+    assert attention_windows(64) == [64]
+    assert attention_windows(256) == [64, 128, 192, 256]
+    assert attention_windows(2048) == [512, 1024, 1536, 2048]
 
 
 def test_resize_cache_cuts_and_zero_pads_the_slot_axis():
     for scan_layers in (False, True):
         config = get_preset("phi-cpu-1m").replace(vocab_size=64, max_len=64, scan_layers=scan_layers)
         cache = jax.tree.map(lambda x: x + 1, init_cache(config, 3, 32))
-        small = _resize_cache(cache, 16)
-        grown = _resize_cache(small, 32)
+        small = resize_cache(cache, 16)
+        grown = resize_cache(small, 32)
         assert_same_structure(grown, cache)
         assert jax.tree.structure(small) == jax.tree.structure(cache)
         for before, cut, after in zip(jax.tree.leaves(cache), jax.tree.leaves(small), jax.tree.leaves(grown)):

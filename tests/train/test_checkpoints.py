@@ -1,4 +1,4 @@
-"""Checkpoint save/restore, fallback past a corrupt newest step, and load_model on every kind of path."""
+"""Checkpoint save/restore, fallback past a corrupt newest step, and the loader on every kind of path a run gives."""
 
 import json
 import logging
@@ -12,6 +12,8 @@ from train_support import FAST_COMPILE
 from treecheck import assert_trees_equal
 from textbooks import cli
 from textbooks import partitioning as part
+from textbooks.model.hf import save_hf_checkpoint
+from textbooks.model.load import load_model
 from textbooks.model.phi import PhiForCausalLM
 from textbooks.train import checkpoints as ck
 from textbooks.train import optimizer as opt
@@ -117,20 +119,18 @@ def test_unfinished_save_is_ignored(tmp_path, tiny_config, caplog, state_and_tar
 
 
 def test_load_model_from_model_dir_step_dir_and_hf_dir(tmp_path, tiny_config, state_and_target):
-    from textbooks.model.hf import save_hf_checkpoint
-
     state, _ = state_and_target
     run = ck.RunCheckpoints(str(tmp_path / "run"), ck.CheckpointConfig(save_every=5))
     run.save(5, state.replace(step=state.step + 5), None, _meta(tiny_config))
     run.close()
     for path in (tmp_path / "run", tmp_path / "run" / "checkpoints", tmp_path / "run" / "checkpoints" / "5"):
-        loaded = ck.load_model(str(path))
+        loaded = load_model(str(path))
         assert loaded.config == tiny_config and loaded.step == 5
         assert loaded.vocabulary.vocab_size == 8192  # the recorded 'spm8k'
         assert_trees_equal(loaded.params, state.params)
 
     save_hf_checkpoint(jax.device_get(state.params), tiny_config, str(tmp_path / "hf"))
-    loaded = ck.load_model(str(tmp_path / "hf"))
+    loaded = load_model(str(tmp_path / "hf"))
     assert loaded.step is None and loaded.vocabulary.vocab_size >= 50295  # 'phi' when a folder records none
     assert_trees_equal(loaded.params, jax.device_get(state.params))  # a change of file format, not of values
 
@@ -141,14 +141,14 @@ def test_load_model_from_model_dir_step_dir_and_hf_dir(tmp_path, tiny_config, st
     run.close()
     assert cli.main(["convert", "--to-hf", "--checkpoint", str(tmp_path / "byte_run"), "--out",
                      str(tmp_path / "x")]) == 0
-    exported = ck.load_model(str(tmp_path / "x"))
+    exported = load_model(str(tmp_path / "x"))
     assert exported.metadata == {"vocabulary": "byte"} and exported.vocabulary.vocab_size == 259
     assert json.loads((tmp_path / "x" / "config.json").read_text())["eos_token_id"] == 1
     assert_trees_equal(exported.params, loaded.params)
     assert cli.main(["convert", "--to-hf", "--checkpoint", str(tmp_path / "run"), "--out", str(tmp_path / "y")]) == 2
 
     with pytest.raises(FileNotFoundError, match="holds no checkpoint"):
-        ck.load_model(str(tmp_path))
+        load_model(str(tmp_path))
 
 
 def test_changed_model_or_unreadable_only_checkpoint_is_an_error_not_corruption(tmp_path, tiny_config,

@@ -16,7 +16,7 @@ import pytest
 
 from train_support import REPO, cli_env, tiny_gin
 from textbooks import cli
-from textbooks.train import checkpoints as ck
+from textbooks.model.load import load_model
 
 pytestmark = pytest.mark.slow
 
@@ -51,7 +51,7 @@ def _unfinished_saves(model_dir):
 
 
 def _params(path, **kwargs):
-    return jax.tree_util.tree_map(np.asarray, ck.load_model(str(path), **kwargs).params)
+    return jax.tree_util.tree_map(np.asarray, load_model(str(path), **kwargs).params)
 
 
 def _assert_trees_equal(a, b):
@@ -70,7 +70,7 @@ def test_train_with_a_relative_model_dir_saves_and_records_the_absolute_path(tmp
     assert f"'{model_dir}'" in (model_dir / "config.gin").read_text()  # MODEL_DIR, recorded absolute
     # The loader takes the relative path too.
     monkeypatch.chdir(tmp_path)
-    assert ck.load_model("runs/rel").step == STEPS
+    assert load_model("runs/rel").step == STEPS
 
 
 def test_train_init_from_and_model_dir_given_relative_through_gin_flags(base_run, tmp_path):
@@ -143,13 +143,13 @@ def test_convert_to_hf_and_back_with_relative_paths(base_run, monkeypatch, capsy
     monkeypatch.chdir(base_run)
     assert cli.main(["convert", "--to-hf", "--checkpoint", "base", "--out", "hf_rel"]) == 0, \
         capsys.readouterr().err
-    base = ck.load_model(str(base_run / "base"))
+    base = load_model(str(base_run / "base"))
     layout = {"scan_layers": base.config.scan_layers}
     _assert_trees_equal(_params(base_run / "hf_rel", **layout), base.params)
     assert json.loads((base_run / "hf_rel" / "config.json").read_text())["textbooks_vocabulary"] == "byte"
 
     assert cli.main(["convert", "--from-hf", "hf_rel", "--out", "params_rel"]) == 0, capsys.readouterr().err
-    back = ck.load_model(str(base_run / "params_rel"), **layout)
+    back = load_model(str(base_run / "params_rel"), **layout)
     assert back.metadata == {"vocabulary": "byte"}
     _assert_trees_equal(jax.tree_util.tree_map(np.asarray, back.params), base.params)
 

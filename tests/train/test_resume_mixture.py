@@ -20,7 +20,7 @@ import pytest
 from mixtures import phi
 from train_support import REPO, TINY, cli_env, losses, train_cmd
 from textbooks.corpora import build
-from textbooks.train import checkpoints
+from textbooks.model.load import load_model, read_metadata
 
 pytestmark = pytest.mark.slow
 
@@ -169,7 +169,7 @@ def runs(tmp_path_factory, gin_file, data_root):
 
 
 def _final_params(model_dir):
-    return checkpoints.load_model(model_dir, step=STEPS).params
+    return load_model(model_dir, step=STEPS).params
 
 
 def _assert_same_tree(got, expected):
@@ -203,7 +203,7 @@ def _assert_resumed_like_reference(runs, name, latest_possible):
 
 def test_the_reference_run_trains_on_every_role_of_the_mixture(runs):
     model_dir = runs["dirs"]["reference"]
-    meta = checkpoints.read_metadata(os.path.join(model_dir, "checkpoints", str(STEPS)))
+    meta = read_metadata(os.path.join(model_dir, "checkpoints", str(STEPS)))
     assert meta["mixture_or_task_name"] == f"{MIXTURE}_byte"
     with open(os.path.join(model_dir, "metrics", "train.jsonl")) as f:
         records = [json.loads(line) for line in f if line.strip()]

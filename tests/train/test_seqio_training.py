@@ -7,6 +7,7 @@ import pytest
 
 from train_support import FAST_COMPILE
 from textbooks import partitioning as part
+from textbooks.model.load import read_metadata
 from textbooks.train import checkpoints as ck
 from textbooks.train import hooks
 from textbooks.train import trainer
@@ -48,7 +49,7 @@ def test_mixture_training_evaluates_per_component_and_resumes_the_pipeline(tmp_p
     straight = tmp_path / "straight"
     result = _train(straight, tiny_config, mixture, 5)
     assert result.final_step == 5 and result.stopped_by == "completed"
-    meta = ck.read_metadata(str(straight / "checkpoints" / "4"))
+    meta = read_metadata(str(straight / "checkpoints" / "4"))
     assert meta["vocabulary"] == "byte" and meta["mixture_or_task_name"] == mixture[1]
     evals = [json.loads(line) for line in open(straight / "metrics" / "eval.jsonl")]
     assert [e["step"] for e in evals] == [2, 4, 5]

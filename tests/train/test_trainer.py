@@ -13,6 +13,7 @@ from train_support import FAST_COMPILE
 from treecheck import assert_same_structure
 from textbooks import gin_utils
 from textbooks import partitioning as part
+from textbooks.model.load import load_model
 from textbooks.train import checkpoints as ck
 from textbooks.train import flops
 from textbooks.train import trainer
@@ -71,7 +72,7 @@ def test_stop_policy_raises_and_keeps_a_finite_checkpoint(tmp_path, tiny_config)
     data = PoisonedBatches(3, global_batch_size=8, seq_len=32, vocab_size=tiny_config.vocab_size, mean_doc_len=12)
     with pytest.raises(trainer.NonFiniteLossError, match="non-finite loss or gradient at step 4"):
         _train(tmp_path, tiny_config, 10, data, on_nonfinite="stop", tensorboard=False)
-    loaded = ck.load_model(str(tmp_path))
+    loaded = load_model(str(tmp_path))
     assert loaded.step <= 4
     assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree_util.tree_leaves(loaded.params))
     assert json.load(open(tmp_path / "summary.json"))["stopped_by"] == "nonfinite"
@@ -136,7 +137,7 @@ def test_init_from_takes_the_parameters_of_another_run(tmp_path, tiny_config):
                     optimizer=opt.OptimizerConfig(learning_rate=1e-12, weight_decay=0.0),
                     checkpoint=ck.CheckpointConfig(save_every=1, async_save=False, init_from=str(tmp_path / "source")))
     assert result.start_step == 0 and result.final_step == 1  # a fresh run (own step count, fresh optimizer)
-    tuned = ck.load_model(str(tmp_path / "finetune")).params
+    tuned = load_model(str(tmp_path / "finetune")).params
     # One AdamW step of learning rate 1e-12 moves a weight by about 1e-12: the weights are the source's.
     assert_same_structure(tuned, source)
     for a, b in zip(jax.tree_util.tree_leaves(tuned), jax.tree_util.tree_leaves(source)):
@@ -150,7 +151,7 @@ def test_init_from_takes_the_parameters_of_another_run(tmp_path, tiny_config):
     _train(tmp_path / "scanned", scanned, 1, data, tensorboard=False,
            optimizer=opt.OptimizerConfig(learning_rate=1e-12, weight_decay=0.0),
            checkpoint=ck.CheckpointConfig(save_every=1, async_save=False, init_from=str(tmp_path / "params")))
-    tuned = ck.load_model(str(tmp_path / "scanned"))
+    tuned = load_model(str(tmp_path / "scanned"))
     assert tuned.config.scan_layers and params_io.is_scanned(tuned.params)
     unscanned = params_io.to_layout(jax.device_get(tuned.params), scan_layers=False)
     flat_tuned, flat_source = params_io.flatten(unscanned), params_io.flatten(source)

@@ -14,8 +14,9 @@ from hypothesis import given, settings, strategies as st
 
 from textbooks.cli import main
 from textbooks.model import generate, get_preset, param_shapes, save_params
-from textbooks.vocab import get_vocabulary, spm
-from textbooks.vocab.hf_files import save_tokenizer, transformers_note
+from textbooks.model.vocab_files import save_tokenizer, transformers_note
+from textbooks.vocab import spm
+from textbooks.vocab.registry import get_vocabulary
 
 STDLIB = sysconfig.get_paths()["stdlib"]
 STDLIB_FILES = ["json/decoder.py", "textwrap.py", "heapq.py", "tokenize.py", "string.py", "functools.py",

@@ -11,8 +11,8 @@ import seqio
 import tensorflow as tf
 from hypothesis import given, settings, strategies as st
 
-from textbooks.vocab import VOCABULARY_NAMES, get_vocabulary
-from textbooks.vocab import phi, spm
+from textbooks.vocab import PHI_PADDED_VOCAB_SIZE, VOCABULARY_NAMES, VOCABULARY_SIZES, phi, spm
+from textbooks.vocab.registry import get_vocabulary, vocabulary_size
 
 STDLIB = sysconfig.get_paths()["stdlib"]
 STDLIB_FILES = ["json/decoder.py", "textwrap.py", "heapq.py", "tokenize.py", "string.py"]
@@ -138,8 +138,17 @@ def test_get_vocabulary_errors_and_gin():
     assert VOCABULARY_NAMES == ("phi", "spm8k", "byte")
     assert isinstance(get_vocabulary("byte"), seqio.ByteVocabulary) and get_vocabulary("byte").vocab_size == 259
     assert get_vocabulary("byte") is get_vocabulary("byte")
-    gin.parse_config("textbooks.vocab.get_vocabulary.name = 'spm8k'")
+    gin.parse_config("textbooks.vocab.registry.get_vocabulary.name = 'spm8k'")
     assert isinstance(get_vocabulary(), seqio.SentencePieceVocabulary)
+
+
+def test_recorded_sizes_are_the_built_vocabularies_sizes():
+    assert set(VOCABULARY_SIZES) == set(VOCABULARY_NAMES)
+    for name, size in VOCABULARY_SIZES.items():
+        assert get_vocabulary(name).vocab_size == size == vocabulary_size(name), name
+    # The phi embedding holds every phi id: 51,200 rows, the vocab_size of the released phi-1 and phi-1.5.
+    assert PHI_PADDED_VOCAB_SIZE == 51200 > VOCABULARY_SIZES["phi"]
+    assert vocabulary_size(f"spm:{spm.spm8k_path()}") == 8192  # an unlisted name is measured by loading it
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -8,7 +8,7 @@ import pytest
 import sentencepiece
 
 from textbooks.cli import main
-from textbooks.vocab import phi, spm
+from textbooks.vocab import PHI_VOCAB_SIZE, phi, spm
 
 IDS = [335, 285, 1222]
 
@@ -70,7 +70,7 @@ def test_info_prints_facts_not_an_object_repr(capsys):
 
     assert main(["vocab", "info", "--name", "phi"]) == 0
     out = capsys.readouterr().out
-    assert f"size:    {phi.VOCAB_SIZE:,} ids" in out and f"eos={phi.EOS_ID} '<|endoftext|>'" in out
+    assert f"size:    {PHI_VOCAB_SIZE:,} ids" in out and f"eos={phi.EOS_ID} '<|endoftext|>'" in out
     assert "unk=none" in out and phi.added_tokens_path() in out and "byte-level BPE" in out
 
     assert main(["vocab", "info", "--name", "byte"]) == 0

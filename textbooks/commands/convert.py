@@ -10,10 +10,10 @@
       Exports a model to transformers' format (float32) with its vocabulary's files (for 'phi' and
       SentencePiece vocabularies a tokenizer.json that transformers' AutoTokenizer reads with the project's
       ids, plus the SentencePiece model file; a SentencePiece model that cannot be converted exactly gets no
-      tokenizer.json, and the reason is printed; see textbooks.vocab.hf_files). PATH may be a params folder
+      tokenizer.json, and the reason is printed; see textbooks.model.vocab_files). PATH may be a params folder
       written by this command, a transformers folder, or a training run's orbax checkpoint (model dir or one
-      step) when the training package is installed. The vocabulary is the checkpoint's own (a params folder
-      imported from a folder that recorded none has none: give --vocabulary to add one).
+      step). The vocabulary is the checkpoint's own (a params folder imported from a folder that recorded
+      none has none: give --vocabulary to add one).
 
 Nothing is written unless the whole input loads and matches its config. Relative paths are taken from the
 working directory.
@@ -54,27 +54,18 @@ def load_any(path: str):
     Raises:
         CheckpointError: ``path`` is none of these or cannot be read.
     """
-    from textbooks.model import hf, params_io
+    # deferred: keeps the CLI start fast
+    from textbooks.model import params_io
+    from textbooks.model.load import load_model
+    from textbooks.model.vocab_files import recorded_vocabulary
 
     if not os.path.exists(path):
         raise params_io.CheckpointError(f"{path} does not exist")
-    from textbooks.vocab.hf_files import recorded_vocabulary, vocabulary_name
-
     if params_io.is_params_dir(path):
         config, params = params_io.load_params(path)
         return config, params, recorded_vocabulary(path)
-    if hf.is_hf_dir(path):
-        config, params = hf.load_hf_checkpoint(path)
-        return config, params, vocabulary_name(path)
-    try:
-        from textbooks.train.checkpoints import load_model
-    except ImportError as e:
-        raise params_io.CheckpointError(
-            f"{path} is neither a params folder ({params_io.CONFIG_FILE} + {params_io.PARAMS_FILE}) nor a "
-            f"transformers folder (config.json + model.safetensors), and orbax checkpoints cannot be read "
-            f"here ({e})") from e
     loaded = load_model(path)
-    return loaded.config, loaded.params, loaded.metadata.get("vocabulary", "phi")
+    return loaded.config, loaded.params, loaded.vocabulary_name
 
 
 def main(args: argparse.Namespace) -> int:
@@ -87,7 +78,7 @@ def main(args: argparse.Namespace) -> int:
         if from_hf:
             if checkpoint:
                 raise ValueError("--checkpoint goes with --to-hf; with --from-hf give the folder to --from-hf")
-            from textbooks.vocab.hf_files import recorded_vocabulary, save_tokenizer
+            from textbooks.model.vocab_files import recorded_vocabulary, save_tokenizer
 
             config, params = hf.load_hf_checkpoint(from_hf)
             vocabulary = recorded_vocabulary(from_hf)
@@ -102,8 +93,8 @@ def main(args: argparse.Namespace) -> int:
             return 0
         if not checkpoint:
             raise ValueError("--to-hf needs --checkpoint PATH (params folder, transformers folder or orbax dir)")
-        from textbooks.vocab import get_vocabulary
-        from textbooks.vocab.hf_files import save_tokenizer, transformers_note
+        from textbooks.model.vocab_files import save_tokenizer, transformers_note
+        from textbooks.vocab.registry import get_vocabulary
 
         config, params, vocabulary = load_any(checkpoint)
         vocabulary = args.vocabulary or vocabulary

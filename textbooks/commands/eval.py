@@ -110,5 +110,5 @@ def register_gin_names() -> None:
     import textbooks.model.config  # noqa: F401
     import textbooks.partitioning  # noqa: F401
     import textbooks.train.checkpoints  # noqa: F401
-    import textbooks.vocab  # noqa: F401
+    import textbooks.vocab.registry  # noqa: F401
     from textbooks.evaluate import runner  # noqa: F401

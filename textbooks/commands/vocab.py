@@ -82,7 +82,7 @@ def _run(args) -> int:
 
         print("\n".join(describe(args.name).lines()))
         return 0
-    from textbooks.vocab import get_vocabulary
+    from textbooks.vocab.registry import get_vocabulary
 
     vocab = get_vocabulary(args.name)
     if args.action == "encode":

@@ -4,7 +4,7 @@ Two encoders, chosen by an :class:`EncoderSpec`:
 
 * ``'minilm'`` — all-MiniLM-L6-v2 in JAX (:class:`textbooks.curate.encoder.MiniLMEncoder`), 384-d;
 * ``'phi'`` — mean-pooled final hidden states (final LayerNorm output, over non-padding tokens, L2-normalized)
-  of one of the project's phi checkpoints, loaded with ``textbooks.train.checkpoints.load_model`` and run as
+  of one of the project's phi checkpoints, loaded with ``textbooks.model.load.load_model`` and run as
   ``PhiForCausalLM(config)(ids, segment_ids=..., output_hidden_states=True)`` — as phi-1 embedded code with
   a pretrained code model.
 
@@ -78,7 +78,7 @@ class PhiEncoder:
     """Mean-pooled, L2-normalized final hidden states of a phi checkpoint.
 
     Args:
-        path: a checkpoint for ``textbooks.train.checkpoints.load_model``.
+        path: a checkpoint for ``textbooks.model.load.load_model``.
         max_length: tokens per document (capped by the model's ``max_len``).
         batch_size: documents per forward pass.
     """
@@ -88,7 +88,7 @@ class PhiEncoder:
         import jax.numpy as jnp
 
         from textbooks.model.phi import PhiForCausalLM
-        from textbooks.train.checkpoints import load_model
+        from textbooks.model.load import load_model
 
         loaded = load_model(path)
         self.path = path

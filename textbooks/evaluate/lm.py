@@ -1,7 +1,7 @@
 """The model as the evaluation sees it: log-likelihood of continuations and text generation.
 
 :class:`EvalModel` wraps (config, params, vocabulary) - e.g. from
-:func:`textbooks.train.checkpoints.load_model` - and offers the two requests every benchmark reduces to:
+:func:`textbooks.model.load.load_model` - and offers the two requests every benchmark reduces to:
 
 * :meth:`EvalModel.loglikelihood` - ``log p(continuation | context)`` for (context, continuation) string pairs,
   tokenized the way lm-eval-harness does (the context alone, then the continuation as the remainder of the
@@ -26,6 +26,8 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from textbooks.model.buckets import bucket
+from textbooks.model.load import load_model
 from textbooks.model.stops import cut_at_stop
 
 logger = logging.getLogger(__name__)
@@ -46,10 +48,6 @@ class LogLikelihood:
     is_greedy: bool
     num_tokens: int
     truncated: bool = False
-
-
-def _bucket(n: int, minimum: int, maximum: int) -> int:
-    return min(max(minimum, 1 << max(0, n - 1).bit_length()), maximum)
 
 
 def _score_fn(model, params, inputs, targets, segment_ids, window_start, window_mask):
@@ -142,9 +140,7 @@ class EvalModel:
     # ------------------------------------------------------------------------------------------------------
     @classmethod
     def from_checkpoint(cls, path: str, **kwargs: Any) -> "EvalModel":
-        """Loads ``path`` with :func:`textbooks.train.checkpoints.load_model` (orbax model/step dir or HF dir)."""
-        from textbooks.train.checkpoints import load_model
-
+        """Loads ``path`` with :func:`textbooks.model.load.load_model` (orbax model/step dir or HF dir)."""
         loaded = load_model(path)
         return cls(loaded.config, loaded.params, loaded.vocabulary, **kwargs)
 
@@ -228,14 +224,14 @@ class EvalModel:
         # kernel initializer and applies the 3-d logical names to a 2-d kernel under a mesh with rules.)
         with jax.set_mesh(self.mesh):
             while index < len(rows):
-                length = _bucket(rows[index][0], min(self.min_length_bucket, max_len), max_len)
+                length = bucket(rows[index][0], min(self.min_length_bucket, max_len), max_len)
                 per_batch = max(1, self.tokens_per_batch // length // self.data_parallel) * self.data_parallel
                 chunk = rows[index:index + per_batch]  # sorted longest first: all fit in ``length``
                 index += len(chunk)
                 # Row counts are powers of two times the data-parallel size, so few shapes get compiled.
-                batch = min(per_batch, self.data_parallel * _bucket(-(-len(chunk) // self.data_parallel), 1,
-                                                                    per_batch))
-                width = _bucket(max(r[4] for r in chunk), min(32, length), length)
+                batch = min(per_batch, self.data_parallel * bucket(-(-len(chunk) // self.data_parallel), 1,
+                                                                   per_batch))
+                width = bucket(max(r[4] for r in chunk), min(32, length), length)
                 inputs = np.zeros((batch, length), np.int32)
                 targets = np.zeros((batch, length), np.int32)
                 segments = np.zeros((batch, length), np.int32)

@@ -1,7 +1,7 @@
 """Runs benchmark suites on a model: the ``textbooks eval`` entry point and the in-training eval hook.
 
 ``evaluate`` (gin-configurable, like T5X's) loads a checkpoint with
-:func:`textbooks.train.checkpoints.load_model`, runs each task and writes ``results.json``, ``results.md`` (the
+:func:`textbooks.model.load.load_model`, runs each task and writes ``results.json``, ``results.md`` (the
 phi-1.5 tables), ``results.png`` and per-item records. A task that fails (missing files, a prompt that does not
 fit, a model error) is recorded with its error and the run goes on; generated programs that crash are per-item
 failures inside their task. :func:`make_eval_hook` gives the trainer a callable ``(params, mesh) -> metrics``.
@@ -300,7 +300,7 @@ def load_eval_model(checkpoint: str, settings: EvalSettings | None = None):
 
     settings = settings or EvalSettings()
     try:
-        from textbooks.train.checkpoints import load_model
+        from textbooks.model.load import load_model
 
         loaded = load_model(checkpoint)
     except Exception as e:

@@ -123,7 +123,7 @@ def register_eval_tasks(vocabulary=None, *, limit: int | None = None, prefix: st
         prefix: task name prefix.
     """
     if vocabulary is None:
-        from textbooks.vocab import get_vocabulary
+        from textbooks.vocab.registry import get_vocabulary
 
         vocabulary = get_vocabulary("phi")
     names = []

@@ -1,4 +1,4 @@
-"""The phi model: configuration and presets, the Flax Linen module, KV-cache decoding and HF interop.
+"""The phi model: configuration and presets, the Flax Linen module, KV-cache decoding, checkpoints and HF interop.
 
 Typical use::
 
@@ -8,16 +8,21 @@ Typical use::
     logits = model.PhiForCausalLM(config).apply({"params": params}, tokens)
     outputs = model.generate(params, config, [[1, 2, 3]], max_new_tokens=20)
     model.save_hf_checkpoint(params, config, "/tmp/phi-hf")  # loadable by transformers.PhiForCausalLM
+
+Trained models of any checkpoint format are read with :func:`textbooks.model.load.load_model` (not imported
+here: it brings in orbax and the vocabularies).
 """
 
 from textbooks.model.config import PRESETS, PhiConfig, get_preset, model_config
-from textbooks.model.decode import Decoder, GenerationOutput, GenerationRequest, generate, init_cache
+from textbooks.model.decode import Decoder, GenerationOutput, GenerationRequest, generate
 from textbooks.model.hf import load_hf_checkpoint, save_hf_checkpoint
+from textbooks.model.kv_cache import init_cache
 from textbooks.model.params_io import CheckpointError, load_params, save_params, to_layout
-from textbooks.model.phi import PhiForCausalLM, init_params, param_logical_specs, param_shapes
+from textbooks.model.phi import DecodeKernels, PhiForCausalLM, init_params, param_logical_specs, param_shapes
 
 __all__ = [
     "CheckpointError",
+    "DecodeKernels",
     "Decoder",
     "GenerationOutput",
     "GenerationRequest",

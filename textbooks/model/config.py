@@ -4,6 +4,10 @@ The presets follow the papers: ``phi-1`` (1.3B, "Textbooks Are All You Need"), `
 phi-1.5 report) and ``phi-1-small`` (350M), plus three CPU-sized presets for tests, demos and sweeps on a
 laptop. Gin binds only :func:`model_config` (``model_config.preset = 'phi-cpu-7m'`` and overrides such as
 ``model_config.scan_layers = True``); everything else is plain Python.
+
+A config describes the model and is saved with its checkpoints; how a backend computes it (the decode kernels
+of :class:`textbooks.model.phi.DecodeKernels`) is not part of it. :data:`SHAPE_FIELDS` and
+:data:`PARAM_TREE_FIELDS` say which fields a checkpoint's parameters depend on.
 """
 
 from __future__ import annotations
@@ -14,11 +18,17 @@ from typing import Any, Mapping
 
 import gin
 
+from textbooks.vocab import PHI_PADDED_VOCAB_SIZE, SPM8K_VOCAB_SIZE
+
 DTYPES = ("float32", "bfloat16", "float16")
 PARAM_DTYPES = ("float32", "bfloat16")
 REMAT_POLICIES = ("none", "full", "dots", "dots_with_no_batch_dims", "everything")
-DECODE_ATTENTION = ("xla", "cpu_kernel")
-DECODE_PROJECTIONS = ("xla", "cpu_kernel")
+# The fields that set the parameters' shapes, and with the layer layout (stacked by scan or not) the fields
+# that set the parameter tree: a checkpoint's parameters only fit a config that agrees on these.
+SHAPE_FIELDS: tuple[str, ...] = ("vocab_size", "hidden_size", "num_layers", "num_heads", "intermediate_size")
+PARAM_TREE_FIELDS: tuple[str, ...] = SHAPE_FIELDS + ("scan_layers",)
+# Fields of earlier versions that are no longer part of a config; saved configs holding them still load.
+RETIRED_FIELDS: tuple[str, ...] = ("decode_attention", "decode_projections")  # now DecodeKernels (model.phi)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -26,7 +36,8 @@ class PhiConfig:
     """Shape and numerics of a phi decoder (phi-1 / phi-1.5 architecture).
 
     Attributes:
-        vocab_size: rows of the embedding and columns of the LM head (phi pads its 50,295 tokens to 51,200).
+        vocab_size: rows of the embedding and columns of the LM head (phi pads its 50,295 tokens to 51,200:
+            :data:`textbooks.vocab.PHI_PADDED_VOCAB_SIZE`).
         hidden_size: model width.
         num_layers: decoder blocks.
         num_heads: attention heads; ``hidden_size`` must be a multiple of it.
@@ -44,15 +55,9 @@ class PhiConfig:
         remat_policy: activation checkpointing of each block: 'none', 'full' (save nothing), 'dots' (save
             matmul outputs), 'dots_with_no_batch_dims' (save weight matmuls only) or 'everything'.
         initializer_range: standard deviation of the normal initializer of kernels and embeddings.
-        decode_attention: how cached (decoding) attention is computed: 'xla' (einsums over the cache window,
-            any backend) or 'cpu_kernel' (the compiled kernel of :mod:`textbooks.model.cpu_attention`, float32 on
-            XLA:CPU; the decoder picks it by itself when it is available).
-        decode_projections: how the weight products of single-token decode steps are computed: 'xla' (einsums,
-            any backend) or 'cpu_kernel' (the multi-core kernel of :mod:`textbooks.model.cpu_matmul`, float32 on
-            XLA:CPU; picked with the attention kernel).
     """
 
-    vocab_size: int = 51200
+    vocab_size: int = PHI_PADDED_VOCAB_SIZE
     hidden_size: int = 2048
     num_layers: int = 24
     num_heads: int = 32
@@ -69,12 +74,10 @@ class PhiConfig:
     scan_layers: bool = False
     remat_policy: str = "none"
     initializer_range: float = 0.02
-    decode_attention: str = "xla"
-    decode_projections: str = "xla"
 
     def __post_init__(self):
         problems = []
-        for name in ("vocab_size", "hidden_size", "num_layers", "num_heads", "intermediate_size", "max_len"):
+        for name in SHAPE_FIELDS + ("max_len",):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
                 problems.append(f"{name} must be a positive integer, got {value!r}")
@@ -98,11 +101,6 @@ class PhiConfig:
             problems.append(f"param_dtype must be one of {PARAM_DTYPES}, got {self.param_dtype!r}")
         if self.remat_policy not in REMAT_POLICIES:
             problems.append(f"remat_policy must be one of {REMAT_POLICIES}, got {self.remat_policy!r}")
-        if self.decode_attention not in DECODE_ATTENTION:
-            problems.append(f"decode_attention must be one of {DECODE_ATTENTION}, got {self.decode_attention!r}")
-        if self.decode_projections not in DECODE_PROJECTIONS:
-            problems.append(f"decode_projections must be one of {DECODE_PROJECTIONS}, "
-                            f"got {self.decode_projections!r}")
         if problems:
             raise ValueError("invalid PhiConfig: " + "; ".join(problems))
 
@@ -127,9 +125,11 @@ class PhiConfig:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "PhiConfig":
-        """Builds a config from :meth:`to_dict` output; unknown keys are an error naming them."""
+        """Builds a config from :meth:`to_dict` output (of this or an earlier version: the
+        :data:`RETIRED_FIELDS` are dropped); other unknown keys are an error naming them."""
+        d = {k: v for k, v in d.items() if k not in RETIRED_FIELDS}
         _check_fields(d, "PhiConfig.from_dict")
-        return cls(**dict(d))
+        return cls(**d)
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True)
@@ -158,17 +158,28 @@ class PhiConfig:
         return 6 * n + 12 * self.num_layers * self.hidden_size * t
 
 
+def param_tree_differences(a: Mapping[str, Any], b: Mapping[str, Any]) -> dict[str, tuple[Any, Any]]:
+    """``{field: (a's value, b's value)}`` for the :data:`PARAM_TREE_FIELDS` on which two config dicts
+    (:meth:`PhiConfig.to_dict`) differ; empty when parameters of one fit the other."""
+    return {k: (a.get(k), b.get(k)) for k in PARAM_TREE_FIELDS if a.get(k) != b.get(k)}
+
+
 def _check_fields(d: Mapping[str, Any], where: str) -> None:
+    retired = sorted(set(d) & set(RETIRED_FIELDS))
+    if retired:
+        raise ValueError(f"{where}: {retired} are no longer PhiConfig fields (a backend choice, not saved with "
+                         f"the model): choose decode kernels with Decoder(kernels=...) or `textbooks serve "
+                         f"--kernels`")
     names = {f.name for f in dataclasses.fields(PhiConfig)}
     unknown = sorted(set(d) - names)
     if unknown:
         raise ValueError(f"{where}: unknown PhiConfig field(s) {unknown}; known fields: {sorted(names)}")
 
 
-_PAPER = dict(vocab_size=51200, max_len=2048, partial_rotary_factor=0.5, rope_theta=10000.0, layer_norm_eps=1e-5)
+_PAPER = dict(vocab_size=PHI_PADDED_VOCAB_SIZE, max_len=2048, partial_rotary_factor=0.5, rope_theta=10000.0, layer_norm_eps=1e-5)
 # The CPU presets use the project's SentencePiece vocabulary ('spm8k'); the trainer overrides vocab_size when
 # it trains with the phi BPE.
-_CPU = dict(vocab_size=8192, partial_rotary_factor=0.5, rope_theta=10000.0, layer_norm_eps=1e-5)
+_CPU = dict(vocab_size=SPM8K_VOCAB_SIZE, partial_rotary_factor=0.5, rope_theta=10000.0, layer_norm_eps=1e-5)
 
 PRESETS: dict[str, PhiConfig] = {
     # "Textbooks Are All You Need": 24 layers, width 2048, 32 heads of 64, MLP 8192, rotary on 32 dims;

@@ -37,7 +37,7 @@ def decode_attention(q: jax.Array, k: jax.Array, v: jax.Array, start: jax.Array,
     Raises:
         ValueError: the kernel is unavailable (see :func:`status`).
     """
-    cpu_kernels.require("decode_attention='cpu_kernel'")
+    cpu_kernels.require("DecodeKernels(attention='cpu_kernel')")
     f32 = jnp.float32
     call = jax.ffi.ffi_call(TARGET, jax.ShapeDtypeStruct(q.shape, f32), vmap_method="sequential")
     return call(q.astype(f32), k.astype(f32), v.astype(f32), start.astype(jnp.int32), scale=np.float32(scale))

@@ -35,7 +35,7 @@ def small_matmul(x: jax.Array, w: jax.Array, b: jax.Array) -> jax.Array:
     """
     if w.ndim != 2 or x.shape[-1] != w.shape[0] or b.shape != (w.shape[1],):
         raise ValueError(f"small_matmul: x {x.shape}, w {w.shape} and b {b.shape} do not fit x @ w + b")
-    cpu_kernels.require("decode_projections='cpu_kernel'")
+    cpu_kernels.require("DecodeKernels(projections='cpu_kernel')")
     f32 = jnp.float32
     call = jax.ffi.ffi_call(TARGET, jax.ShapeDtypeStruct(x.shape[:-1] + (w.shape[1],), f32),
                             vmap_method="sequential")

@@ -10,10 +10,12 @@ two compiled programs:
   stop sequences, or after its ``max_new_tokens``. The loop ends when every row is done.
 
 Shapes are rounded up to buckets (batch, prompt length, cache length, new tokens, stop sequences: powers of
-two), so a long-running :class:`Decoder` compiles a bounded number of programs however requests vary. All
-sampling parameters are per-row arrays, so a server can batch concurrent requests with different settings in
-one call of :meth:`Decoder.generate`. Each request's random stream depends only on its seed, so results do
-not depend on which other requests share its batch.
+two, :mod:`textbooks.model.buckets`), so a long-running :class:`Decoder` compiles a bounded number of programs
+however requests vary. All sampling parameters are per-row arrays (:mod:`textbooks.model.sampling`), so a
+server can batch concurrent requests with different settings in one call of :meth:`Decoder.generate`. Each
+request's random stream depends only on its seed, so results do not depend on which other requests share its
+batch. :meth:`Decoder.prefill` and :meth:`Decoder.decode_chunk` expose the two programs on a cache the caller
+keeps (continuous batching, :mod:`textbooks.model.slots`).
 """
 
 from __future__ import annotations
@@ -22,13 +24,16 @@ import dataclasses
 import functools
 from typing import Any, Sequence
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from textbooks.model import cpu_kernels
+from textbooks.model.buckets import bucket
 from textbooks.model.config import PhiConfig
-from textbooks.model.phi import PhiForCausalLM
+from textbooks.model.kv_cache import attention_windows, cache_length, init_cache, resize_cache
+from textbooks.model.phi import DecodeKernels, PhiForCausalLM
+from textbooks.model.sampling import greedy_tokens, sample_tokens
 
 FINISH_REASONS = ("length", "eos", "stop")
 _LENGTH, _EOS, _STOP = 0, 1, 2
@@ -61,95 +66,18 @@ class GenerationRequest:
     seed: int = 0
 
 
-def _bucket(n: int, minimum: int, maximum: int | None = None) -> int:
-    size = max(minimum, 1 << max(0, int(n) - 1).bit_length())
-    return min(size, maximum) if maximum is not None else size
-
-
-def init_cache(config: PhiConfig, batch_size: int, cache_len: int) -> Any:
-    """Returns an empty KV cache (the model's 'cache' collection) for ``batch_size`` rows of ``cache_len``."""
-    return jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), _cache_shapes(config, batch_size, cache_len))
-
-
-@functools.lru_cache(maxsize=64)
-def _cache_shapes(config: PhiConfig, batch_size: int, cache_len: int) -> Any:
-    # Tracing the model for its cache's shapes takes longer than a decode chunk: do it once per shape.
-    model = PhiForCausalLM(config)
-
-    def init():
-        with nn.logical_axis_rules(()):
-            tokens = jnp.zeros((batch_size, cache_len), jnp.int32)
-            return model.init(jax.random.PRNGKey(0), tokens, decode=True)["cache"]
-
-    return jax.eval_shape(init)
-
-
-def sample_tokens(logits: jax.Array, keys: jax.Array, temperature: jax.Array, top_k: jax.Array,
-                  top_p: jax.Array) -> jax.Array:
-    """Picks one token per row.
-
-    Args:
-        logits: ``[batch, vocab]`` float32.
-        keys: ``[batch]`` PRNG keys (one per row).
-        temperature: ``[batch]``; 0 means greedy (argmax).
-        top_k: ``[batch]``; keep the k most likely tokens (0: all).
-        top_p: ``[batch]``; keep the smallest set of most likely tokens whose probability reaches p (1: all).
-
-    Returns:
-        ``[batch]`` int32 tokens.
-    """
-    vocab = logits.shape[-1]
-    greedy = greedy_tokens(logits)
-    scaled = logits / jnp.where(temperature > 0, temperature, 1.0)[:, None]
-
-    def truncate(scaled):
-        ordered = -jnp.sort(-scaled, axis=-1)  # descending
-        k = jnp.where(top_k > 0, jnp.minimum(top_k, vocab), vocab)
-        rank = jnp.arange(vocab)[None, :]
-        in_top_k = rank < k[:, None]
-        probs = jax.nn.softmax(jnp.where(in_top_k, ordered, -jnp.inf), axis=-1)
-        mass_before = jnp.cumsum(probs, axis=-1) - probs
-        keep = in_top_k & (mass_before < top_p[:, None])  # always keeps the most likely token
-        kept = jnp.sum(keep, axis=-1)
-        threshold = jnp.take_along_axis(ordered, (kept - 1)[:, None], axis=-1)
-        return jnp.where(scaled >= threshold, scaled, -jnp.inf)
-
-    def sample(scaled):
-        needs_truncation = jnp.any((temperature > 0) & ((top_k > 0) | (top_p < 1.0)))
-        scaled = jax.lax.cond(needs_truncation, truncate, lambda s: s, scaled)
-        return jax.vmap(jax.random.categorical)(keys, scaled).astype(jnp.int32)
-
-    # An all-greedy batch skips drawing [batch, vocab] Gumbel noise; a sampling row gets the same draw from
-    # its own key whatever else is in the batch.
-    sampled = jax.lax.cond(jnp.any(temperature > 0), sample, lambda s: greedy, scaled)
-    return jnp.where(temperature > 0, sampled, greedy)
-
-
-def greedy_tokens(logits: jax.Array) -> jax.Array:
-    """``argmax(logits, -1)`` as int32 (the first index of the maximum), in two plain reductions.
-
-    XLA:CPU lowers ``jnp.argmax`` to a variadic (value, index) reduction that is several times slower than a
-    max followed by a min over the matching indices; on a decode step over an 8k vocabulary the difference
-    is a tenth of the step.
-    """
-    vocab = logits.shape[-1]
-    best = jnp.max(logits, axis=-1, keepdims=True)
-    # As jnp.argmax, a NaN counts as the maximum (then `best` is NaN and only the NaNs match).
-    hit = (logits == best) | jnp.isnan(logits)
-    return jnp.min(jnp.where(hit, jnp.arange(vocab, dtype=jnp.int32), vocab), axis=-1)
-
-
-@functools.partial(jax.jit, static_argnums=(0, 4))
-def _prefill(config: PhiConfig, params: Any, tokens: jax.Array, segment_ids: jax.Array, cache_len: int) -> Any:
-    model = PhiForCausalLM(config)
+@functools.partial(jax.jit, static_argnums=(0, 1, 5))
+def _prefill(config: PhiConfig, kernels: DecodeKernels, params: Any, tokens: jax.Array, segment_ids: jax.Array,
+             cache_len: int) -> Any:
+    model = PhiForCausalLM(config, kernels)
     cache = init_cache(config, tokens.shape[0], cache_len)
     _, variables = model.apply({"params": params, "cache": cache}, tokens, segment_ids=segment_ids, decode=True,
                                mutable=["cache"])
     return variables["cache"]
 
 
-def _token_loop(config: PhiConfig, params: Any, cache: Any, last_tokens: jax.Array, rows: dict,
-                num_new: int, filled: int, keep_cache: bool = False, until_free: bool = False) -> tuple:
+def _token_loop(config: PhiConfig, kernels: DecodeKernels, params: Any, cache: Any, last_tokens: jax.Array,
+                rows: dict, num_new: int, filled: int, keep_cache: bool = False, until_free: bool = False) -> tuple:
     """Generates up to ``rows['max_new']`` tokens per row; returns (tokens [B, num_new], counts, reasons), plus
     the cache (at its full length) when ``keep_cache``.
 
@@ -157,7 +85,7 @@ def _token_loop(config: PhiConfig, params: Any, cache: Any, last_tokens: jax.Arr
     ``until_free``: also stop as soon as a row that was decoding ends (continuous batching with requests
     waiting: the freed row takes one at once instead of idling until the chunk ends).
     """
-    model = PhiForCausalLM(config)
+    model = PhiForCausalLM(config, kernels)
     batch = last_tokens.shape[0]
     stops, stop_lengths = rows["stops"], rows["stop_lengths"]  # [B, S, M] right-aligned, -1 = wildcard; [B, S]
     window = stops.shape[-1]
@@ -193,20 +121,20 @@ def _token_loop(config: PhiConfig, params: Any, cache: Any, last_tokens: jax.Arr
         done = done | is_eos | is_stop | is_full
         return variables["cache"], step + 1, new, out, done, counts, reasons
 
-    cache_len = _cache_length(cache)
+    cache_len = cache_length(cache)
     # XLA attention reads the whole cache it is given, so phases attend over growing windows; the kernel reads
     # each row's own prefix of any cache, so one phase over the full cache does.
-    windows = [w for w in _attention_windows(cache_len) if w >= filled]
-    if config.decode_attention == "cpu_kernel":
+    windows = [w for w in attention_windows(cache_len) if w >= filled]
+    if kernels.attention == "cpu_kernel":
         windows = [cache_len]
-    state = (_resize_cache(cache, windows[0]), jnp.int32(0), last_tokens,
+    state = (resize_cache(cache, windows[0]), jnp.int32(0), last_tokens,
              jnp.zeros((batch, num_new), jnp.int32), rows["max_new"] <= 0, jnp.zeros((batch,), jnp.int32),
              jnp.full((batch,), _LENGTH, jnp.int32))
     for i, slots in enumerate(windows):
         # Each phase attends over the first `slots` cache slots only; it runs while every unfinished row's next
         # write slot fits, then the cache grows (zero slots, masked until written) for the next phase.
         if i > 0:
-            state = (_resize_cache(state[0], slots),) + state[1:]
+            state = (resize_cache(state[0], slots),) + state[1:]
         if slots == cache_len:
             state = jax.lax.while_loop(running, body, state)
         else:
@@ -217,49 +145,18 @@ def _token_loop(config: PhiConfig, params: Any, cache: Any, last_tokens: jax.Arr
             state = jax.lax.while_loop(fits, body, state)
     cache, _, _, out, _, counts, reasons = state
     if keep_cache:
-        return out, counts, reasons, _resize_cache(cache, cache_len)
+        return out, counts, reasons, resize_cache(cache, cache_len)
     return out, counts, reasons
 
 
 # A batch's run (the cache is dropped) and a chunk of continuous batching (the cache is updated in place).
-_decode_loop = jax.jit(_token_loop, static_argnums=(0, 5, 6, 7, 8))
-_decode_chunk = jax.jit(_token_loop, static_argnums=(0, 5, 6, 7, 8), donate_argnums=(2,))
+_decode_loop = jax.jit(_token_loop, static_argnums=(0, 1, 6, 7, 8, 9))
+_decode_chunk = jax.jit(_token_loop, static_argnums=(0, 1, 6, 7, 8, 9), donate_argnums=(3,))
 
 
-def _static_filled(config: PhiConfig, filled: int) -> int:
+def _static_filled(kernels: DecodeKernels, filled: int) -> int:
     """The ``filled`` argument to compile with: the kernel ignores it, so one value (one program) serves all."""
-    return 0 if config.decode_attention == "cpu_kernel" else filled
-
-
-def _attention_windows(cache_len: int) -> list[int]:
-    """Cache lengths attended in the phases of the token loop: steps of a quarter (at least 64 slots)."""
-    step = max(64, cache_len // 4)
-    return list(range(step, cache_len, step)) + [cache_len]
-
-
-def _slot_axis(leaf: jax.Array) -> int:
-    return leaf.ndim - 2  # [..., batch, heads, slots, head_dim]; scanned layers add a leading axis
-
-
-def _cache_length(cache: Any) -> int:
-    leaves = [x for x in jax.tree.leaves(cache) if x.ndim >= 4]
-    return leaves[0].shape[_slot_axis(leaves[0])]
-
-
-def _resize_cache(cache: Any, length: int) -> Any:
-    """Cuts or zero-pads every key/value cache to ``length`` slots (the write indices are unchanged)."""
-
-    def resize(x):
-        if x.ndim < 4:
-            return x
-        axis = _slot_axis(x)
-        if x.shape[axis] >= length:
-            return jax.lax.slice_in_dim(x, 0, length, axis=axis)
-        pad = [(0, 0)] * x.ndim
-        pad[axis] = (0, length - x.shape[axis])
-        return jnp.pad(x, pad)
-
-    return jax.tree.map(resize, cache)
+    return 0 if kernels.attention == "cpu_kernel" else filled
 
 
 class Decoder:
@@ -272,11 +169,12 @@ class Decoder:
         min_length_bucket: smallest prompt/cache length bucket.
         kernels: how decode steps compute cached attention and weight products: 'auto' (the compiled CPU
             kernels of :mod:`textbooks.model.cpu_kernels` when :func:`choose_kernels` allows them, else XLA ops),
-            'xla' or 'cpu_kernel' (an error if they are unavailable). ``self.kernels`` says which.
+            'xla' or 'cpu_kernel' (an error if they are unavailable), or a :class:`DecodeKernels` choosing each
+            (e.g. to measure one kernel alone). ``self.kernels`` names the choice, ``self.model_kernels`` is it.
     """
 
     def __init__(self, params: Any, config: PhiConfig, *, max_batch_size: int = 16, min_length_bucket: int = 16,
-                 kernels: str = "auto"):
+                 kernels: str | DecodeKernels = "auto"):
         if max_batch_size < 1:
             raise ValueError(f"max_batch_size must be >= 1, got {max_batch_size}")
         # Host (numpy) weights would be copied to the device at every call: put them there once.
@@ -284,10 +182,16 @@ class Decoder:
         self.config = config
         self.max_batch_size = max_batch_size
         self.min_length_bucket = min_length_bucket
-        self.kernels, self.kernels_reason = choose_kernels(config, params, kernels)
-        # Compiled programs are shared by every Decoder of the same (inference) config.
-        self._config = config.replace(remat_policy="none", embd_dropout=0.0, attn_dropout=0.0, resid_dropout=0.0,
-                                      decode_attention=self.kernels, decode_projections=self.kernels)
+        if isinstance(kernels, DecodeKernels):
+            if "cpu_kernel" in (kernels.attention, kernels.projections):
+                choose_kernels(config, params, "cpu_kernel")  # raises when the kernels cannot run here
+            self.model_kernels, self.kernels_reason = kernels, "requested"
+        else:
+            name, self.kernels_reason = choose_kernels(config, params, kernels)
+            self.model_kernels = DecodeKernels(attention=name, projections=name)
+        self.kernels = str(self.model_kernels)
+        # Compiled programs are shared by every Decoder of the same inference config and kernels.
+        self._config = config.replace(remat_policy="none", embd_dropout=0.0, attn_dropout=0.0, resid_dropout=0.0)
         self.shapes_used: set[tuple[int, ...]] = set()  # (batch, prompt, cache, new, stops, stop length) buckets
 
     def validate(self, requests: Sequence[GenerationRequest]) -> None:
@@ -331,22 +235,66 @@ class Decoder:
             outputs += self._generate_batch(requests[start:start + self.max_batch_size])
         return outputs
 
+    def length_bucket(self, n: int) -> int:
+        """The prompt or cache length compiled for ``n`` positions."""
+        return bucket(n, self.min_length_bucket, self.config.max_len)
+
+    def prefill(self, requests: Sequence[GenerationRequest], batch: int, cache_len: int) -> tuple[Any, np.ndarray]:
+        """Runs the prompts but their last tokens through the model into a new cache (one compiled program).
+
+        Args:
+            requests: validated requests (:meth:`validate`); their other settings are not used here.
+            batch: rows of the cache (at least ``len(requests)``; the rest are padding).
+            cache_len: slots of the cache (at least every prompt's length).
+
+        Returns:
+            ``(cache, last prompt tokens [batch])``: the tokens the next :meth:`decode_chunk` starts from.
+        """
+        prompt_len = self.length_bucket(max(len(r.prompt) for r in requests) - 1)
+        tokens, segments, last, _ = batch_arrays(requests, batch, prompt_len)
+        return _prefill(self._config, self.model_kernels, self.params, tokens, segments, cache_len), last
+
+    def decode_chunk(self, cache: Any, requests: Sequence[GenerationRequest], num_new: int, written: int, *,
+                     until_free: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray, Any]:
+        """Continues every row of ``cache`` by up to ``num_new`` tokens in one compiled token loop.
+
+        Args:
+            cache: a cache of ``len(requests)`` rows (from :meth:`prefill` or earlier chunks); it is consumed
+                (its buffers are reused for the returned cache).
+            requests: one per row: its ``prompt`` is the single token the row continues from, its
+                ``max_new_tokens`` the most tokens it generates now (0 for a free row), its seed this chunk's.
+            num_new: compile for this many new tokens (bucketed).
+            written: the most slots any row has written so far.
+            until_free: stop as soon as an occupied row ends, so a waiting request can take its row.
+
+        Returns:
+            ``(tokens [rows, >= num_new], counts [rows], finish reason codes [rows], cache)``; reason codes index
+            :data:`FINISH_REASONS`.
+        """
+        _, _, last, rows = batch_arrays(requests, len(requests), 0)
+        # The first attention window must hold what the furthest row has written.
+        filled = next(w for w in attention_windows(cache_length(cache)) if w >= written)
+        out, counts, reasons, cache = _decode_chunk(
+            self._config, self.model_kernels, self.params, cache, last, rows, bucket(num_new, 8),
+            _static_filled(self.model_kernels, filled), True, until_free)
+        return (*jax.device_get((out, counts, reasons)), cache)
+
     def _generate_batch(self, requests: list[GenerationRequest]) -> list[GenerationOutput]:
-        n, max_len = len(requests), self.config.max_len
+        n = len(requests)
         lengths = np.array([len(r.prompt) for r in requests])
-        batch = _bucket(n, 1, self.max_batch_size)
-        prompt_len = _bucket(int(lengths.max()) - 1, self.min_length_bucket, max_len)
-        needed = max(len(r.prompt) + r.max_new_tokens - 1 for r in requests)
-        cache_len = _bucket(needed, self.min_length_bucket, max_len)
-        num_new = _bucket(max(r.max_new_tokens for r in requests), 8, None)
-        num_stops = _bucket(max([len(r.stop_sequences) for r in requests] + [1]), 1, None)
-        stop_window = _bucket(max([len(s) for r in requests for s in r.stop_sequences] + [1]), 4, None)
+        batch = bucket(n, 1, self.max_batch_size)
+        prompt_len = self.length_bucket(int(lengths.max()) - 1)
+        cache_len = self.length_bucket(max(len(r.prompt) + r.max_new_tokens - 1 for r in requests))
+        num_new = bucket(max(r.max_new_tokens for r in requests), 8)
+        num_stops = bucket(max([len(r.stop_sequences) for r in requests] + [1]), 1)
+        stop_window = bucket(max([len(s) for r in requests for s in r.stop_sequences] + [1]), 4)
         self.shapes_used.add((batch, prompt_len, cache_len, num_new, num_stops, stop_window))
 
         tokens, segments, last, rows = batch_arrays(requests, batch, prompt_len, num_stops, stop_window)
-        cache = _prefill(self._config, self.params, tokens, segments, cache_len)
-        out, counts, reasons = jax.device_get(_decode_loop(self._config, self.params, cache, last, rows, num_new,
-                                                         _static_filled(self._config, prompt_len)))
+        cache = _prefill(self._config, self.model_kernels, self.params, tokens, segments, cache_len)
+        out, counts, reasons = jax.device_get(_decode_loop(
+            self._config, self.model_kernels, self.params, cache, last, rows, num_new,
+            _static_filled(self.model_kernels, prompt_len)))
         results = []
         for b, r in enumerate(requests):
             generated = [int(t) for t in out[b, :counts[b]]]
@@ -380,8 +328,6 @@ def choose_kernels(config: PhiConfig, params: Any, requested: str = "auto") -> t
     elif len(devices) > 1 or any(d.platform != "cpu" for d in devices):
         why = f"parameters live on {len(devices)} device(s) of {sorted({d.platform for d in devices})}"
     else:
-        from textbooks.model import cpu_kernels
-
         kernel = cpu_kernels.status()
         if kernel.ok:
             return "cpu_kernel", kernel.reason

@@ -17,17 +17,20 @@ import os
 import re
 from typing import Any, Mapping
 
+import jax
 import numpy as np
+from safetensors.numpy import save_file
 
+from textbooks.data import files
 from textbooks.model.config import PhiConfig
-from textbooks.model.params_io import (CheckpointError, atomic_write, cast_and_layout, expected_shapes, flatten,
-                                       read_safetensors, safetensors_header, to_layout, unflatten, validate_params,
-                                       write_text)
+from textbooks.model.params_io import (CheckpointError, atomic_write, cast_and_layout, check_overrides,
+                                       expected_shapes, flatten, read_safetensors, safetensors_header, to_layout,
+                                       unflatten, validate_params, write_text)
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 INDEX_NAME = "model.safetensors.index.json"
-# The config.json key naming the vocabulary (see textbooks.vocab.hf_files); transformers keeps unknown keys.
+# The config.json key naming the vocabulary (see textbooks.model.vocab_files); transformers keeps unknown keys.
 VOCABULARY_KEY = "textbooks_vocabulary"
 _TANH_GELUS = ("gelu_new", "gelu_pytorch_tanh", "gelu_fast")
 # Buffers some transformers versions wrote that carry no weights.
@@ -107,7 +110,7 @@ def config_to_hf(config: PhiConfig, *, bos_token_id: int | None = None, eos_toke
                  vocabulary: str | None = None) -> dict[str, Any]:
     """Returns transformers' ``config.json`` for ``config`` (readable by transformers 4.37+ and 5.x).
 
-    ``vocabulary`` is recorded under :data:`VOCABULARY_KEY` (see :mod:`textbooks.vocab.hf_files`).
+    ``vocabulary`` is recorded under :data:`VOCABULARY_KEY` (see :mod:`textbooks.model.vocab_files`).
     """
     extra = {} if vocabulary is None else {VOCABULARY_KEY: vocabulary}
     return extra | {
@@ -226,14 +229,16 @@ def load_hf_checkpoint(directory: str, **config_overrides: Any) -> tuple[PhiConf
     Args:
         directory: folder with ``config.json`` and ``model.safetensors`` (or a sharded
             ``model.safetensors.index.json`` and its files).
-        **config_overrides: non-shape PhiConfig fields to set, e.g. ``scan_layers=True``, ``dtype='bfloat16'``.
+        **config_overrides: PhiConfig fields to set other than the shape fields
+            (:data:`textbooks.model.config.SHAPE_FIELDS`), e.g. ``scan_layers=True``, ``dtype='bfloat16'``.
 
     Returns:
         ``(config, params)``: params as numpy arrays in ``config.param_dtype`` and the config's layer layout.
 
     Raises:
         CheckpointError: unreadable config or weights (naming the file), unsupported config, missing or
-            unknown tensors, or tensors whose shape does not match the config (name, expected, found).
+            unknown tensors, tensors whose shape does not match the config (name, expected, found), or an
+            override of a shape field.
     """
     if not os.path.isdir(directory):
         raise CheckpointError(f"{directory} is not a directory")
@@ -241,10 +246,11 @@ def load_hf_checkpoint(directory: str, **config_overrides: Any) -> tuple[PhiConf
     hf_config = _read_json(config_path)
     if not isinstance(hf_config, dict):
         raise CheckpointError(f"{config_path}: expected a JSON object")
+    check_overrides(config_overrides, directory)
     config = config_from_hf(hf_config, config_path, **config_overrides)
     tied = bool(hf_config.get("tie_word_embeddings", False))
-    files = _weight_files(directory)
-    headers = {path: safetensors_header(path) for path in sorted(set(files.values()))}
+    weight_files = _weight_files(directory)
+    headers = {path: safetensors_header(path) for path in sorted(set(weight_files.values()))}
     found = {}
     for path, header in headers.items():
         for name, (dtype, shape) in header.items():
@@ -272,7 +278,7 @@ def load_hf_checkpoint(directory: str, **config_overrides: Any) -> tuple[PhiConf
     if unknown:
         problems.append(f"unknown tensors {unknown[:20]}{' ...' if len(unknown) > 20 else ''} "
                         f"(not part of a phi model with {config.num_layers} layers)")
-    for name, path in files.items():
+    for name, path in weight_files.items():
         if name not in found and name in known:
             problems.append(f"index lists {name!r} in {os.path.basename(path)} but that file does not hold it")
     if problems:
@@ -313,7 +319,7 @@ def save_hf_checkpoint(params: Mapping[str, Any], config: PhiConfig, out_dir: st
             are larger than this (None: one file).
         bos_token_id, eos_token_id: written to config.json (e.g. 50256 for the phi vocabulary).
         vocabulary: the vocabulary's name, recorded in config.json (its files are written by
-            :func:`textbooks.vocab.hf_files.save_tokenizer`).
+            :func:`textbooks.model.vocab_files.save_tokenizer`).
 
     Returns:
         ``out_dir``.
@@ -321,9 +327,6 @@ def save_hf_checkpoint(params: Mapping[str, Any], config: PhiConfig, out_dir: st
     Raises:
         CheckpointError: ``params`` do not match ``config``.
     """
-    import jax
-    from safetensors.numpy import save_file
-
     params = jax.device_get(params)
     params = to_layout(params, scan_layers=False)
     validate_params(params, config.replace(scan_layers=False))
@@ -366,9 +369,13 @@ def save_hf_checkpoint(params: Mapping[str, Any], config: PhiConfig, out_dir: st
 
 
 def is_hf_dir(path: str) -> bool:
-    """True if ``path`` looks like a transformers checkpoint folder (config.json + safetensors weights)."""
-    return os.path.isfile(os.path.join(path, CONFIG_NAME)) and (
-        os.path.isfile(os.path.join(path, WEIGHTS_NAME)) or os.path.isfile(os.path.join(path, INDEX_NAME)))
+    """True if ``path`` (local or ``gs://``) is a transformers checkpoint folder: one holding ``config.json``.
+
+    No other folder the project reads has that file (params folders hold ``textbooks_config.json``, run dirs
+    ``model_config.json``), so the weights are not looked for here: :func:`load_hf_checkpoint` names what is
+    missing or in another format (``pytorch_model.bin``, shards without their index).
+    """
+    return files.exists(files.join(path, CONFIG_NAME))
 
 
 __all__ = ["CheckpointError", "config_from_hf", "config_to_hf", "is_hf_dir", "load_hf_checkpoint",

@@ -13,9 +13,16 @@ import os
 import tempfile
 from typing import Any, Mapping
 
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
 import numpy as np
+from safetensors import SafetensorError, safe_open
+from safetensors.numpy import save_file
 
-from textbooks.model.config import PhiConfig
+from textbooks.data import files
+from textbooks.model.config import SHAPE_FIELDS, PhiConfig
+from textbooks.model.phi import param_shapes
 
 CONFIG_FILE = "textbooks_config.json"
 VOCABULARY_KEY = "vocabulary"  # in CONFIG_FILE, when recorded
@@ -28,8 +35,6 @@ class CheckpointError(ValueError):
 
 
 def _unbox(params: Any) -> Any:
-    import flax.linen as nn
-
     return nn.unbox(params)
 
 
@@ -91,8 +96,6 @@ def _tree_map(fn, *trees):
 
 def expected_shapes(config: PhiConfig) -> dict[str, tuple[int, ...]]:
     """Flat ``{path: shape}`` of the parameters of ``config`` (computed abstractly)."""
-    from textbooks.model.phi import param_shapes
-
     return {k: tuple(v.shape) for k, v in flatten(param_shapes(config)).items()}
 
 
@@ -127,9 +130,6 @@ def save_params(params: Mapping[str, Any], config: PhiConfig, out_dir: str, *,
     Raises:
         CheckpointError: ``params`` do not match ``config``.
     """
-    import jax
-    from safetensors.numpy import save_file
-
     params = jax.device_get(_unbox(params))
     validate_params(params, config.replace(scan_layers=is_scanned(params)))
     flat = {k: np.ascontiguousarray(np.asarray(v, dtype=np.float32))
@@ -146,8 +146,21 @@ def save_params(params: Mapping[str, Any], config: PhiConfig, out_dir: str, *,
 
 
 def is_params_dir(path: str) -> bool:
-    """True if ``path`` is a folder in the own format."""
-    return os.path.isfile(os.path.join(path, CONFIG_FILE)) and os.path.isfile(os.path.join(path, PARAMS_FILE))
+    """True if ``path`` (local or ``gs://``) is a folder in the own format (it holds :data:`CONFIG_FILE`)."""
+    return files.exists(files.join(path, CONFIG_FILE))
+
+
+def check_overrides(overrides: Mapping[str, Any], where: str) -> None:
+    """Checks config fields to change while loading a checkpoint: the shape fields cannot change.
+
+    Raises:
+        CheckpointError: ``overrides`` names one of :data:`textbooks.model.config.SHAPE_FIELDS`.
+    """
+    shape = sorted(set(overrides) & set(SHAPE_FIELDS))
+    if shape:
+        raise CheckpointError(f"{where}: {shape} set the shapes of the stored parameters and cannot be changed "
+                              f"while loading; load the checkpoint as it is (other fields, e.g. scan_layers or "
+                              f"dtype, can be changed)")
 
 
 def load_config(path: str) -> PhiConfig:
@@ -172,8 +185,10 @@ def load_params(path: str, **config_overrides: Any) -> tuple[PhiConfig, dict]:
             ``dtype='bfloat16'``); shape fields must not change.
 
     Raises:
-        CheckpointError: missing or corrupt files, or tensors that do not match the config.
+        CheckpointError: missing or corrupt files, tensors that do not match the config, or an override of a
+            shape field.
     """
+    check_overrides(config_overrides, path)
     config = load_config(path)
     if config_overrides:
         config = config.replace(**config_overrides)
@@ -185,8 +200,6 @@ def load_params(path: str, **config_overrides: Any) -> tuple[PhiConfig, dict]:
 
 def cast_and_layout(params: Mapping[str, Any], config: PhiConfig) -> dict[str, Any]:
     """Returns numpy ``params`` cast to ``config.param_dtype`` in the ``config.scan_layers`` layout."""
-    import jax.numpy as jnp
-
     dtype = jnp.dtype(config.param_dtype)  # a numpy dtype (ml_dtypes for bfloat16)
     return _tree_map(lambda x: np.asarray(x).astype(dtype, copy=False), to_layout(params, config.scan_layers))
 
@@ -197,8 +210,6 @@ def read_safetensors(path: str, names: list[str] | None = None) -> dict[str, np.
     Raises:
         CheckpointError: the file is missing, truncated or not safetensors (the message names it).
     """
-    from safetensors import SafetensorError, safe_open
-
     if not os.path.isfile(path):
         raise CheckpointError(f"{path} not found")
     out = {}
@@ -227,8 +238,6 @@ def safetensors_header(path: str) -> dict[str, tuple[str, tuple[int, ...]]]:
     Raises:
         CheckpointError: the file is missing, truncated or not safetensors.
     """
-    from safetensors import SafetensorError, safe_open
-
     if not os.path.isfile(path):
         raise CheckpointError(f"{path} not found")
     try:

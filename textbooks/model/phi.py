@@ -12,10 +12,14 @@ so rows of a batch may hold prompts of different lengths (right-padded; see :mod
 
 Parameters carry logical axis names (``vocab, embed, heads, kv, mlp, layers``); activations are constrained
 with ``batch, length, embed, heads, kv, mlp, vocab``. Map them to a mesh with ``nn.logical_axis_rules``.
+
+How decode steps compute (XLA ops or the compiled CPU kernels, :class:`DecodeKernels`) is a choice of the
+module, not of the saved :class:`PhiConfig`: the same checkpoint decodes either way.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 from typing import Any
@@ -35,6 +39,34 @@ _REMAT_POLICIES = {
     "dots_with_no_batch_dims": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
     "everything": jax.checkpoint_policies.everything_saveable,
 }
+
+
+KERNEL_CHOICES: tuple[str, ...] = ("xla", "cpu_kernel")
+
+
+@dataclasses.dataclass(frozen=True)
+class DecodeKernels:
+    """How decode steps compute (a backend choice; results agree up to float rounding).
+
+    Attributes:
+        attention: cached attention: 'xla' (einsums over the cache window, any backend) or 'cpu_kernel' (the
+            compiled kernel of :mod:`textbooks.model.cpu_attention`, float32 on XLA:CPU).
+        projections: weight products of single-token decode steps: 'xla' (einsums, any backend) or
+            'cpu_kernel' (the multi-core kernel of :mod:`textbooks.model.cpu_matmul`, float32 on XLA:CPU).
+    """
+
+    attention: str = "xla"
+    projections: str = "xla"
+
+    def __post_init__(self):
+        for name in ("attention", "projections"):
+            if getattr(self, name) not in KERNEL_CHOICES:
+                raise ValueError(f"DecodeKernels.{name} must be one of {KERNEL_CHOICES}, got {getattr(self, name)!r}")
+
+    def __str__(self) -> str:
+        if self.attention == self.projections:
+            return self.attention
+        return f"attention={self.attention},projections={self.projections}"
 
 
 def _dtype(name: str) -> jnp.dtype:
@@ -94,12 +126,14 @@ class Projection(nn.Module):
         equation: einsum from ``[batch, length, ...in]`` and the kernel to ``[batch, length, ...out]``.
         kernel_shape: full kernel shape (input axes first); the bias has the output axes' shape.
         names: logical axis names of the kernel; the bias takes the output axes' names.
+        kernels: how single-token decode steps compute the product.
     """
 
     config: PhiConfig
     equation: str
     kernel_shape: tuple[int, ...]
     names: tuple[str, ...]
+    kernels: DecodeKernels = DecodeKernels()
 
     @nn.compact
     def __call__(self, x: Array, decode: bool = False) -> Array:
@@ -108,7 +142,7 @@ class Projection(nn.Module):
         outputs = len(self.equation.split("->")[1]) - 2  # output axes after batch and length
         kernel = self.param("kernel", _dense_init(cfg, self.names), self.kernel_shape, param_dtype)
         bias = self.param("bias", _zeros(self.names[-outputs:]), self.kernel_shape[-outputs:], param_dtype)
-        if decode and x.shape[1] == 1 and cfg.decode_projections == "cpu_kernel":
+        if decode and x.shape[1] == 1 and self.kernels.projections == "cpu_kernel":
             # A single-token decode step: the kernel streams the weights on every core. Input axes flatten
             # into K and output axes into N (row-major reshapes of the kernel: no copies).
             inputs = len(self.kernel_shape) - outputs
@@ -122,6 +156,7 @@ class PhiAttention(nn.Module):
     """Multi-head self-attention with biases, partial rotary embeddings and an optional KV cache."""
 
     config: PhiConfig
+    kernels: DecodeKernels = DecodeKernels()
 
     @nn.compact
     def __call__(self, x: Array, segment_ids: Array, positions: Array, decode_index: Array | None,
@@ -131,7 +166,7 @@ class PhiAttention(nn.Module):
 
         def projection(name):
             return Projection(cfg, "bld,dhk->blhk", (cfg.hidden_size, cfg.num_heads, cfg.head_dim),
-                              ("embed", "heads", "kv"), name=name)
+                              ("embed", "heads", "kv"), self.kernels, name=name)
 
         q, k, v = (projection(n)(x, decode) for n in ("q_proj", "k_proj", "v_proj"))  # [B, L, H, Dh]
         q = apply_rotary(q, positions, cfg.rotary_dim, cfg.rope_theta)
@@ -161,7 +196,7 @@ class PhiAttention(nn.Module):
                 # Row b's query t sits at slot decode_index[b] + t and sees every slot up to it: the slots
                 # before decode_index hold this row's earlier tokens, later ones are stale or empty.
                 mask = (jnp.arange(k.shape[2])[None, None, :] <= slots[:, :, None])[:, None]  # [B, 1, T, S]
-        if cached and cfg.decode_attention == "cpu_kernel" and (deterministic or cfg.attn_dropout == 0.0):
+        if cached and self.kernels.attention == "cpu_kernel" and (deterministic or cfg.attn_dropout == 0.0):
             # The same softmax(q.k * scale) v over each row's own slots, in one compiled pass (no dropout).
             out = cpu_attention.decode_attention(q, k, v, decode_index, scale).astype(dtype)
         else:
@@ -179,22 +214,23 @@ class PhiAttention(nn.Module):
                 out = jnp.einsum("bhqk,bhkd->bqhd", probs.astype(dtype), v.astype(dtype))
         out = nn.with_logical_constraint(out, ("batch", "length", "heads", "kv"))
         return Projection(cfg, "blhk,hkd->bld", (cfg.num_heads, cfg.head_dim, cfg.hidden_size),
-                          ("heads", "kv", "embed"), name="dense")(out, decode)
+                          ("heads", "kv", "embed"), self.kernels, name="dense")(out, decode)
 
 
 class PhiMLP(nn.Module):
     """fc1 -> gelu (tanh approximation) -> fc2, with biases."""
 
     config: PhiConfig
+    kernels: DecodeKernels = DecodeKernels()
 
     @nn.compact
     def __call__(self, x: Array, decode: bool = False) -> Array:
         cfg = self.config
         h = Projection(cfg, "bld,dm->blm", (cfg.hidden_size, cfg.intermediate_size), ("embed", "mlp"),
-                       name="fc1")(x, decode)
+                       self.kernels, name="fc1")(x, decode)
         h = nn.with_logical_constraint(jax.nn.gelu(h, approximate=True), ("batch", "length", "mlp"))
         return Projection(cfg, "blm,md->bld", (cfg.intermediate_size, cfg.hidden_size), ("mlp", "embed"),
-                          name="fc2")(h, decode)
+                          self.kernels, name="fc2")(h, decode)
 
 
 def _layer_norm(cfg: PhiConfig, name: str) -> nn.LayerNorm:
@@ -209,14 +245,16 @@ class PhiBlock(nn.Module):
     """
 
     config: PhiConfig
+    kernels: DecodeKernels = DecodeKernels()
 
     @nn.compact
     def __call__(self, x: Array, segment_ids: Array, positions: Array, decode_index: Array | None,
                  deterministic: bool, decode: bool) -> tuple[Array, None]:
         cfg = self.config
         h = _layer_norm(cfg, "input_layernorm")(x)
-        attn = PhiAttention(cfg, name="self_attn")(h, segment_ids, positions, decode_index, deterministic, decode)
-        mlp = PhiMLP(cfg, name="mlp")(h, decode)
+        attn = PhiAttention(cfg, self.kernels, name="self_attn")(h, segment_ids, positions, decode_index,
+                                                               deterministic, decode)
+        mlp = PhiMLP(cfg, self.kernels, name="mlp")(h, decode)
         dropout = nn.Dropout(rate=cfg.resid_dropout)
         x = x + dropout(attn, deterministic=deterministic) + dropout(mlp, deterministic=deterministic)
         return nn.with_logical_constraint(x, ("batch", "length", "embed")), None
@@ -235,9 +273,12 @@ class PhiForCausalLM(nn.Module):
 
     Attributes:
         config: the model's :class:`PhiConfig`.
+        kernels: how decode steps compute (see :class:`DecodeKernels`); parameters and results do not depend
+            on it beyond float rounding.
     """
 
     config: PhiConfig
+    kernels: DecodeKernels = DecodeKernels()
 
     @nn.compact
     def __call__(self, input_ids: Array, *, segment_ids: Array | None = None, positions: Array | None = None,
@@ -289,11 +330,12 @@ class PhiForCausalLM(nn.Module):
             stack = nn.scan(block, variable_axes={"params": 0, "cache": 0},
                             split_rngs={"params": True, "dropout": True}, in_axes=(nn.broadcast,) * 5,
                             length=cfg.num_layers, metadata_params={nn.PARTITION_NAME: "layers"})
-            x, _ = stack(cfg, name="layers")(x, segment_ids, positions, decode_index, deterministic, decode)
+            x, _ = stack(cfg, self.kernels, name="layers")(x, segment_ids, positions, decode_index, deterministic,
+                                                           decode)
         else:
             for i in range(cfg.num_layers):
-                x, _ = block(cfg, name=f"layers_{i}")(x, segment_ids, positions, decode_index, deterministic,
-                                                      decode)
+                x, _ = block(cfg, self.kernels, name=f"layers_{i}")(x, segment_ids, positions, decode_index,
+                                                                    deterministic, decode)
 
         hidden = _layer_norm(cfg, "final_layernorm")(x)
         logits = nn.Dense(cfg.vocab_size, dtype=dtype, param_dtype=param_dtype,

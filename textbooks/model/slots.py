@@ -8,7 +8,8 @@ a row is free, and a finished one should free its row at once, without the other
 * :meth:`SlotDecoder.admit` prefills new requests (all together, one compiled prefill) and writes their cache
   rows into free slots;
 * :meth:`SlotDecoder.step` advances every occupied slot by up to ``max_tokens`` tokens in one compiled token
-  loop (the loop of :mod:`textbooks.model.decode`, attending only over the cache window the rows have reached)
+  loop (:meth:`textbooks.model.decode.Decoder.decode_chunk`, attending only over the cache window the rows have
+  reached)
   and frees the slots whose requests ended (eos or their ``max_new_tokens``);
 * :meth:`SlotDecoder.release` frees a slot early (a client went away, a stop string matched in the text).
 
@@ -27,7 +28,10 @@ import jax
 import numpy as np
 
 from textbooks.model import decode as decode_lib
+from textbooks.model.buckets import bucket
 from textbooks.model.config import PhiConfig
+from textbooks.model.kv_cache import init_cache, resize_cache
+from textbooks.model.phi import DecodeKernels
 
 
 def chunk_seed(seed: int, chunk: int) -> int:
@@ -60,7 +64,7 @@ def _insert_rows(cache: Any, part: Any, slots: jax.Array) -> Any:
     return jax.tree.map(insert, cache, part)
 
 
-_resize = jax.jit(decode_lib._resize_cache, static_argnums=(1,))  # noqa: SLF001
+_resize = jax.jit(resize_cache, static_argnums=(1,))
 
 
 class SlotDecoder:
@@ -70,11 +74,12 @@ class SlotDecoder:
         params, config: the model.
         num_slots: rows of the cache (most requests decoded together).
         min_length_bucket: smallest prompt / cache length bucket.
-        kernels: how decode steps compute ('auto', 'xla', 'cpu_kernel'; see :class:`textbooks.model.decode.Decoder`).
+        kernels: how decode steps compute ('auto', 'xla', 'cpu_kernel' or a :class:`DecodeKernels`; see
+            :class:`textbooks.model.decode.Decoder`).
     """
 
     def __init__(self, params: Any, config: PhiConfig, *, num_slots: int = 16, min_length_bucket: int = 16,
-                 kernels: str = "auto"):
+                 kernels: str | DecodeKernels = "auto"):
         self._decoder = decode_lib.Decoder(params, config, max_batch_size=num_slots,
                                            min_length_bucket=min_length_bucket, kernels=kernels)
         self.params = self._decoder.params  # on the device
@@ -115,12 +120,11 @@ class SlotDecoder:
         free = self.free_slots
         if len(requests) > len(free):
             raise ValueError(f"{len(requests)} requests but only {len(free)} free slots of {self.num_slots}")
-        max_len = self.config.max_len
         needed = max(len(r.prompt) + r.max_new_tokens - 1 for r in requests)
         needed = max([needed] + [s.position + s.request.max_new_tokens - s.generated
                                  for s in self._slots if s is not None])
-        length = decode_lib._bucket(needed, self.min_length_bucket, max_len)  # noqa: SLF001
-        batch = decode_lib._bucket(len(requests), 1, self.num_slots)  # noqa: SLF001
+        length = self._decoder.length_bucket(needed)
+        batch = bucket(len(requests), 1, self.num_slots)
         # With every slot free and a full-width batch, the prefilled cache becomes the cache (rows in order,
         # padding rows free); otherwise its rows are copied into free slots of the running cache.
         replace = not self.active_slots and batch == self.num_slots
@@ -128,11 +132,7 @@ class SlotDecoder:
             self.cache_len = length
         else:
             self._ensure_length(length)
-        prompt_len = decode_lib._bucket(max(len(r.prompt) for r in requests) - 1,  # noqa: SLF001
-                                        self.min_length_bucket, max_len)
-        tokens, segments, last, _ = decode_lib.batch_arrays(requests, batch, prompt_len)
-        part = decode_lib._prefill(self._decoder._config, self.params, tokens, segments,  # noqa: SLF001
-                                   self.cache_len)
+        part, last = self._decoder.prefill(requests, batch, self.cache_len)
         slots = free[:len(requests)]
         if replace:
             self.cache = part
@@ -175,15 +175,8 @@ class SlotDecoder:
                 r, prompt=[slot.next_token], max_new_tokens=min(max_tokens, r.max_new_tokens - slot.generated),
                 stop_sequences=(), seed=chunk_seed(r.seed, slot.chunks)))
             top = max(top, slot.position)
-        _, _, last, rows = decode_lib.batch_arrays(chunk_requests, self.num_slots, 0)
-        # The first attention window must hold what the furthest row has written.
-        filled = next(w for w in decode_lib._attention_windows(self.cache_len) if w >= top)  # noqa: SLF001
-        filled = decode_lib._static_filled(self._decoder._config, filled)  # noqa: SLF001
-        num_new = decode_lib._bucket(max_tokens, 8, None)  # noqa: SLF001
-        out, counts, reasons, self.cache = decode_lib._decode_chunk(  # noqa: SLF001
-            self._decoder._config, self.params, self.cache, last, rows, num_new, filled, True,  # noqa: SLF001
-            until_free)
-        out, counts, reasons = jax.device_get((out, counts, reasons))
+        out, counts, reasons, self.cache = self._decoder.decode_chunk(self.cache, chunk_requests, max_tokens, top,
+                                                                      until_free=until_free)
         results: dict[int, Any] = {}
         for b in active:
             slot = self._slots[b]
@@ -205,7 +198,7 @@ class SlotDecoder:
 
     def _ensure_length(self, length: int) -> None:
         if self.cache is None:
-            self.cache = decode_lib.init_cache(self._decoder._config, self.num_slots, length)  # noqa: SLF001
+            self.cache = init_cache(self.config, self.num_slots, length)
             self.cache_len = length
         elif length > self.cache_len:
             self.cache = _resize(self.cache, length)

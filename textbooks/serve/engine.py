@@ -369,7 +369,7 @@ def load_engine(checkpoint: str, *, vocabulary: str | None = None, model_name: s
         config, params = hf.load_hf_checkpoint(checkpoint)
         vocab = get_vocabulary(vocabulary)
     else:
-        from textbooks.train.checkpoints import load_model  # serve may not import train: moves to textbooks.model
+        from textbooks.model.load import load_model
 
         loaded = load_model(checkpoint)
         config, params = loaded.config, loaded.params

@@ -29,7 +29,7 @@ import tensorflow as tf
 from textbooks.data import files, paths, records
 from textbooks.data.counts import ReadReport
 from textbooks.data.manifest import MANIFEST_NAME, Manifest, read_manifest
-from textbooks.vocab import get_vocabulary
+from textbooks.vocab.registry import get_vocabulary
 
 logger = logging.getLogger(__name__)
 

@@ -1,4 +1,4 @@
-"""Checkpoints of a run (orbax) and loading a trained model from one.
+"""Checkpoints of a training run (orbax): saving, resuming, and falling back past a corrupt step.
 
 A run's checkpoints live in ``<model_dir>/checkpoints/<step>/`` (``ocp.CheckpointManager``), each with the
 items
@@ -14,8 +14,9 @@ folder and renames it when complete, so an interrupted save never looks like a c
 :meth:`RunCheckpoints.restore_latest` restores the newest step; if that fails (files missing or corrupt) it
 says so, moves the step aside to ``<model_dir>/checkpoints_corrupt/`` and tries the one before.
 
-:func:`load_model` is the reader the rest of the project uses (evaluation, serving, curation): an orbax model
-dir, one step dir or a transformers-format folder.
+Reading a trained model out of these checkpoints (or out of any other checkpoint folder) is
+:func:`textbooks.model.load.load_model`'s, the one loader the rest of the project uses; this module shares its
+folder and item names.
 """
 
 from __future__ import annotations
@@ -25,23 +26,24 @@ import dataclasses
 import json
 import logging
 import time
-from typing import Any, Iterator, Mapping
+from typing import Any, Mapping
 
 import gin
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
+from jax.experimental import multihost_utils
 
-from textbooks.data import paths
+from textbooks.model.config import param_tree_differences
+from textbooks.model.load import CHECKPOINT_SUBDIR, METADATA_ITEM, PARAMS_ITEM
 
 log = logging.getLogger(__name__)
 
-CHECKPOINT_SUBDIR = "checkpoints"
 CORRUPT_SUBDIR = "checkpoints_corrupt"
 FORMAT_VERSION = 1
-STATE_ITEMS = ("params", "opt_state", "progress")
-ITEMS = STATE_ITEMS + ("data_iterator", "metadata")
+STATE_ITEMS = (PARAMS_ITEM, "opt_state", "progress")
+ITEMS = STATE_ITEMS + ("data_iterator", METADATA_ITEM)
 # Replicated arrays smaller than this are written by one replica instead of being sliced across replicas:
 # slicing costs a small compilation per array and shape on the first save (seconds for ~1000 arrays), which
 # only pays off for large arrays.
@@ -298,15 +300,12 @@ def _tree_restore(target: Any) -> ocp.args.PyTreeRestore:
     return ocp.args.PyTreeRestore(item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target))
 
 
-_SHAPE_KEYS = ("vocab_size", "hidden_size", "num_layers", "num_heads", "intermediate_size", "scan_layers")
-
-
 def _check_same_model(step_dir: epath.Path, model_config: Mapping[str, Any]) -> None:
     try:
-        saved = json.loads((step_dir / "metadata" / "metadata").read_text())["model_config"]
+        saved = json.loads((step_dir / METADATA_ITEM / METADATA_ITEM).read_text())["model_config"]
     except Exception:  # noqa: BLE001 - unreadable metadata: let the restore attempt report it
         return
-    diff = {k: (saved.get(k), model_config.get(k)) for k in _SHAPE_KEYS if saved.get(k) != model_config.get(k)}
+    diff = param_tree_differences(saved, model_config)
     if diff:
         raise ValueError(f"{step_dir} holds a model of another shape (saved vs this run: "
                          + ", ".join(f"{k} {a} vs {b}" for k, (a, b) in diff.items())
@@ -315,144 +314,4 @@ def _check_same_model(step_dir: epath.Path, model_config: Mapping[str, Any]) -> 
 
 def _sync(name: str) -> None:
     if jax.process_count() > 1:
-        from jax.experimental import multihost_utils
-
         multihost_utils.sync_global_devices(name)
-
-
-# ----------------------------------------------------------------------------------------------------------
-# Loading a trained model.
-
-
-@dataclasses.dataclass
-class LoadedModel:
-    """A trained model: its config, parameters and vocabulary.
-
-    Attributes:
-        config: the :class:`textbooks.model.config.PhiConfig`.
-        params: parameter tree for :class:`textbooks.model.phi.PhiForCausalLM`.
-        vocabulary: the seqio vocabulary it was trained with.
-        step: training step of the checkpoint (None for transformers-format and params folders).
-        path: the folder the parameters were read from.
-        metadata: the checkpoint's metadata JSON (for transformers-format and params folders only ``vocabulary``).
-    """
-
-    config: Any
-    params: Any
-    vocabulary: Any
-    step: int | None = None
-    path: str = ""
-    metadata: dict[str, Any] = dataclasses.field(default_factory=dict)
-
-
-def is_hf_dir(path: str) -> bool:
-    """True for a transformers-format folder (``config.json`` and safetensors weights)."""
-    p = epath.Path(path)
-    return (p / "config.json").exists() and (any(p.glob("*.safetensors")) or (p / "model.safetensors").exists())
-
-
-def _is_step_dir(p: epath.Path) -> bool:
-    return (p / "params").exists() and (p / "metadata").exists()
-
-
-def _candidate_step_dirs(path: str) -> Iterator[epath.Path]:
-    """Step dirs to try for ``path``, newest first."""
-    p = epath.Path(path)
-    if _is_step_dir(p):
-        yield p
-        return
-    root = p / CHECKPOINT_SUBDIR if (p / CHECKPOINT_SUBDIR).exists() else p
-    if not root.exists():
-        raise FileNotFoundError(f"{path} does not exist")
-    steps = sorted((int(c.name), c) for c in root.iterdir() if c.is_dir() and c.name.isdigit())
-    if not steps:
-        raise FileNotFoundError(f"{path} holds no checkpoint: expected an orbax model dir (with {CHECKPOINT_SUBDIR}/"
-                                f"<step>/), a step dir (with params/ and metadata/), a transformers-format "
-                                f"folder (config.json + model.safetensors) or a params folder "
-                                f"(textbooks_config.json + params.safetensors)")
-    for _, c in reversed(steps):
-        yield c
-
-
-def _abstract_params(config: Any, shardings: Any = None) -> Any:
-    from textbooks.model import phi
-
-    shapes = phi.param_shapes(config)
-    if shardings is None:
-        device = jax.local_devices()[0]
-        shardings = jax.tree_util.tree_map(lambda _: jax.sharding.SingleDeviceSharding(device), shapes)
-    return jax.tree_util.tree_map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
-                                  shapes, shardings)
-
-
-def read_metadata(step_dir: str) -> dict[str, Any]:
-    """The ``metadata`` JSON of a step dir."""
-    path = epath.Path(step_dir) / "metadata" / "metadata"
-    return json.loads(path.read_text())
-
-
-def restore_params(step_dir: str, config: Any, shardings: Any = None) -> Any:
-    """Restores only the parameters of a step dir (the optimizer state is not read); a relative ``step_dir`` is
-    taken from the working directory (orbax itself only reads absolute paths)."""
-    target = _abstract_params(config, shardings)
-    with ocp.Checkpointer(ocp.CompositeCheckpointHandler()) as ckptr:
-        out = ckptr.restore(epath.Path(paths.resolve(step_dir)),
-                            args=ocp.args.Composite(params=ocp.args.StandardRestore(target)))
-    return out["params"]
-
-
-def load_model(path: str, *, step: int | None = None, shardings: Any = None,
-               scan_layers: bool | None = None) -> LoadedModel:
-    """Loads a trained model from an orbax model dir (newest readable step), a step dir, a transformers folder
-    or a params folder (``textbooks convert --from-hf``).
-
-    Args:
-        path: model dir, ``<model dir>/checkpoints``, one step dir, a transformers-format or a params folder;
-            relative to the working directory, or ``gs://...``.
-        step: a specific step of a model dir (default: the newest readable one).
-        shardings: optional tree of shardings for the parameters (default: the first local device).
-        scan_layers: for transformers and params folders, the layer layout to load into (default: the
-            folder's); an orbax checkpoint keeps the layout it was trained with.
-
-    Returns:
-        :class:`LoadedModel`; its vocabulary comes from the name recorded at training time (for transformers
-        and params folders, the one ``textbooks convert`` recorded, else 'phi').
-
-    Raises:
-        FileNotFoundError: nothing loadable at ``path`` (or not that step).
-    """
-    from textbooks.model import params_io
-    from textbooks.model.config import PhiConfig
-    from textbooks.vocab import get_vocabulary
-
-    path = paths.resolve(path)
-    if is_hf_dir(path) or params_io.is_params_dir(path):
-        from textbooks.model.hf import load_hf_checkpoint
-        from textbooks.vocab.hf_files import vocabulary_name
-
-        overrides = {} if scan_layers is None else {"scan_layers": scan_layers}
-        config, params = (load_hf_checkpoint if is_hf_dir(path) else params_io.load_params)(path, **overrides)
-        if shardings is not None:
-            params = jax.device_put(params, shardings)
-        name = vocabulary_name(path)
-        return LoadedModel(config=config, params=params, vocabulary=get_vocabulary(name), step=None, path=path,
-                           metadata={"vocabulary": name})
-    candidates = list(_candidate_step_dirs(path))
-    if step is not None:
-        candidates = [c for c in candidates if c.name == str(step)]
-        if not candidates:
-            raise FileNotFoundError(f"no checkpoint for step {step} under {path}")
-    errors = []
-    for step_dir in candidates:
-        try:
-            metadata = read_metadata(str(step_dir))
-            config = PhiConfig.from_dict(metadata["model_config"])
-            params = restore_params(str(step_dir), config, shardings)
-        except Exception as e:  # noqa: BLE001 - try the previous step
-            errors.append(f"{step_dir}: {type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}")
-            log.warning("cannot load %s (%s); trying the previous step", step_dir, errors[-1])
-            continue
-        vocabulary = get_vocabulary(metadata.get("vocabulary", "phi"))
-        return LoadedModel(config=config, params=params, vocabulary=vocabulary, step=int(metadata.get("step", -1)),
-                           path=str(step_dir), metadata=metadata)
-    raise FileNotFoundError(f"no loadable checkpoint under {path}: " + "; ".join(errors))

@@ -121,19 +121,6 @@ def make_eval_batches(spec: DataSpec, shard: DataShardInfo, split: str, num_batc
         yield from datasets[role]
 
 
-# Sizes of the known vocabularies (ids), so that checking a model does not load a tokenizer.
-VOCABULARY_SIZES = {"phi": 50295, "spm8k": 8192, "byte": 259}
-
-
-def vocabulary_size(name: str) -> int:
-    """Number of ids of vocabulary ``name`` ('phi', 'spm8k', 'byte', 'spm:PATH')."""
-    if name in VOCABULARY_SIZES:
-        return VOCABULARY_SIZES[name]
-    from textbooks.vocab import get_vocabulary
-
-    return int(get_vocabulary(name).vocab_size)
-
-
 def mixture_vocabulary_name(name: str) -> str | None:
     """The vocabulary name of a registered mixture's or task's ``targets``: the task's own when it names one,
     else the gin default (``mixtures.roles.vocabulary_name``)."""

@@ -27,12 +27,16 @@ import jax
 
 from textbooks import partitioning as part
 from textbooks.data import paths
+from textbooks.model.config import PARAM_TREE_FIELDS
+from textbooks.model.load import load_model
 from textbooks.train import checkpoints as ckpt_lib
 from textbooks.train import data as data_lib
 from textbooks.train import flops as flops_lib
 from textbooks.train import hooks, metrics as metrics_lib, optimizer as opt_lib, state as state_lib
 from textbooks.train import step as step_lib
 from textbooks.train.summary import TrainResult, finished_run, summary_line, write_summary  # noqa: F401
+from textbooks.vocab import PHI_PADDED_VOCAB_SIZE, PHI_VOCAB_SIZE
+from textbooks.vocab import registry as vocab_registry  # also registers get_vocabulary before gin is locked
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +53,6 @@ def register_gin_names() -> None:
     import textbooks.data.paths  # noqa: F401
     import textbooks.model.config  # noqa: F401
     import textbooks.train.synthetic  # noqa: F401
-    import textbooks.vocab  # noqa: F401
 
 
 def resolve_vocabulary(vocabulary: str | None, mixture_or_task_name: str | None, model_vocab_size: int) -> str:
@@ -64,14 +67,14 @@ def resolve_vocabulary(vocabulary: str | None, mixture_or_task_name: str | None,
         name = data_lib.mixture_vocabulary_name(mixture_or_task_name)
         if name:
             return name
-    return "phi" if model_vocab_size >= 50295 else "spm8k"
+    return "phi" if model_vocab_size >= PHI_VOCAB_SIZE else "spm8k"
 
 
 def check_vocab_size(model_vocab_size: int, vocabulary: str) -> None:
     """Raises ValueError when the model's embedding cannot hold every id of ``vocabulary``."""
-    size = data_lib.vocabulary_size(vocabulary)
+    size = vocab_registry.vocabulary_size(vocabulary)
     if model_vocab_size < size:
-        padded = 51200 if vocabulary == "phi" else size
+        padded = PHI_PADDED_VOCAB_SIZE if vocabulary == "phi" else size
         raise ValueError(f"the model's vocab_size ({model_vocab_size}) is smaller than vocabulary {vocabulary!r} "
                          f"({size} ids); set model_config.vocab_size = {padded} (gin) or choose another "
                          f"vocabulary (train.vocabulary)")
@@ -252,12 +255,11 @@ def _write_run_files(model_dir: str, metadata: Mapping[str, Any]) -> None:
 
 
 def _init_params_from(state, path, model_config, shardings, tx):
-    loaded = ckpt_lib.load_model(path, shardings=shardings.params, scan_layers=model_config.scan_layers)
+    loaded = load_model(path, shardings=shardings.params, scan_layers=model_config.scan_layers)
     if loaded.config.to_dict() != model_config.to_dict():
         diff = {k: (v, model_config.to_dict().get(k)) for k, v in loaded.config.to_dict().items()
                 if model_config.to_dict().get(k) != v}
-        shape_keys = {"vocab_size", "hidden_size", "num_layers", "num_heads", "intermediate_size", "scan_layers"}
-        if shape_keys & set(diff):
+        if set(PARAM_TREE_FIELDS) & set(diff):
             raise ValueError(f"init_from {path}: its model differs in shape from this run's: {diff}")
         log.info("init_from %s: model settings differ (kept this run's): %s", path, diff)
     params = jax.device_put(loaded.params, shardings.params)

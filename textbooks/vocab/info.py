@@ -4,6 +4,11 @@ from __future__ import annotations
 
 import dataclasses
 
+from sentencepiece import sentencepiece_model_pb2
+
+from textbooks.vocab import phi, spm_hf
+from textbooks.vocab.registry import get_vocabulary
+
 
 @dataclasses.dataclass(frozen=True)
 class VocabularyFacts:
@@ -40,13 +45,9 @@ def describe(name: str) -> VocabularyFacts:
     Raises:
         ValueError: unknown name. FileNotFoundError: a missing model file.
     """
-    from textbooks.vocab import get_vocabulary
-
     vocab = get_vocabulary(name)
     ids = {key: _id(getattr(vocab, f"{key}_id", None)) for key in ("pad", "eos", "unk", "bos")}
     if name == "phi":
-        from textbooks.vocab import phi
-
         special = {k: None if i is None else (i, "<|endoftext|>" if i == phi.EOS_ID else vocab.decode([i]))
                    for k, i in ids.items()}
         added = len(phi.added_tokens())
@@ -59,13 +60,9 @@ def describe(name: str) -> VocabularyFacts:
                    for k, i in ids.items()}
         return VocabularyFacts(name, "UTF-8 bytes (id = byte + 3; seqio ByteVocabulary)", int(vocab.vocab_size),
                                special, ())
-    from textbooks.vocab import spm_hf
-
     path = vocab.sentencepiece_model_file
     with open(path, "rb") as f:
         proto = spm_hf.load_proto(f.read())
-    from sentencepiece import sentencepiece_model_pb2
-
     trainer, norm = proto.trainer_spec, proto.normalizer_spec
     model_type = sentencepiece_model_pb2.TrainerSpec.ModelType.Name(trainer.model_type)
     settings = [f"normalization {norm.name or 'none'}",

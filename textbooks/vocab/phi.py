@@ -26,11 +26,11 @@ import numpy as np
 import seqio
 import tensorflow as tf
 
+from textbooks.vocab import PHI_VOCAB_SIZE
+
 EOS_TOKEN = "<|endoftext|>"
 EOS_ID = 50256
 GPT2_VOCAB_SIZE = 50257
-VOCAB_SIZE = 50295
-PADDED_VOCAB_SIZE = 51200  # phi-1 / phi-1.5 embedding rows.
 
 _ADDED_TOKENS_FILE = "codegen_added_tokens.json"
 _build_lock = threading.Lock()
@@ -65,9 +65,9 @@ def added_tokens() -> list[tuple[int, str]]:
     with open(added_tokens_path(), encoding="utf-8") as f:
         text = f.read()
     tokens = [(int(t["id"]), str(t["content"])) for t in json.loads(text)["tokens"]]
-    expected = list(range(GPT2_VOCAB_SIZE, VOCAB_SIZE))
+    expected = list(range(GPT2_VOCAB_SIZE, PHI_VOCAB_SIZE))
     if [i for i, _ in tokens] != expected:
-        raise ValueError(f"{_ADDED_TOKENS_FILE}: ids must be {GPT2_VOCAB_SIZE}..{VOCAB_SIZE - 1} in order")
+        raise ValueError(f"{_ADDED_TOKENS_FILE}: ids must be {GPT2_VOCAB_SIZE}..{PHI_VOCAB_SIZE - 1} in order")
     return tokens
 
 
@@ -92,8 +92,8 @@ def build_tokenizer():
             if tok.token_to_id(content) != i:
                 raise RuntimeError(f"phi tokenizer: token {content!r} got id {tok.token_to_id(content)}, "
                                    f"expected {i}")
-        if tok.get_vocab_size(with_added_tokens=True) != VOCAB_SIZE:
-            raise RuntimeError(f"phi tokenizer has {tok.get_vocab_size()} tokens, expected {VOCAB_SIZE}")
+        if tok.get_vocab_size(with_added_tokens=True) != PHI_VOCAB_SIZE:
+            raise RuntimeError(f"phi tokenizer has {tok.get_vocab_size()} tokens, expected {PHI_VOCAB_SIZE}")
         return tok
 
 
@@ -140,7 +140,7 @@ class PhiVocabulary(seqio.Vocabulary):
 
     @property
     def _base_vocab_size(self) -> int:
-        return VOCAB_SIZE
+        return PHI_VOCAB_SIZE
 
     # ---------------------------------------------------------------------------------------------------
     # Python.
@@ -156,7 +156,7 @@ class PhiVocabulary(seqio.Vocabulary):
 
     def _decode(self, ids: Iterable[int]) -> str:
         # Text tokens only: no end-of-text marker, nothing for padded-embedding rows or sentinel ids.
-        clean = [int(i) for i in ids if 0 <= int(i) < VOCAB_SIZE and int(i) != EOS_ID]
+        clean = [int(i) for i in ids if 0 <= int(i) < PHI_VOCAB_SIZE and int(i) != EOS_ID]
         return self.tokenizer.decode(clean, skip_special_tokens=False)
 
     def decode(self, ids: Iterable[int]) -> str:

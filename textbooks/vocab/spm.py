@@ -18,6 +18,9 @@ import os
 import sys
 from typing import Iterable, Iterator, Sequence
 
+from textbooks.corpora.build import iter_training_text
+from textbooks.vocab import SPM8K_VOCAB_SIZE
+
 SPM8K_FILE = "spm8k.model"
 PAD_ID, EOS_ID, UNK_ID = 0, 1, 2
 PAD_PIECE, EOS_PIECE, UNK_PIECE = "<pad>", "<|endoftext|>", "<unk>"
@@ -73,7 +76,7 @@ def _read_files(files: Sequence[str]) -> Iterator[str]:
             yield f.read()
 
 
-def train_spm(out_prefix: str, input_files: Sequence[str] | None = None, *, vocab_size: int = 8192,
+def train_spm(out_prefix: str, input_files: Sequence[str] | None = None, *, vocab_size: int = SPM8K_VOCAB_SIZE,
               max_bytes: int | None = None, character_coverage: float = 0.9999, verbose: bool = False) -> str:
     """Trains a whitespace-preserving BPE SentencePiece model and writes ``<out_prefix>.model`` and ``.vocab``.
 
@@ -94,8 +97,6 @@ def train_spm(out_prefix: str, input_files: Sequence[str] | None = None, *, voca
     if input_files:
         texts: Iterable[str] = _read_files(input_files)
     else:
-        from textbooks.corpora.build import iter_training_text
-
         texts = iter_training_text(max_bytes=max_bytes)
     model = io.BytesIO()
     spm.SentencePieceTrainer.train(

@@ -7,8 +7,9 @@ import shutil
 
 import pytest
 
-from textbooks.vocab import get_vocabulary
-from textbooks.vocab.hf_files import CONFIG_KEY, save_tokenizer, vocabulary_name
+from textbooks.model.hf import VOCABULARY_KEY
+from textbooks.model.vocab_files import save_tokenizer, vocabulary_name
+from textbooks.vocab.registry import get_vocabulary
 
 TEXTS = [
     "def f(x):\n\tif x:\n        return  x  \n\n\n",  # whitespace runs: codegen's added tokens
@@ -44,7 +45,7 @@ def test_spm_files_record_a_path_relative_to_the_folder(tmp_path):
     out.mkdir()
     recorded, files = save_tokenizer(f"spm:{tmp_path / 'mine.model'}", str(out))
     assert recorded == "spm:spm.model" and files == ["spm.model", "tokenizer.json", "tokenizer_config.json"]
-    (out / "config.json").write_text(json.dumps({"model_type": "phi", CONFIG_KEY: recorded}))
+    (out / "config.json").write_text(json.dumps({"model_type": "phi", VOCABULARY_KEY: recorded}))
     moved = tmp_path / "moved"
     out.rename(moved)
     os.remove(tmp_path / "mine.model")
@@ -75,6 +76,6 @@ def test_bad_names_and_records_fail_before_touching_the_folder(tmp_path):
     assert vocabulary_name(str(tmp_path)) == "phi"  # no config.json: a downloaded phi-1.5 is read with 'phi'
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "phi"}))
     assert vocabulary_name(str(tmp_path)) == "phi"
-    (tmp_path / "config.json").write_text(json.dumps({"model_type": "phi", CONFIG_KEY: 7}))
-    with pytest.raises(ValueError, match=f"config.json: '{CONFIG_KEY}' must be a vocabulary name"):
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "phi", VOCABULARY_KEY: 7}))
+    with pytest.raises(ValueError, match=f"config.json: '{VOCABULARY_KEY}' must be a vocabulary name"):
         vocabulary_name(str(tmp_path))

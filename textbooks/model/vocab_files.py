@@ -1,4 +1,4 @@
-"""A vocabulary's files inside a transformers checkpoint folder, and the vocabulary such a folder names.
+"""A vocabulary inside a checkpoint folder: the tokenizer files an export writes, and the vocabulary a folder names.
 
 ``textbooks convert --to-hf`` writes, next to ``config.json`` and the weights:
 
@@ -19,11 +19,12 @@
   tokenizer config, transformers would pick phi's GPT-2 class with no vocabulary);
 * for ``'byte'``: nothing (the ids are the UTF-8 bytes plus 3, seqio's ``ByteVocabulary``).
 
-The vocabulary's name goes into ``config.json`` under :data:`CONFIG_KEY` (transformers keeps unknown keys), so
-that loading the folder back (``load_model``, ``textbooks serve``, ``textbooks eval``) uses the same
-vocabulary. Folders without the key (e.g. a downloaded phi-1.5) are read with the ``'phi'`` vocabulary.
+The vocabulary's name goes into ``config.json`` under :data:`textbooks.model.hf.VOCABULARY_KEY` (transformers
+keeps unknown keys), so
+that loading the folder back (:func:`textbooks.model.load.load_model`: ``textbooks serve``, ``textbooks eval``)
+uses the same vocabulary. Folders without the key (e.g. a downloaded phi-1.5) are read with the ``'phi'`` vocabulary.
 ``textbooks convert --from-hf`` carries a recorded vocabulary (name and files) into the params folder it
-writes, whose ``textbooks_config.json`` records it under ``vocabulary``.
+writes, whose ``textbooks_config.json`` records it under :data:`textbooks.model.params_io.VOCABULARY_KEY`.
 """
 
 from __future__ import annotations
@@ -32,8 +33,11 @@ import json
 import os
 
 from textbooks.model import hf, params_io
+from textbooks.vocab import spm_hf
+from textbooks.vocab.phi import EOS_TOKEN, build_tokenizer
+from textbooks.vocab.registry import get_vocabulary
+from textbooks.vocab.spm import spm8k_path
 
-CONFIG_KEY = hf.VOCABULARY_KEY
 SPM_FILE = "spm.model"
 TOKENIZER_FILE = "tokenizer.json"
 TOKENIZER_CONFIG_FILE = "tokenizer_config.json"
@@ -61,8 +65,6 @@ def save_tokenizer(name: str, out_dir: str, *, max_len: int | None = None) -> tu
         ValueError: an unknown vocabulary name.
         FileNotFoundError: a SentencePiece model file is missing.
     """
-    from textbooks.vocab import get_vocabulary
-
     get_vocabulary(name)  # an unknown name or a missing model file fails here, before anything is touched
     spm_model = None if name in ("phi", "byte") else _read_spm_model(name)
     spm_files = None if spm_model is None else _spm_files(spm_model)  # converted before anything is removed
@@ -80,8 +82,6 @@ def save_tokenizer(name: str, out_dir: str, *, max_len: int | None = None) -> tu
         return (name if name == "spm8k" else f"spm:{SPM_FILE}"), written
     if name == "byte":
         return name, []
-    from textbooks.vocab.phi import EOS_TOKEN, build_tokenizer
-
     build_tokenizer().save(os.path.join(out_dir, TOKENIZER_FILE))
     _write_config(out_dir, {"tokenizer_class": "CodeGenTokenizer", "bos_token": EOS_TOKEN, "eos_token": EOS_TOKEN,
                             "unk_token": EOS_TOKEN, "add_prefix_space": False, "add_bos_token": False,
@@ -91,8 +91,6 @@ def save_tokenizer(name: str, out_dir: str, *, max_len: int | None = None) -> tu
 
 def _spm_files(model: bytes) -> tuple[object | None, dict]:
     """``(tokenizers.Tokenizer or None, tokenizer_config.json)`` of a SentencePiece model (module docstring)."""
-    from textbooks.vocab import spm_hf
-
     try:
         tokenizer = spm_hf.build_tokenizer(model)
     except spm_hf.UnsupportedModelError as e:
@@ -123,8 +121,6 @@ def transformers_note(folder: str) -> str | None:
 
 
 def _read_spm_model(name: str) -> bytes:
-    from textbooks.vocab.spm import spm8k_path
-
     source = spm8k_path() if name == "spm8k" else name[len("spm:"):]
     if not os.path.isfile(source):
         raise FileNotFoundError(f"SentencePiece model {source!r} (vocabulary {name!r}) not found")
@@ -134,7 +130,7 @@ def _read_spm_model(name: str) -> bytes:
 
 def recorded_vocabulary(folder: str) -> str | None:
     """The vocabulary a checkpoint folder records, or None: a transformers folder's ``config.json``
-    (:data:`CONFIG_KEY`) or a params folder's ``textbooks_config.json`` (``vocabulary``).
+    (``textbooks_vocabulary``) or a params folder's ``textbooks_config.json`` (``vocabulary``).
 
     A relative ``spm:FILE`` is resolved against ``folder``.
 
