@@ -26,6 +26,9 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from textbooks import partitioning
+from textbooks.model import decode as decode_lib
+from textbooks.model import phi
 from textbooks.model.buckets import bucket
 from textbooks.model.load import load_model
 from textbooks.model.stops import cut_at_stop
@@ -102,9 +105,6 @@ class EvalModel:
     def __init__(self, config, params, vocabulary, *, mesh=None, rules=None, tokens_per_batch: int = 4096,
                  min_length_bucket: int = 32, decode_min_length_bucket: int = 16):
         import jax
-
-        from textbooks import partitioning
-        from textbooks.model import phi
 
         self.config = config.replace(embd_dropout=0.0, attn_dropout=0.0, resid_dropout=0.0, remat_policy="none")
         self.vocabulary = vocabulary
@@ -281,8 +281,6 @@ class EvalModel:
         device with the KV-cache decoder (its batch is not split over the mesh).
         """
         import jax
-
-        from textbooks.model import decode as decode_lib
 
         if self._decoder is None:
             params = jax.device_put(self._host_params, jax.local_devices()[0])
