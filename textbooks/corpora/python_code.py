@@ -15,6 +15,7 @@ import sysconfig
 from typing import Iterator
 
 from textbooks.corpora.document import Document
+from textbooks.corpora.sources import ROLE_INFO
 
 SOURCE = "cpython-stdlib"
 _SKIP_DIRS = {"site-packages", "dist-packages", "test", "tests", "idle_test", "lib-dynload", "__pycache__",
@@ -97,8 +98,6 @@ def exercise_documents(root: str | None = None) -> Iterator[Document]:
     ``text`` is the prompt (the ``def`` line(s) and the docstring) followed by the solution (the original
     body); ``meta.prompt_chars`` says where the solution starts and ``meta.entry_point`` names the function.
     """
-    from textbooks.corpora.sources import ROLE_INFO
-
     stand_in = ROLE_INFO["code_exercises"].stand_in
     root = root or stdlib_dir()
     for rel in stdlib_files(root):

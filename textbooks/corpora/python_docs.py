@@ -14,6 +14,7 @@ from typing import Iterator
 
 from textbooks.corpora import assets
 from textbooks.corpora.document import Document
+from textbooks.corpora.sources import ROLE_INFO
 
 SOURCE = "python-docs"
 SECTIONS: dict[str, tuple[str, ...]] = {
@@ -107,8 +108,6 @@ def documents(role: str, root: str | None = None) -> Iterator[Document]:
     Raises:
         textbooks.corpora.assets.AssetMissingError: python3.11-doc is not installed.
     """
-    from textbooks.corpora.sources import ROLE_INFO
-
     root = root or assets.python_doc_sources()
     stand_in = ROLE_INFO[role].stand_in
     for rel in doc_files(SECTIONS[role], root):
