@@ -32,6 +32,7 @@ from apache_beam.io.filesystems import FileSystems
 
 from textbooks.curate import stages
 from textbooks.curate.embeddings import EncoderSpec, embed_texts, get_encoder
+from textbooks.data import records as rec
 
 logger = logging.getLogger(__name__)
 MODELS = ("logistic", "ridge", "random_forest")
@@ -164,8 +165,6 @@ class QualityClassifier:
         """Writes ``classifier.joblib`` and ``classifier.json`` into ``directory`` (local or remote)."""
         import joblib
 
-        from textbooks.data import records as rec
-
         directory = expand_path(directory)
         rec.makedirs(directory)
         buf = _io.BytesIO()
@@ -185,8 +184,6 @@ class QualityClassifier:
             FileNotFoundError: the folder lacks ``classifier.json`` or ``classifier.joblib``.
         """
         import joblib
-
-        from textbooks.data import records as rec
 
         directory = expand_path(directory)
         meta_path, model_path = rec.join(directory, META_FILE), rec.join(directory, MODEL_FILE)

@@ -36,6 +36,7 @@ from textbooks.curate.code_similarity import ast_similarity, extract_functions
 from textbooks.curate.embeddings import EncoderSpec, embed_texts, get_encoder
 from textbooks.curate.heuristics import record_language
 from textbooks.curate.textnorm import hash_words, ngram_hashes, word_tokens
+from textbooks.evaluate.benchmarks import benchmark_texts
 
 logger = logging.getLogger(__name__)
 STAGE = "decontam"
@@ -103,8 +104,6 @@ class BenchmarkItem:
 
 def load_benchmark_items(names: Sequence[str]) -> list[BenchmarkItem]:
     """Items of the named benchmarks from ``textbooks.evaluate.benchmarks.benchmark_texts``."""
-    from textbooks.evaluate.benchmarks import benchmark_texts
-
     return [BenchmarkItem(name, item_id, text) for name in names for item_id, text in benchmark_texts(name)]
 
 

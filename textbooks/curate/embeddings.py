@@ -25,7 +25,7 @@ import gin
 import numpy as np
 
 from textbooks.curate import stages
-from textbooks.curate.encoder import padded_rows
+from textbooks.curate.encoder import MiniLMEncoder, padded_rows
 
 _LENGTH_BUCKET = 64
 logger = logging.getLogger(__name__)
@@ -87,8 +87,9 @@ class PhiEncoder:
         import jax
         import jax.numpy as jnp
 
-        from textbooks.model.phi import PhiForCausalLM
+        # deferred: model.load brings in TensorFlow, seqio and orbax (~7 s), model.phi JAX; MiniLM runs need neither
         from textbooks.model.load import load_model
+        from textbooks.model.phi import PhiForCausalLM
 
         loaded = load_model(path)
         self.path = path
@@ -142,8 +143,6 @@ class PhiEncoder:
 def get_encoder(spec: EncoderSpec) -> Encoder:
     """The encoder for ``spec``, built once per process."""
     if spec.kind == "minilm":
-        from textbooks.curate.encoder import MiniLMEncoder
-
         return MiniLMEncoder(spec.path, max_length=spec.max_length, batch_size=spec.batch_size)
     return PhiEncoder(spec.path, max_length=spec.max_length, batch_size=spec.batch_size)
 

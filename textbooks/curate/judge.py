@@ -24,6 +24,7 @@ import apache_beam as beam
 import gin
 
 from textbooks.curate import stages
+from textbooks.serve.client import ClientError, OpenAIClient
 
 STAGE = "judge"
 SCORES = "scores"
@@ -134,8 +135,6 @@ def parse_score(answer: str, low: float = 0.0, high: float = 5.0) -> float | Non
 async def judge_many(texts: Sequence[str], config: JudgeConfig, rubric: str | None = None) -> list[JudgeResult]:
     """Sends every text to the judge concurrently (bounded by the client); failures become results with
     ``error`` set."""
-    from textbooks.serve.client import ClientError, OpenAIClient
-
     rubric = rubric if rubric is not None else load_rubric(config.rubric)
     sampling = {"temperature": config.temperature, "max_tokens": config.max_tokens}
 

@@ -22,6 +22,7 @@ from typing import Any, Iterable
 import apache_beam as beam
 
 from textbooks.curate import stages
+from textbooks.curate.textnorm import stable_hash64
 from textbooks.data import records as rec
 
 TOKEN_UNIT = "whitespace tokens (len(text.split()))"
@@ -108,8 +109,6 @@ class Samples(beam.PTransform):
         self.k = k
 
     def expand(self, records):
-        from textbooks.curate.textnorm import stable_hash64
-
         def key(r, fixed=self.group):
             if fixed is not None:
                 g = fixed
