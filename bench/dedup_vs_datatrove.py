@@ -151,7 +151,8 @@ def run_ours(input_dir: str, out_dir: str, mode: str, workers: int) -> tuple[flo
 
     from textbooks.curate import writers
     from textbooks.curate.dedup import MinHashConfig, NearDedup
-    from textbooks.curate.io import ReadConfig, ReadInputs
+    from textbooks.curate.input_specs import ReadConfig
+    from textbooks.curate.io import ReadInputs
 
     start = time.perf_counter()
     options = PipelineOptions(runner="DirectRunner", direct_running_mode=mode, direct_num_workers=workers)

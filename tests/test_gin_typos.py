@@ -15,13 +15,13 @@ def no_real_work(monkeypatch):
         raise AssertionError("the verb went on to run although a gin binding was mistyped")
 
     from textbooks import demo
-    from textbooks.evaluate import runner as eval_runner
+    from textbooks.evaluate import suite
     from textbooks.mixopt import optimize
-    from textbooks.mixopt import runner as sweep_runner
+    from textbooks.mixopt import sweep
 
     monkeypatch.setattr(trainer, "train", refuse)
-    monkeypatch.setattr(eval_runner, "evaluate", refuse)
-    monkeypatch.setattr(sweep_runner, "sweep", refuse)
+    monkeypatch.setattr(suite, "evaluate", refuse)
+    monkeypatch.setattr(sweep, "sweep", refuse)
     monkeypatch.setattr(optimize, "mixopt", refuse)
     monkeypatch.setattr(demo, "run_demo", refuse)
 
@@ -53,7 +53,7 @@ def test_gin_bindings_flag_is_checked_too(tmp_path, capsys, no_real_work):
 
 def test_eval_rejects_a_mistyped_macro(tmp_path, capsys, no_real_work):
     rc, err = _error(capsys, ["eval", "--checkpoint", str(tmp_path / "none"), "--gin_file=eval/quick.gin",
-                              "--gin.EvalSettings.limit=3", "--gin.LIMIT=3"])
+                              "--gin.SuiteSettings.limit=3", "--gin.LIMIT=3"])
     assert rc == 2 and "macro LIMIT" in err
 
 
@@ -71,7 +71,6 @@ def test_mixopt_and_demo_reject_an_unused_macro(tmp_path, capsys, no_real_work):
 
 
 def test_macros_defined_or_referenced_in_included_files_are_known(tmp_path):
-    trainer.register_gin_names()
     (tmp_path / "inner.gin").write_text("train.seed = %RUN_SEED\n")
     (tmp_path / "outer.gin").write_text("include 'runs/pretrain.gin'\ninclude 'inner.gin'\nSPARE_KNOB = 1\n")
     outer = str(tmp_path / "outer.gin")
@@ -91,7 +90,6 @@ def test_macros_defined_or_referenced_in_included_files_are_known(tmp_path):
 
 
 def test_library_callers_may_bind_optional_macros():
-    trainer.register_gin_names()
     # INIT_FROM is read by runs/finetune.gin only; without check_macros, bindings shared across file sets pass.
     gin_utils.parse_gin(["runs/pretrain.gin"], ["MIXTURE_OR_TASK_NAME = None", "TRAIN_STEPS = 5",
                                                 "MODEL_DIR = '/tmp/x'", "INIT_FROM = '/tmp/y'"])

@@ -199,7 +199,7 @@ def train_variant(name: str, mixture: str, model_dir: str, config: DemoConfig) -
         optimizer=optimizer.OptimizerConfig(learning_rate=config.learning_rate, schedule="cosine",
                                             warmup_steps=max(1, config.steps // 20)),
         checkpoint=checkpoints.CheckpointConfig(save_every=max(1, config.steps // 3), keep=1),
-        evaluation=hooks.EvalConfig(eval_every=config.eval_every, num_batches=config.eval_batches),
+        evaluation=hooks.ValidationConfig(eval_every=config.eval_every, num_batches=config.eval_batches),
         seed=config.seed,
         log_every=1,  # every step: the report sums tokens/<role> into realized proportions
     )
@@ -208,15 +208,15 @@ def train_variant(name: str, mixture: str, model_dir: str, config: DemoConfig) -
 
 def evaluate_variant(model_dir: str, out_dir: str, config: DemoConfig) -> dict:
     """Runs the benchmark subset on the final checkpoint (skipped when its results exist)."""
-    from textbooks.evaluate import runner
+    from textbooks.evaluate import suite
 
     results_path = os.path.join(out_dir, "results.json")
     if os.path.exists(results_path):
         with open(results_path) as f:
             return json.load(f)
     gin.clear_config()
-    results = runner.evaluate(checkpoint=model_dir, tasks=config.eval_tasks, out_dir=out_dir,
-                              settings=runner.EvalSettings(limit=config.eval_limit, seed=config.seed))
+    results = suite.evaluate(checkpoint=model_dir, tasks=config.eval_tasks, out_dir=out_dir,
+                             settings=suite.SuiteSettings(limit=config.eval_limit, seed=config.seed))
     return json.loads(json.dumps(results, default=str))
 
 

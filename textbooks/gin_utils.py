@@ -1,13 +1,28 @@
 """gin configuration the T5X way: ``--gin_file`` files composed in order, then ``--gin.NAME=VALUE`` bindings.
 
-Used by every gin-configured command (train, eval, curate, generate, sweep). Errors name the file or the
-binding at fault; the operative config can be written next to a run's outputs.
+Used by every gin-configured command (train, eval, curate, generate, sweep, mixopt): they parse with
+:func:`parse_gin_from_args`. Errors name the file or the binding at fault; the operative config can be written
+next to a run's outputs.
 
 gin itself rejects a binding of an unknown configurable or parameter (``OptimizerConfig.learnig_rate``) but
 accepts any macro name: ``TRAIN_STEP = 5`` defines a macro nothing reads, and the run silently keeps the
 file's ``TRAIN_STEPS``. Commands therefore parse with ``check_macros=True``: a binding that introduces a macro
 which no composed gin file defines (``NAME = ...``) and nothing references (``%NAME``) is an error that names
 the closest known names.
+
+How configurables are registered (one way for the whole project):
+
+* A configurable exists once the Python module defining it is imported. Each verb's entry module (the module
+  of its gin entry function: ``train.trainer``, ``evaluate.suite``, ``curate.pipeline``, ``synth.generate``,
+  ``mixopt.sweep``, ``mixopt.optimize``) imports at module level every module whose configurables the verb's
+  gin files may bind, so a caller imports the entry module, then parses.
+* gin files do not ``import`` Python modules: they name configurables (``train.batch_size``,
+  ``OptimizerConfig.learning_rate``), which stay valid when a module moves; a module path would not.
+* Configurables are defined with ``gin.configurable``; a module that may first be imported after the config
+  is locked (a library importing it lazily) uses :func:`configurable`, which gin would otherwise refuse.
+* A configurable that is renamed keeps its old name working through :func:`register_alias`, documented where
+  it is registered: ``EvalConfig`` is ``ValidationConfig`` (:mod:`textbooks.train.hooks`), ``EvalSettings`` is
+  ``SuiteSettings`` (:mod:`textbooks.evaluate.suite`).
 """
 
 from __future__ import annotations
@@ -15,9 +30,11 @@ from __future__ import annotations
 import difflib
 import os
 import re
-from typing import Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence, TypeVar
 
 import gin
+
+_T = TypeVar("_T")
 
 # Folders searched for relative --gin_file paths, after the working directory: the repository's experiments/
 # and the installed package's copy of it.
@@ -27,6 +44,46 @@ DEFAULT_SEARCH_PATHS = (os.path.join(_REPO_ROOT, "experiments"), _REPO_ROOT)
 
 class GinConfigError(ValueError):
     """A gin file or binding could not be parsed or applied; the message names which one."""
+
+
+def configurable(fn_or_name: Any = None, **kwargs: Any) -> Any:
+    """``gin.configurable`` that also works when the module is first imported after gin was finalized.
+
+    Use it as ``@configurable`` or ``@configurable(name=..., denylist=...)`` (the arguments of
+    ``gin.configurable``). A configurable registered after finalizing exists but no binding can name it any
+    more: its defaults apply.
+    """
+    if callable(fn_or_name):
+        with gin.unlock_config():
+            return gin.configurable(fn_or_name, **kwargs)
+
+    def decorate(fn: _T) -> _T:
+        with gin.unlock_config():
+            return gin.configurable(fn_or_name, **kwargs)(fn)
+
+    return decorate
+
+
+def register_alias(old_name: str, fn_or_cls: Callable) -> None:
+    """Makes ``old_name`` a second name of the registered configurable ``fn_or_cls``.
+
+    Bindings and references under the old name (``EvalConfig.eval_every = 5``, ``@EvalConfig()``) go to the
+    same configurable as the new name's, so gin files written before a rename keep working and a mix of old and
+    new names in one config does not silently split the settings. The operative config uses the new name.
+
+    Raises:
+        ValueError: ``fn_or_cls`` is not a registered configurable, or ``old_name`` already names another one.
+    """
+    info = gin.config._inverse_lookup(fn_or_cls)  # gin keeps no public alias API; its registry is a selector map.
+    if info is None:
+        raise ValueError(f"{fn_or_cls!r} is not a gin configurable; register it (gin.configurable) before "
+                         f"aliasing it as {old_name!r}")
+    selector = f"{info.module}.{old_name}" if info.module else old_name
+    existing = gin.config._REGISTRY.get(selector)
+    if existing is not None and existing is not info:
+        raise ValueError(f"gin name {old_name!r} already belongs to {existing.selector}; cannot make it an alias "
+                         f"of {info.selector}")
+    gin.config._REGISTRY[selector] = info
 
 
 def add_gin_arguments(parser) -> None:
@@ -164,13 +221,26 @@ def _check_introduced_macros(introduced: dict[str, str], defined_by_files: set[s
                          f"parameter as Configurable.param = VALUE, or a macro that the files read.")
 
 
-def parse_gin_from_args(args) -> None:
-    """Applies ``--gin_file``, ``--gin_bindings`` and ``--gin.X=Y`` from a parsed command line (macro names
-    checked, see :func:`parse_gin`)."""
+def parse_gin_from_args(args, bindings: Sequence[str] = (), finalize: bool = True) -> None:
+    """Applies ``--gin_file``, ``--gin_bindings`` and ``--gin.X=Y`` from a parsed command line, then
+    ``bindings`` (the command's own flags turned into bindings, e.g. ``--model_dir``), macro names checked
+    (see :func:`parse_gin`).
+
+    Args:
+        args: the parsed command line (``gin_file``, ``gin_bindings``, ``gin_search_path`` and the leftover
+            ``extra`` arguments).
+        bindings: ``'NAME = VALUE'`` strings applied after the command line's, so they win.
+        finalize: lock the config afterwards (a command that still edits bindings, e.g. to make paths
+            absolute, finalizes itself).
+
+    Raises:
+        GinConfigError: a leftover argument is not a ``--gin.`` flag, or see :func:`parse_gin`.
+    """
     flag_bindings, rest = split_gin_flags(getattr(args, "extra", []) or [])
     if rest:
         raise GinConfigError(f"unrecognized arguments: {' '.join(rest)}")
-    parse_gin(args.gin_file, list(args.gin_bindings) + flag_bindings, args.gin_search_path, check_macros=True)
+    parse_gin(args.gin_file, list(args.gin_bindings) + flag_bindings + list(bindings), args.gin_search_path,
+              finalize=finalize, check_macros=True)
 
 
 def write_operative_config(directory: str, filename: str = "config.gin") -> str:

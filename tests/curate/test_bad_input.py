@@ -7,7 +7,7 @@ import os
 import pytest
 
 import curate_testdata as td
-from textbooks.curate.io import InputSpec, ReadConfig
+from textbooks.curate.input_specs import InputSpec, ReadConfig
 from textbooks.curate.pipeline import curate
 from textbooks.curate.report import read_jsonl_files
 from textbooks.data import records

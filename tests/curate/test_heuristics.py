@@ -117,6 +117,6 @@ def test_heuristic_filter_beam_stage_counts_and_reasons():
     cfg = h.HeuristicsConfig(gopher_quality=h.GopherQualityConfig())
     with beam.Pipeline(runner="DirectRunner") as p:
         out = p | beam.Create(records) | h.HeuristicFilter(cfg)
-        assert_that(out.kept | "kid" >> beam.Map(lambda r: r["id"]), equal_to(["good"]), label="kept")
+        assert_that(out["kept"] | "kid" >> beam.Map(lambda r: r["id"]), equal_to(["good"]), label="kept")
         assert_that(out["dropped"] | "did" >> beam.Map(lambda r: (r["id"], r["meta"]["curation"]["reason"])),
                     equal_to([("short", "gopher_quality.min_doc_words")]), label="dropped")

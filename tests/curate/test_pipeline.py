@@ -11,7 +11,7 @@ import curate_testdata as td
 from textbooks.curate.dedup import ExactDedupConfig, MinHashConfig
 from textbooks.curate.decontam import DecontamConfig
 from textbooks.curate.heuristics import GopherQualityConfig, GopherRepetitionConfig, HeuristicsConfig, apply_heuristics
-from textbooks.curate.io import InputSpec
+from textbooks.curate.input_specs import InputSpec
 from textbooks.curate.pipeline import curate
 from textbooks.curate.report import read_jsonl_files
 from textbooks.data import records

@@ -18,11 +18,11 @@ def test_a_limit_that_is_not_a_positive_number_is_a_usage_error(limit, tmp_path,
     assert "argument --limit" in capsys.readouterr().err
 
 
-def test_a_gin_bound_limit_below_one_is_a_configuration_error(tmp_path, capsys):
-    rc = cli.main(["eval", "--checkpoint", str(tmp_path / "missing"), "--tasks", "piqa",
-                   "--gin.EvalSettings.limit=0"])
+@pytest.mark.parametrize("name", ["SuiteSettings", "EvalSettings"])  # EvalSettings: the old name, an alias
+def test_a_gin_bound_limit_below_one_is_a_configuration_error(name, tmp_path, capsys):
+    rc = cli.main(["eval", "--checkpoint", str(tmp_path / "missing"), "--tasks", "piqa", f"--gin.{name}.limit=0"])
     assert rc == 2
-    assert "EvalSettings.limit must be a positive number" in capsys.readouterr().err
+    assert "SuiteSettings.limit must be a positive number" in capsys.readouterr().err
 
 
 def test_a_failing_task_makes_the_exit_status_1_and_the_others_are_reported(tiny_hf_checkpoint, monkeypatch,

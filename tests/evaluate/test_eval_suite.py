@@ -8,12 +8,12 @@ import numpy as np
 import pytest
 
 from textbooks import cli
-from textbooks.evaluate import benchmarks, runner
+from textbooks.evaluate import benchmarks, suite
 
-SMALL_BUDGETS = ["--gin.EvalSettings.code_max_new_tokens=16", "--gin.EvalSettings.gsm8k_max_new_tokens=16",
-                 "--gin.EvalSettings.squad_max_new_tokens=6", "--gin.EvalSettings.tokens_per_batch=256",
-                 "--gin.EvalSettings.decode_min_length_bucket=256",
-                 "--gin.EvalSettings.sandbox_timeout_s=10.0"]
+SMALL_BUDGETS = ["--gin.SuiteSettings.code_max_new_tokens=16", "--gin.SuiteSettings.gsm8k_max_new_tokens=16",
+                 "--gin.SuiteSettings.squad_max_new_tokens=6", "--gin.SuiteSettings.tokens_per_batch=256",
+                 "--gin.SuiteSettings.decode_min_length_bucket=256",
+                 "--gin.SuiteSettings.sandbox_timeout_s=10.0"]
 
 
 def test_phi15_suite_runs_on_a_tiny_checkpoint_near_chance(tiny_hf_checkpoint, tmp_path, capsys):
@@ -24,7 +24,7 @@ def test_phi15_suite_runs_on_a_tiny_checkpoint_near_chance(tiny_hf_checkpoint, t
     with open(os.path.join(out, "results.json")) as f:
         results = json.load(f)
     tasks = results["tasks"]
-    assert list(tasks) == list(runner.PHI15_SUITE)
+    assert list(tasks) == list(suite.PHI15_SUITE)
     for name, entry in tasks.items():
         assert "error" not in entry, (name, entry.get("error"))
         primary = entry["metrics"][entry["primary"]]
@@ -57,9 +57,9 @@ def test_unknown_task_is_an_error_listing_the_names(capsys):
     assert cli.main(["eval", "--checkpoint", "/nonexistent", "--tasks=piqa,hellaswagg"]) == 2
     err = capsys.readouterr().err
     assert "unknown task 'hellaswagg'" in err and "hellaswag" in err and "phi15" in err
-    with pytest.raises(runner.EvalError, match="unknown task 'nope'"):
-        runner.resolve_tasks("nope")
-    assert runner.resolve_tasks("code,humaneval,piqa") == ["humaneval", "mbpp", "piqa"]
+    with pytest.raises(suite.EvalError, match="unknown task 'nope'"):
+        suite.resolve_tasks("nope")
+    assert suite.resolve_tasks("code,humaneval,piqa") == ["humaneval", "mbpp", "piqa"]
 
 
 def test_checkpoint_that_does_not_load_is_a_clear_error(tmp_path, capsys):
@@ -91,8 +91,8 @@ def test_a_failing_task_is_recorded_and_the_others_still_run(tiny_model, monkeyp
     monkeypatch.setitem(benchmarks._REGISTRY, "piqa", (missing, *rest))
     benchmarks._cached.cache_clear()
     try:
-        results = runner.evaluate(model=tiny_model, tasks="piqa,arc_easy", out_dir=str(tmp_path),
-                                  settings=runner.EvalSettings(limit=5))
+        results = suite.evaluate(model=tiny_model, tasks="piqa,arc_easy", out_dir=str(tmp_path),
+                                 settings=suite.SuiteSettings(limit=5))
     finally:
         benchmarks._cached.cache_clear()
     assert "piqa.arrow is missing" in results["tasks"]["piqa"]["error"]
@@ -106,8 +106,8 @@ def test_training_hook_reuses_the_compiled_model(tiny_config, tiny_params, tmp_p
 
     from textbooks.vocab.registry import get_vocabulary
 
-    hook = runner.make_eval_hook(tiny_config, get_vocabulary("spm8k"), tasks=("piqa", "winogrande"), limit=6,
-                                 every=100, out_dir=str(tmp_path))
+    hook = suite.BenchmarkEvalHook(tiny_config, get_vocabulary("spm8k"), tasks=("piqa", "winogrande"),
+                                   settings=suite.SuiteSettings(limit=6), every=100, out_dir=str(tmp_path))
     first = hook(tiny_params, None, step=100)
     assert {"bench/piqa/acc", "bench/piqa/acc_norm", "bench/piqa/bpb", "bench/winogrande/acc",
             "bench/winogrande/p_correct"} <= set(first)

@@ -12,16 +12,16 @@ from mixopt_helpers import COMPONENTS, FAKE_T, fake_command
 from textbooks import cli
 from textbooks.data import records
 from textbooks.data.manifest import Manifest, write_manifest
-from textbooks.mixopt import design, engine, optimize, runner
-from textbooks.mixopt.trial_runners import CommandTrial
+from textbooks.mixopt import design, dispatch, optimize, sweep
+from textbooks.mixopt.trial_kinds import CommandTrial
 
 
 @pytest.fixture(scope="module")
 def sweep_dir(tmp_path_factory):
     root = tmp_path_factory.mktemp("mixopt") / "sweep"
-    out = runner.sweep(sweep_dir=str(root), components=COMPONENTS, points=design.grid_design(COMPONENTS, 3),
-                       seeds=(0,), runner=CommandTrial(command=fake_command()),
-                       local=engine.LocalSettings(max_parallel=4, poll_s=0.2))
+    out = sweep.sweep(sweep_dir=str(root), components=COMPONENTS, points=design.grid_design(COMPONENTS, 3),
+                      seeds=(0,), runner=CommandTrial(command=fake_command()),
+                      local=dispatch.LocalSettings(max_parallel=4, poll_s=0.2))
     assert out.counts["done"] == 10
     return str(root)
 

@@ -12,7 +12,7 @@ from mixtures import factory
 from textbooks.mixopt import optimize, propose
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-SPEC = {"class": "textbooks.mixopt.trial_runners.TrainingTrial", "kwargs": {"mixture_vocabulary": "byte"}}
+SPEC = {"class": "textbooks.mixopt.training_trial.TrainingTrial", "kwargs": {"mixture_vocabulary": "byte"}}
 BAD = {"web_filtered": -0.2, "code_filtered": 1.2}
 
 
@@ -54,7 +54,7 @@ def test_training_a_proposal_gin_with_a_negative_ratio_fails(tmp_path):
     cmd = [sys.executable, "-m", "textbooks.cli", "train", "--gin_file=runs/pretrain.gin",
            "--gin_file=tiny/pretrain_tiny.gin", f"--gin_file={gin_path}", "--gin.TRAIN_STEPS=2",
            "--gin.TASK_FEATURE_LENGTHS={'targets': 32}", "--gin.OptimizerConfig.warmup_steps=1",
-           "--gin.EvalConfig.eval_every=0",
+           "--gin.ValidationConfig.eval_every=0",
            "--gin_bindings=train.vocabulary = 'byte'", f"--model_dir={model_dir}"]
     env = {**os.environ, "TEXTBOOKS_DATA_DIR": str(data), "JAX_PLATFORMS": "cpu", "XLA_FLAGS": "",
            "TF_CPP_MIN_LOG_LEVEL": "2"}

@@ -8,8 +8,8 @@ import sys
 import pytest
 
 from textbooks import gin_utils
-from textbooks.mixopt import optimize, runner, trials
-from textbooks.mixopt.trial_runners import TrainingTrial
+from textbooks.mixopt import optimize, sweep, trials
+from textbooks.mixopt.training_trial import TrainingTrial
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 ROLES = ["web_filtered", "code_filtered", "synthetic_textbooks"]
@@ -26,7 +26,7 @@ def test_tiny_sweep_trains_and_the_proposal_gin_trains(tmp_path, monkeypatch):
     monkeypatch.setenv("XLA_FLAGS", "")  # one CPU device per trial process
     sweep_dir = tmp_path / "sweep"
     gin_utils.parse_gin(["sweeps/tiny_three_way.gin"], [f"sweep.sweep_dir = {str(sweep_dir)!r}"], finalize=False)
-    spec = runner.runner_spec(TrainingTrial())
+    spec = sweep.runner_spec(TrainingTrial())
 
     # The proposal's gin file, trained for a few steps while the sweep runs.
     gin_path = tmp_path / "proposal.gin"
@@ -38,7 +38,7 @@ def test_tiny_sweep_trains_and_the_proposal_gin_trains(tmp_path, monkeypatch):
     proposal = subprocess.Popen(command, shell=True, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                 text=True)
     try:
-        out = runner.sweep()
+        out = sweep.sweep()
     finally:
         log, _ = proposal.communicate(timeout=600)
     assert proposal.returncode == 0, log[-3000:]
@@ -63,6 +63,6 @@ def test_tiny_sweep_trains_and_the_proposal_gin_trains(tmp_path, monkeypatch):
     assert configs[0] == configs[1]
     # A rerun finds both trials done and runs nothing.
     manifest = trials.SweepDir(str(sweep_dir)).manifest()
-    again = runner.sweep()
+    again = sweep.sweep()
     assert again.counts["done"] == 2 and trials.SweepDir(str(sweep_dir)).manifest()["fingerprint"] == \
         manifest["fingerprint"]

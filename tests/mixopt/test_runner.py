@@ -14,8 +14,8 @@ import time
 import pytest
 
 from mixopt_helpers import COMPONENTS, fake_command, fake_loss
-from textbooks.mixopt import design, engine, results, runner, trials
-from textbooks.mixopt.trial_runners import CommandTrial
+from textbooks.mixopt import design, dispatch, results, sweep, trials
+from textbooks.mixopt.trial_kinds import CommandTrial
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -28,9 +28,9 @@ def _exec_log(path):
 
 
 def _sweep(tmp_path, points, seeds=(0,), max_parallel=2, **kw):
-    return runner.sweep(sweep_dir=str(tmp_path / "sweep"), components=COMPONENTS, points=points, seeds=seeds,
-                        runner=kw.pop("trial_runner", CommandTrial(command=fake_command())),
-                        local=engine.LocalSettings(max_parallel=max_parallel, poll_s=0.2), **kw)
+    return sweep.sweep(sweep_dir=str(tmp_path / "sweep"), components=COMPONENTS, points=points, seeds=seeds,
+                       runner=kw.pop("trial_runner", CommandTrial(command=fake_command())),
+                       local=dispatch.LocalSettings(max_parallel=max_parallel, poll_s=0.2), **kw)
 
 
 def test_local_trials_run_in_parallel_processes_and_fill_the_table(tmp_path, monkeypatch):
@@ -94,10 +94,14 @@ def test_sweep_killed_midway_resumes_without_redoing_or_duplicating(tmp_path):
         LocalSettings.max_parallel = 2
         LocalSettings.poll_s = 0.2
         """))
-    env = dict(os.environ, FAKE_TRIAL_EXEC_LOG=str(log), FAKE_TRIAL_SLEEP="1.5")
+    # Trials started after the first two finished wait for `release` (orphans of the killed driver stay in flight
+    # until the second driver has seen them, however long its start takes).
+    release = tmp_path / "release"
+    env = dict(os.environ, FAKE_TRIAL_EXEC_LOG=str(log), FAKE_TRIAL_SLEEP="1.5", FAKE_TRIAL_HOLD=str(release),
+               FAKE_TRIAL_HOLD_AFTER="2")
     driver = subprocess.Popen([sys.executable, "-m", "textbooks.cli", "sweep", f"--gin_file={gin_file}"], env=env,
                               cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 120
+    deadline = time.time() + 300
 
     def submitted():
         return len(glob.glob(str(sweep_dir / "trials" / "*" / "SUBMITTED")))
@@ -112,14 +116,25 @@ def test_sweep_killed_midway_resumes_without_redoing_or_duplicating(tmp_path):
     done_before = {r[0] for r in _exec_log(log)}
     assert len(done_before) < 6
     # Rerun: trials finished before the kill are kept; ones its orphaned processes still run are waited for.
-    os.environ["FAKE_TRIAL_EXEC_LOG"], os.environ["FAKE_TRIAL_SLEEP"] = str(log), "0"
-    try:
-        out = subprocess.run([sys.executable, "-m", "textbooks.cli", "sweep", f"--gin_file={gin_file}"],
-                             cwd=ROOT, capture_output=True, text=True, timeout=180)
-    finally:
-        del os.environ["FAKE_TRIAL_EXEC_LOG"], os.environ["FAKE_TRIAL_SLEEP"]
-    assert out.returncode == 0, out.stderr[-3000:]
-    m = re.search(r"(\d+) done, (\d+) running elsewhere, (\d+) to run", out.stderr)
+    stderr_path = tmp_path / "rerun.err"
+    with open(stderr_path, "w") as stderr:
+        rerun = subprocess.Popen([sys.executable, "-m", "textbooks.cli", "sweep", f"--gin_file={gin_file}"],
+                                 env=dict(os.environ, FAKE_TRIAL_EXEC_LOG=str(log), FAKE_TRIAL_SLEEP="0"), cwd=ROOT,
+                                 stdout=subprocess.DEVNULL, stderr=stderr)
+        pattern = re.compile(r"(\d+) done, (\d+) running elsewhere, (\d+) to run")
+        try:
+            deadline = time.time() + 300
+            while not pattern.search(stderr_path.read_text()) and rerun.poll() is None and time.time() < deadline:
+                time.sleep(0.05)
+            release.touch()
+            rerun.wait(timeout=180)
+        finally:
+            release.touch()
+            if rerun.poll() is None:
+                rerun.kill()
+    err = stderr_path.read_text()
+    assert rerun.returncode == 0, err[-3000:]
+    m = pattern.search(err)
     assert m and sum(map(int, m.groups())) == 6 and int(m.group(1)) >= 2
     assert int(m.group(2)) >= 1  # the orphaned trial was waited for, not resubmitted
     ran = [r[0] for r in _exec_log(log)]
@@ -171,7 +186,7 @@ def test_missing_trial_folder_is_reported(tmp_path):
     (row,) = [r for r in rows if r["trial_id"] == gone]
     assert row["status"] == "missing" and sw.trial_dir(gone) in row["error"]
     with pytest.raises(FileNotFoundError, match=f"trial {gone}: .*does not exist"):
-        runner.run_trial(out.sweep_dir, gone)
+        sweep.run_trial(out.sweep_dir, gone)
     status = subprocess.run([sys.executable, "-m", "textbooks.cli", "sweep", "--sweep_dir", out.sweep_dir,
                              "--status"], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert status.returncode == 1 and "missing" in status.stdout and "is missing" in status.stdout
@@ -190,7 +205,7 @@ def test_slurm_job_array_spec(tmp_path, monkeypatch, accel, flag):
     capture = tmp_path / "submitted.sbatch"
     _fake_slurm(tmp_path / "bin", capture)
     monkeypatch.setenv("PATH", f"{tmp_path / 'bin'}:{os.environ['PATH']}")
-    settings = engine.SlurmSettings(partition="debug", time_min=30, accelerator=accel, accelerators_per_node=4,
+    settings = dispatch.SlurmSettings(partition="debug", time_min=30, accelerator=accel, accelerators_per_node=4,
                                     cpus_per_task=8, mem_gb=64, array_parallelism=2,
                                     setup=["source /opt/venv/bin/activate"], job_name="mix")
     pts = design.grid_design(COMPONENTS, divisions=1)[:2]
@@ -203,14 +218,14 @@ def test_slurm_job_array_spec(tmp_path, monkeypatch, accel, flag):
     assert "srun --unbuffered" in text and "-m submitit.core._submit" in text
     # The dry-run rendering is exactly what submitit submitted.
     sw = trials.SweepDir(out.sweep_dir)
-    assert engine.slurm_script(settings, sw.submitit_dir, 4) == text
+    assert dispatch.slurm_script(settings, sw.submitit_dir, 4) == text
     ids = sorted(trials.read_json(sw.marker(r["trial_id"], trials.SUBMITTED))["job_id"] for r in out.rows)
     assert ids == ["4242_0", "4242_1", "4242_2", "4242_3"]
     assert out.counts["submitted"] == 4
 
 
 def test_slurm_dry_run_writes_the_script_without_a_cluster(tmp_path):
-    settings = engine.SlurmSettings(partition="p", accelerator="gpu", accelerators_per_node=8, time_min=60)
+    settings = dispatch.SlurmSettings(partition="p", accelerator="gpu", accelerators_per_node=8, time_min=60)
     out = _sweep(tmp_path, design.grid_design(COMPONENTS, divisions=1), executor="slurm", slurm=settings,
                  dry_run=True)
     with open(out.sbatch_path) as f:
@@ -218,4 +233,4 @@ def test_slurm_dry_run_writes_the_script_without_a_cluster(tmp_path):
     assert "#SBATCH --array=0-2%3" in text and "#SBATCH --gpus-per-node=8" in text
     assert out.counts["pending"] == 3
     with pytest.raises(ValueError, match="accelerator must be 'gpu' or 'tpu'"):
-        engine.SlurmSettings(accelerator="fpga", accelerators_per_node=1).sbatch_parameters()
+        dispatch.SlurmSettings(accelerator="fpga", accelerators_per_node=1).sbatch_parameters()

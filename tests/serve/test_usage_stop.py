@@ -14,8 +14,8 @@ import transformers
 
 from textbooks.serve import client as client_lib
 from textbooks.serve.answers import Usage
-from textbooks.synth import runner
-from textbooks.synth.progress import Progress
+from textbooks.synth import completions
+from textbooks.progress import Progress
 from textbooks.synth.prompts import PromptSpec
 
 PROMPT = "def read_config(path):\n    \"\"\"Reads the settings file.\"\"\"\n"
@@ -93,7 +93,7 @@ def test_client_and_runner_totals_follow_the_kept_tokens(served, reference, tmp_
     sampling = {"max_tokens": MAX_TOKENS, "temperature": 0, "stop": [reference["stop"]]}
     specs = [PromptSpec(id=f"p{i}", template_id="t", role="synthetic_textbooks", format="completion",
                         sampling=sampling, prompt=PROMPT) for i in range(3)]
-    runner.write_manifest(str(tmp_path), specs, {"test": True})
+    completions.write_manifest(str(tmp_path), specs, {"test": True})
 
     async def go():
         async with client_lib.OpenAIClient(served["url"], "phi-tiny", api_key_env=None, pricing=pricing,
@@ -102,7 +102,7 @@ def test_client_and_runner_totals_follow_the_kept_tokens(served, reference, tmp_
                                         timeout=300) as streaming:
             streamed = await streaming.complete(PROMPT, **sampling)
             progress = Progress(len(specs), stream=None)
-            result = await runner.execute(str(tmp_path), plain, progress=progress)
+            result = await completions.execute(str(tmp_path), plain, progress=progress)
             return streamed, streaming.stats, result, progress
 
     streamed, stream_stats, result, progress = asyncio.run(go())
@@ -112,10 +112,10 @@ def test_client_and_runner_totals_follow_the_kept_tokens(served, reference, tmp_
     assert stream_stats.cost == pytest.approx((p * 1.0 + k * 3.0) / 1000)
     # The generation runner: per-record usage, client totals and the progress summary.
     assert result.completed == 3 and result.failed == 0
-    records = list(runner.collect_outputs(str(tmp_path)).values())
+    records = list(completions.collect_outputs(str(tmp_path)).values())
     assert [r["usage"] for r in records] == [{"prompt_tokens": p, "completion_tokens": k, "total_tokens": p + k}] * 3
     assert result.client_stats["usage"] == {"prompt_tokens": 3 * p, "completion_tokens": 3 * k,
                                             "total_tokens": 3 * (p + k)}
     assert result.client_stats["cost"] == pytest.approx(3 * (p * 1.0 + k * 3.0) / 1000)
-    assert (progress.prompt_tokens, progress.completion_tokens) == (3 * p, 3 * k)
-    assert progress.cost == pytest.approx(3 * (p * 1.0 + k * 3.0) / 1000)
+    assert (progress.counts["prompt_tokens"], progress.counts["completion_tokens"]) == (3 * p, 3 * k)
+    assert progress.counts["cost"] == pytest.approx(3 * (p * 1.0 + k * 3.0) / 1000)

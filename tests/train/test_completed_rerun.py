@@ -27,8 +27,8 @@ def _snapshot(model_dir):
 def test_rerunning_a_finished_run_leaves_its_records_alone(tmp_path):
     gin_file = tiny_gin(tmp_path, steps=STEPS, save_every=2, extra="""\
         train.tensorboard = True
-        EvalConfig.eval_every = 2
-        EvalConfig.num_batches = 1
+        ValidationConfig.eval_every = 2
+        ValidationConfig.num_batches = 1
         """)
     model_dir = str(tmp_path / "run")
     first = run_cli(train_cmd(gin_file, model_dir))

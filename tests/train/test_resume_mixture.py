@@ -60,7 +60,7 @@ def gin_file(tmp_path_factory):
         CheckpointConfig.save_every = {SAVE_EVERY}
         CheckpointConfig.keep = 3
         CheckpointConfig.async_save = True
-        EvalConfig.eval_every = 0
+        ValidationConfig.eval_every = 0
         """) + overrides + "\n"
     path = tmp_path_factory.mktemp("gin") / "phi15_web_test.gin"
     path.write_text(text)

@@ -37,7 +37,7 @@ def _train(model_dir, config, mixture, steps):
         task_feature_lengths={"targets": 64}, batch_size=4, train_steps=steps,
         partitioning=part.PartitioningConfig(data=2),
         checkpoint=ck.CheckpointConfig(save_every=2, async_save=False),
-        evaluation=hooks.EvalConfig(eval_every=2, num_batches=2), log_every=1, progress_bar=False,
+        evaluation=hooks.ValidationConfig(eval_every=2, num_batches=2), log_every=1, progress_bar=False,
         tensorboard=False, peak_flops_per_device=1e9, devices=jax.devices()[:2], compiler_options=FAST_COMPILE)
 
 

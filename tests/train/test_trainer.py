@@ -101,7 +101,6 @@ def test_gin_bad_binding_is_named():
 def test_cli_reports_unknown_preset_and_missing_required_macros(tmp_path, capsys):
     from textbooks import cli
 
-    trainer.register_gin_names()
     rc = cli.main(["train", "--gin_file=runs/pretrain.gin", "--gin_file=tiny/synthetic.gin",
                    f"--model_dir={tmp_path}", "--gin.TRAIN_STEPS=1", "--gin.model_config.preset='phi-9000'"])
     err = capsys.readouterr().err
@@ -168,7 +167,6 @@ def test_init_from_takes_the_parameters_of_another_run(tmp_path, tiny_config):
 def test_experiment_gin_files_compose(files):
     import gin
 
-    trainer.register_gin_names()
     gin_utils.parse_gin(files, ["MIXTURE_OR_TASK_NAME = 'phi15'", "TRAIN_STEPS = 10", "MODEL_DIR = '/tmp/x'",
                                 "INIT_FROM = '/tmp/y'"])
     b = gin.get_bindings("train")
@@ -199,7 +197,6 @@ def _bindings(files, extra=()):
     import gin
 
     gin.clear_config()
-    trainer.register_gin_names()
     gin_utils.parse_gin(files, ["MODEL_DIR = '/tmp/x'", "INIT_FROM = '/tmp/y'", *extra])
     return gin.get_bindings("train")
 

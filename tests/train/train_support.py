@@ -39,7 +39,7 @@ def tiny_gin(tmp_path, *, steps=12, save_every=4, batch=8, seq=32, extra=""):
         OptimizerConfig.learning_rate = 3e-3
         CheckpointConfig.save_every = {save_every}
         CheckpointConfig.keep = 3
-        EvalConfig.eval_every = 0
+        ValidationConfig.eval_every = 0
         """) + overrides + "\n" + textwrap.dedent(extra)
     path = tmp_path / f"tiny_{time.monotonic_ns()}.gin"
     path.write_text(text)

@@ -4,7 +4,7 @@ Examples:
 
   textbooks eval --checkpoint /tmp/run --tasks=phi15 --out /tmp/run/eval
   textbooks eval --checkpoint /tmp/run --tasks=piqa,hellaswag,mmlu --limit 200 --out /tmp/eval
-  textbooks eval --checkpoint /tmp/hf_phi --gin_file=eval/phi15_suite.gin --gin.EvalSettings.code_samples=10
+  textbooks eval --checkpoint /tmp/hf_phi --gin_file=eval/phi15_suite.gin --gin.SuiteSettings.code_samples=10
 
 Tasks: humaneval, mbpp, gsm8k, piqa, hellaswag, arc_easy, arc_challenge, boolq, winogrande, openbookqa, siqa,
 mmlu, squad; suites: phi15 (all of them), common_sense, language, reasoning, code, multiple_choice.
@@ -25,7 +25,7 @@ ACCEPTS_EXTRA = True
 
 
 def add_arguments(parser) -> None:
-    from textbooks import gin_utils
+    from textbooks import gin_utils  # deferred: keeps the CLI start fast
 
     gin_utils.add_gin_arguments(parser)
     parser.add_argument("--checkpoint", default=None,
@@ -39,23 +39,17 @@ def add_arguments(parser) -> None:
 
 
 def main(args) -> int:
-
+    # deferred: keeps the CLI start fast (importing the suite registers every configurable its gin files bind)
     from textbooks import gin_utils
     from textbooks.data import paths
-    from textbooks.evaluate import benchmarks, runner
-
-    register_gin_names()
+    from textbooks.evaluate import benchmarks, suite
 
     if args.list:
         print("tasks: " + ", ".join(f"{t} ({benchmarks.benchmark_kind(t)})" for t in benchmarks.BENCHMARKS))
-        for name, members in runner.SUITES.items():
+        for name, members in suite.SUITES.items():
             print(f"suite {name}: {', '.join(members)}")
         return 0
-    flag_bindings, rest = gin_utils.split_gin_flags(args.extra or [])
-    if rest:
-        print(f"textbooks eval: unrecognized arguments: {' '.join(rest)}", file=sys.stderr)
-        return 2
-    bindings = list(args.gin_bindings) + flag_bindings
+    bindings = []
     if args.checkpoint:
         bindings.append(f"evaluate.checkpoint = {paths.resolve(args.checkpoint)!r}")
     if args.tasks:
@@ -67,25 +61,25 @@ def main(args) -> int:
             print(f"textbooks eval: {e}", file=sys.stderr)
             return 2
     if args.limit is not None:
-        bindings.append(f"EvalSettings.limit = {int(args.limit)}")
+        bindings.append(f"SuiteSettings.limit = {int(args.limit)}")
     try:
-        gin_utils.parse_gin(args.gin_file, bindings, args.gin_search_path, check_macros=True)
+        gin_utils.parse_gin_from_args(args, bindings)
     except gin_utils.GinConfigError as e:
         print(f"textbooks eval: {e}", file=sys.stderr)
         return 2
     try:
-        settings = runner.EvalSettings()
-        results = runner.evaluate(settings=settings)
-    except runner.EvalError as e:
+        settings = suite.SuiteSettings()
+        results = suite.evaluate(settings=settings)
+    except suite.EvalError as e:
         print(f"textbooks eval: {e}", file=sys.stderr)
         return 3 if "does not load" in str(e) else 2
     except (ValueError, TypeError) as e:  # e.g. a missing required gin binding such as the checkpoint
         print(f"textbooks eval: {e}", file=sys.stderr)
         return 2
-    print(runner.summarize(results))
+    print(suite.summarize(results))
     if results.get("report"):
         print(f"report: {results['report'].get('markdown')}")
-    failed = runner.failed_tasks(results)
+    failed = suite.failed_tasks(results)
     if failed:
         print(f"textbooks eval: {len(failed)} of {len(results['tasks'])} tasks failed: {', '.join(failed)} (their "
               f"errors are above and in the report)", file=sys.stderr)
@@ -103,12 +97,3 @@ def positive_int(text: str) -> int:
         raise argparse.ArgumentTypeError(f"must be at least 1 (items per task), got {value}; leave --limit out "
                                          f"to run every item")
     return value
-
-
-def register_gin_names() -> None:
-    """Imports every module whose gin configurables an eval config may bind (gin locks after parsing)."""
-    import textbooks.model.config  # noqa: F401
-    import textbooks.partitioning  # noqa: F401
-    import textbooks.train.checkpoints  # noqa: F401
-    import textbooks.vocab.registry  # noqa: F401
-    from textbooks.evaluate import runner  # noqa: F401

@@ -40,12 +40,12 @@ def main(args) -> int:
     from textbooks import gin_utils
     from textbooks.serve import client
     from textbooks.synth import generate as generate_lib
-    from textbooks.synth import runner, templates, topics
+    from textbooks.synth import completions, templates, topics
 
     try:
         gin_utils.parse_gin_from_args(args)
         result = generate_lib.generate()
-    except (gin_utils.GinConfigError, templates.TemplateError, topics.TopicError, runner.RunError,
+    except (gin_utils.GinConfigError, templates.TemplateError, topics.TopicError, completions.RunError,
             client.ClientError, ValueError, FileNotFoundError) as e:
         print(f"textbooks generate: error: {e}", file=sys.stderr)
         return 2 if isinstance(e, (gin_utils.GinConfigError, templates.TemplateError, topics.TopicError)) else 1

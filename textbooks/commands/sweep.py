@@ -38,7 +38,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _print_status(sweep_dir: str) -> int:
-    from textbooks.mixopt import results, trials
+    from textbooks.mixopt import results, trials  # deferred: keeps the CLI start fast
 
     sw = trials.SweepDir(sweep_dir)
     rows = results.refresh(sw)
@@ -54,8 +54,7 @@ def _print_status(sweep_dir: str) -> int:
 
 
 def main(args: argparse.Namespace) -> int:
-    from textbooks.data import paths
-    from textbooks.mixopt import runner
+    from textbooks.data import paths  # deferred: keeps the CLI start fast
 
     if args.sweep_dir:  # relative to the working directory; trials and emitted commands get the absolute path
         args.sweep_dir = paths.resolve(args.sweep_dir)
@@ -70,13 +69,18 @@ def main(args: argparse.Namespace) -> int:
             except FileNotFoundError as e:  # not a sweep folder; the message says what to give instead
                 print(f"textbooks sweep --status: error: {e}", file=sys.stderr)
                 return 2
-        result = runner.run_trial(args.sweep_dir, args.run_trial)
-        print(f"trial {result['trial_id']}: {result['status']}")
-        return 0 if result["status"] in ("done", "skipped") else 1
-    if not args.gin_file:
+    if not args.run_trial and not args.gin_file:
         print("textbooks sweep needs --gin_file (e.g. sweeps/phi15_three_way.gin), or --sweep_dir with "
               "--status / --run_trial", file=sys.stderr)
         return 2
+    # deferred: keeps the CLI start fast (importing the sweep registers every configurable its gin files bind)
+    from textbooks.mixopt import dispatch
+    from textbooks.mixopt import sweep as sweep_lib
+
+    if args.run_trial:
+        result = sweep_lib.run_trial(args.sweep_dir, args.run_trial)
+        print(f"trial {result['trial_id']}: {result['status']}")
+        return 0 if result["status"] in ("done", "skipped") else 1
     gin_utils.parse_gin_from_args(args)
     kwargs = {}
     if args.executor:
@@ -88,14 +92,12 @@ def main(args: argparse.Namespace) -> int:
     if args.dry_run:
         kwargs["dry_run"] = True
     if args.max_parallel is not None:
-        from textbooks.mixopt import engine
-
         import gin
 
         with gin.unlock_config():
             gin.bind_parameter("LocalSettings.max_parallel", args.max_parallel)
-        kwargs["local"] = engine.LocalSettings()
-    outcome = runner.sweep(**kwargs)
+        kwargs["local"] = dispatch.LocalSettings()
+    outcome = sweep_lib.sweep(**kwargs)
     if outcome.commands_path:
         print(f"commands: {outcome.commands_path}")
     if outcome.sbatch_path:

@@ -31,7 +31,7 @@ PATH_BINDINGS = (MODEL_DIR_BINDING, "CheckpointConfig.init_from")
 
 
 def add_arguments(parser) -> None:
-    from textbooks import gin_utils
+    from textbooks import gin_utils  # deferred: keeps the CLI start fast
 
     gin_utils.add_gin_arguments(parser)
     parser.add_argument("--model_dir", default=None, help="the run's folder (sets the MODEL_DIR gin macro)")
@@ -45,30 +45,24 @@ def add_arguments(parser) -> None:
 
 def main(args) -> int:
     # Join the other processes before anything touches the devices.
-    from textbooks import partitioning
+    from textbooks import partitioning  # deferred: keeps the CLI start fast
 
     partitioning.initialize_distributed(args.coordinator_address, args.num_processes, args.process_id,
                                         auto=args.multihost)
 
     import gin
 
+    # deferred: keeps the CLI start fast (importing the trainer registers every configurable its gin files bind)
     from textbooks import gin_utils
     from textbooks.data import paths
     from textbooks.train import trainer
 
-    flag_bindings, rest = gin_utils.split_gin_flags(args.extra or [])
-    if rest:
-        print(f"textbooks train: unrecognized arguments: {' '.join(rest)}", file=sys.stderr)
-        return 2
-    bindings = list(args.gin_bindings) + flag_bindings
-    if args.model_dir:
-        bindings.append(f"MODEL_DIR = {paths.resolve(args.model_dir)!r}")
     if not args.gin_file:
         print("textbooks train: give at least one --gin_file (e.g. --gin_file=runs/pretrain.gin)", file=sys.stderr)
         return 2
+    bindings = [f"MODEL_DIR = {paths.resolve(args.model_dir)!r}"] if args.model_dir else []
     try:
-        trainer.register_gin_names()
-        gin_utils.parse_gin(args.gin_file, bindings, args.gin_search_path, finalize=False, check_macros=True)
+        gin_utils.parse_gin_from_args(args, bindings, finalize=False)
         # MODEL_DIR and INIT_FROM may come from gin files or --gin flags: make them absolute before the config
         # is locked (orbax refuses relative paths; config.gin then names the same folders from anywhere).
         resolved = paths.resolve_gin_paths(PATH_BINDINGS)

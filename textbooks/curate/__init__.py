@@ -1,10 +1,12 @@
 """Curation of training data as Apache Beam stages (phi-1 / phi-1.5 / FineWeb-Edu / DCLM style).
 
-Stages, each usable alone from Python or as a Beam transform, composed by :func:`pipeline.curate`
-(``textbooks curate --gin_file=experiments/curate/<x>.gin``):
+Stages, each usable alone from Python or as a Beam transform (all return the same
+:data:`~textbooks.curate.stages.StageOutputs`), composed by :func:`pipeline.curate`, the gin entry point of
+``textbooks curate --gin_file=experiments/curate/<x>.gin`` (named after its verb, like every verb's):
 
-* :mod:`.io` / :mod:`.writers` — read shards, JSONL, Parquet, text folders and source trees; write shards,
-  a manifest and side files; unreadable input goes to ``rejects`` with a reason;
+* :mod:`.input_specs` / :mod:`.io` / :mod:`.writers` — what a run reads (shards, JSONL, Parquet, text
+  folders, source trees, data roles); the readers, whose unreadable input goes to ``rejects`` with a reason;
+  the writers of shards, a manifest and side files;
 * :mod:`.heuristics` — Gopher quality and repetition rules, C4 rules, code rules;
 * :mod:`.dedup` — exact and MinHash LSH near-duplicate removal;
 * :mod:`.decontam` (+ :mod:`.code_similarity`) — benchmark n-gram overlap and phi-1's embedding + AST check;

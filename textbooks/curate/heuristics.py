@@ -429,8 +429,8 @@ class _HeuristicsDoFn(beam.DoFn):
 class HeuristicFilter(beam.PTransform):
     """Beam stage: keeps documents that pass every configured rule.
 
-    Returns a ``DoOutputsTuple``: the main output holds kept records (C4 line removal may change their text),
-    ``[stages.DROPPED]`` the dropped ones with ``meta.curation = {stage, reason, detail}``.
+    Returns :data:`~textbooks.curate.stages.StageOutputs`: ``kept`` records (C4 line removal may change their
+    text) and ``dropped`` ones with ``meta.curation = {stage, reason, detail}``.
     """
 
     def __init__(self, config: HeuristicsConfig, stage: str = STAGE):
@@ -438,9 +438,10 @@ class HeuristicFilter(beam.PTransform):
         self.config = config
         self.stage = stage
 
-    def expand(self, records):
-        return records | beam.ParDo(_HeuristicsDoFn(self.config, self.stage)).with_outputs(
-                stages.DROPPED, main="kept")
+    def expand(self, records) -> stages.StageOutputs:
+        out = records | beam.ParDo(_HeuristicsDoFn(self.config, self.stage)).with_outputs(
+                stages.DROPPED, main=stages.KEPT)
+        return {stages.KEPT: out[stages.KEPT], stages.DROPPED: out[stages.DROPPED]}
 
 
 def describe(config: HeuristicsConfig) -> dict[str, Any]:

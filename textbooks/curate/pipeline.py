@@ -21,6 +21,7 @@ Output layout of ``output_dir``::
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import logging
 from typing import Any, Sequence
@@ -36,14 +37,26 @@ from textbooks.curate.classifier import ClassifierFilter, ClassifierStageConfig,
 from textbooks.curate.decontam import Decontaminate, DecontamConfig, build_index
 from textbooks.curate.dedup import ExactDedup, ExactDedupConfig, MinHashConfig, NearDedup
 from textbooks.curate.heuristics import HeuristicFilter, HeuristicsConfig
-from textbooks.curate.io import ReadConfig, ReadInputs, parse_input
+from textbooks.curate.input_specs import ReadConfig, parse_input
+from textbooks.curate.io import ReadInputs
 from textbooks.curate.judge import JudgeConfig, JudgeStage
 from textbooks.curate.textnorm import count_tokens
+from textbooks.data import paths as data_paths
 from textbooks.data import records as rec
 from textbooks.data.manifest import MANIFEST_NAME, read_manifest
 
 logger = logging.getLogger(__name__)
-STAGE_ORDER = ("heuristics", "exact_dedup", "near_dedup", "decontam", "judge", "classifier")
+# The stages in pipeline order: each one's Beam label and how its transform is built from the plan (every
+# transform returns stages.StageOutputs).
+_STAGES = {
+    "heuristics": ("Heuristics", lambda plan: HeuristicFilter(plan.heuristics)),
+    "exact_dedup": ("ExactDedup", lambda plan: ExactDedup(plan.exact_dedup)),
+    "near_dedup": ("NearDedup", lambda plan: NearDedup(plan.near_dedup)),
+    "decontam": ("Decontam", lambda plan: Decontaminate(plan.decontam, plan.decontam_index_prefix)),
+    "judge": ("Judge", lambda plan: JudgeStage(plan.judge)),
+    "classifier": ("Classifier", lambda plan: ClassifierFilter(plan.classifier)),
+}
+STAGE_ORDER = tuple(_STAGES)
 _OWNED = ("rejects", "dropped", "dedup", "decontam", "report")
 BUILDER = "textbooks.curate"
 
@@ -103,36 +116,17 @@ def build_pipeline(p: beam.Pipeline, plan: Plan) -> None:
     """Adds all stages of ``plan`` to ``p`` (the caller runs it)."""
     read = p | "Read" >> ReadInputs(plan.inputs, plan.read, plan.splits)
     records, rejects = read["records"], read["rejects"]
-    dropped, scores, clusters, matches = [], [], [], []
-    if plan.heuristics is not None:
-        out = records | "Heuristics" >> HeuristicFilter(plan.heuristics)
-        records = out.kept
+    dropped: list[beam.PCollection] = []
+    side: dict[str, list[beam.PCollection]] = collections.defaultdict(list)  # clusters, matches, scores
+    for name in plan.stage_names:
+        label, make = _STAGES[name]
+        out = records | label >> make(plan)
+        records = out[stages.KEPT]
         dropped.append(out[stages.DROPPED])
-    if plan.exact_dedup is not None:
-        out = records | "ExactDedup" >> ExactDedup(plan.exact_dedup)
-        records = out["kept"]
-        dropped.append(out["dropped"])
-        clusters.append(out["clusters"])
-    if plan.near_dedup is not None:
-        out = records | "NearDedup" >> NearDedup(plan.near_dedup)
-        records = out["kept"]
-        dropped.append(out["dropped"])
-        clusters.append(out["clusters"])
-    if plan.decontam is not None:
-        out = records | "Decontam" >> Decontaminate(plan.decontam, plan.decontam_index_prefix)
-        records = out["kept"]
-        dropped.append(out["dropped"])
-        matches.append(out["matches"])
-    if plan.judge is not None:
-        out = records | "Judge" >> JudgeStage(plan.judge)
-        records = out["kept"]
-        dropped.append(out["dropped"])
-        scores.append(out["scores"])
-    if plan.classifier is not None:
-        out = records | "Classifier" >> ClassifierFilter(plan.classifier)
-        records = out["kept"]
-        dropped.append(out["dropped"])
-        scores.append(out["scores"])
+        for key, pcoll in out.items():
+            if key not in (stages.KEPT, stages.DROPPED):
+                side[key].append(pcoll)
+    clusters, matches, scores = side["clusters"], side["matches"], side["scores"]
 
     kept = records | "OutputRole" >> beam.ParDo(_ToOutputRole(plan.role))
     parts = kept | "BySplit" >> beam.Partition(lambda r, n, s=plan.splits: s.index(r["split"]), len(plan.splits))
@@ -264,7 +258,7 @@ def curate(*, inputs: Sequence, role: str, output_dir: str | None = None,
     """Curates ``inputs`` into ``output_dir`` as one Beam pipeline; returns the report (also written to disk).
 
     Args:
-        inputs: input specs: :class:`~textbooks.curate.io.InputSpec`, dicts, or ``'<kind>:<path>'`` strings
+        inputs: input specs: :class:`~textbooks.curate.input_specs.InputSpec`, dicts, or ``'<kind>:<path>'`` strings
             (``'role:web_raw'``, ``'jsonl:/data/*.jsonl.gz'``, ``'source:/usr/lib/python3.11'``...).
         role: the data role of the output (recorded on every kept record).
         output_dir: where the shards go (default: ``<data_root>/<role>``).
@@ -287,8 +281,6 @@ def curate(*, inputs: Sequence, role: str, output_dir: str | None = None,
         whether every input unit is accounted for.
     """
     if output_dir is None:
-        from textbooks.data import paths as data_paths
-
         output_dir = data_paths.role_dir(role)
     output_dir = expand_path(output_dir)
     splits = tuple(splits)

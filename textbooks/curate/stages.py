@@ -1,10 +1,17 @@
-"""Plumbing shared by the curation stages: counter names, drop/reject records and per-stage accounting.
+"""Plumbing shared by the curation stages: their output type, counter names, drop/reject records and
+per-stage accounting.
 
 Pipeline elements are plain dicts in the shard record layout (``id, text, role, source, license, split,
 meta``); see :mod:`textbooks.data.records`. A stage sends each document to exactly one of its outputs:
 
 * the main output (kept, possibly with new ``meta.scores`` / ``meta.labels`` or modified text), or
 * the ``dropped`` output, with ``meta.curation = {"stage", "reason", ...details}``.
+
+Every stage is a ``beam.PTransform`` whose ``expand`` returns one type, :data:`StageOutputs`: a dict with the
+PCollections ``kept`` (:data:`KEPT`) and ``dropped`` (:data:`DROPPED`), plus the stage's side outputs, named
+after what they hold (``clusters`` of the dedup stages, ``matches`` of decontamination, ``scores`` of the
+judge and the classifier). :func:`textbooks.curate.pipeline.build_pipeline` chains the stages with one loop
+and gathers each side output by name.
 
 Input that cannot even be read as a document goes to ``rejects`` (see :func:`make_reject`). Every stage
 counts, as Beam counters in the namespace :data:`NAMESPACE` named ``<stage>/<metric>``:
@@ -19,13 +26,17 @@ from __future__ import annotations
 import copy
 from typing import Any
 
+import apache_beam as beam
 from apache_beam.metrics import Metrics
 
 from textbooks.curate.textnorm import count_tokens
 
 NAMESPACE = "textbooks.curate"
+KEPT = "kept"
 DROPPED = "dropped"
 REJECTS = "rejects"
+# What every stage returns: {KEPT: ..., DROPPED: ..., side output name: ...}.
+StageOutputs = dict[str, beam.PCollection]
 _PREFIX_CHARS = 200
 
 

@@ -25,7 +25,8 @@ import gin
 
 from textbooks.curate.classifier import ClassifierConfig, LabeledExample, expand_path, train_on_examples
 from textbooks.curate.embeddings import EncoderSpec
-from textbooks.curate.io import ReadConfig, read_records
+from textbooks.curate.input_specs import ReadConfig
+from textbooks.curate.io import read_records
 from textbooks.curate.judge import JudgeConfig, judge_texts
 from textbooks.curate.textnorm import stable_unit_interval
 from textbooks.data import records as rec
@@ -103,7 +104,7 @@ def train_classifier(*, output_dir: str, label_source: str = "references", posit
         output_dir: where ``classifier.joblib``, ``classifier.json`` and ``labels/`` go (local or remote).
         label_source: ``'references'`` (needs ``positives`` and ``negatives``), ``'judge'`` (needs ``inputs``
             and ``judge``) or ``'meta'`` (needs ``inputs`` whose records carry labels).
-        positives / negatives / inputs: input specs (see :func:`textbooks.curate.io.parse_input`).
+        positives / negatives / inputs: input specs (see :func:`textbooks.curate.input_specs.parse_input`).
         judge: the LLM judge endpoint and rubric.
         label_name: key of the label in ``meta.labels``.
         name: the classifier's name (the key its scores get in ``meta.scores``).

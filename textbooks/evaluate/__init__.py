@@ -15,18 +15,13 @@ Modules (each imports its heavy dependencies itself; importing this package is c
 * :mod:`~textbooks.evaluate.squad` - SQuAD exact match / F1.
 * :mod:`~textbooks.evaluate.component_loss` - validation loss and bits per byte per mixture component.
 * :mod:`~textbooks.evaluate.report` - intervals, JSON, markdown tables in the phi-1.5 layout, plots.
-* :mod:`~textbooks.evaluate.runner` - ``evaluate`` (gin), ``evaluate_model``, ``make_eval_hook``.
+* :mod:`~textbooks.evaluate.suite` - ``evaluate`` (the gin entry point of ``textbooks eval``), ``SuiteSettings``,
+  ``evaluate_model``, ``BenchmarkEvalHook``.
 * :mod:`~textbooks.evaluate.seqio_tasks` - the multiple-choice suites as seqio Tasks (rank classification).
 
 Command line: ``textbooks eval --checkpoint DIR --tasks=phi15 --out DIR``.
 """
 
+from textbooks.evaluate.benchmarks import benchmark_texts, load_benchmark
+
 __all__ = ["benchmark_texts", "load_benchmark"]
-
-
-def __getattr__(name: str):
-    if name in ("load_benchmark", "benchmark_texts"):
-        from textbooks.evaluate import benchmarks
-
-        return getattr(benchmarks, name)
-    raise AttributeError(f"module 'textbooks.evaluate' has no attribute {name!r}")

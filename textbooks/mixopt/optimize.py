@@ -26,8 +26,11 @@ from typing import Any, Mapping, Sequence
 import gin
 import numpy as np
 
+from textbooks.data import paths
+from textbooks.data.manifest import read_manifest
 from textbooks.mixopt import fit as fit_lib
 from textbooks.mixopt import propose as propose_lib
+from textbooks.mixopt import report as report_lib
 from textbooks.mixopt import results as results_lib
 from textbooks.mixopt import tracking
 from textbooks.mixopt import trials as trials_lib
@@ -72,9 +75,6 @@ def data_token_counts(components: Sequence[str], bytes_per_token: float = 4.0,
     Raises:
         FileNotFoundError: a role's manifest is missing (names it).
     """
-    from textbooks.data import paths
-    from textbooks.data.manifest import read_manifest
-
     out = {}
     for c in components:
         manifest = read_manifest(paths.role_dir(c, root))
@@ -178,8 +178,6 @@ def mixopt(sweep_dir: str = gin.REQUIRED, target: str = gin.REQUIRED, model: str
         fit.FitError: no usable runs, unknown target or model, too few runs for the law.
         propose.ProposalError: infeasible constraints.
     """
-    from textbooks.mixopt import report as report_lib
-
     sweep = trials_lib.SweepDir(sweep_dir)
     manifest = sweep.manifest()
     comps, rows, X, y, groups = load_runs(sweep, target)

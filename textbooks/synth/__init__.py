@@ -8,11 +8,12 @@ The pieces, in data-flow order:
   (``templates/``), validated on load.
 * :mod:`~textbooks.synth.prompts`: deterministic expansion topics x templates x audiences x styles (x web
   extracts) into prompts whose ids, template ids and slot values end up in every record's ``meta``.
-* :mod:`~textbooks.synth.runner`: resumable runs (prompt manifest, append-only part files, response cache),
+* :mod:`~textbooks.synth.completions`: resumable runs (prompt manifest, append-only part files, response cache),
   talking to the teacher through :class:`textbooks.serve.client.OpenAIClient`.
 * :mod:`~textbooks.synth.postprocess` and :mod:`~textbooks.synth.finalize`: cleanup, filters, exercise checks,
   near-dedup and decontamination, then shards per data role; :mod:`~textbooks.synth.diversity`: the report.
-* :mod:`~textbooks.synth.generate`: the gin entry point behind ``textbooks generate``.
+* :mod:`~textbooks.synth.generate`: ``generate``, the gin entry point behind ``textbooks generate`` (named after its
+  verb like every verb's entry point; importing the module registers every configurable the synth gin files bind).
 
 A local teacher for our own checkpoints is ``textbooks serve`` (:mod:`textbooks.serve`).
 

@@ -22,7 +22,7 @@ from typing import Any, Callable
 
 from textbooks.data import records
 from textbooks.data.manifest import Manifest, write_manifest
-from textbooks.synth import diversity, postprocess, runner
+from textbooks.synth import completions, diversity, postprocess
 
 logger = logging.getLogger(__name__)
 
@@ -65,10 +65,10 @@ def finalize(run_dir: str, *, shards_dir: str | None = None, source: str | None 
     """
     config = config or postprocess.PostprocessConfig()
     shards_dir = shards_dir or run_dir
-    specs = runner.load_manifest(run_dir)
+    specs = completions.load_manifest(run_dir)
     part_stats: collections.Counter = collections.Counter()
-    outputs = runner.collect_outputs(run_dir, part_stats)
-    info_path = os.path.join(run_dir, runner.RUN_INFO)
+    outputs = completions.collect_outputs(run_dir, part_stats)
+    info_path = os.path.join(run_dir, completions.RUN_INFO)
     info = json.load(open(info_path, encoding="utf-8")) if os.path.exists(info_path) else {}
     samples = []
     for spec in specs:

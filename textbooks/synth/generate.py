@@ -26,9 +26,9 @@ import gin
 
 from textbooks.serve import client as client_lib
 from textbooks.synth import finalize as finalize_lib
-from textbooks.synth import postprocess, prompts, runner, topics
+from textbooks.synth import completions, postprocess, prompts, topics
 from textbooks.synth import templates as templates_lib
-from textbooks.synth.progress import Progress
+from textbooks.progress import Progress
 
 logger = logging.getLogger(__name__)
 
@@ -85,7 +85,7 @@ async def _topics(output_dir: str, spec: str | None, client: client_lib.OpenAICl
     if grow is None:
         grow = all(len(t.path) == 1 for t in tree)
     if grow:
-        progress = Progress(0, "topics", interval=progress_interval)
+        progress = Progress(0, "topics", unit="topic", interval=progress_interval)
         tree = await topics.grow_topic_tree(client, tree, topics_per_subject=topics_per_subject,
                                             subtopics_per_topic=subtopics_per_topic, sampling=sampling,
                                             progress=progress)
@@ -160,7 +160,7 @@ def generate(*, endpoint: str = gin.REQUIRED, model: str = gin.REQUIRED,
                                      pricing=client_lib.Pricing(price_prompt_per_1k, price_completion_per_1k),
                                      seed=client_seed)
 
-    async def run() -> runner.RunResult:
+    async def run() -> completions.RunResult:
         async with client:
             needs_topics = any(not t.seeded for t in template_set.templates.values() if t.role != "topics")
             topic_list = await _topics(output_dir, topics_file if needs_topics else None, client, grow=grow_topics,
@@ -176,12 +176,13 @@ def generate(*, endpoint: str = gin.REQUIRED, model: str = gin.REQUIRED,
                     "template_files": sorted({t.source_file for t in template_set.templates.values()}),
                     "num_samples": num_samples, "seed": seed, "sampling": dict(sampling or {}),
                     "topics_file": topics_file, "num_topics": len(topic_list), "num_seed_texts": len(seeds)}
-            specs = runner.write_manifest(output_dir, specs, info)
-            cache = runner.ResponseCache(cache_path or os.path.join(output_dir, runner.CACHE))
-            progress = Progress(len(specs), "generate", interval=progress_interval)
+            specs = completions.write_manifest(output_dir, specs, info)
+            cache = completions.ResponseCache(cache_path or os.path.join(output_dir, completions.CACHE))
+            progress = Progress(len(specs), "generate", unit="prompt", interval=progress_interval,
+                                rate_of="completion_tokens", rate_unit="tok")
             try:
-                return await runner.execute(output_dir, client, cache=cache, progress=progress,
-                                            max_failure_rate=max_failure_rate)
+                return await completions.execute(output_dir, client, cache=cache, progress=progress,
+                                                 max_failure_rate=max_failure_rate)
             finally:
                 cache.close()
 

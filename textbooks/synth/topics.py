@@ -290,7 +290,7 @@ async def grow_topic_tree(client: Any, seeds: TopicTree | Sequence[str], *, temp
         sampling: sampling fields for the listing requests (default temperature 0.7, 512 tokens).
         near_dup_threshold: see :class:`TopicTree`.
         max_failures: give up (raise) after this many failed requests (default: a quarter of the requests).
-        progress: optional :class:`~textbooks.synth.progress.Progress`-like object with ``update(...)``.
+        progress: optional :class:`~textbooks.progress.Progress`-like object with ``update(...)``.
 
     Returns:
         A tree of (subject, topic, subtopic) leaves; a node whose expansion failed or gave nothing new stays

@@ -4,7 +4,11 @@
   checks after each step; the loop then saves a checkpoint and exits normally. With several processes the
   flag is agreed on with one small all-gather per step, so every process stops at the same step.
 * :class:`EvalHook` computes the validation loss, overall and per mixture component, every ``eval_every``
-  steps when validation data is configured.
+  steps when validation data is configured (:class:`ValidationConfig`; benchmark suites are
+  :mod:`textbooks.evaluate`'s, run after training).
+
+gin names: ``ValidationConfig`` was called ``EvalConfig`` before; that name still works (an alias of the same
+configurable), so ``EvalConfig.eval_every = 500`` and ``ValidationConfig.eval_every = 500`` set the same value.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ import gin
 import jax
 import numpy as np
 
-from textbooks import partitioning
+from textbooks import gin_utils, partitioning
 
 log = logging.getLogger(__name__)
 
@@ -80,8 +84,8 @@ class StopSignal:
 
 @gin.configurable
 @dataclasses.dataclass(frozen=True)
-class EvalConfig:
-    """Periodic validation.
+class ValidationConfig:
+    """Validation loss during training (gin: ``ValidationConfig.*``, formerly ``EvalConfig.*``).
 
     Attributes:
         eval_every: evaluate every this many steps (0: never; the last step also evaluates when > 0).
@@ -96,6 +100,9 @@ class EvalConfig:
     split: str = "validation"
     num_batches: int = 10
     batch_size: int | None = None
+
+
+gin_utils.register_alias("EvalConfig", ValidationConfig)
 
 
 class EvalHook:

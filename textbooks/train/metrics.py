@@ -3,8 +3,8 @@
 Each logged step produces one record such as ``{"step": 100, "loss": 2.31, "loss/code_textbooks": 2.05,
 "grad_norm": 0.8, "learning_rate": 2e-4, "tokens_per_second": 51234, "mfu": 0.41, ...}``. The first process
 writes it to TensorBoard (``<model_dir>/tensorboard/{train,eval}``, via clu's ``tf.summary`` writer) and to
-``<model_dir>/metrics/{train,eval}.jsonl``; every process shows progress: a tqdm bar with ETA on a terminal,
-plain log lines otherwise.
+``<model_dir>/metrics/{train,eval}.jsonl``. Progress (a line redrawn on a terminal, log lines otherwise) goes
+through the project's one reporter, :class:`textbooks.progress.Progress`.
 """
 
 from __future__ import annotations
@@ -13,7 +13,6 @@ import json
 import logging
 import math
 import os
-import sys
 import time
 from typing import Any, Mapping, Sequence
 
@@ -120,81 +119,3 @@ def read_jsonl(path: str) -> list[dict[str, Any]]:
                 rec = json.loads(line)
                 by_step[rec["step"]] = rec
     return [by_step[s] for s in sorted(by_step)]
-
-
-def _format_eta(seconds: float) -> str:
-    if not math.isfinite(seconds) or seconds < 0:
-        return "?"
-    seconds = int(seconds)
-    h, rem = divmod(seconds, 3600)
-    m, s = divmod(rem, 60)
-    return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
-
-
-def emit(message: str) -> None:
-    """Logs ``message`` at INFO, or prints it to stderr when logging would not show it."""
-    if logging.getLogger().hasHandlers() and log.isEnabledFor(logging.INFO):
-        log.info(message)
-    else:
-        print(message, file=sys.stderr, flush=True)
-
-
-class Progress:
-    """Step progress: a tqdm bar on a terminal, otherwise one log line per logged step.
-
-    Args:
-        total: the last step of the run.
-        initial: the step the run starts (or resumes) from.
-        enabled: show anything (the first process only, usually).
-        use_bar: force (True) or forbid (False) the bar; default: on a terminal or in a notebook.
-    Plain lines go to the logger, or to stderr when logging is not configured (a script or notebook calling
-    :func:`~textbooks.train.trainer.train` directly).
-    """
-
-    def __init__(self, total: int, initial: int = 0, enabled: bool = True, use_bar: bool | None = None):
-        self.total, self.initial, self.enabled = total, initial, enabled
-        self.start_time = time.time()
-        self._bar = None
-        if use_bar is None:
-            use_bar = sys.stderr.isatty() or "ipykernel" in sys.modules
-        if enabled and use_bar:
-            from tqdm.auto import tqdm
-
-            self._bar = tqdm(total=total, initial=initial, unit="step", dynamic_ncols=True)
-        self._step = initial
-
-    def update(self, step: int, record: Mapping[str, float] | None = None) -> None:
-        """Moves to ``step``; with ``record``, shows its main numbers."""
-        if not self.enabled:
-            return
-        if self._bar is not None:
-            self._bar.update(step - self._step)
-            if record:
-                self._bar.set_postfix({k: f"{record[k]:.4g}" for k in ("loss", "tokens_per_second", "mfu")
-                                       if k in record}, refresh=False)
-        elif record is not None:
-            if "step_seconds" in record:  # the recent rate, compilation and evaluation left out
-                eta = record["step_seconds"] * (self.total - step)
-            else:
-                done = step - self.initial
-                eta = (time.time() - self.start_time) / done * (self.total - step) if done > 0 else float("nan")
-            parts = [f"step {step}/{self.total}"]
-            parts += [f"{k} {record[k]:.4g}" for k in ("loss", "grad_norm", "learning_rate", "tokens_per_second",
-                                                       "mfu") if k in record]
-            parts.append(f"ETA {_format_eta(eta)}")
-            emit(" | ".join(parts))
-        self._step = step
-
-    def write(self, message: str) -> None:
-        """Prints a message without breaking the bar."""
-        if not self.enabled:
-            return
-        if self._bar is not None:
-            self._bar.write(message)
-        else:
-            emit(message)
-
-    def close(self) -> None:
-        if self._bar is not None:
-            self._bar.close()
-            self._bar = None

@@ -14,7 +14,7 @@ import logging
 import math
 import time
 
-from textbooks.train import metrics as metrics_lib
+from textbooks.progress import emit
 
 log = logging.getLogger(__name__)
 
@@ -87,8 +87,8 @@ def finished_run(model_dir: str, step: int, train_steps: int, last_checkpoint: i
     Writes nothing. Returns the recorded summary when it describes that checkpoint; otherwise (the run was
     killed between its last checkpoint and its summary) a result with the step alone.
     """
-    metrics_lib.emit(f"{model_dir} already holds step {step} (train_steps {train_steps}): nothing to train; its "
-                     f"records are left as they are (raise TRAIN_STEPS to train on, or use another model dir)")
+    emit(f"{model_dir} already holds step {step} (train_steps {train_steps}): nothing to train; its "
+         f"records are left as they are (raise TRAIN_STEPS to train on, or use another model dir)")
     recorded = read_summary(model_dir)
     if recorded is not None and recorded.final_step == step:
         return recorded

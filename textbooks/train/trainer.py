@@ -3,7 +3,7 @@
 Following T5X, gin binds this top-level function's arguments (``train.batch_size = %BATCH_SIZE`` ...) and the
 small dataclass configs it takes (:class:`~textbooks.train.optimizer.OptimizerConfig`,
 :class:`~textbooks.partitioning.PartitioningConfig`, :class:`~textbooks.train.checkpoints.CheckpointConfig`,
-:class:`~textbooks.train.hooks.EvalConfig`); it is a plain Python function too (notebooks, tests).
+:class:`~textbooks.train.hooks.ValidationConfig`); it is a plain Python function too (notebooks, tests).
 
 A run: build the mesh; build the model and optimizer; restore the newest checkpoint of ``model_dir`` (or
 initialize, optionally from ``init_from`` parameters); compile the step; loop. Metrics of step ``s`` are read
@@ -27,13 +27,16 @@ import jax
 
 from textbooks import partitioning as part
 from textbooks.data import paths
+from textbooks.model import config as _model_config  # noqa: F401  (registers model_config for the gin files)
 from textbooks.model.config import PARAM_TREE_FIELDS
 from textbooks.model.load import load_model
+from textbooks.progress import Progress, emit
 from textbooks.train import checkpoints as ckpt_lib
 from textbooks.train import data as data_lib
 from textbooks.train import flops as flops_lib
 from textbooks.train import hooks, metrics as metrics_lib, optimizer as opt_lib, state as state_lib
 from textbooks.train import step as step_lib
+from textbooks.train import synthetic  # noqa: F401  (registers synthetic_dataset for the gin files)
 from textbooks.train.summary import TrainResult, finished_run, summary_line, write_summary  # noqa: F401
 from textbooks.vocab import PHI_PADDED_VOCAB_SIZE, PHI_VOCAB_SIZE
 from textbooks.vocab import registry as vocab_registry  # also registers get_vocabulary before gin is locked
@@ -41,18 +44,12 @@ from textbooks.vocab import registry as vocab_registry  # also registers get_voc
 log = logging.getLogger(__name__)
 
 NONFINITE_POLICIES = ("stop", "skip")
+# The numbers of a logged step that the progress line shows.
+PROGRESS_FIELDS = ("loss", "grad_norm", "learning_rate", "tokens_per_second", "mfu")
 
 
 class NonFiniteLossError(RuntimeError):
     """The loss or gradient became NaN/Inf and the run was configured to stop."""
-
-
-def register_gin_names() -> None:
-    """Imports the modules whose configurables run gin files name (model presets, synthetic data, data root) or
-    that the input pipeline imports after gin is finalized (vocabularies)."""
-    import textbooks.data.paths  # noqa: F401
-    import textbooks.model.config  # noqa: F401
-    import textbooks.train.synthetic  # noqa: F401
 
 
 def resolve_vocabulary(vocabulary: str | None, mixture_or_task_name: str | None, model_vocab_size: int) -> str:
@@ -85,7 +82,7 @@ def train(*, model_dir: str = gin.REQUIRED, model_config: Any = gin.REQUIRED,
           mixture_or_task_name: str | None = None, task_feature_lengths: Mapping[str, int] = gin.REQUIRED,
           batch_size: int = gin.REQUIRED, train_steps: int = gin.REQUIRED, vocabulary: str | None = None,
           optimizer: opt_lib.OptimizerConfig | None = None, partitioning: part.PartitioningConfig | None = None,
-          checkpoint: ckpt_lib.CheckpointConfig | None = None, evaluation: hooks.EvalConfig | None = None,
+          checkpoint: ckpt_lib.CheckpointConfig | None = None, evaluation: hooks.ValidationConfig | None = None,
           microbatches: int = 1, seed: int = 0, log_every: int = 50, on_nonfinite: str = "stop",
           max_consecutive_nonfinite: int = 10, z_loss: float = 0.0,
           dataset_fn: Callable[..., Iterator[dict]] | None = None, train_iterator: Iterator[dict] | None = None,
@@ -115,7 +112,8 @@ def train(*, model_dir: str = gin.REQUIRED, model_config: Any = gin.REQUIRED,
         dataset_fn: a data function instead of the seqio pipeline (see :func:`textbooks.train.data.make_iterator`).
         train_iterator: an already built iterator of per-process batches (Python use; overrides the rest).
         devices: the devices to use (default: all).
-        progress_bar: force or forbid the tqdm bar (default: when stderr is a terminal).
+        progress_bar: force or forbid the progress line redrawn in place (default: when stderr is a terminal or in
+            a notebook); otherwise each logged step prints a line.
         tensorboard: write TensorBoard events.
         peak_flops_per_device: the peak used for MFU (default: the datasheet table for accelerators, a
             measured matmul peak on CPU).
@@ -133,7 +131,7 @@ def train(*, model_dir: str = gin.REQUIRED, model_config: Any = gin.REQUIRED,
     optimizer = optimizer or opt_lib.OptimizerConfig()
     partitioning = partitioning or part.PartitioningConfig()
     checkpoint = checkpoint or ckpt_lib.CheckpointConfig()
-    evaluation = evaluation or hooks.EvalConfig()
+    evaluation = evaluation or hooks.ValidationConfig()
     if on_nonfinite not in NONFINITE_POLICIES:
         raise ValueError(f"train.on_nonfinite must be one of {NONFINITE_POLICIES}, got {on_nonfinite!r}")
     if train_steps < 1 or batch_size < 1 or microbatches < 1 or log_every < 1:
@@ -217,7 +215,8 @@ def train(*, model_dir: str = gin.REQUIRED, model_config: Any = gin.REQUIRED,
     log.info("%s parameters; %.3g model FLOPs per step; peak %.3g FLOP/s (%s)", f"{model_config.num_params():,}",
              flops_per_step, peak, peak_source)
 
-    progress = metrics_lib.Progress(train_steps, start_step, enabled=primary, use_bar=progress_bar)
+    progress = Progress(train_steps, "train", unit="step", already_done=start_step, interval=float("inf"),
+                        enabled=primary, redraw=progress_bar)
     loop = _Loop(train_step=train_step, mesh=mesh, rules=rules, batch_size=batch_size, roles=roles,
                  writer=writer, progress=progress, log_every=log_every, on_nonfinite=on_nonfinite,
                  max_consecutive_nonfinite=max_consecutive_nonfinite, tokens_per_step=tokens_per_step,
@@ -237,7 +236,7 @@ def train(*, model_dir: str = gin.REQUIRED, model_config: Any = gin.REQUIRED,
                          eval=loop.last_eval)
     if primary:
         write_summary(result)
-        metrics_lib.emit(f"run summary: {summary_line(result)}")
+        emit(f"run summary: {summary_line(result)}")
     if loop.stopped_by == "nonfinite":
         raise NonFiniteLossError(loop.nonfinite_message)
     return result
@@ -272,7 +271,7 @@ def _make_eval_hook(evaluation, spec, mesh, rules, model, roles, dataset_fn, sha
     if not evaluation.eval_every:
         return None
     if dataset_fn is None and not (evaluation.mixture_or_task_name or spec.mixture_or_task_name):
-        log.warning("evaluation is on (EvalConfig.eval_every) but there is no validation mixture: no evaluation")
+        log.warning("evaluation is on (ValidationConfig.eval_every) but there is no validation mixture: no evaluation")
         return None
     batch_size = evaluation.batch_size or spec.batch_size
     eval_spec = dataclasses.replace(spec, batch_size=batch_size,
@@ -299,7 +298,7 @@ class _Loop:
     batch_size: int
     roles: Sequence[str]
     writer: metrics_lib.MetricsLogger
-    progress: metrics_lib.Progress
+    progress: Progress
     log_every: int
     on_nonfinite: str
     max_consecutive_nonfinite: int
@@ -425,9 +424,9 @@ class _Loop:
                 self._rates.append((steps, seconds))
                 self._interval_start = (step, now)
             self.writer.write(step, record)
-            self.progress.update(step, record)
+            self.progress.advance_to(step, {k: record[k] for k in PROGRESS_FIELDS if k in record}, show=True)
         else:
-            self.progress.update(step)
+            self.progress.advance_to(step)
         return True
 
     def mean_tokens_per_second(self) -> float | None:

@@ -17,7 +17,7 @@ from fault_server import FaultServer, answer_text
 from textbooks.data import records
 from textbooks.data.manifest import read_manifest
 from textbooks.synth import generate as generate_lib
-from textbooks.synth import runner
+from textbooks.synth import completions
 from textbooks.synth.postprocess import PostprocessConfig
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -75,7 +75,7 @@ def test_faults_every_prompt_completes_exactly_once(run_files, tmp_path):
     assert result["run"]["completed"] == 60 and result["run"]["failed"] == 0 and result["run"]["remaining"] == 0
     assert all(server.injected[f] > 0 for f in ("500", "503", "429", "hang", "malformed", "truncated"))
     assert result["run"]["client_stats"]["retries"] == sum(v for k, v in server.injected.items() if k != "ok")
-    specs = runner.load_manifest(str(out))
+    specs = completions.load_manifest(str(out))
     ids, recs = _shard_ids(out)
     assert set(ids) == {s.id for s in specs} and set(ids.values()) == {1}
     by_id = {s.id: s for s in specs}
@@ -149,7 +149,7 @@ def test_sigkill_midway_then_resume(run_files, tmp_path):
     assert f"{done_at_kill} were done before; 0 failed; 0 remain" in rerun.stderr
     assert "generate.num_samples = 80" in (out / "config.gin").read_text()
     summary = json.loads((out / "summary.json").read_text())
-    specs = runner.load_manifest(str(out))
+    specs = completions.load_manifest(str(out))
     done_keys = {(s.prompt or s.messages[-1]["content"], s.sampling["seed"]) for s in specs if s.id in done_ids}
     assert not done_keys & asked_again  # nothing done before the kill was asked for (and paid for) again
     lines = _part_lines(out)
@@ -157,7 +157,7 @@ def test_sigkill_midway_then_resume(run_files, tmp_path):
     assert summary["part_files"] == {"torn_lines": 1} and summary["missing"] == 0
     ids, _ = _shard_ids(out)
     assert len(ids) == n and set(ids.values()) == {1}
-    assert set(ids) == {s.id for s in runner.load_manifest(str(out))}
+    assert set(ids) == {s.id for s in completions.load_manifest(str(out))}
 
 
 def test_cache_avoids_paying_twice_and_rerun_is_a_no_op(run_files, tmp_path):
@@ -178,7 +178,7 @@ def test_changed_config_is_refused(run_files, tmp_path):
     out = tmp_path / "run"
     with FaultServer() as server:
         generate_lib.generate(**_kwargs(run_files, server.url, out, num_samples=5))
-        with pytest.raises(runner.RunError, match="lists 5 prompts but this configuration gives 6"):
+        with pytest.raises(completions.RunError, match="lists 5 prompts but this configuration gives 6"):
             generate_lib.generate(**_kwargs(run_files, server.url, out, num_samples=6))
 
 
@@ -186,14 +186,14 @@ def test_locked_run_is_refused(run_files, tmp_path):
     out = tmp_path / "run"
     with FaultServer() as server:
         generate_lib.generate(**_kwargs(run_files, server.url, out, num_samples=3, finalize=False))
-        with runner.run_lock(str(out)):
-            with pytest.raises(runner.RunError, match=f"pid {os.getpid()}.* is working on"):
+        with completions.run_lock(str(out)):
+            with pytest.raises(completions.RunError, match=f"pid {os.getpid()}.* is working on"):
                 generate_lib.generate(**_kwargs(run_files, server.url, out, num_samples=3))
 
 
 def test_fatal_and_per_prompt_client_errors(run_files, tmp_path):
     with FaultServer(script=["404"]) as server:
-        with pytest.raises(runner.RunError, match="refused the run: HTTP 404 .*model 'teacher' not found"):
+        with pytest.raises(completions.RunError, match="refused the run: HTTP 404 .*model 'teacher' not found"):
             generate_lib.generate(**_kwargs(run_files, server.url, tmp_path / "a", num_samples=4, concurrency=1))
     # A 400 fails one prompt (recorded, retried by the next run); the others complete.
     with FaultServer(script=["400"]) as server:
@@ -206,7 +206,7 @@ def test_fatal_and_per_prompt_client_errors(run_files, tmp_path):
         assert result["run"]["completed"] == 1 and result["run"]["remaining"] == 0
     # Everything failing aborts the run instead of grinding through it.
     with FaultServer(script=["400"] * 100) as server:
-        with pytest.raises(runner.RunError, match="prompts failed"):
+        with pytest.raises(completions.RunError, match="prompts failed"):
             generate_lib.generate(**_kwargs(run_files, server.url, tmp_path / "c", num_samples=40))
         assert server.requests < 40
 
@@ -242,7 +242,7 @@ def test_web_seeded_run_reads_extracts_from_shards(tmp_path):
                                        progress_interval=1000.0,
                                        postprocess_config=PostprocessConfig(decontaminate=False))
     assert result["run"]["completed"] == 10
-    specs = runner.load_manifest(str(out))
+    specs = completions.load_manifest(str(out))
     used = {s.meta["seed_text_id"] for s in specs}
     assert used == {f"web-{i}" for i in range(5)}  # every long document, the short one never
     for s in specs:

@@ -31,7 +31,7 @@ import gin
 
 from textbooks.mixopt import results as results_lib
 from textbooks.mixopt import trials as trials_lib
-from textbooks.mixopt.trial_runners import TrialRunner, execute_trial
+from textbooks.mixopt.trial_kinds import TrialRunner, execute_trial
 
 logger = logging.getLogger(__name__)
 
@@ -213,29 +213,6 @@ def record_crash(sweep: trials_lib.SweepDir, tid: str, job: Any) -> None:
             "error": "the trial's job ended without writing DONE or FAILED (killed, timed out or out of "
                      f"memory?); {err or 'no exception recorded'}",
             "log_paths": [str(job.paths.stdout), str(job.paths.stderr)]})
-
-
-class Progress:
-    """Logs done/total, failures, rate and ETA as trials finish."""
-
-    def __init__(self, total: int, already_done: int):
-        self.total, self.done, self.failed = total, already_done, 0
-        self._start, self._new = time.time(), 0
-
-    def update(self, status: str, tid: str) -> str:
-        if status == "done":
-            self.done += 1
-        else:
-            self.failed += 1
-        self._new += 1
-        elapsed = time.time() - self._start
-        rate = self._new / elapsed if elapsed > 0 else 0.0
-        left = self.total - self.done - self.failed
-        eta = time.strftime("%H:%M:%S", time.gmtime(left / rate)) if rate > 0 else "?"
-        line = (f"sweep: {self.done}/{self.total} done, {self.failed} failed | trial {tid} {status} | "
-                f"{rate * 60:.2f} trials/min | ETA {eta}")
-        logger.info(line)
-        return line
 
 
 def run_local(sweep: trials_lib.SweepDir, pending: Sequence[trials_lib.Trial], running: Sequence[str],

@@ -1,4 +1,4 @@
-"""Resumable generation runs: prompt manifest, append-only part files, response cache, and finalizing to shards.
+"""The teacher's completions of every prompt, resumably: prompt manifest, append-only part files, response cache.
 
 A run lives in one folder::
 
@@ -12,7 +12,8 @@ A run lives in one folder::
     <run_dir>/.lock                    held (flock) while a process works on the run
 
 Running again skips the prompt ids already in the part files; a torn last line is ignored and its prompt is
-generated again. :func:`collect_outputs` merges the part files (first answer per id wins) for finalizing.
+generated again. :func:`collect_outputs` merges the part files (first answer per id wins) for finalizing
+(:mod:`textbooks.synth.finalize`). Progress goes through :class:`textbooks.progress.Progress`.
 """
 
 from __future__ import annotations
@@ -30,9 +31,9 @@ import sqlite3
 import time
 from typing import Any, Iterator, Mapping, Sequence
 
+from textbooks.progress import Progress
 from textbooks.serve import client as client_lib
 from textbooks.serve.answers import Usage
-from textbooks.synth.progress import Progress
 from textbooks.synth.prompts import PromptSpec
 
 logger = logging.getLogger(__name__)

@@ -1,10 +1,14 @@
-"""Runs benchmark suites on a model: the ``textbooks eval`` entry point and the in-training eval hook.
+"""The evaluation suite: ``evaluate``, the gin entry point of ``textbooks eval``, and what it runs.
 
-``evaluate`` (gin-configurable, like T5X's) loads a checkpoint with
-:func:`textbooks.model.load.load_model`, runs each task and writes ``results.json``, ``results.md`` (the
+``evaluate`` (gin: ``evaluate.*``; like every verb's entry point it is named after the verb) loads a
+checkpoint, runs each task with the :class:`SuiteSettings` and writes ``results.json``, ``results.md`` (the
 phi-1.5 tables), ``results.png`` and per-item records. A task that fails (missing files, a prompt that does not
 fit, a model error) is recorded with its error and the run goes on; generated programs that crash are per-item
-failures inside their task. :func:`make_eval_hook` gives the trainer a callable ``(params, mesh) -> metrics``.
+failures inside their task. :class:`BenchmarkEvalHook` runs the same tasks on the parameters of a model being
+trained, from a Python training loop.
+
+gin names: ``SuiteSettings`` was called ``EvalSettings`` before; that name still works (an alias of the same
+configurable), so ``EvalSettings.limit = 200`` and ``SuiteSettings.limit = 200`` set the same value.
 """
 
 from __future__ import annotations
@@ -12,14 +16,20 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+import os
 import time
 import traceback
 from typing import Any, Mapping, Sequence
 
 import gin
 
-from textbooks.evaluate import benchmarks, report
+from textbooks import gin_utils
+from textbooks.evaluate import benchmarks, code_eval, continuous, gsm8k, multiple_choice, prompts, report, squad
+from textbooks.evaluate import sandbox as sandbox_lib
+from textbooks.evaluate.lm import EvalModel
 from textbooks.evaluate.report import metric_entry
+from textbooks.model.load import load_model
+from textbooks.progress import Progress
 
 log = logging.getLogger(__name__)
 
@@ -63,8 +73,8 @@ def resolve_tasks(spec: str | Sequence[str]) -> list[str]:
 
 @gin.configurable
 @dataclasses.dataclass(frozen=True)
-class EvalSettings:
-    """How the suite is run.
+class SuiteSettings:
+    """How the evaluation suite is run (gin: ``SuiteSettings.*``, formerly ``EvalSettings.*``).
 
     Attributes:
         limit: items per task (a seeded subset); None for all.
@@ -104,51 +114,36 @@ class EvalSettings:
 
     def __post_init__(self):
         if self.limit is not None and self.limit < 1:
-            raise ValueError(f"EvalSettings.limit must be a positive number of items per task (or None for all), "
+            raise ValueError(f"SuiteSettings.limit must be a positive number of items per task (or None for all), "
                              f"got {self.limit}")
 
 
-class Progress:
-    """Logs ``label: done/total (rate/s, ETA)`` at most every ``every_s`` seconds."""
-
-    def __init__(self, label: str, every_s: float = 10.0):
-        self.label, self.every_s = label, every_s
-        self.start = self.last = time.monotonic()
-
-    def __call__(self, done: int, total: int) -> None:
-        now = time.monotonic()
-        if done < total and now - self.last < self.every_s:
-            return
-        self.last = now
-        rate = done / max(now - self.start, 1e-9)
-        eta = (total - done) / rate if rate > 0 else float("inf")
-        log.info("%s: %d/%d (%.1f/s, ETA %.0fs)", self.label, done, total, rate, eta)
+gin_utils.register_alias("EvalSettings", SuiteSettings)
 
 
-def _sandbox(settings: EvalSettings):
-    from textbooks.evaluate import sandbox as sandbox_lib
-
+def _sandbox(settings: SuiteSettings) -> sandbox_lib.Sandbox:
     return sandbox_lib.Sandbox(sandbox_lib.SandboxConfig(timeout_s=settings.sandbox_timeout_s,
                                                          isolation=settings.sandbox_isolation),
                                workers=settings.sandbox_workers)
 
 
-def _gold_bpb(model, items, task) -> dict:
-    from textbooks.evaluate import continuous
+def _progress(label: str) -> Progress:
+    """The ``(done, total)`` callback that reports a task's progress."""
+    return Progress(0, label, interval=10.0)
 
-    gold = continuous.score_gold(model, items, progress=Progress(f"{task} gold bpb"))
+
+def _gold_bpb(model, items, task) -> dict:
+    gold = continuous.score_gold(model, items, progress=_progress(f"{task} gold bpb"))
     return metric_entry(gold.bpb, "bootstrap")
 
 
-def _run_task(model, task: str, items: list[dict], settings: EvalSettings, sandbox_cache: dict
+def _run_task(model, task: str, items: list[dict], settings: SuiteSettings, sandbox_cache: dict
               ) -> tuple[dict, list[dict]]:
     kind = benchmarks.benchmark_kind(task)
     entry: dict[str, Any] = {"kind": kind, "split": items[0]["split"], "n": len(items), "metrics": {}}
     if kind == "multiple_choice":
-        from textbooks.evaluate import multiple_choice, prompts
-
         shots = prompts.fewshot_for(task, settings.num_fewshot)
-        res = multiple_choice.score_items(model, items, num_fewshot=shots, progress=Progress(task))
+        res = multiple_choice.score_items(model, items, num_fewshot=shots, progress=_progress(task))
         entry["metrics"]["acc"] = metric_entry(res.values("acc"), "wilson")
         if res.values("acc_norm"):
             entry["metrics"]["acc_norm"] = metric_entry(res.values("acc_norm"), "wilson")
@@ -160,12 +155,10 @@ def _run_task(model, task: str, items: list[dict], settings: EvalSettings, sandb
     if "sandbox" not in sandbox_cache and task in ("humaneval", "mbpp", "gsm8k"):
         sandbox_cache["sandbox"] = _sandbox(settings)
     if task in ("humaneval", "mbpp"):
-        from textbooks.evaluate import code_eval
-
         res = code_eval.evaluate_code(model, items, samples=settings.code_samples, ks=settings.code_ks,
                                       temperature=settings.code_temperature,
                                       max_new_tokens=settings.code_max_new_tokens, seed=settings.seed,
-                                      sandbox=sandbox_cache["sandbox"], progress=Progress(f"{task} programs"))
+                                      sandbox=sandbox_cache["sandbox"], progress=_progress(f"{task} programs"))
         for k in sorted(res.pass_at):
             per_problem = res.per_problem_pass(k)
             method = "wilson" if settings.code_samples == 1 else "bootstrap"
@@ -175,11 +168,9 @@ def _run_task(model, task: str, items: list[dict], settings: EvalSettings, sandb
                      samples=settings.code_samples, errors=res.error_counts())
         return entry, res.problems
     if task == "gsm8k":
-        from textbooks.evaluate import gsm8k
-
         res = gsm8k.evaluate_gsm8k(model, items, mode=settings.gsm8k_mode,
                                    max_new_tokens=settings.gsm8k_max_new_tokens, sandbox=sandbox_cache.get("sandbox"),
-                                   progress=Progress("gsm8k programs"))
+                                   progress=_progress("gsm8k programs"))
         entry["metrics"]["accuracy"] = metric_entry([float(r["correct"]) for r in res.items], "wilson")
         entry["metrics"]["bpb"] = _gold_bpb(model, items, task)
         errors: dict[str, int] = {}
@@ -189,8 +180,6 @@ def _run_task(model, task: str, items: list[dict], settings: EvalSettings, sandb
         entry.update(primary="accuracy", chance=None, num_fewshot=0, mode=res.mode, errors=errors)
         return entry, res.items
     if task == "squad":
-        from textbooks.evaluate import prompts, squad
-
         contexts = [prompts.context_for(item) for item in items]
         outs = model.generate(contexts, max_new_tokens=settings.squad_max_new_tokens, stop=squad.STOPS)
         records = []
@@ -207,7 +196,7 @@ def _run_task(model, task: str, items: list[dict], settings: EvalSettings, sandb
     raise EvalError(f"no evaluation procedure for task {task!r}")
 
 
-def evaluate_model(model, tasks: str | Sequence[str] = "phi15", settings: EvalSettings | None = None
+def evaluate_model(model, tasks: str | Sequence[str] = "phi15", settings: SuiteSettings | None = None
                    ) -> tuple[dict, dict[str, list[dict]]]:
     """Runs ``tasks`` on ``model`` (an :class:`textbooks.evaluate.lm.EvalModel`).
 
@@ -215,7 +204,7 @@ def evaluate_model(model, tasks: str | Sequence[str] = "phi15", settings: EvalSe
         (results, per-item records by task). ``results['tasks'][task]`` holds kind, split, n, metrics (each
         with value, ci_low, ci_high, ci_method, n), primary, chance, num_fewshot, seconds - or ``error``.
     """
-    settings = settings or EvalSettings()
+    settings = settings or SuiteSettings()
     task_list = resolve_tasks(tasks)
     results: dict[str, Any] = {"tasks": {}, "settings": dataclasses.asdict(settings),
                                "ci": dict(report.CI_METHODS)}
@@ -259,14 +248,14 @@ def flatten_metrics(results: Mapping[str, Any], prefix: str = "bench") -> dict[s
 
 @gin.configurable
 def evaluate(checkpoint: str | None = None, tasks: str | Sequence[str] = "phi15", out_dir: str | None = None,
-             settings: EvalSettings | None = None, model=None) -> dict:
+             settings: SuiteSettings | None = None, model=None) -> dict:
     """Evaluates a checkpoint on a suite and writes the report (gin binds this function, T5X style).
 
     Args:
         checkpoint: orbax model dir, step dir, or transformers-format folder.
         tasks: task and suite names (comma-separated string or list).
         out_dir: where results.json / results.md / results.png / items/ go (None: not written).
-        settings: :class:`EvalSettings` (gin-configurable).
+        settings: :class:`SuiteSettings` (gin-configurable).
         model: an already built :class:`textbooks.evaluate.lm.EvalModel` (skips loading ``checkpoint``).
 
     Returns:
@@ -275,7 +264,7 @@ def evaluate(checkpoint: str | None = None, tasks: str | Sequence[str] = "phi15"
     Raises:
         EvalError: unknown task names, or the checkpoint does not load.
     """
-    settings = settings or EvalSettings()
+    settings = settings or SuiteSettings()
     task_list = resolve_tasks(tasks)  # fail on bad names before the (slow) model load
     if model is None and not checkpoint:
         raise EvalError("no checkpoint given: pass --checkpoint DIR (or bind evaluate.checkpoint)")
@@ -290,18 +279,14 @@ def evaluate(checkpoint: str | None = None, tasks: str | Sequence[str] = "phi15"
     return results
 
 
-def load_eval_model(checkpoint: str, settings: EvalSettings | None = None):
+def load_eval_model(checkpoint: str, settings: SuiteSettings | None = None):
     """Loads ``checkpoint`` into an EvalModel; returns (model, {'checkpoint', 'step'}).
 
     Raises:
         EvalError: the checkpoint does not load (the message names the path and the reason).
     """
-    from textbooks.evaluate.lm import EvalModel
-
-    settings = settings or EvalSettings()
+    settings = settings or SuiteSettings()
     try:
-        from textbooks.model.load import load_model
-
         loaded = load_model(checkpoint)
     except Exception as e:
         raise EvalError(f"checkpoint {checkpoint!r} does not load: {type(e).__name__}: {e}. Pass an orbax model "
@@ -320,7 +305,7 @@ class BenchmarkEvalHook:
     scores the same seeded subset of items, so the curves are comparable across steps.
     """
 
-    def __init__(self, config, vocabulary, tasks: str | Sequence[str], settings: EvalSettings,
+    def __init__(self, config, vocabulary, tasks: str | Sequence[str], settings: SuiteSettings,
                  out_dir: str | None = None, every: int = 0):
         self.config, self.vocabulary = config, vocabulary
         self.tasks = resolve_tasks(tasks)
@@ -332,8 +317,6 @@ class BenchmarkEvalHook:
         return bool(self.every) and step > 0 and step % self.every == 0
 
     def __call__(self, params: Any, mesh: Any = None, step: int | None = None) -> dict[str, float]:
-        from textbooks.evaluate.lm import EvalModel
-
         if self._model is None:
             self._model = EvalModel(self.config, params, self.vocabulary, mesh=mesh,
                                     tokens_per_batch=self.settings.tokens_per_batch,
@@ -343,33 +326,12 @@ class BenchmarkEvalHook:
             self._model.set_params(params)
         results, per_item = evaluate_model(self._model, self.tasks, self.settings)
         if self.out_dir:
-            import os
-
             name = f"step_{step:08d}" if step is not None else f"eval_{len(self.history):04d}"
             report.write_report({"checkpoint": name, "step": step, **results}, os.path.join(self.out_dir, name),
                                 per_item)
         metrics = flatten_metrics(results)
         self.history.append((step, metrics))
         return metrics
-
-
-@gin.configurable
-def make_eval_hook(config, vocabulary, tasks: str | Sequence[str] = ("piqa", "hellaswag", "arc_easy",
-                                                                     "winogrande"),
-                   limit: int | None = 500, every: int = 0, out_dir: str | None = None,
-                   settings: EvalSettings | None = None) -> BenchmarkEvalHook:
-    """A periodic benchmark hook for the trainer (log-likelihood tasks are cheap; code tasks need the sandbox).
-
-    Args:
-        config, vocabulary: the model being trained.
-        tasks: tasks or suites to run.
-        limit: items per task (a fixed seeded subset); None for all.
-        every: run every this many steps (see :meth:`BenchmarkEvalHook.should_run`; 0: the caller decides).
-        out_dir: write a full report per call under ``out_dir/step_XXXXXXXX``.
-        settings: further :class:`EvalSettings` (its ``limit`` is replaced by ``limit``).
-    """
-    settings = dataclasses.replace(settings or EvalSettings(), limit=limit)
-    return BenchmarkEvalHook(config, vocabulary, tasks, settings, out_dir=out_dir, every=every)
 
 
 def failed_tasks(results: Mapping[str, Any]) -> list[str]:
@@ -392,6 +354,5 @@ def summarize(results: Mapping[str, Any]) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["BenchmarkEvalHook", "EvalError", "EvalSettings", "PHI15_SUITE", "Progress", "SUITES", "evaluate",
-           "evaluate_model", "failed_tasks", "flatten_metrics", "load_eval_model", "make_eval_hook", "resolve_tasks",
-           "summarize"]
+__all__ = ["BenchmarkEvalHook", "EvalError", "PHI15_SUITE", "SUITES", "SuiteSettings", "evaluate", "evaluate_model",
+           "failed_tasks", "flatten_metrics", "load_eval_model", "resolve_tasks", "summarize"]

@@ -1,4 +1,4 @@
-"""The sweep entry point: ``sweep(...)``, bound in gin and run by ``textbooks sweep``.
+"""The sweep entry point: ``sweep(...)``, bound in gin (``sweep.*``) and run by ``textbooks sweep``.
 
 One proxy run per (mixture point, seed), all with the same base config: only the mixture ratios and the seed
 change. The sweep folder records the base config's fingerprint; running another config into it is refused.
@@ -35,11 +35,13 @@ from typing import Any, Mapping, Sequence
 import gin
 
 from textbooks.mixopt import design as design_lib
-from textbooks.mixopt import engine
+from textbooks.mixopt import dispatch
 from textbooks.mixopt import results as results_lib
 from textbooks.mixopt import tracking
+from textbooks.mixopt import training_trial  # noqa: F401  (registers TrainingTrial for the sweep gin files)
 from textbooks.mixopt import trials as trials_lib
-from textbooks.mixopt.trial_runners import TrialRunner, execute_trial
+from textbooks.mixopt.trial_kinds import TrialRunner, execute_trial
+from textbooks.progress import Progress
 
 logger = logging.getLogger(__name__)
 
@@ -105,8 +107,8 @@ def sweep(sweep_dir: str = gin.REQUIRED, components: Sequence[str] = gin.REQUIRE
           points: Sequence[Mapping[str, float]] = gin.REQUIRED, runner: TrialRunner = gin.REQUIRED,
           seeds: Sequence[int] = (0,), bounds: Mapping[str, Sequence[float]] | None = None,
           prior: Mapping[str, float] | None = None, executor: str = "local",
-          local: engine.LocalSettings | None = None, slurm: engine.SlurmSettings | None = None,
-          emit: engine.EmitSettings | None = None, tracking_settings: tracking.TrackingSettings | None = None,
+          local: dispatch.LocalSettings | None = None, slurm: dispatch.SlurmSettings | None = None,
+          emit: dispatch.EmitSettings | None = None, tracking_settings: tracking.TrackingSettings | None = None,
           name: str | None = None, wait: bool = True, retry_failed: bool = True,
           dry_run: bool = False) -> SweepOutcome:
     """Runs (or resumes) a mixture sweep.
@@ -135,8 +137,8 @@ def sweep(sweep_dir: str = gin.REQUIRED, components: Sequence[str] = gin.REQUIRE
         SweepConfigMismatch: ``sweep_dir`` holds another base config.
         ValueError: unknown executor or invalid settings.
     """
-    if executor not in engine.EXECUTORS:
-        raise ValueError(f"unknown executor {executor!r}; choose one of {', '.join(engine.EXECUTORS)}")
+    if executor not in dispatch.EXECUTORS:
+        raise ValueError(f"unknown executor {executor!r}; choose one of {', '.join(dispatch.EXECUTORS)}")
     comps = design_lib.check_components(components)
     pts = design_lib.validate_design(points, comps, bounds)
     prior_r = design_lib.validate_ratios(prior, comps, where="prior") if prior else \
@@ -165,7 +167,7 @@ def sweep(sweep_dir: str = gin.REQUIRED, components: Sequence[str] = gin.REQUIRE
         status, _ = results_lib.trial_status(sw, t.trial_id)
         if status == "done":
             done += 1
-        elif engine.in_flight(sw, t.trial_id):
+        elif dispatch.in_flight(sw, t.trial_id):
             running.append(t.trial_id)
         elif status == "failed" and not retry_failed:
             continue
@@ -176,12 +178,13 @@ def sweep(sweep_dir: str = gin.REQUIRED, components: Sequence[str] = gin.REQUIRE
                 len(pending))
     outcome_paths: dict[str, str] = {}
     tracker = tracking.SweepTracker(sw.root, name, fingerprint, comps, tracking_settings)
-    progress = engine.Progress(len(trials), done)
+    progress = Progress(len(trials), "sweep", unit="trial", already_done=done, interval=0.0, redraw=False)
 
     def on_finish(tid: str, status: str) -> None:
         rows = results_lib.refresh(sw)
         row = _trial_row(rows, tid)
-        progress.update(status, tid)
+        logger.info("trial %s %s", tid, status)
+        progress.update(done=int(status == "done"), failed=int(status != "done"))
         try:
             tracker.trial_finished(row, _curve(row))
             tracker.progress(progress.done, progress.failed, progress.total)
@@ -192,23 +195,23 @@ def sweep(sweep_dir: str = gin.REQUIRED, components: Sequence[str] = gin.REQUIRE
 
     try:
         if executor == "emit" or (dry_run and executor == "local"):
-            outcome_paths["commands"] = engine.emit_commands(sw, pending, emit or engine.EmitSettings())
+            outcome_paths["commands"] = dispatch.emit_commands(sw, pending, emit or dispatch.EmitSettings())
             logger.info("wrote %d trial command(s) to %s", len(pending), outcome_paths["commands"])
         elif executor == "slurm":
-            settings = slurm or engine.SlurmSettings()
+            settings = slurm or dispatch.SlurmSettings()
             if dry_run:
                 path = os.path.join(sw.root, "slurm_array.sbatch")
                 with open(path, "w") as f:
-                    f.write(engine.slurm_script(settings, sw.submitit_dir, len(pending)))
+                    f.write(dispatch.slurm_script(settings, sw.submitit_dir, len(pending)))
                 outcome_paths["sbatch"] = path
                 logger.info("dry run: the sbatch script for %d trial(s) is in %s", len(pending), path)
             else:
-                jobs = engine.submit_slurm(sw, pending, runner, settings)
+                jobs = dispatch.submit_slurm(sw, pending, runner, settings)
                 if wait:
-                    engine.wait_slurm(sw, {t.trial_id: j for t, j in zip(pending, jobs)}, running, settings,
+                    dispatch.wait_slurm(sw, {t.trial_id: j for t, j in zip(pending, jobs)}, running, settings,
                                       on_finish)
         else:
-            engine.run_local(sw, pending, running, runner, local or engine.LocalSettings(), on_finish)
+            dispatch.run_local(sw, pending, running, runner, local or dispatch.LocalSettings(), on_finish)
     finally:
         rows = results_lib.refresh(sw)
         try:
