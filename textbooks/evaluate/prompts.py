@@ -18,6 +18,9 @@ squad          ``Title: ..\\nBackground: ..\\nQuestion: ..\\nAnswer:``     `` {a
 gsm8k          ``Question: {question}\\nAnswer:``                       `` {worked solution}``
 =============  ======================================================  ==========================
 
+HumanEval and MBPP (generation) are completed from :func:`code_prompt`: HumanEval's signature and
+docstring, MBPP's problem and first test as a docstring.
+
 :func:`norm_texts` gives the strings lm-eval divides by for ``acc_norm`` (the choice texts without the
 leading space); WinoGrande has one shared continuation, so it has no ``acc_norm``.
 """
@@ -25,7 +28,7 @@ leading space); WinoGrande has one shared continuation, so it has no ``acc_norm`
 from __future__ import annotations
 
 import re
-from typing import Mapping
+from typing import Any, Mapping
 
 # Shots per task when not given: the phi-1.5 report's protocol.
 DEFAULT_FEWSHOT: dict[str, int] = {"mmlu": 2}
@@ -87,6 +90,15 @@ def context_for(item: Mapping, num_fewshot: int = 0) -> str:
     raise PromptError(f"{item['id']}: no prompt format for task {task!r}")
 
 
+def code_prompt(item: Mapping[str, Any]) -> str:
+    """The prompt the model completes: HumanEval's signature + docstring; MBPP's problem and first test as a
+    docstring (the format of the MBPP paper and of the phi-1 evaluation)."""
+    if item["task"] == "humaneval":
+        return item["prompt"]
+    first = item["meta"]["test_list"][0] if item["meta"].get("test_list") else ""
+    return f'"""\n{item["question"].strip()}\n{first}\n"""\n'
+
+
 def choice_requests(item: Mapping, num_fewshot: int | None = None) -> list[tuple[str, str]]:
     """One (context, continuation) request per choice of a multiple-choice item, in choice order."""
     task = item["task"]
@@ -119,8 +131,6 @@ def gold_continuation(item: Mapping) -> tuple[str, str]:
     """(context, gold continuation) whose bits per byte measure how well the model knows the answer."""
     task = item["task"]
     if task in ("humaneval", "mbpp"):
-        from textbooks.evaluate.code_eval import code_prompt
-
         reference = item["reference"].replace("\r\n", "\n")
         return code_prompt(item), reference
     if task == "gsm8k":

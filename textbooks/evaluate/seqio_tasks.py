@@ -28,6 +28,7 @@ import seqio
 import tensorflow as tf
 
 from textbooks.evaluate import benchmarks, prompts
+from textbooks.vocab.registry import get_vocabulary
 
 TASK_PREFIX = "textbooks_eval."
 MC_TASKS = tuple(t for t in benchmarks.BENCHMARKS if benchmarks.benchmark_kind(t) == "multiple_choice")
@@ -123,8 +124,6 @@ def register_eval_tasks(vocabulary=None, *, limit: int | None = None, prefix: st
         prefix: task name prefix.
     """
     if vocabulary is None:
-        from textbooks.vocab.registry import get_vocabulary
-
         vocabulary = get_vocabulary("phi")
     names = []
     features = {"inputs": seqio.Feature(vocabulary, add_eos=False), "targets": seqio.Feature(vocabulary, add_eos=False)}
