@@ -9,7 +9,7 @@ export TF_CPP_MIN_LOG_LEVEL ?= 2
 export PYTHONHASHSEED ?= 0
 PYTEST_ARGS ?=
 
-.PHONY: demo test venv assets clean bench
+.PHONY: demo test venv assets clean bench lint
 
 venv: $(STAMP)
 
@@ -32,6 +32,10 @@ demo: $(STAMP) assets
 
 test: $(STAMP) assets
 	$(PY) -m pytest -n 2 --dist loadfile -q $(PYTEST_ARGS)
+
+# The package layers (README, "Architecture"), written as import-linter contracts in .importlinter.
+lint: $(STAMP)
+	$(VENV)/bin/lint-imports
 
 bench: $(STAMP) assets
 	$(PY) -m bench.run_all

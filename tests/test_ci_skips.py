@@ -116,6 +116,7 @@ def test_node_ids_from_junit_names(classname, name, want):
 # Stands in for `make`: writes the report named in PYTEST_ARGS (unless told not to) and exits as told.
 FAKE_MAKE = """#!/usr/bin/env bash
 echo "make $*" >> "$FAKE_MAKE_LOG"
+[ "$1" != lint ] || exit "${FAKE_LINT_STATUS:-0}"
 for arg in "$@"; do
   case "$arg" in PYTEST_ARGS=*)
     for word in ${arg#PYTEST_ARGS=}; do
@@ -127,14 +128,15 @@ exit "$FAKE_MAKE_STATUS"
 """
 
 
-@pytest.mark.parametrize("make_status,skips,want", [
-    (0, ("kernel",), 0),            # only allowed skips
-    (0, ("kernel", "torch"), 1),    # an unlisted skip
-    (1, ("kernel",), 1),            # a failing test
-    (2, None, 2),                   # make stopped before pytest (an asset could not be installed)
-    (0, None, 1),                   # make says 0 but no report was written
+@pytest.mark.parametrize("make_status,skips,want,lint", [
+    (0, ("kernel",), 0, 0),            # only allowed skips
+    (0, ("kernel", "torch"), 1, 0),    # an unlisted skip
+    (1, ("kernel",), 1, 0),            # a failing test
+    (2, None, 2, 0),                   # make stopped before pytest (an asset could not be installed)
+    (0, None, 1, 0),                   # make says 0 but no report was written
+    (0, ("kernel",), 1, 1),            # the tests pass but an import breaks the layers (make lint)
 ])
-def test_ci_run_fails_on_make_or_on_an_unlisted_skip(tmp_path, make_status, skips, want):
+def test_ci_run_fails_on_make_or_on_an_unlisted_skip(tmp_path, make_status, skips, want, lint):
     if not os.path.exists(os.path.join(REPO, ".venv", "bin", "python")):
         pytest.fail(".ci/run runs the check with .venv/bin/python; create it with `make venv`")
     bin_dir = tmp_path / "bin"
@@ -148,11 +150,13 @@ def test_ci_run_fails_on_make_or_on_an_unlisted_skip(tmp_path, make_status, skip
                                                            cases="\n".join(cases)))
         report = str(tmp_path / "report.xml")
     env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}", "FAKE_REPORT": report,
-           "FAKE_MAKE_STATUS": str(make_status), "FAKE_MAKE_LOG": str(tmp_path / "make.log")}
+           "FAKE_MAKE_STATUS": str(make_status), "FAKE_MAKE_LOG": str(tmp_path / "make.log"),
+           "FAKE_LINT_STATUS": str(lint)}
     env.pop("PYTEST_ARGS", None)  # set when this suite itself runs under .ci/run
     out = subprocess.run(["bash", RUN], env=env, capture_output=True, text=True, timeout=120)
     assert out.returncode == want, out.stdout + out.stderr
     call = (tmp_path / "make.log").read_text()
     assert call.startswith("make test PYTEST_ARGS=-rs --junitxml=")
+    assert call.splitlines()[1] == "make lint"
     if want and skips and "torch" in skips:
         assert "NOT ALLOWED  tests/train/test_optimizer.py::TestAdamW::test_matches_torch[a b]" in out.stdout

@@ -103,3 +103,13 @@ def test_library_callers_may_bind_optional_macros():
 def test_nearest_names_ignores_case():
     assert gin_utils.nearest_names("train_steps", ["TRAIN_STEPS", "BATCH_SIZE"]) == ["TRAIN_STEPS"]
     assert gin_utils.nearest_names("zzz", ["TRAIN_STEPS"]) == []
+
+
+def test_curate_rejects_a_mistyped_binding_with_exit_2(capsys, monkeypatch):
+    import textbooks.curate.pipeline as curate_pipeline
+
+    monkeypatch.setattr(curate_pipeline, "curate", lambda *a, **k: (_ for _ in ()).throw(AssertionError("ran")))
+    rc, err = _error(capsys, ["curate", "--gin_file=curate/tiny.gin", "--gin.curate.rolee='web_raw'"])
+    assert rc == 2 and "rolee" in err and "Traceback" not in err
+    rc, err = _error(capsys, ["curate"])
+    assert rc == 2 and "--gin_file" in err
