@@ -26,9 +26,11 @@ import numbers
 import threading
 from typing import Mapping, Optional
 
+import gin
 import seqio
 
 from mixtures import mixing, roles
+from textbooks import gin_utils
 from textbooks.data.roles import ROLES
 
 ABBREVIATIONS: dict[str, str] = {
@@ -180,3 +182,24 @@ def with_vocabulary(mixture_name_: str, vocabulary: str) -> str:
                             max_epochs=mixture.max_epochs, token_budget=mixture.token_budget,
                             vocabulary=vocabulary, source=spec.source, mixing_mode=spec.mixing,
                             schedule=spec.schedule)
+
+
+@gin_utils.configurable  # may be first imported after gin is locked
+def registered_mixture(ratios: Mapping[str, float] = gin.REQUIRED, temperature: Optional[float] = None,
+                       max_epochs: Optional[float] = None, token_budget: Optional[int] = None,
+                       vocabulary: Optional[str] = None) -> str:
+    """:func:`register_mixture` for gin: registers ``ratios`` and returns the deterministic name, so that a gin file
+    (such as the ``proposal.gin`` of ``textbooks mixopt``) can both define and select a mixture for ``textbooks
+    train``, whose trainer imports this module::
+
+        registered_mixture.ratios = {'web_filtered': 0.3, 'code_filtered': 0.2, 'synthetic_textbooks': 0.5}
+        MIXTURE_OR_TASK_NAME = @registered_mixture()
+
+    The ratios go to :func:`register_mixture` as given: it is the one place that validates them (a negative, NaN
+    or non-numeric ratio, or an unknown role, is an error there; a zero drops the role).
+
+    Raises:
+        TypeError, ValueError: the ratios or settings were refused (the message names the key).
+    """
+    return register_mixture(ratios, temperature=temperature, max_epochs=max_epochs, token_budget=token_budget,
+                            vocabulary=vocabulary)

@@ -26,11 +26,11 @@ import hashlib
 import threading
 from typing import Optional
 
-import gin
 import seqio
 import tensorflow as tf
 
 from mixtures import preprocessors, sources
+from textbooks import gin_utils
 from textbooks.data.roles import ROLE_IDS, ROLES, check_role
 from textbooks.vocab import VOCABULARY_NAMES
 from textbooks.vocab.registry import get_vocabulary
@@ -42,14 +42,7 @@ TFDS_VERSION = "1.0.0"
 _lock = threading.RLock()
 
 
-def _configurable(fn):
-    """``gin.configurable`` that also works when this module is first imported after gin was finalized (a
-    caller may import these modules lazily); no binding can name the new configurable at that point."""
-    with gin.unlock_config():
-        return gin.configurable(fn)
-
-
-@_configurable
+@gin_utils.configurable  # may be first imported after gin is locked
 def vocabulary_name(name: str = "phi") -> str:
     """The default vocabulary of the alias tasks and mixtures (gin: ``vocabulary_name.name``)."""
     return name

@@ -26,11 +26,11 @@ import os
 import threading
 from typing import Callable, Mapping, Optional, Sequence
 
-import gin
 import numpy as np
 import seqio
 import tensorflow as tf
 
+from textbooks import gin_utils
 from textbooks.data import files, paths
 from textbooks.data.manifest import MANIFEST_NAME, Manifest, read_manifest
 from textbooks.data.records import SHARD_SUFFIX, Record, RecordError, shard_pattern
@@ -41,13 +41,6 @@ logger = logging.getLogger(__name__)
 # Fields every source yields (all tf.string): the record's fields, ``meta`` as a JSON string.
 FIELDS = ("id", "text", "role", "source", "license", "meta")
 _MAX_LOGGED = 20
-
-
-def _configurable(fn):
-    """``gin.configurable`` that also works when this module is first imported after gin was finalized (a
-    caller may import these modules lazily); no binding can name the new configurable at that point."""
-    with gin.unlock_config():
-        return gin.configurable(fn)
 
 
 class BadRecordLog:
@@ -233,7 +226,7 @@ class ShardDataSource(seqio.DataSource):
 # TFDS.
 
 
-@_configurable
+@gin_utils.configurable  # may be first imported after gin is locked
 def tfds_data_dir(path: str | None = None) -> str:
     """The TFDS data dir holding ``textbooks_corpus``: ``path`` if bound, else ``<data_root>/tfds``."""
     if path:

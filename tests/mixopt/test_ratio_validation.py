@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from mixtures import factory
-from textbooks.mixopt import optimize, propose
+from textbooks.mixopt import optimize
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SPEC = {"class": "textbooks.mixopt.training_trial.TrainingTrial", "kwargs": {"mixture_vocabulary": "byte"}}
@@ -26,11 +26,11 @@ def test_registered_mixture_refuses_what_the_factory_refuses(ratios, needle):
     with pytest.raises((TypeError, ValueError), match=needle):
         factory.validate_ratios(ratios)
     with pytest.raises((TypeError, ValueError), match=needle):
-        propose.registered_mixture(ratios, vocabulary="byte")
+        factory.registered_mixture(ratios, vocabulary="byte")
 
 
 def test_zero_ratios_still_drop_their_role():
-    name = propose.registered_mixture({"web_filtered": 0.0, "code_filtered": 2.0}, vocabulary="byte")
+    name = factory.registered_mixture({"web_filtered": 0.0, "code_filtered": 2.0}, vocabulary="byte")
     assert name == factory.mixture_name({"code_filtered": 1.0}, vocabulary="byte") == "mix_cf100_byte"
 
 

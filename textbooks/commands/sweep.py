@@ -73,9 +73,9 @@ def main(args: argparse.Namespace) -> int:
         print("textbooks sweep needs --gin_file (e.g. sweeps/phi15_three_way.gin), or --sweep_dir with "
               "--status / --run_trial", file=sys.stderr)
         return 2
-    # deferred: keeps the CLI start fast (importing the sweep registers every configurable its gin files bind)
-    from textbooks.mixopt import dispatch
-    from textbooks.mixopt import sweep as sweep_lib
+    # Importing the sweep registers every configurable its gin files bind (see textbooks.gin_utils).
+    from textbooks.mixopt import dispatch  # deferred: keeps the CLI start fast
+    from textbooks.mixopt import sweep as sweep_lib  # deferred: keeps the CLI start fast
 
     if args.run_trial:
         result = sweep_lib.run_trial(args.sweep_dir, args.run_trial)

@@ -29,20 +29,13 @@ import seqio
 import tensorflow as tf
 
 from mixtures import roles  # importing mixtures registers its tasks
-from textbooks import logs
+from textbooks import gin_utils, logs
 from textbooks.data import paths
 
 logger = logging.getLogger(__name__)
 
 
-def _configurable(fn):
-    """``gin.configurable`` that also works when this module is first imported after gin was finalized (a
-    caller may import these modules lazily); no binding can name the new configurable at that point."""
-    with gin.unlock_config():
-        return gin.configurable(fn)
-
-
-@_configurable
+@gin_utils.configurable  # may be first imported after gin is locked
 def cache_dirs(dirs: Sequence[str] = ()) -> list[str]:
     """Cache folders seqio should search (gin: ``cache_dirs.dirs``)."""
     return list(dirs)

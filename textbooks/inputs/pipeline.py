@@ -36,12 +36,12 @@ import tempfile
 import zipfile
 from typing import Any, Iterator, Mapping, Optional, Union
 
-import gin
 import numpy as np
 import seqio
 import tensorflow as tf
 
 from mixtures import factory, mixing as mixing_lib, roles, sources  # importing mixtures registers its tasks
+from textbooks import gin_utils
 from textbooks.data.roles import ROLE_IDS, role_name
 from textbooks.inputs import cache, converters
 
@@ -50,13 +50,6 @@ logger = logging.getLogger(__name__)
 STATE_FORMAT = 1
 _STATE_KEYS = ("name", "task_feature_lengths", "batch_size", "shard_info", "seed", "vocabulary", "split",
                "mixing")
-
-
-def _configurable(fn):
-    """``gin.configurable`` that also works when this module is first imported after gin was finalized (a
-    caller may import these modules lazily); no binding can name the new configurable at that point."""
-    with gin.unlock_config():
-        return gin.configurable(fn)
 
 
 def _lengths(task_feature_lengths: Union[int, Mapping[str, int]]) -> dict[str, int]:
@@ -182,7 +175,7 @@ class TrainIterator(Iterator[dict]):
             self.set_state(f.read())
 
 
-@_configurable
+@gin_utils.configurable  # may be first imported after gin is locked
 def make_train_iterator(mixture_or_task_name: str, *, task_feature_lengths: Union[int, Mapping[str, int]] = 2048,
                         batch_size: int = 32, shard_info: Optional[seqio.ShardInfo] = None, seed: int = 0,
                         vocabulary: Optional[str] = None, split: str = "train", use_cached: Optional[bool] = None,
@@ -255,7 +248,7 @@ def _pad_batch(batch: Mapping[str, tf.Tensor], rows: int) -> dict[str, tf.Tensor
     return out
 
 
-@_configurable
+@gin_utils.configurable  # may be first imported after gin is locked
 def make_eval_datasets(mixture_or_task_name: str, *, task_feature_lengths: Union[int, Mapping[str, int]] = 2048,
                        batch_size: int = 32, shard_info: Optional[seqio.ShardInfo] = None,
                        split: str = "validation", vocabulary: Optional[str] = None,

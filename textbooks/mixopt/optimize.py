@@ -26,6 +26,7 @@ from typing import Any, Mapping, Sequence
 import gin
 import numpy as np
 
+from mixtures import factory
 from textbooks.data import paths
 from textbooks.data.manifest import read_manifest
 from textbooks.mixopt import fit as fit_lib
@@ -125,11 +126,8 @@ def proposal_gin(ratios: Mapping[str, float], spec: Mapping[str, Any], header: s
     """The text of ``proposal.gin``: registers the mixture with the sweep's factory settings and selects it."""
     kw = spec.get("kwargs", {}) if spec.get("class", "").endswith("TrainingTrial") else {}
     macro = kw.get("mixture_macro", "MIXTURE_OR_TASK_NAME")
-    lines = [f"# {line}" for line in header.splitlines()]
-    # The imports register the factory's and the input pipeline's configurables while gin is parsing, before
-    # `textbooks train` locks the config.
-    lines += ["import mixtures", "import textbooks.inputs.cache", "import textbooks.inputs.pipeline",
-              "import textbooks.mixopt.propose", ""]
+    # No imports: `textbooks train` imports the mixture factory, which registers registered_mixture.
+    lines = [f"# {line}" for line in header.splitlines()] + [""]
     ratio_text = ", ".join(f"{k!r}: {float(v)!r}" for k, v in ratios.items())  # as given: the factory validates
     lines.append(f"registered_mixture.ratios = {{{ratio_text}}}")
     for key, param in (("mixture_temperature", "temperature"), ("mixture_vocabulary", "vocabulary")):
@@ -202,8 +200,8 @@ def mixopt(sweep_dir: str = gin.REQUIRED, target: str = gin.REQUIRED, model: str
     mixture_name = None
     if register:
         kw = spec.get("kwargs", {}) if spec.get("class", "").endswith("TrainingTrial") else {}
-        mixture_name = propose_lib.registered_mixture(proposal.ratios, temperature=kw.get("mixture_temperature"),
-                                                      vocabulary=kw.get("mixture_vocabulary"))
+        mixture_name = factory.registered_mixture(proposal.ratios, temperature=kw.get("mixture_temperature"),
+                                                  vocabulary=kw.get("mixture_vocabulary"))
     header = (f"The mixture proposed by `textbooks mixopt` for {target} ({'max' if maximize else 'min'}) from the "
               f"sweep\n{sweep.root} (base config {manifest['fingerprint']}), law {model}, CV Spearman "
               f"{cv.spearman:.3f}.\nRegistered name: {mixture_name or '(not registered)'}. Compose after the base "

@@ -318,28 +318,3 @@ def propose(model: Any, components: Sequence[str], constraints: ProposalConstrai
                     prior=design_lib.as_dict(pb.p, pb.comps), distance_kind=pb.kind, max_distance=pb.delta,
                     distance_to_prior=distance(best_r, pb.p, pb.kind) if pb.kind else None,
                     predicted_at_prior=at_prior, num_candidates=int(len(values)))
-
-
-@gin.configurable
-def registered_mixture(ratios: Mapping[str, float] = gin.REQUIRED, temperature: float | None = None,
-                       max_epochs: float | None = None, token_budget: int | None = None,
-                       vocabulary: str | None = None) -> str:
-    """Registers ``ratios`` through ``mixtures.factory.register_mixture`` and returns the deterministic name.
-
-    Gin-configurable so that a gin file can both define and select a mixture for ``textbooks train``::
-
-        import textbooks.mixopt.propose
-        registered_mixture.ratios = {'web_filtered': 0.3, 'code_filtered': 0.2, 'synthetic_textbooks': 0.5}
-        MIXTURE_OR_TASK_NAME = @registered_mixture()
-
-    The ratios go to the factory as given: it is the one place that validates them (a negative, NaN or
-    non-numeric ratio, or an unknown role, is an error there; a zero drops the role).
-
-    Raises:
-        TypeError, ValueError: the factory refused the ratios or settings (the message names the key).
-    """
-    with gin.unlock_config():  # importing the factory registers its configurables.
-        from mixtures import factory
-
-    return factory.register_mixture(ratios, temperature=temperature, max_epochs=max_epochs,
-                                    token_budget=token_budget, vocabulary=vocabulary)

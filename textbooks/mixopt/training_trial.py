@@ -21,11 +21,11 @@ from typing import Any, Mapping, Sequence
 
 import gin
 
+from mixtures.factory import registered_mixture
 from textbooks import gin_utils, logs
 from textbooks.data.roles import check_role
 from textbooks.mixopt import results as results_lib
 from textbooks.mixopt import trials as trials_lib
-from textbooks.mixopt.propose import registered_mixture
 from textbooks.mixopt.trial_kinds import TrialError, TrialRunner, run_logged
 from textbooks.train import trainer
 

@@ -18,6 +18,8 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from textbooks.data import files
+
 log = logging.getLogger(__name__)
 
 
@@ -69,8 +71,6 @@ class MetricsLogger:
 
     def _file(self, split: str):
         if split not in self._files:
-            from textbooks.data import files
-
             directory = files.join(self.model_dir, "metrics")
             files.makedirs(directory)
             self._files[split] = files.open_file(files.join(directory, f"{split}.jsonl"), "a")

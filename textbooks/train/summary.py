@@ -14,6 +14,7 @@ import logging
 import math
 import time
 
+from textbooks.data import files
 from textbooks.progress import emit
 
 log = logging.getLogger(__name__)
@@ -52,17 +53,14 @@ def summary_line(r: TrainResult) -> str:
 
 
 def write_summary(result: TrainResult) -> None:
-    """Writes ``result`` to ``<result.model_dir>/summary.json``."""
-    from textbooks.data import files  # local files without TensorFlow; gs:// through tf.io.gfile
-
+    """Writes ``result`` to ``<result.model_dir>/summary.json`` (local files without TensorFlow; gs:// through
+    tf.io.gfile)."""
     with files.open_file(files.join(result.model_dir, SUMMARY_FILE), "w") as f:
         json.dump(dataclasses.asdict(result), f, indent=2)
 
 
 def read_summary(model_dir: str) -> TrainResult | None:
     """The summary recorded in ``model_dir``, or None when there is none (or it cannot be read)."""
-    from textbooks.data import files
-
     path = files.join(model_dir, SUMMARY_FILE)
     if not files.exists(path):
         return None

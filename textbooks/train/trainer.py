@@ -26,10 +26,11 @@ import gin
 import jax
 
 from textbooks import partitioning as part
-from textbooks.data import paths
+from textbooks.data import files, paths
 from textbooks.model import config as _model_config  # noqa: F401  (registers model_config for the gin files)
 from textbooks.model.config import PARAM_TREE_FIELDS
 from textbooks.model.load import load_model
+from textbooks.model.phi import PhiForCausalLM
 from textbooks.progress import Progress, emit
 from textbooks.train import checkpoints as ckpt_lib
 from textbooks.train import data as data_lib
@@ -144,9 +145,6 @@ def train(*, model_dir: str = gin.REQUIRED, model_config: Any = gin.REQUIRED,
                                     model_config.vocab_size)
     check_vocab_size(model_config.vocab_size, vocabulary)
     compiler_options = dict(compiler_options) if compiler_options else None
-
-    from textbooks.model.phi import PhiForCausalLM
-
     mesh = part.make_mesh(partitioning, devices)
     rules = partitioning.logical_axis_rules
     shard = part.data_shard_info(mesh, batch_size, rules)
@@ -244,9 +242,7 @@ def train(*, model_dir: str = gin.REQUIRED, model_config: Any = gin.REQUIRED,
 
 def _write_run_files(model_dir: str, metadata: Mapping[str, Any]) -> None:
     """Writes the operative gin config (``config.gin``) and the model config next to the checkpoints."""
-    from textbooks.data import files  # local files without TensorFlow; gs:// through tf.io.gfile
-
-    files.makedirs(model_dir)
+    files.makedirs(model_dir)  # local files without TensorFlow; gs:// through tf.io.gfile
     with files.open_file(files.join(model_dir, "config.gin"), "w") as f:
         f.write(metadata["operative_config"])
     with files.open_file(files.join(model_dir, "model_config.json"), "w") as f:
