@@ -29,6 +29,7 @@ from typing import Any, Sequence
 
 from textbooks.model import hf
 from textbooks.model.decode import Decoder, GenerationRequest
+from textbooks.model.load import load_model
 from textbooks.model.slots import SlotDecoder, chunk_seed
 from textbooks.model.stops import find_stop
 from textbooks.vocab.registry import get_vocabulary
@@ -369,8 +370,6 @@ def load_engine(checkpoint: str, *, vocabulary: str | None = None, model_name: s
         config, params = hf.load_hf_checkpoint(checkpoint)
         vocab = get_vocabulary(vocabulary)
     else:
-        from textbooks.model.load import load_model
-
         loaded = load_model(checkpoint)
         config, params = loaded.config, loaded.params
         vocab = get_vocabulary(vocabulary) if vocabulary is not None else loaded.vocabulary

@@ -24,6 +24,8 @@ from typing import Any, Mapping, Sequence
 
 import gin
 
+from textbooks.data import paths, records
+from textbooks.data.roles import ROLES
 from textbooks.serve import client as client_lib
 from textbooks.synth import finalize as finalize_lib
 from textbooks.synth import completions, postprocess, prompts, topics
@@ -39,9 +41,6 @@ PostprocessConfig = gin.external_configurable(postprocess.PostprocessConfig, nam
 def seed_shard_pattern(source: str) -> str:
     """A seed source as a shard glob: a data role's name (``'web_filtered'``) becomes its train shards under the
     data root (``$TEXTBOOKS_DATA_DIR`` or gin ``data_root.path``); anything else is a glob, ``~`` expanded."""
-    from textbooks.data import paths
-    from textbooks.data.roles import ROLES
-
     if source in ROLES:
         return paths.split_pattern(source, "train")
     return os.path.expanduser(source)
@@ -55,8 +54,6 @@ def load_seed_texts(pattern: str, *, max_texts: int = 10_000, max_chars: int = 1
     Takes each document's opening ``max_chars`` characters (cut at a sentence end when possible), skips
     documents shorter than ``min_chars``, and keeps ``max_texts`` of them chosen by a seeded hash of the id.
     """
-    from textbooks.data import records
-
     def candidates():
         for rec in records.iter_records(seed_shard_pattern(pattern)):
             text = rec.text.strip()
