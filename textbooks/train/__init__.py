@@ -9,17 +9,18 @@ sources), :mod:`.synthetic` (synthetic batches), :mod:`.aot` (compiling for a TP
 The mesh and sharding rules live in :mod:`textbooks.partitioning`; a trained model is read with
 :func:`textbooks.model.load.load_model`.
 
-``train`` and ``TrainResult`` are importable from here (loaded on first use).
+``train`` and ``TrainResult`` are importable from here (``train`` loaded on first use).
 """
 
-_LAZY = {"train": "textbooks.train.trainer", "TrainResult": "textbooks.train.summary"}
+from textbooks.train.summary import TrainResult
 
-__all__ = sorted(_LAZY)
+__all__ = ["TrainResult", "train"]
 
 
 def __getattr__(name: str):
-    if name in _LAZY:
-        import importlib
+    if name == "train":
+        # deferred: trainer brings in TensorFlow, seqio, JAX and orbax (~6 s); metrics, summary, optimizer do not
+        from textbooks.train import trainer
 
-        return getattr(importlib.import_module(_LAZY[name]), name)
+        return trainer.train
     raise AttributeError(f"module 'textbooks.train' has no attribute {name!r}")

@@ -24,13 +24,17 @@ import sys
 import time
 from typing import Any, Sequence
 
+import gin
 import jax
 import jax.numpy as jnp
 
+from textbooks import gin_utils
 from textbooks import partitioning as part
+from textbooks.model.phi import PhiForCausalLM
 from textbooks.train import optimizer as opt_lib
 from textbooks.train import state as state_lib
 from textbooks.train import step as step_lib
+from textbooks.train import trainer  # also registers the configurables the run gin files bind
 from textbooks.train.data import role_names
 from textbooks.train.synthetic import FEATURES
 
@@ -110,8 +114,6 @@ def compile_for_topology(topology: str, *, model_config: Any, partitioning: part
     Raises:
         ValueError: the mesh or batch does not fit the topology's devices.
     """
-    from textbooks.model.phi import PhiForCausalLM
-
     devices = topology_devices(topology, num_slices)
     mesh = part.make_mesh(partitioning, devices)
     rules = partitioning.logical_axis_rules
@@ -149,10 +151,6 @@ def _shard_bytes(x: jax.ShapeDtypeStruct) -> int:
 
 def compile_from_gin(topology: str, num_slices: int = 1) -> AotResult:
     """Compiles the train step that the parsed gin config's ``train`` would run, for ``topology``."""
-    import gin
-
-    from textbooks.train import trainer
-
     bindings = gin.get_bindings(trainer.train)
     steps = bindings.get("train_steps")
     return compile_for_topology(
@@ -166,9 +164,6 @@ def compile_from_gin(topology: str, num_slices: int = 1) -> AotResult:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m textbooks.train.aot --topology=v5e:16x16 --gin_file=phi15/phi15.gin --gin_file=tpu/phi15_v5e256.gin [--json]``."""
-    from textbooks import gin_utils
-    from textbooks.train import trainer  # noqa: F401  (registers the configurables the run gin files bind)
-
     parser = argparse.ArgumentParser(prog="python -m textbooks.train.aot", description=__doc__.split("\n\n")[0])
     parser.add_argument("--topology", required=True, help="TPU topology, e.g. v5e:16x16, v5p:4x4x4")
     parser.add_argument("--num_slices", type=int, default=1, help="slices joined over DCN (multi-slice)")
