@@ -30,6 +30,17 @@ from typing import Any, Sequence
 
 import gin
 
+from mixtures import factory  # importing the package registers the tasks and mixtures
+from textbooks import demo_report, gin_utils
+from textbooks.corpora import build as corpora_build
+from textbooks.curate import pipeline as curate_pipeline
+from textbooks.curate import training
+from textbooks.data.manifest import read_manifest
+from textbooks.evaluate import suite
+from textbooks.model.config import model_config
+from textbooks.model.decode import generate
+from textbooks.model.load import load_model
+from textbooks.train import checkpoints, hooks, optimizer, trainer
 from textbooks.vocab import PHI_PADDED_VOCAB_SIZE, SPM8K_VOCAB_SIZE
 
 log = logging.getLogger(__name__)
@@ -123,9 +134,6 @@ def _mark_done(path: str, payload: dict | None = None) -> None:
 def build_data(data_root: str, max_docs: int | None = None) -> list[dict]:
     """Builds the local corpora into ``data_root`` (skipped when already built), at most ``max_docs`` records
     per role; returns per-role summaries."""
-    from textbooks.corpora import build as corpora_build
-    from textbooks.data.manifest import read_manifest
-
     marker_dir = os.path.join(data_root, ".corpora")
     if not _is_done(marker_dir):
         results = corpora_build.build_corpora(data_root, max_docs=max_docs, verbose=True)
@@ -144,10 +152,6 @@ def build_data(data_root: str, max_docs: int | None = None) -> list[dict]:
 
 def curate_web(data_root: str, work_dir: str, config: DemoConfig) -> dict:
     """Trains the educational-value classifier and curates web_raw into web_filtered (skipped when done)."""
-    from textbooks import gin_utils
-    from textbooks.curate import pipeline as curate_pipeline
-    from textbooks.curate import training
-
     out = os.path.join(work_dir, "curation")
     if _is_done(out):
         with open(os.path.join(out, "summary.json")) as f:
@@ -181,11 +185,6 @@ def curate_web(data_root: str, work_dir: str, config: DemoConfig) -> dict:
 
 def train_variant(name: str, mixture: str, model_dir: str, config: DemoConfig) -> dict:
     """Trains one variant (resuming if interrupted); returns the TrainResult as a dict."""
-    import mixtures  # noqa: F401  (registers the tasks and mixtures)
-    from mixtures import factory
-    from textbooks.model.config import model_config
-    from textbooks.train import checkpoints, hooks, optimizer, trainer
-
     gin.clear_config()
     vocab_size = PHI_PADDED_VOCAB_SIZE if config.vocabulary == "phi" else SPM8K_VOCAB_SIZE
     result = trainer.train(
@@ -208,8 +207,6 @@ def train_variant(name: str, mixture: str, model_dir: str, config: DemoConfig) -
 
 def evaluate_variant(model_dir: str, out_dir: str, config: DemoConfig) -> dict:
     """Runs the benchmark subset on the final checkpoint (skipped when its results exist)."""
-    from textbooks.evaluate import suite
-
     results_path = os.path.join(out_dir, "results.json")
     if os.path.exists(results_path):
         with open(results_path) as f:
@@ -222,9 +219,6 @@ def evaluate_variant(model_dir: str, out_dir: str, config: DemoConfig) -> dict:
 
 def sample_variant(model_dir: str, prompts: Sequence[str], max_new_tokens: int = 48) -> list[str]:
     """Sampled continuations (T=0.8, top-k 40, seed 0) of ``prompts`` from the final checkpoint."""
-    from textbooks.model.decode import generate
-    from textbooks.model.load import load_model
-
     loaded = load_model(model_dir)
     vocab = loaded.vocabulary
     ids = [list(vocab.encode(p)) for p in prompts]
@@ -246,8 +240,6 @@ def run_demo(out_dir: str, config: DemoConfig | None = None) -> dict:
     Raises:
         Whatever a stage raises, after printing which stage failed; rerunning resumes from finished stages.
     """
-    from textbooks import demo_report
-
     config = config or DemoConfig()
     out_dir = os.path.abspath(os.path.expanduser(out_dir))
     data_root = os.path.join(out_dir, "data")

@@ -48,6 +48,7 @@ def realized_proportions(train_rows: list[dict]) -> dict[str, float]:
 
 def requested_proportions(mixture: str) -> dict[str, float]:
     """The token fractions a paper mixture asks for."""
+    # deferred: importing mixtures registers its seqio tasks (TensorFlow, ~6 s); the plots and tables need none
     from mixtures import phi
 
     return dict(phi.MIXTURES.get(mixture, {}))
