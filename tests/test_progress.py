@@ -27,8 +27,11 @@ def clock(monkeypatch):
 
 @pytest.fixture
 def no_logging(monkeypatch):
-    """As in a script that configured no logging: lines go to the stream."""
+    """As in a script that configured no logging (no handlers, the root logger at its WARNING default, whatever
+    an earlier test in this process set up): lines go to the stream."""
     monkeypatch.setattr(logging.getLogger(), "handlers", [])
+    monkeypatch.setattr(logging.getLogger(), "level", logging.WARNING)
+    monkeypatch.setattr(logging.getLogger("textbooks.progress"), "level", logging.NOTSET)
 
 
 def test_rate_and_eta_leave_start_up_and_earlier_runs_out(clock, no_logging):
