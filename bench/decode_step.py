@@ -58,7 +58,8 @@ def main(argv: list[str] | None = None) -> int:
     from textbooks.model import cpu_kernels
     from textbooks.model import decode as decode_lib
     from textbooks.model.config import get_preset
-    from textbooks.model.phi import DecodeKernels, init_params
+    from textbooks.model.causal_lm import init_params
+    from textbooks.model.layers import DecodeKernels
 
     status = cpu_kernels.status()
     if not status.ok:

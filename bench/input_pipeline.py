@@ -7,7 +7,7 @@
    the chosen vocabulary) runs in a child process pinned to one core, with TensorFlow limited to one thread
    per pool; its rate is real (loss-weighted) tokens per second after a warm-up.
 2. The model's consumption is measured in this process on all cores: a jitted forward + backward + AdamW
-   update of ``PhiForCausalLM`` (preset ``phi-cpu-7m``) on batches of the same shape
+   update of ``CausalLM`` (preset ``phi-cpu-7m``) on batches of the same shape
    (:func:`measure_model_consumption`; point it at the trainer's step to measure the trainer itself).
 
 The ratio pipeline / model is what matters (goal: >= 20x, so one input core never starves training); both
@@ -100,7 +100,7 @@ def measure_pipeline(data_root: str, vocabulary: str, seq_len: int, batch: int, 
 def measure_model_consumption(seq_len: int, batch: int, steps: int = 5, preset: str = "phi-cpu-7m") -> dict:
     """Tokens per second a training step of ``preset`` consumes on this machine (all cores).
 
-    A plain jitted forward + backward + AdamW update of :class:`textbooks.model.phi.PhiForCausalLM`; replace
+    A plain jitted forward + backward + AdamW update of :class:`textbooks.model.causal_lm.CausalLM`; replace
     the body with the trainer's compiled step to measure the trainer itself.
     """
     import jax
@@ -110,11 +110,11 @@ def measure_model_consumption(seq_len: int, batch: int, steps: int = 5, preset: 
     from flax import linen as nn
 
     from textbooks.model import config as model_config
-    from textbooks.model.phi import PhiForCausalLM
+    from textbooks.model.causal_lm import CausalLM
 
     cfg = model_config.get_preset(preset)
     seq_len = min(seq_len, cfg.max_len)
-    model = PhiForCausalLM(cfg)
+    model = CausalLM(cfg)
     rng = np.random.default_rng(0)
     ids = jnp.asarray(rng.integers(0, cfg.vocab_size, size=(batch, seq_len)), jnp.int32)
     seg = jnp.ones_like(ids)

@@ -239,7 +239,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("JAX_PLATFORMS", "cpu")
     from textbooks.model.config import get_preset
     from textbooks.model.hf import save_hf_checkpoint
-    from textbooks.model.phi import init_params
+    from textbooks.model.causal_lm import init_params
 
     result: dict[str, Any] = {"benchmark": "serve_throughput", "preset": args.preset, "batch": args.batch,
                               "rounds": args.rounds, "goal_ratio": 2.0, "workloads": {}}

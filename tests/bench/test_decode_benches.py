@@ -19,7 +19,7 @@ from bench import decode_step, serve_throughput  # noqa: E402
 def test_bytes_per_step_counts_weights_and_the_cache_filled_so_far():
     from textbooks.model import decode
     from textbooks.model.config import get_preset
-    from textbooks.model.phi import init_params
+    from textbooks.model.causal_lm import init_params
 
     config = get_preset("phi-cpu-1m").replace(vocab_size=1000)
     batch, prompt, new = 4, 10, 6

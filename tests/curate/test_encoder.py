@@ -64,13 +64,13 @@ def test_phi_checkpoint_embeddings_match_transformers(tmp_path):
     import torch
     import transformers
     from textbooks.curate.embeddings import EncoderSpec, PhiEncoder
-    from textbooks.model import phi
+    from textbooks.model import causal_lm
     from textbooks.model.config import get_preset
     from textbooks.model.hf import save_hf_checkpoint
 
     config = get_preset("phi-cpu-1m")
     config = type(config).from_dict(dict(config.to_dict(), vocab_size=51200))  # the phi vocabulary's ids
-    save_hf_checkpoint(phi.init_params(config, 0), config, str(tmp_path))
+    save_hf_checkpoint(causal_lm.init_params(config, 0), config, str(tmp_path))
     encoder = PhiEncoder(str(tmp_path), max_length=64, batch_size=4)
     texts = TEXTS[:5]
     ours = encoder.embed(texts)

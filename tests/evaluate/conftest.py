@@ -22,9 +22,9 @@ def tiny_config():
 
 @pytest.fixture(scope="session")
 def tiny_params(tiny_config):
-    from textbooks.model import phi
+    from textbooks.model import causal_lm
 
-    return phi.init_params(tiny_config, 0)
+    return causal_lm.init_params(tiny_config, 0)
 
 
 @pytest.fixture(scope="session")
@@ -39,11 +39,11 @@ def tiny_model(tiny_config, tiny_params):
 @pytest.fixture(scope="session")
 def tiny_hf_checkpoint(tmp_path_factory):
     """A transformers-format checkpoint of a tiny random phi model with the phi vocabulary (51,200 rows)."""
-    from textbooks.model import hf, phi
+    from textbooks.model import causal_lm, hf
     from textbooks.model.config import get_preset
 
     config = get_preset("phi-cpu-1m").replace(vocab_size=51200, max_len=256)
     path = str(tmp_path_factory.mktemp("tiny_hf"))
-    hf.save_hf_checkpoint(phi.init_params(config, 1), config, path, eos_token_id=50256)
+    hf.save_hf_checkpoint(causal_lm.init_params(config, 1), config, path, eos_token_id=50256)
     return path
 

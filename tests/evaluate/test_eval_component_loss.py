@@ -23,9 +23,9 @@ def corpora(tmp_path_factory):
 
 def _direct(model, config, params, texts, length):
     """Sum of -log p over each document's tokens (plus end-of-text), one unpacked forward per piece."""
-    from textbooks.model.phi import PhiForCausalLM
+    from textbooks.model.causal_lm import CausalLM
 
-    module = PhiForCausalLM(config)
+    module = CausalLM(config)
     forward = jax.jit(lambda p, x, s: module.apply({"params": p}, x, segment_ids=s))
     nats, tokens = 0.0, 0
     for text in texts:
@@ -77,9 +77,9 @@ def test_mixture_component_losses_agree_with_the_shard_files(tiny_model, tiny_co
     assert a.nats == pytest.approx(b.nats, rel=5e-3)
     # ... and equal a direct recomputation over the pipeline's own batches.
     from textbooks.inputs import pipeline
-    from textbooks.model.phi import PhiForCausalLM
+    from textbooks.model.causal_lm import CausalLM
 
-    module = PhiForCausalLM(tiny_config)
+    module = CausalLM(tiny_config)
     forward = jax.jit(lambda p, x, s, q: module.apply({"params": p}, x, segment_ids=s, positions=q))
     nats = 0.0
     for batch in pipeline.make_eval_datasets("code_exercises", task_feature_lengths=256, batch_size=4,

@@ -63,10 +63,10 @@ def our_logits(config, params, ids, **kwargs) -> np.ndarray:
     import jax
     import jax.numpy as jnp
 
-    from textbooks.model import PhiForCausalLM
+    from textbooks.model import CausalLM
 
     if config not in _APPLY:
-        model = PhiForCausalLM(config)
+        model = CausalLM(config)
         _APPLY[config] = jax.jit(lambda p, x, **kw: model.apply({"params": p}, x, **kw))
     kwargs = {k: jnp.asarray(v) for k, v in kwargs.items()}
     return np.asarray(_APPLY[config](params, jnp.asarray(ids), **kwargs))

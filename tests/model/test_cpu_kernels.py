@@ -11,7 +11,8 @@ from phi_testing import greedy_by_recomputing
 from textbooks.model import cpu_attention, cpu_kernels, cpu_matmul
 from textbooks.model import decode as decode_lib
 from textbooks.model.kv_cache import init_cache
-from textbooks.model.phi import DecodeKernels, PhiForCausalLM
+from textbooks.model.causal_lm import CausalLM
+from textbooks.model.layers import DecodeKernels
 from textbooks.model.slots import SlotDecoder
 
 
@@ -70,7 +71,7 @@ def test_decode_steps_use_both_kernels_and_prefill_does_not(kernel, tiny_model):
     config, params = tiny_model
     fast = decode_lib.Decoder(params, config, kernels="auto")
     assert fast.model_kernels == DecodeKernels(attention="cpu_kernel", projections="cpu_kernel")
-    model = PhiForCausalLM(config, fast.model_kernels)
+    model = CausalLM(config, fast.model_kernels)
     cache = init_cache(config, 2, 32)
 
     def hlo(length):

@@ -75,9 +75,9 @@ def test_single_query_step_equals_the_full_forward_in_both_dtypes():
         params = random_params(config, seed=2)
         ids = np.random.RandomState(2).randint(0, 64, (2, 9))
         full = our_logits(config, params, ids)
-        from textbooks.model.phi import PhiForCausalLM
+        from textbooks.model.causal_lm import CausalLM
 
-        model = PhiForCausalLM(config)
+        model = CausalLM(config)
         step = jax.jit(lambda p, c, x: model.apply({"params": p, "cache": c}, x, decode=True, mutable=["cache"]))
         _, variables = step(params, init_cache(config, 2, 16), jnp.asarray(ids[:, :8]))
         logits, _ = step(params, variables["cache"], jnp.asarray(ids[:, 8:9]))

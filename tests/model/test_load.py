@@ -11,7 +11,7 @@ from treecheck import assert_trees_equal
 
 from textbooks.data import files
 from textbooks.model import get_preset, hf, params_io, save_hf_checkpoint, save_params
-from textbooks.model.config import PARAM_TREE_FIELDS, RETIRED_FIELDS, SHAPE_FIELDS, PhiConfig
+from textbooks.model.config import PARAM_TREE_FIELDS, RETIRED_FIELDS, SHAPE_FIELDS, ModelConfig
 from textbooks.model.load import is_step_dir, load_model
 
 CONFIG = get_preset("phi-cpu-1m").replace(vocab_size=259, max_len=64)
@@ -98,11 +98,11 @@ def test_configs_saved_with_the_retired_kernel_fields_still_load(tmp_path):
     loaded = load_model(str(tmp_path))
     assert loaded.config == CONFIG
     assert_trees_equal(loaded.params, params)
-    assert PhiConfig.from_dict(dict(CONFIG.to_dict(), decode_attention="xla")) == CONFIG
-    with pytest.raises(ValueError, match=r"\['decode_attention'\] are no longer PhiConfig fields.*--kernels"):
+    assert ModelConfig.from_dict(dict(CONFIG.to_dict(), decode_attention="xla")) == CONFIG
+    with pytest.raises(ValueError, match=r"\['decode_attention'\] are no longer ModelConfig fields.*--kernels"):
         CONFIG.replace(decode_attention="cpu_kernel")
-    with pytest.raises(ValueError, match=r"unknown PhiConfig field\(s\) \['kernel'\]"):
-        PhiConfig.from_dict(dict(CONFIG.to_dict(), kernel="xla"))
+    with pytest.raises(ValueError, match=r"unknown ModelConfig field\(s\) \['kernel'\]"):
+        ModelConfig.from_dict(dict(CONFIG.to_dict(), kernel="xla"))
 
 
 def test_shape_fields_cannot_be_overridden_while_loading(tmp_path):
@@ -117,18 +117,23 @@ def test_shape_fields_cannot_be_overridden_while_loading(tmp_path):
 
 
 def test_shape_fields_are_the_fields_the_parameter_shapes_depend_on():
-    """Changing a field in SHAPE_FIELDS changes some parameter's shape; changing any other field does not."""
+    """Changing a field in SHAPE_FIELDS changes some parameter's shape or the tree; changing any other does not."""
     from textbooks.model import param_shapes
 
     def shapes(config):
         return {k: v.shape for k, v in params_io.flatten(param_shapes(config)).items()}
 
-    base = shapes(CONFIG)
-    bigger = dict(vocab_size=300, hidden_size=128, num_layers=3, num_heads=8, intermediate_size=512)
+    # A llama config (grouping off, untied, no biases) from which every shape field can move on its own.
+    llama = CONFIG.replace(family="llama", partial_rotary_factor=1.0)
+    base = shapes(llama)
+    bigger = dict(family="phi", vocab_size=300, hidden_size=128, num_layers=3, num_heads=8, num_kv_heads=2,
+                  intermediate_size=512, tie_word_embeddings=True, attention_bias=True)
     assert set(bigger) == set(SHAPE_FIELDS) and PARAM_TREE_FIELDS == SHAPE_FIELDS + ("scan_layers",)
-    changed = {field for field, value in bigger.items() if shapes(CONFIG.replace(**{field: value})) != base}
+    changed = {field for field, value in bigger.items() if shapes(llama.replace(**{field: value})) != base}
     assert changed == set(SHAPE_FIELDS)
-    others = dict(max_len=128, partial_rotary_factor=1.0, rope_theta=500.0, layer_norm_eps=1e-6, dtype="bfloat16",
-                  remat_policy="full", initializer_range=0.1, embd_dropout=0.1, attn_dropout=0.1, resid_dropout=0.1)
+    others = dict(max_len=128, partial_rotary_factor=0.5, rope_theta=500.0, layer_norm_eps=1e-6, dtype="bfloat16",
+                  remat_policy="full", initializer_range=0.1, embd_dropout=0.1, attn_dropout=0.1, resid_dropout=0.1,
+                  rope_scaling_type="linear", rope_scaling_factor=2.0, rope_low_freq_factor=2.0,
+                  rope_high_freq_factor=8.0, rope_original_max_len=64)
     assert set(others) | set(PARAM_TREE_FIELDS) | {"param_dtype"} == {f for f in CONFIG.to_dict()}
-    assert all(shapes(CONFIG.replace(**{field: value})) == base for field, value in others.items())
+    assert all(shapes(llama.replace(**{field: value})) == base for field, value in others.items())

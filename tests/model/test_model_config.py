@@ -1,4 +1,4 @@
-"""PhiConfig, presets, parameter counts (against transformers) and the gin entry point."""
+"""ModelConfig, presets, parameter counts (against transformers) and the gin entry point."""
 
 import glob
 import os
@@ -7,13 +7,13 @@ import gin
 import pytest
 
 from textbooks import gin_utils
-from textbooks.model import PRESETS, PhiConfig, get_preset, model_config, param_shapes
+from textbooks.model import PRESETS, ModelConfig, get_preset, model_config, param_shapes
 from textbooks.model.hf import config_to_hf
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
-def _transformers_param_count(config: PhiConfig) -> int:
+def _transformers_param_count(config: ModelConfig) -> int:
     """Parameters of transformers' PhiForCausalLM for the same shape, built on the meta device (no memory)."""
     import torch
     import transformers
@@ -70,16 +70,16 @@ def test_unknown_preset_lists_the_names():
 
 def test_config_round_trips_and_validates():
     config = get_preset("phi-cpu-7m").replace(dtype="bfloat16", scan_layers=True, remat_policy="dots")
-    assert PhiConfig.from_dict(config.to_dict()) == config
+    assert ModelConfig.from_dict(config.to_dict()) == config
     assert config.head_dim == 64 and config.rotary_dim == 32
-    with pytest.raises(ValueError, match="unknown PhiConfig field.*'hidden'"):
-        PhiConfig.from_dict(dict(config.to_dict(), hidden=3))
+    with pytest.raises(ValueError, match="unknown ModelConfig field.*'hidden'"):
+        ModelConfig.from_dict(dict(config.to_dict(), hidden=3))
     with pytest.raises(ValueError, match="multiple of num_heads"):
         config.replace(num_heads=3)
     with pytest.raises(ValueError, match="remat_policy"):
         config.replace(remat_policy="sometimes")
     with pytest.raises(ValueError, match="rotary_dim"):
-        PhiConfig(hidden_size=48, num_heads=3, partial_rotary_factor=0.2)  # int(16 * 0.2) = 3 dims: odd
+        ModelConfig(hidden_size=48, num_heads=3, partial_rotary_factor=0.2)  # int(16 * 0.2) = 3 dims: odd
     assert config.num_params(non_embedding=True) < config.num_params()
 
 
@@ -95,13 +95,13 @@ def test_model_config_is_gin_configurable():
 def test_model_gin_files_select_their_preset(path):
     gin_utils.parse_gin([path], finalize=False)
     config = model_config()
-    expected = os.path.basename(path)[:-4].replace("phi_1_5", "phi-1.5").replace("_", "-")
-    assert config == get_preset(expected)
+    by_file = {n.replace(".", "_").replace("-", "_"): n for n in PRESETS}
+    assert config == get_preset(by_file[os.path.basename(path)[:-4]])
 
 
 def test_every_preset_has_a_gin_file():
     names = {os.path.basename(p)[:-4] for p in glob.glob(os.path.join(REPO, "experiments", "models", "*.gin"))}
-    assert names == {n.replace("phi-1.5", "phi_1_5").replace("-", "_") for n in PRESETS}
+    assert names == {n.replace(".", "_").replace("-", "_") for n in PRESETS}
 
 
 def test_flops_per_token_matches_the_compiled_forward():
@@ -109,10 +109,10 @@ def test_flops_per_token_matches_the_compiled_forward():
     import jax
     import jax.numpy as jnp
 
-    from textbooks.model import PhiForCausalLM
+    from textbooks.model import CausalLM
 
     config, length = get_preset("phi-cpu-1m"), 128
-    model = PhiForCausalLM(config)
+    model = CausalLM(config)
     compiled = jax.jit(lambda p, x: model.apply({"params": p}, x)).lower(
         param_shapes(config), jax.ShapeDtypeStruct((2, length), jnp.int32)).compile()
     cost = compiled.cost_analysis()

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from phi_testing import our_logits, random_params
 
-from textbooks.model import PhiForCausalLM, get_preset, init_params, param_logical_specs
+from textbooks.model import CausalLM, get_preset, init_params, param_logical_specs
 from textbooks.model.params_io import flatten
 
 CONFIG = get_preset("phi-cpu-1m").replace(vocab_size=64, max_len=64)
@@ -104,7 +104,7 @@ def test_sharded_forward_on_a_device_mesh_matches_single_device():
     assert sharded["layers"]["mlp"]["fc1"]["kernel"].sharding.spec == spec(None, "fsdp", "tensor")
     assert sharded["layers"]["self_attn"]["q_proj"]["kernel"].sharding.spec == spec(None, "fsdp", "tensor", None)
     assert sharded["embed_tokens"]["embedding"].sharding.spec == spec("tensor", "fsdp")
-    model = PhiForCausalLM(config)
+    model = CausalLM(config)
     with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
         batch_sharding = jax.sharding.NamedSharding(mesh, spec(("data", "fsdp"), None))
         forward = jax.jit(lambda p, x: model.apply({"params": p}, x), in_shardings=(shardings, batch_sharding))
@@ -119,7 +119,7 @@ def test_remat_policies_give_the_same_gradients():
     for policy in ("none", "full", "dots_with_no_batch_dims"):
         config = CONFIG.replace(remat_policy=policy, scan_layers=True)
         params = random_params(config, seed=3)
-        model = PhiForCausalLM(config)
+        model = CausalLM(config)
 
         def loss(p):
             logits = model.apply({"params": p}, ids[:, :-1])
@@ -135,7 +135,7 @@ def test_dropout_only_when_not_deterministic():
     config = CONFIG.replace(embd_dropout=0.1, attn_dropout=0.1, resid_dropout=0.1)
     params = random_params(config, seed=4)
     ids = np.random.RandomState(4).randint(0, 64, (2, 10))
-    model = PhiForCausalLM(config)
+    model = CausalLM(config)
     train = jax.jit(lambda p, x, rng: model.apply({"params": p}, x, deterministic=False, rngs={"dropout": rng}))
     plain = our_logits(config, params, ids)  # deterministic by default
     np.testing.assert_allclose(plain, our_logits(CONFIG, params, ids), atol=1e-5)
@@ -147,7 +147,7 @@ def test_dropout_only_when_not_deterministic():
 def test_hidden_states_are_the_final_layernorm_output():
     params = random_params(CONFIG, seed=5)
     ids = np.random.RandomState(5).randint(0, 64, (2, 10))
-    model = PhiForCausalLM(CONFIG)
+    model = CausalLM(CONFIG)
     logits, hidden = jax.jit(lambda p, x: model.apply({"params": p}, x, output_hidden_states=True))(params, ids)
     assert hidden.shape == (2, 10, CONFIG.hidden_size) and logits.dtype == jnp.float32
     head = params["lm_head"]
@@ -166,7 +166,7 @@ def test_cached_decoding_reproduces_the_full_forward(scan_layers):
     lengths = np.array([3, 8])  # row 0 prefills 3 tokens, row 1 prefills 8 (right-padded to 8)
     prefill = np.where(np.arange(8)[None] < lengths[:, None], ids[:, :8], 0)
     segments = (np.arange(8)[None] < lengths[:, None]).astype(np.int32)
-    model = PhiForCausalLM(config)
+    model = CausalLM(config)
     step = jax.jit(lambda p, c, x, s: model.apply({"params": p, "cache": c}, x, segment_ids=s, decode=True,
                                                   mutable=["cache"]))
     logits, variables = step(params, init_cache(config, 2, 32), prefill, segments)

@@ -37,7 +37,7 @@ def tiny_checkpoint(tmp_path_factory):
 
     from textbooks.model.config import get_preset
     from textbooks.model.hf import save_hf_checkpoint
-    from textbooks.model.phi import init_params
+    from textbooks.model.causal_lm import init_params
 
     tmp = tmp_path_factory.mktemp("serve_ckpt")
     vocab_name, model_file = _spm_model(tmp)

@@ -14,7 +14,7 @@ from textbooks import cli
 from textbooks import partitioning as part
 from textbooks.model.hf import save_hf_checkpoint
 from textbooks.model.load import load_model
-from textbooks.model.phi import PhiForCausalLM
+from textbooks.model.causal_lm import CausalLM
 from textbooks.train import checkpoints as ck
 from textbooks.train import optimizer as opt
 from textbooks.train import state as st
@@ -23,7 +23,7 @@ from textbooks.train import state as st
 def _state(config, mesh_cfg=None, seed=0):
     mesh_cfg = mesh_cfg or part.PartitioningConfig(data=2, fsdp=2, tensor=2)
     mesh = part.make_mesh(mesh_cfg)
-    model = PhiForCausalLM(config)
+    model = CausalLM(config)
     tx, _ = opt.make_optimizer(opt.OptimizerConfig(), 10)
     state = st.init_state(model, tx, mesh, mesh_cfg.logical_axis_rules, seed, compiler_options=FAST_COMPILE)
     target = st.sharded_abstract_state(model, tx, mesh, mesh_cfg.logical_axis_rules)

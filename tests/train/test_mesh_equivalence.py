@@ -14,7 +14,7 @@ from jax.sharding import PartitionSpec as P
 from train_support import FAST_COMPILE
 from treecheck import assert_trees_close, gradient_recorder, reduction_tolerance
 from textbooks import partitioning as part
-from textbooks.model.phi import PhiForCausalLM
+from textbooks.model.causal_lm import CausalLM
 from textbooks.train import optimizer as opt
 from textbooks.train import state as st
 from textbooks.train import step as stp
@@ -34,7 +34,7 @@ def _run(config, mesh_cfg, devices):
     """The losses of STEPS AdamW steps, the final state, and the first step's gradient (before the optimizer)."""
     mesh = part.make_mesh(mesh_cfg, devices)
     rules = mesh_cfg.logical_axis_rules
-    model = PhiForCausalLM(config)
+    model = CausalLM(config)
     tx, schedule = opt.make_optimizer(opt.OptimizerConfig(learning_rate=3e-3, warmup_steps=2, schedule="cosine"),
                                       STEPS)
     state = st.init_state(model, tx, mesh, rules, seed=0, compiler_options=FAST_COMPILE)

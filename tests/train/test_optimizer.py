@@ -81,7 +81,7 @@ def test_clipping_by_global_norm():
 
 
 def test_decay_mask_spares_biases_and_layernorms(tiny_config):
-    from textbooks.model.phi import param_shapes
+    from textbooks.model.causal_lm import param_shapes
 
     mask = opt.decay_mask(param_shapes(tiny_config), opt.OptimizerConfig().no_decay_patterns)
     flat = {opt.param_path(p): v for p, v in jax.tree_util.tree_leaves_with_path(mask)}

@@ -8,7 +8,7 @@ import pytest
 from train_support import FAST_COMPILE
 from treecheck import assert_trees_close, assert_trees_equal, gradient_recorder, reduction_tolerance
 from textbooks import partitioning as part
-from textbooks.model.phi import PhiForCausalLM
+from textbooks.model.causal_lm import CausalLM
 from textbooks.train import optimizer as opt
 from textbooks.train import state as st
 from textbooks.train import step as stp
@@ -47,7 +47,7 @@ def _setup(config, mesh_cfg, microbatches=(1,), lr=1e-3, devices=None, tx=None):
     """The initial state and one compiled step per microbatch count (AdamW unless ``tx`` is given)."""
     mesh = part.make_mesh(mesh_cfg, devices)
     rules = mesh_cfg.logical_axis_rules
-    model = PhiForCausalLM(config)
+    model = CausalLM(config)
     adamw, schedule = opt.make_optimizer(opt.OptimizerConfig(learning_rate=lr), 10)
     tx = tx or adamw
     state = st.init_state(model, tx, mesh, rules, seed=0, compiler_options=FAST_COMPILE)

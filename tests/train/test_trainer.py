@@ -116,14 +116,14 @@ def test_cli_reports_unknown_preset_and_missing_required_macros(tmp_path, capsys
 
 
 def test_init_from_takes_the_parameters_of_another_run(tmp_path, tiny_config):
-    from textbooks.model.phi import PhiForCausalLM
+    from textbooks.model.causal_lm import CausalLM
     from textbooks.train import optimizer as opt
     from textbooks.train import state as st
 
     # A source checkpoint holding other parameters (seed 7), written as a run would.
     mesh_cfg = part.PartitioningConfig(data=-1)
     tx, _ = opt.make_optimizer(opt.OptimizerConfig(), 10)
-    state = st.init_state(PhiForCausalLM(tiny_config), tx, part.make_mesh(mesh_cfg), mesh_cfg.logical_axis_rules,
+    state = st.init_state(CausalLM(tiny_config), tx, part.make_mesh(mesh_cfg), mesh_cfg.logical_axis_rules,
                           seed=7, compiler_options=FAST_COMPILE)
     state = state.replace(step=state.step + 5)
     source = jax.device_get(state.params)

@@ -188,7 +188,7 @@ def test_transformers_generate_continues_like_our_decoder(exported, theirs):
     import torch
     import transformers
 
-    from textbooks.model import PhiForCausalLM
+    from textbooks.model import CausalLM
 
     folder, config, params = exported
     ours = get_vocabulary("spm8k")
@@ -200,7 +200,7 @@ def test_transformers_generate_continues_like_our_decoder(exported, theirs):
     # Greedy paths compare only where the top choice is clear of float32 differences between the two
     # implementations: logits are sums over at most intermediate_size terms of magnitude <= max |logit|.
     path = np.asarray([prompt_ids + expected.tokens])
-    logits = np.asarray(jax.jit(PhiForCausalLM(config).apply)({"params": params}, path))[0]
+    logits = np.asarray(jax.jit(CausalLM(config).apply)({"params": params}, path))[0]
     chosen = logits[len(prompt_ids) - 1:-1]
     top2 = np.sort(chosen, axis=-1)[:, -2:]
     margin_needed = 8 * np.finfo(np.float32).eps * config.intermediate_size * np.abs(chosen).max()

@@ -5,7 +5,7 @@ Two encoders, chosen by an :class:`EncoderSpec`:
 * ``'minilm'`` — all-MiniLM-L6-v2 in JAX (:class:`textbooks.curate.encoder.MiniLMEncoder`), 384-d;
 * ``'phi'`` — mean-pooled final hidden states (final LayerNorm output, over non-padding tokens, L2-normalized)
   of one of the project's phi checkpoints, loaded with ``textbooks.model.load.load_model`` and run as
-  ``PhiForCausalLM(config)(ids, segment_ids=..., output_hidden_states=True)`` — as phi-1 embedded code with
+  ``CausalLM(config)(ids, segment_ids=..., output_hidden_states=True)`` — as phi-1 embedded code with
   a pretrained code model.
 
 :func:`get_encoder` builds an encoder once per process (workers call it from ``DoFn.setup``), so a Beam stage
@@ -89,7 +89,7 @@ class PhiEncoder:
 
         # deferred: model.load brings in TensorFlow, seqio and orbax (~7 s), model.phi JAX; MiniLM runs need neither
         from textbooks.model.load import load_model
-        from textbooks.model.phi import PhiForCausalLM
+        from textbooks.model.causal_lm import CausalLM
 
         loaded = load_model(path)
         self.path = path
@@ -99,7 +99,7 @@ class PhiEncoder:
         self.max_length = min(max_length, self.config.max_len)
         self.batch_size = batch_size
         self.name = f"phi:{path}"
-        model = PhiForCausalLM(self.config)
+        model = CausalLM(self.config)
 
         def forward(params, ids, segment_ids):
             _, hidden = model.apply({"params": params}, ids, segment_ids=segment_ids, deterministic=True,

@@ -27,8 +27,8 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from textbooks import partitioning
+from textbooks.model import causal_lm
 from textbooks.model import decode as decode_lib
-from textbooks.model import phi
 from textbooks.model.buckets import bucket
 from textbooks.model.load import load_model
 from textbooks.model.stops import cut_at_stop
@@ -91,7 +91,7 @@ class EvalModel:
     """A model ready for benchmark requests.
 
     Args:
-        config: the :class:`textbooks.model.config.PhiConfig`.
+        config: the :class:`textbooks.model.config.ModelConfig`.
         params: parameters (numpy or jax arrays, any layout :mod:`textbooks.model.params_io` accepts).
         vocabulary: the seqio vocabulary the model was trained with.
         mesh: device mesh; default: all devices on the data axis (``textbooks.partitioning``).
@@ -115,9 +115,9 @@ class EvalModel:
         self.decode_min_length_bucket = int(decode_min_length_bucket)
         self.data_parallel = math.prod(self.mesh.shape[a] for a in partitioning.DATA_AXES if a in self.mesh.shape)
         self._host_params = params
-        self._model = phi.PhiForCausalLM(self.config)
+        self._model = causal_lm.CausalLM(self.config)
         try:
-            param_sharding = partitioning.logical_to_sharding(phi.param_logical_specs(self.config), self.mesh,
+            param_sharding = partitioning.logical_to_sharding(causal_lm.param_logical_specs(self.config), self.mesh,
                                                               self.rules)
             self.params = jax.device_put(params, param_sharding)
         except (ValueError, TypeError) as e:  # layout differs from the config's: keep a full copy per device.

@@ -25,13 +25,14 @@ def decode_attention(q: jax.Array, k: jax.Array, v: jax.Array, start: jax.Array,
 
     Args:
         q: ``[batch, queries, heads, head_dim]``; query t of row b sits at cache slot ``start[b] + t``.
-        k, v: the cache, ``[batch, heads, slots, head_dim]``, already holding the queries' own keys/values.
+        k, v: the cache, ``[batch, kv_heads, slots, head_dim]``, already holding the queries' own keys/values;
+            query head ``h`` reads key/value head ``h // (heads // kv_heads)`` (grouped-query attention).
         start: ``[batch]`` int32 slot of each row's first query.
         scale: factor on the dot products (``head_dim ** -0.5``).
 
     Returns:
         ``[batch, queries, heads, head_dim]`` float32: softmax over slots ``[0, start[b] + t]`` of the scaled
-        scores, applied to the values (the XLA formulation in :mod:`textbooks.model.phi`, without its mask
+        scores, applied to the values (the XLA formulation in :mod:`textbooks.model.layers`, without its mask
         materialized).
 
     Raises:
@@ -45,6 +46,8 @@ def decode_attention(q: jax.Array, k: jax.Array, v: jax.Array, start: jax.Array,
 
 def xla_decode_attention(q: jax.Array, k: jax.Array, v: jax.Array, start: jax.Array, scale: float) -> jax.Array:
     """What :func:`decode_attention` computes, as XLA ops over the whole cache (any backend): its reference."""
+    group = q.shape[2] // k.shape[1]
+    k, v = jnp.repeat(k, group, axis=1), jnp.repeat(v, group, axis=1)  # query head h reads KV head h // group
     slots = start[:, None] + jnp.arange(q.shape[1])[None]
     mask = (jnp.arange(k.shape[2])[None, None, :] <= slots[:, :, None])[:, None]
     scores = jnp.einsum("bqhd,bhkd->bhqk", q, k, preferred_element_type=jnp.float32) * scale

@@ -30,9 +30,10 @@ import numpy as np
 
 from textbooks.model import cpu_kernels
 from textbooks.model.buckets import bucket
-from textbooks.model.config import PhiConfig
+from textbooks.model.config import ModelConfig
 from textbooks.model.kv_cache import attention_windows, cache_length, init_cache, resize_cache
-from textbooks.model.phi import DecodeKernels, PhiForCausalLM
+from textbooks.model.causal_lm import CausalLM
+from textbooks.model.layers import DecodeKernels
 from textbooks.model.sampling import greedy_tokens, sample_tokens
 
 FINISH_REASONS = ("length", "eos", "stop")
@@ -67,16 +68,16 @@ class GenerationRequest:
 
 
 @functools.partial(jax.jit, static_argnums=(0, 1, 5))
-def _prefill(config: PhiConfig, kernels: DecodeKernels, params: Any, tokens: jax.Array, segment_ids: jax.Array,
+def _prefill(config: ModelConfig, kernels: DecodeKernels, params: Any, tokens: jax.Array, segment_ids: jax.Array,
              cache_len: int) -> Any:
-    model = PhiForCausalLM(config, kernels)
+    model = CausalLM(config, kernels)
     cache = init_cache(config, tokens.shape[0], cache_len)
     _, variables = model.apply({"params": params, "cache": cache}, tokens, segment_ids=segment_ids, decode=True,
                                mutable=["cache"])
     return variables["cache"]
 
 
-def _token_loop(config: PhiConfig, kernels: DecodeKernels, params: Any, cache: Any, last_tokens: jax.Array,
+def _token_loop(config: ModelConfig, kernels: DecodeKernels, params: Any, cache: Any, last_tokens: jax.Array,
                 rows: dict, num_new: int, filled: int, keep_cache: bool = False, until_free: bool = False) -> tuple:
     """Generates up to ``rows['max_new']`` tokens per row; returns (tokens [B, num_new], counts, reasons), plus
     the cache (at its full length) when ``keep_cache``.
@@ -85,7 +86,7 @@ def _token_loop(config: PhiConfig, kernels: DecodeKernels, params: Any, cache: A
     ``until_free``: also stop as soon as a row that was decoding ends (continuous batching with requests
     waiting: the freed row takes one at once instead of idling until the chunk ends).
     """
-    model = PhiForCausalLM(config, kernels)
+    model = CausalLM(config, kernels)
     batch = last_tokens.shape[0]
     stops, stop_lengths = rows["stops"], rows["stop_lengths"]  # [B, S, M] right-aligned, -1 = wildcard; [B, S]
     window = stops.shape[-1]
@@ -173,7 +174,7 @@ class Decoder:
             (e.g. to measure one kernel alone). ``self.kernels`` names the choice, ``self.model_kernels`` is it.
     """
 
-    def __init__(self, params: Any, config: PhiConfig, *, max_batch_size: int = 16, min_length_bucket: int = 16,
+    def __init__(self, params: Any, config: ModelConfig, *, max_batch_size: int = 16, min_length_bucket: int = 16,
                  kernels: str | DecodeKernels = "auto"):
         if max_batch_size < 1:
             raise ValueError(f"max_batch_size must be >= 1, got {max_batch_size}")
@@ -309,7 +310,7 @@ class Decoder:
         return results
 
 
-def choose_kernels(config: PhiConfig, params: Any, requested: str = "auto") -> tuple[str, str]:
+def choose_kernels(config: ModelConfig, params: Any, requested: str = "auto") -> tuple[str, str]:
     """Picks how decode steps of ``params`` compute attention and weight products: returns (name, reason).
 
     'cpu_kernel' needs float32 compute, parameters on one CPU device, and the kernels built (see
@@ -392,7 +393,7 @@ def _check_ids(ids: Sequence[int], vocab: int, where: str) -> None:
                          f"vocabulary [0, {vocab}) ({bad.size} such ids); was it encoded with another vocabulary?")
 
 
-def generate(params: Any, config: PhiConfig, prompts: Sequence[Sequence[int]], *, max_new_tokens: int,
+def generate(params: Any, config: ModelConfig, prompts: Sequence[Sequence[int]], *, max_new_tokens: int,
              temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0,
              stop_sequences: Sequence[Sequence[int]] = (), eos_id: int | None = None,
              seed: int = 0) -> list[GenerationOutput]:

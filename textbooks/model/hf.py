@@ -22,7 +22,7 @@ import numpy as np
 from safetensors.numpy import save_file
 
 from textbooks.data import files
-from textbooks.model.config import PhiConfig
+from textbooks.model.config import ModelConfig
 from textbooks.model.params_io import (CheckpointError, atomic_write, cast_and_layout, check_overrides,
                                        expected_shapes, flatten, read_safetensors, safetensors_header, to_layout,
                                        unflatten, validate_params, write_text)
@@ -67,7 +67,7 @@ _GLOBAL_TENSORS = (
 )
 
 
-def _name_map(config: PhiConfig) -> list[tuple[str, str, str]]:
+def _name_map(config: ModelConfig) -> list[tuple[str, str, str]]:
     """(HF name, our unscanned path, kind) for every tensor of ``config``."""
     names = list(_GLOBAL_TENSORS)
     for i in range(config.num_layers):
@@ -106,7 +106,7 @@ def _to_hf(kind: str, x: np.ndarray) -> np.ndarray:
 # --------------------------------------------------------------------------------------------------- config
 
 
-def config_to_hf(config: PhiConfig, *, bos_token_id: int | None = None, eos_token_id: int | None = None,
+def config_to_hf(config: ModelConfig, *, bos_token_id: int | None = None, eos_token_id: int | None = None,
                  vocabulary: str | None = None) -> dict[str, Any]:
     """Returns transformers' ``config.json`` for ``config`` (readable by transformers 4.37+ and 5.x).
 
@@ -143,8 +143,8 @@ def config_to_hf(config: PhiConfig, *, bos_token_id: int | None = None, eos_toke
     }
 
 
-def config_from_hf(hf: Mapping[str, Any], where: str = CONFIG_NAME, **overrides: Any) -> PhiConfig:
-    """Builds a :class:`PhiConfig` from a transformers phi ``config.json`` dict.
+def config_from_hf(hf: Mapping[str, Any], where: str = CONFIG_NAME, **overrides: Any) -> ModelConfig:
+    """Builds a :class:`ModelConfig` from a transformers phi ``config.json`` dict.
 
     Raises:
         CheckpointError: not a phi config, a missing field, or a feature this model does not implement
@@ -188,7 +188,7 @@ def config_from_hf(hf: Mapping[str, Any], where: str = CONFIG_NAME, **overrides:
                               "not supported")
     fields.update(overrides)
     try:
-        return PhiConfig(**fields)
+        return ModelConfig(**fields)
     except (TypeError, ValueError) as e:
         raise CheckpointError(f"{where}: {e}") from e
 
@@ -223,13 +223,13 @@ def _weight_files(directory: str) -> dict[str, str]:
     raise CheckpointError(f"{directory}: neither {WEIGHTS_NAME} nor {INDEX_NAME} found{hint}")
 
 
-def load_hf_checkpoint(directory: str, **config_overrides: Any) -> tuple[PhiConfig, dict]:
+def load_hf_checkpoint(directory: str, **config_overrides: Any) -> tuple[ModelConfig, dict]:
     """Loads a transformers phi checkpoint folder.
 
     Args:
         directory: folder with ``config.json`` and ``model.safetensors`` (or a sharded
             ``model.safetensors.index.json`` and its files).
-        **config_overrides: PhiConfig fields to set other than the shape fields
+        **config_overrides: ModelConfig fields to set other than the shape fields
             (:data:`textbooks.model.config.SHAPE_FIELDS`), e.g. ``scan_layers=True``, ``dtype='bfloat16'``.
 
     Returns:
@@ -306,7 +306,7 @@ def load_hf_checkpoint(directory: str, **config_overrides: Any) -> tuple[PhiConf
 # --------------------------------------------------------------------------------------------------- save
 
 
-def save_hf_checkpoint(params: Mapping[str, Any], config: PhiConfig, out_dir: str, *,
+def save_hf_checkpoint(params: Mapping[str, Any], config: ModelConfig, out_dir: str, *,
                        max_shard_bytes: int | None = 5 * 10**9, bos_token_id: int | None = None,
                        eos_token_id: int | None = None, vocabulary: str | None = None) -> str:
     """Writes ``params`` as a transformers ``PhiForCausalLM`` checkpoint (float32 safetensors + config.json).

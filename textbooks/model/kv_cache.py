@@ -1,6 +1,6 @@
 """The decoders' KV cache: creating it, measuring and resizing its slot axis, and the windows attended over.
 
-The cache is the model's ``'cache'`` collection (:class:`textbooks.model.phi.PhiForCausalLM` with
+The cache is the model's ``'cache'`` collection (:class:`textbooks.model.causal_lm.CausalLM` with
 ``decode=True``): per layer, keys and values ``[batch, heads, slots, head_dim]`` (scanned layers add a leading
 layer axis), and one write index per row. XLA attention reads every slot it is given, so the token loop of
 :mod:`textbooks.model.decode` attends over growing windows (:func:`attention_windows`), cutting the cache to the
@@ -16,19 +16,19 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from textbooks.model.config import PhiConfig
-from textbooks.model.phi import PhiForCausalLM
+from textbooks.model.config import ModelConfig
+from textbooks.model.causal_lm import CausalLM
 
 
-def init_cache(config: PhiConfig, batch_size: int, cache_len: int) -> Any:
+def init_cache(config: ModelConfig, batch_size: int, cache_len: int) -> Any:
     """Returns an empty KV cache (the model's 'cache' collection) for ``batch_size`` rows of ``cache_len``."""
     return jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), _cache_shapes(config, batch_size, cache_len))
 
 
 @functools.lru_cache(maxsize=64)
-def _cache_shapes(config: PhiConfig, batch_size: int, cache_len: int) -> Any:
+def _cache_shapes(config: ModelConfig, batch_size: int, cache_len: int) -> Any:
     # Tracing the model for its cache's shapes takes longer than a decode chunk: do it once per shape.
-    model = PhiForCausalLM(config)
+    model = CausalLM(config)
 
     def init():
         with nn.logical_axis_rules(()):

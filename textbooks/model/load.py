@@ -27,8 +27,8 @@ import seqio
 from etils import epath
 
 from textbooks.data import files, paths
-from textbooks.model import hf, params_io, phi
-from textbooks.model.config import PhiConfig
+from textbooks.model import causal_lm, hf, params_io
+from textbooks.model.config import ModelConfig
 from textbooks.model.vocab_files import DEFAULT_VOCABULARY, vocabulary_name
 from textbooks.vocab.registry import get_vocabulary
 
@@ -44,8 +44,8 @@ class LoadedModel:
     """A trained model: its config, parameters and vocabulary.
 
     Attributes:
-        config: the :class:`textbooks.model.config.PhiConfig`.
-        params: parameter tree for :class:`textbooks.model.phi.PhiForCausalLM`.
+        config: the :class:`textbooks.model.config.ModelConfig`.
+        params: parameter tree for :class:`textbooks.model.causal_lm.CausalLM`.
         vocabulary: the seqio vocabulary it was trained with.
         vocabulary_name: its name (for :func:`textbooks.vocab.registry.get_vocabulary`).
         step: training step of the checkpoint (None for transformers-format and params folders).
@@ -53,7 +53,7 @@ class LoadedModel:
         metadata: the checkpoint's metadata JSON (for transformers-format and params folders only ``vocabulary``).
     """
 
-    config: PhiConfig
+    config: ModelConfig
     params: Any
     vocabulary: seqio.Vocabulary
     vocabulary_name: str = DEFAULT_VOCABULARY
@@ -86,8 +86,8 @@ def _candidate_step_dirs(path: str) -> Iterator[epath.Path]:
         yield c
 
 
-def _abstract_params(config: PhiConfig, shardings: Any = None) -> Any:
-    shapes = phi.param_shapes(config)
+def _abstract_params(config: ModelConfig, shardings: Any = None) -> Any:
+    shapes = causal_lm.param_shapes(config)
     if shardings is None:
         device = jax.local_devices()[0]
         shardings = jax.tree_util.tree_map(lambda _: jax.sharding.SingleDeviceSharding(device), shapes)
@@ -101,7 +101,7 @@ def read_metadata(step_dir: str) -> dict[str, Any]:
     return json.loads(path.read_text())
 
 
-def restore_params(step_dir: str, config: PhiConfig, shardings: Any = None) -> Any:
+def restore_params(step_dir: str, config: ModelConfig, shardings: Any = None) -> Any:
     """Restores only the parameters of a step dir (the optimizer state is not read); a relative ``step_dir`` is
     taken from the working directory (orbax itself only reads absolute paths)."""
     target = _abstract_params(config, shardings)
@@ -161,7 +161,7 @@ def load_model(path: str, *, step: int | None = None, shardings: Any = None,
     for step_dir in candidates:
         try:
             metadata = read_metadata(str(step_dir))
-            config = PhiConfig.from_dict(metadata["model_config"])
+            config = ModelConfig.from_dict(metadata["model_config"])
             params = restore_params(str(step_dir), config, shardings)
         except Exception as e:  # noqa: BLE001 - try the previous step
             errors.append(f"{step_dir}: {type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}")

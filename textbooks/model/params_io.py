@@ -2,7 +2,7 @@
 
 Two layouts of the same weights exist: unscanned (``layers_0 ... layers_{N-1}``) and scanned (one ``layers``
 subtree whose leaves carry a leading layer axis, from ``scan_layers=True``). :func:`to_layout` converts
-between them. The own format is a folder holding ``textbooks_config.json`` (the :class:`PhiConfig`) and
+between them. The own format is a folder holding ``textbooks_config.json`` (the :class:`ModelConfig`) and
 ``params.safetensors`` (the unscanned tree, float32, keys joined with ``/``); it needs neither orbax nor torch.
 """
 
@@ -21,8 +21,8 @@ from safetensors import SafetensorError, safe_open
 from safetensors.numpy import save_file
 
 from textbooks.data import files
-from textbooks.model.config import SHAPE_FIELDS, PhiConfig
-from textbooks.model.phi import param_shapes
+from textbooks.model.config import SHAPE_FIELDS, ModelConfig
+from textbooks.model.causal_lm import param_shapes
 
 CONFIG_FILE = "textbooks_config.json"
 VOCABULARY_KEY = "vocabulary"  # in CONFIG_FILE, when recorded
@@ -94,12 +94,12 @@ def _tree_map(fn, *trees):
     return fn(*trees)
 
 
-def expected_shapes(config: PhiConfig) -> dict[str, tuple[int, ...]]:
+def expected_shapes(config: ModelConfig) -> dict[str, tuple[int, ...]]:
     """Flat ``{path: shape}`` of the parameters of ``config`` (computed abstractly)."""
     return {k: tuple(v.shape) for k, v in flatten(param_shapes(config)).items()}
 
 
-def validate_params(params: Mapping[str, Any], config: PhiConfig, where: str = "params") -> None:
+def validate_params(params: Mapping[str, Any], config: ModelConfig, where: str = "params") -> None:
     """Checks that ``params`` has exactly the tensors and shapes of ``config`` (in its ``scan_layers`` layout).
 
     Raises:
@@ -121,7 +121,7 @@ def validate_params(params: Mapping[str, Any], config: PhiConfig, where: str = "
         raise CheckpointError(f"{where} do not match the model config: " + "; ".join(problems))
 
 
-def save_params(params: Mapping[str, Any], config: PhiConfig, out_dir: str, *,
+def save_params(params: Mapping[str, Any], config: ModelConfig, out_dir: str, *,
                 vocabulary: str | None = None) -> str:
     """Writes ``params`` and ``config`` in the own format (float32, unscanned layout); returns ``out_dir``.
 
@@ -163,25 +163,25 @@ def check_overrides(overrides: Mapping[str, Any], where: str) -> None:
                               f"dtype, can be changed)")
 
 
-def load_config(path: str) -> PhiConfig:
+def load_config(path: str) -> ModelConfig:
     """Reads ``textbooks_config.json`` from the own-format folder ``path``."""
     config_path = os.path.join(path, CONFIG_FILE)
     try:
         with open(config_path) as f:
             body = json.load(f)
-        return PhiConfig.from_dict(body["config"])
+        return ModelConfig.from_dict(body["config"])
     except FileNotFoundError:
         raise CheckpointError(f"{config_path} not found: not a params folder written by save_params") from None
     except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
         raise CheckpointError(f"{config_path}: invalid model config ({e})") from e
 
 
-def load_params(path: str, **config_overrides: Any) -> tuple[PhiConfig, dict]:
+def load_params(path: str, **config_overrides: Any) -> tuple[ModelConfig, dict]:
     """Reads an own-format folder; returns ``(config, params)`` in the config's layout.
 
     Args:
         path: folder written by :func:`save_params`.
-        **config_overrides: PhiConfig fields to change after loading (e.g. ``scan_layers=True``,
+        **config_overrides: ModelConfig fields to change after loading (e.g. ``scan_layers=True``,
             ``dtype='bfloat16'``); shape fields must not change.
 
     Raises:
@@ -198,7 +198,7 @@ def load_params(path: str, **config_overrides: Any) -> tuple[PhiConfig, dict]:
     return config, cast_and_layout(params, config)
 
 
-def cast_and_layout(params: Mapping[str, Any], config: PhiConfig) -> dict[str, Any]:
+def cast_and_layout(params: Mapping[str, Any], config: ModelConfig) -> dict[str, Any]:
     """Returns numpy ``params`` cast to ``config.param_dtype`` in the ``config.scan_layers`` layout."""
     dtype = jnp.dtype(config.param_dtype)  # a numpy dtype (ml_dtypes for bfloat16)
     return _tree_map(lambda x: np.asarray(x).astype(dtype, copy=False), to_layout(params, config.scan_layers))

@@ -29,9 +29,9 @@ import numpy as np
 
 from textbooks.model import decode as decode_lib
 from textbooks.model.buckets import bucket
-from textbooks.model.config import PhiConfig
+from textbooks.model.config import ModelConfig
 from textbooks.model.kv_cache import init_cache, resize_cache
-from textbooks.model.phi import DecodeKernels
+from textbooks.model.layers import DecodeKernels
 
 
 def chunk_seed(seed: int, chunk: int) -> int:
@@ -78,7 +78,7 @@ class SlotDecoder:
             :class:`textbooks.model.decode.Decoder`).
     """
 
-    def __init__(self, params: Any, config: PhiConfig, *, num_slots: int = 16, min_length_bucket: int = 16,
+    def __init__(self, params: Any, config: ModelConfig, *, num_slots: int = 16, min_length_bucket: int = 16,
                  kernels: str | DecodeKernels = "auto"):
         self._decoder = decode_lib.Decoder(params, config, max_batch_size=num_slots,
                                            min_length_bucket=min_length_bucket, kernels=kernels)

@@ -30,7 +30,7 @@ import jax.numpy as jnp
 
 from textbooks import gin_utils
 from textbooks import partitioning as part
-from textbooks.model.phi import PhiForCausalLM
+from textbooks.model.causal_lm import CausalLM
 from textbooks.train import optimizer as opt_lib
 from textbooks.train import state as state_lib
 from textbooks.train import step as step_lib
@@ -117,7 +117,7 @@ def compile_for_topology(topology: str, *, model_config: Any, partitioning: part
     devices = topology_devices(topology, num_slices)
     mesh = part.make_mesh(partitioning, devices)
     rules = partitioning.logical_axis_rules
-    model = PhiForCausalLM(model_config)
+    model = CausalLM(model_config)
     tx, schedule = opt_lib.make_optimizer(optimizer or opt_lib.OptimizerConfig(), train_steps)
     state = state_lib.sharded_abstract_state(model, tx, mesh, rules)
     shardings = state_lib.state_shardings(model, tx, mesh, rules)

@@ -225,7 +225,7 @@ class RunCheckpoints:
 
         Args:
             target: the restore target.
-            model_config: this run's model config (``PhiConfig.to_dict()``); a checkpoint of a model with
+            model_config: this run's model config (``ModelConfig.to_dict()``); a checkpoint of a model with
                 other shapes is an error, not corruption.
 
         Returns:

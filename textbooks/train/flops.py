@@ -34,7 +34,7 @@ PEAK_BF16_FLOPS: tuple[tuple[str, float], ...] = (
 
 
 def flops_per_token(config: Any, seq_len: int) -> float:
-    """Training FLOPs per token of a :class:`~textbooks.model.config.PhiConfig` at sequence length ``seq_len``."""
+    """Training FLOPs per token of a :class:`~textbooks.model.config.ModelConfig` at sequence length ``seq_len``."""
     d, layers, v = config.hidden_size, config.num_layers, config.vocab_size
     matmul_params = config.num_params() - v * d  # the embedding lookup is a gather, not a matmul
     return 6.0 * matmul_params + 12.0 * layers * d * seq_len

@@ -30,7 +30,7 @@ from textbooks.data import files, paths
 from textbooks.model import config as _model_config  # noqa: F401  (registers model_config for the gin files)
 from textbooks.model.config import PARAM_TREE_FIELDS
 from textbooks.model.load import load_model
-from textbooks.model.phi import PhiForCausalLM
+from textbooks.model.causal_lm import CausalLM
 from textbooks.progress import Progress, emit
 from textbooks.train import checkpoints as ckpt_lib
 from textbooks.train import data as data_lib
@@ -94,7 +94,7 @@ def train(*, model_dir: str = gin.REQUIRED, model_config: Any = gin.REQUIRED,
 
     Args:
         model_dir: the run's folder (checkpoints, metrics, TensorBoard events, operative config).
-        model_config: a :class:`~textbooks.model.config.PhiConfig` (gin: ``@model_config()``).
+        model_config: a :class:`~textbooks.model.config.ModelConfig` (gin: ``@model_config()``).
         mixture_or_task_name: registered seqio mixture or task to train on.
         task_feature_lengths: ``{'targets': sequence length}``.
         batch_size: global batch size in sequences (all processes together).
@@ -160,7 +160,7 @@ def train(*, model_dir: str = gin.REQUIRED, model_config: Any = gin.REQUIRED,
     log.info("mesh %s; process %d reads data shard %d of %d (%d rows)", part.describe_mesh(mesh),
              jax.process_index(), shard.index, shard.num_shards, shard.per_process_batch_size)
 
-    model = PhiForCausalLM(model_config)
+    model = CausalLM(model_config)
     tx, schedule = opt_lib.make_optimizer(optimizer, train_steps)
     roles = data_lib.role_names()
     shardings = state_lib.state_shardings(model, tx, mesh, rules)

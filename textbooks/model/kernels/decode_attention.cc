@@ -6,7 +6,8 @@
 // reads what each row holds rather than the longest row's window. Items are shared between the calling
 // thread and XLA's intra-op thread pool through an atomic counter; a helper that starts late finds no work.
 //
-// Layouts (float32): q [batch, queries, heads, head_dim]; k, v [batch, heads, slots, head_dim];
+// Layouts (float32): q [batch, queries, heads, head_dim]; k, v [batch, kv_heads, slots, head_dim] (grouped-query
+// attention: query head h reads key/value head h / (heads / kv_heads));
 // start [batch] int32; out [batch, queries, heads, head_dim]. Attribute: scale (applied to q.k).
 #include <algorithm>
 #include <atomic>
@@ -29,7 +30,7 @@ struct Work {
   const float* v;
   const int32_t* start;
   float* out;
-  int64_t batch, queries, heads, slots, dim;
+  int64_t batch, queries, heads, kv_heads, slots, dim;
   float scale;
   int64_t total;
   std::atomic<int64_t> next{0};
@@ -42,8 +43,9 @@ void RunItem(const Work& w, int64_t item, std::vector<float>& scores) {
   const int64_t b = item / (w.heads * w.queries);
   const int64_t d_n = w.dim;
   const float* q = w.q + ((b * w.queries + t) * w.heads + h) * d_n;
-  const float* k = w.k + (b * w.heads + h) * w.slots * d_n;
-  const float* v = w.v + (b * w.heads + h) * w.slots * d_n;
+  const int64_t j = h / (w.heads / w.kv_heads);
+  const float* k = w.k + (b * w.kv_heads + j) * w.slots * d_n;
+  const float* v = w.v + (b * w.kv_heads + j) * w.slots * d_n;
   float* o = w.out + ((b * w.queries + t) * w.heads + h) * d_n;
   const int64_t n = std::min<int64_t>(static_cast<int64_t>(w.start[b]) + t, w.slots - 1) + 1;
   for (int64_t d = 0; d < d_n; ++d) o[d] = 0.0f;
@@ -91,13 +93,15 @@ ffi::Error DecodeAttention(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> q, ffi::B
   if (qd.size() != 4 || kd.size() != 4 || v.dimensions().size() != 4) {
     return ffi::Error::InvalidArgument("decode attention: q, k and v must have rank 4");
   }
-  if (kd[0] != qd[0] || kd[1] != qd[2] || kd[3] != qd[3] || v.dimensions()[2] != kd[2]) {
-    return ffi::Error::InvalidArgument("decode attention: q [B, T, H, D] does not match k/v [B, H, S, D]");
+  if (kd[0] != qd[0] || kd[1] <= 0 || qd[2] % kd[1] != 0 || kd[3] != qd[3] || v.dimensions()[1] != kd[1] ||
+      v.dimensions()[2] != kd[2]) {
+    return ffi::Error::InvalidArgument(
+        "decode attention: q [B, T, H, D] does not match k/v [B, KVH, S, D] with H a multiple of KVH");
   }
   auto w = std::make_shared<Work>();
   w->q = q.typed_data(); w->k = k.typed_data(); w->v = v.typed_data();
   w->start = start.typed_data(); w->out = out->typed_data();
-  w->batch = qd[0]; w->queries = qd[1]; w->heads = qd[2]; w->dim = qd[3]; w->slots = kd[2];
+  w->batch = qd[0]; w->queries = qd[1]; w->heads = qd[2]; w->kv_heads = kd[1]; w->dim = qd[3]; w->slots = kd[2];
   w->scale = scale;
   w->total = w->batch * w->queries * w->heads;
   const int64_t helpers = std::min<int64_t>(pool.num_threads(), w->total - 1);

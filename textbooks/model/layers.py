@@ -1,0 +1,273 @@
+"""Building blocks both model families share: projections, rotary embeddings, masks and cached attention.
+
+:class:`Attention` is the one self-attention of the project: q/k/v projections (biases optional), rotary
+embeddings (rotate-half convention, on the first ``rotary_dim`` dims of each head, with linear or llama3
+frequency scaling), grouped-query attention (``kv_heads`` key/value heads, each shared by ``num_heads /
+kv_heads`` consecutive query heads, transformers' ``repeat_kv`` order), packing through segment ids, and a KV
+cache for decoding.
+
+The cache: with ``decode=True`` each attention layer keeps ``[batch, kv_heads, cache_len, head_dim]`` keys and
+values in the ``'cache'`` collection (only the KV heads: grouping shrinks the cache and the bytes each decode
+step reads), written at each row's own index, so rows of a batch may hold prompts of different lengths.
+
+How decode steps compute (XLA ops or the compiled CPU kernels, :class:`DecodeKernels`) is a choice of the
+module, not of the saved :class:`~textbooks.model.config.ModelConfig`: the same checkpoint decodes either way.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from textbooks.model import cpu_attention, cpu_matmul
+from textbooks.model.config import ModelConfig
+
+Array = jax.Array
+
+REMAT_POLICIES = {
+    "full": None,  # save nothing: recompute the whole block in the backward pass.
+    "dots": jax.checkpoint_policies.checkpoint_dots,
+    "dots_with_no_batch_dims": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+    "everything": jax.checkpoint_policies.everything_saveable,
+}
+
+KERNEL_CHOICES: tuple[str, ...] = ("xla", "cpu_kernel")
+
+
+@dataclasses.dataclass(frozen=True)
+class DecodeKernels:
+    """How decode steps compute (a backend choice; results agree up to float rounding).
+
+    Attributes:
+        attention: cached attention: 'xla' (einsums over the cache window, any backend) or 'cpu_kernel' (the
+            compiled kernel of :mod:`textbooks.model.cpu_attention`, float32 on XLA:CPU).
+        projections: weight products of single-token decode steps: 'xla' (einsums, any backend) or
+            'cpu_kernel' (the multi-core kernel of :mod:`textbooks.model.cpu_matmul`, float32 on XLA:CPU).
+    """
+
+    attention: str = "xla"
+    projections: str = "xla"
+
+    def __post_init__(self):
+        for name in ("attention", "projections"):
+            if getattr(self, name) not in KERNEL_CHOICES:
+                raise ValueError(f"DecodeKernels.{name} must be one of {KERNEL_CHOICES}, got {getattr(self, name)!r}")
+
+    def __str__(self) -> str:
+        if self.attention == self.projections:
+            return self.attention
+        return f"attention={self.attention},projections={self.projections}"
+
+
+def dense_init(config: ModelConfig, names: tuple[str, ...]):
+    """Normal(``initializer_range``) initializer carrying logical axis ``names``."""
+    return nn.with_logical_partitioning(nn.initializers.normal(config.initializer_range), names)
+
+
+def zeros(names: tuple[str, ...]):
+    return nn.with_logical_partitioning(nn.initializers.zeros_init(), names)
+
+
+def ones(names: tuple[str, ...]):
+    return nn.with_logical_partitioning(nn.initializers.ones_init(), names)
+
+
+def rotary_inv_freq(config: ModelConfig) -> np.ndarray:
+    """Inverse frequencies ``[rotary_dim / 2]`` (float32) of the rotary embedding, scaling applied.
+
+    'linear' divides every frequency by the factor (the same as dividing positions). 'llama3' divides the
+    frequencies whose wavelength exceeds ``original_max_len / low_freq_factor`` by the factor, keeps those
+    whose wavelength is under ``original_max_len / high_freq_factor``, and blends linearly (in
+    ``original_max_len / wavelength``) between the two.
+    """
+    dim = config.rotary_dim
+    inv_freq = 1.0 / (config.rope_theta ** (np.arange(0, dim, 2, dtype=np.float32) / np.float32(dim)))
+    inv_freq = inv_freq.astype(np.float32)
+    factor = np.float32(config.rope_scaling_factor)
+    if config.rope_scaling_type == "linear":
+        return (inv_freq / factor).astype(np.float32)
+    if config.rope_scaling_type == "llama3":
+        low, high = config.rope_low_freq_factor, config.rope_high_freq_factor
+        original = config.rope_original_max_len
+        wavelen = 2 * math.pi / inv_freq
+        smooth = (original / wavelen - low) / (high - low)
+        blended = (1 - smooth) * inv_freq / factor + smooth * inv_freq
+        scaled = np.where(wavelen > original / low, inv_freq / factor, inv_freq)
+        middle = (wavelen >= original / high) & (wavelen <= original / low)
+        return np.where(middle, blended, scaled).astype(np.float32)
+    return inv_freq
+
+
+def apply_rotary(x: Array, positions: Array, inv_freq: np.ndarray | Array) -> Array:
+    """Rotates the first ``2 * len(inv_freq)`` dims of each head of ``x`` by ``positions`` (rotate-half).
+
+    Args:
+        x: ``[batch, length, heads, head_dim]``.
+        positions: ``[batch, length]`` integer positions.
+        inv_freq: ``[rotary_dim / 2]`` inverse frequencies (:func:`rotary_inv_freq`); the dims after
+            ``rotary_dim`` pass through.
+    """
+    rotary_dim = 2 * len(inv_freq)
+    if rotary_dim == 0:
+        return x
+    freqs = positions.astype(jnp.float32)[..., None] * jnp.asarray(inv_freq, jnp.float32)  # [B, L, rotary/2]
+    angles = jnp.concatenate([freqs, freqs], axis=-1)[:, :, None, :]  # [B, L, 1, rotary_dim]
+    cos, sin = jnp.cos(angles).astype(x.dtype), jnp.sin(angles).astype(x.dtype)
+    rot, passthrough = x[..., :rotary_dim], x[..., rotary_dim:]
+    half = rotary_dim // 2
+    rotated_half = jnp.concatenate([-rot[..., half:], rot[..., :half]], axis=-1)
+    return jnp.concatenate([rot * cos + rotated_half * sin, passthrough], axis=-1)
+
+
+def attention_mask(segment_ids: Array) -> Array:
+    """Block-diagonal causal mask ``[batch, 1, length, length]`` (True = may attend) from segment ids.
+
+    A query attends to keys at or before it in the same segment; padding (segment 0) attends to nothing.
+    """
+    length = segment_ids.shape[1]
+    causal = jnp.arange(length)[:, None] >= jnp.arange(length)[None, :]
+    same = segment_ids[:, :, None] == segment_ids[:, None, :]
+    real = (segment_ids != 0)[:, None, :]
+    return (causal[None] & same & real)[:, None]
+
+
+class Projection(nn.Module):
+    """A linear map (bias optional) between head-split and model-width activations, written as one einsum.
+
+    Attributes:
+        config: model config (dtypes, initializer).
+        equation: einsum from ``[batch, length, ...in]`` and the kernel to ``[batch, length, ...out]``.
+        kernel_shape: full kernel shape (input axes first); the bias has the output axes' shape.
+        names: logical axis names of the kernel; the bias takes the output axes' names.
+        kernels: how single-token decode steps compute the product.
+        use_bias: add a bias parameter.
+    """
+
+    config: ModelConfig
+    equation: str
+    kernel_shape: tuple[int, ...]
+    names: tuple[str, ...]
+    kernels: DecodeKernels = DecodeKernels()
+    use_bias: bool = True
+
+    @nn.compact
+    def __call__(self, x: Array, decode: bool = False) -> Array:
+        cfg = self.config
+        dtype, param_dtype = jnp.dtype(cfg.dtype), jnp.dtype(cfg.param_dtype)
+        outputs = len(self.equation.split("->")[1]) - 2  # output axes after batch and length
+        kernel = self.param("kernel", dense_init(cfg, self.names), self.kernel_shape, param_dtype)
+        out_shape = self.kernel_shape[-outputs:]
+        bias = (self.param("bias", zeros(self.names[-outputs:]), out_shape, param_dtype) if self.use_bias
+                else None)
+        if decode and x.shape[1] == 1 and self.kernels.projections == "cpu_kernel":
+            # A single-token decode step: the kernel streams the weights on every core. Input axes flatten
+            # into K and output axes into N (row-major reshapes of the kernel: no copies).
+            inputs = len(self.kernel_shape) - outputs
+            k_in = math.prod(self.kernel_shape[:inputs])
+            flat_bias = jnp.zeros((math.prod(out_shape),), jnp.float32) if bias is None else bias.reshape(-1)
+            y = cpu_matmul.small_matmul(x.reshape(x.shape[0], k_in), kernel.reshape(k_in, -1), flat_bias)
+            return y.reshape(x.shape[:2] + out_shape).astype(dtype)
+        y = jnp.einsum(self.equation, x.astype(dtype), kernel.astype(dtype))
+        return y if bias is None else y + bias.astype(dtype)
+
+
+class Attention(nn.Module):
+    """Self-attention with rotary embeddings, grouped-query heads, packing and an optional KV cache.
+
+    Attributes:
+        config: model config (heads, KV heads, rotary, dropout, dtypes).
+        kernels: how decode steps compute.
+        qkv_bias: q, k and v projections carry biases.
+        out_bias: the output projection carries a bias.
+        out_name: the output projection's parameter name ('dense' in phi, 'o_proj' in llama).
+    """
+
+    config: ModelConfig
+    kernels: DecodeKernels = DecodeKernels()
+    qkv_bias: bool = True
+    out_bias: bool = True
+    out_name: str = "dense"
+
+    @nn.compact
+    def __call__(self, x: Array, segment_ids: Array, positions: Array, decode_index: Array | None,
+                 deterministic: bool, decode: bool) -> Array:
+        cfg = self.config
+        dtype = jnp.dtype(cfg.dtype)
+        heads, kv_heads, head_dim = cfg.num_heads, cfg.kv_heads, cfg.head_dim
+        group = heads // kv_heads
+
+        def projection(name, n):
+            return Projection(cfg, "bld,dhk->blhk", (cfg.hidden_size, n, head_dim), ("embed", "heads", "kv"),
+                              self.kernels, self.qkv_bias, name=name)
+
+        q = projection("q_proj", heads)(x, decode)  # [B, L, H, Dh]
+        k = projection("k_proj", kv_heads)(x, decode)  # [B, L, KVH, Dh]
+        v = projection("v_proj", kv_heads)(x, decode)
+        inv_freq = rotary_inv_freq(cfg)
+        q, k = apply_rotary(q, positions, inv_freq), apply_rotary(k, positions, inv_freq)
+        q, k, v = (nn.with_logical_constraint(t, ("batch", "length", "heads", "kv")) for t in (q, k, v))
+
+        batch, length = x.shape[:2]
+        scale = head_dim ** -0.5
+        cached = False
+        if decode:
+            # The cache is [batch, kv_heads, slots, head_dim]: a decode step's products with it are batched
+            # matrix-vector products over contiguous [slots, head_dim] blocks, the fastest layout on CPU and
+            # the one a heads-major attention kernel reads.
+            initialized = self.has_variable("cache", "cached_key")
+            shape = (batch, kv_heads, length, head_dim)
+            cached_key = self.variable("cache", "cached_key", jnp.zeros, shape, k.dtype)
+            cached_value = self.variable("cache", "cached_value", jnp.zeros, shape, v.dtype)
+            if initialized:
+                # Write the new keys/values at each row's own slots; out-of-range slots are dropped. (Indexing
+                # [rows, :, slots] addresses [batch, length, heads, head_dim] elements: k's own layout.)
+                slots = decode_index[:, None] + jnp.arange(length)[None, :]  # [B, T]
+                rows = jnp.arange(batch)[:, None]
+                k = cached_key.value.at[rows, :, slots].set(k.astype(cached_key.value.dtype), mode="drop")
+                v = cached_value.value.at[rows, :, slots].set(v.astype(cached_value.value.dtype), mode="drop")
+                cached_key.value, cached_value.value = k, v
+                cached = True
+                # Row b's query t sits at slot decode_index[b] + t and sees every slot up to it: the slots
+                # before decode_index hold this row's earlier tokens, later ones are stale or empty.
+                mask = (jnp.arange(k.shape[2])[None, None, :] <= slots[:, :, None])[:, None]  # [B, 1, T, S]
+        if cached and self.kernels.attention == "cpu_kernel" and (deterministic or cfg.attn_dropout == 0.0):
+            # The same softmax(q.k * scale) v over each row's own slots, in one compiled pass (no dropout).
+            out = cpu_attention.decode_attention(q, k, v, decode_index, scale).astype(dtype)
+        else:
+            # Query head h = j * group + g uses key/value head j (transformers' repeat_kv order).
+            qg = q.reshape(batch, length, kv_heads, group, head_dim)
+            if not cached:
+                mask = attention_mask(segment_ids)
+                scores = jnp.einsum("bqjgd,bkjd->bjgqk", qg, k, preferred_element_type=jnp.float32)
+            else:
+                scores = jnp.einsum("bqjgd,bjkd->bjgqk", qg, k, preferred_element_type=jnp.float32)
+            scores = scores.reshape(batch, heads, length, -1) * scale
+            scores = jnp.where(mask, scores, jnp.finfo(jnp.float32).min)  # finite: masked rows stay NaN-free
+            probs = jax.nn.softmax(scores, axis=-1)
+            probs = nn.Dropout(rate=cfg.attn_dropout)(probs, deterministic=deterministic)
+            probs = probs.astype(dtype).reshape(batch, kv_heads, group, length, -1)
+            if not cached:
+                out = jnp.einsum("bjgqk,bkjd->bqjgd", probs, v.astype(dtype))
+            else:
+                out = jnp.einsum("bjgqk,bjkd->bqjgd", probs, v.astype(dtype))
+            out = out.reshape(batch, length, heads, head_dim)
+        out = nn.with_logical_constraint(out, ("batch", "length", "heads", "kv"))
+        return Projection(cfg, "blhk,hkd->bld", (heads, head_dim, cfg.hidden_size), ("heads", "kv", "embed"),
+                          self.kernels, self.out_bias, name=self.out_name)(out, decode)
+
+
+def remat_block(block: Any, config: ModelConfig) -> Any:
+    """``block`` wrapped for the config's activation checkpointing (itself when ``remat_policy`` is 'none').
+
+    Blocks take ``(x, segment_ids, positions, decode_index, deterministic, decode)``; the last two are static.
+    """
+    if config.remat_policy == "none":
+        return block
+    return nn.remat(block, policy=REMAT_POLICIES[config.remat_policy], prevent_cse=not config.scan_layers,
+                    static_argnums=(5, 6))

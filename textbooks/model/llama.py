@@ -1,0 +1,68 @@
+"""The Llama decoder block (the ``'llama'`` family of :class:`textbooks.model.causal_lm.CausalLM`).
+
+One block, pre-norm and sequential: ``x + attn(rms(x))`` then ``x + mlp(rms(x))``. Attention
+(:class:`textbooks.model.layers.Attention`) uses full rotary embeddings (with the config's linear or llama3
+scaling), grouped-query heads, no output bias and q/k/v biases only when ``attention_bias`` (Qwen2). The MLP
+is SwiGLU: ``down(silu(gate(x)) * up(x))``, no biases. The model ends with an RMSNorm (``norm``) and an LM
+head that is untied (``lm_head``) or the transposed embedding. Parameter names follow transformers'
+``LlamaForCausalLM`` so that checkpoints map one to one.
+"""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from textbooks.model.config import ModelConfig
+from textbooks.model.layers import Attention, DecodeKernels, Projection, ones
+
+Array = jax.Array
+
+
+class LlamaMLP(nn.Module):
+    """SwiGLU: ``down_proj(silu(gate_proj(x)) * up_proj(x))``, without biases."""
+
+    config: ModelConfig
+    kernels: DecodeKernels = DecodeKernels()
+
+    @nn.compact
+    def __call__(self, x: Array, decode: bool = False) -> Array:
+        cfg = self.config
+
+        def up(name):
+            return Projection(cfg, "bld,dm->blm", (cfg.hidden_size, cfg.intermediate_size), ("embed", "mlp"),
+                              self.kernels, use_bias=False, name=name)(x, decode)
+
+        h = nn.with_logical_constraint(jax.nn.silu(up("gate_proj")) * up("up_proj"), ("batch", "length", "mlp"))
+        return Projection(cfg, "blm,md->bld", (cfg.intermediate_size, cfg.hidden_size), ("mlp", "embed"),
+                          self.kernels, use_bias=False, name="down_proj")(h, decode)
+
+
+def rms_norm(cfg: ModelConfig, name: str) -> nn.RMSNorm:
+    """Llama's RMSNorm (scale only; statistics in float32) with the config's epsilon and dtypes."""
+    return nn.RMSNorm(epsilon=cfg.layer_norm_eps, dtype=jnp.dtype(cfg.dtype), param_dtype=jnp.dtype(cfg.param_dtype),
+                      scale_init=ones(("embed",)), name=name)
+
+
+class LlamaBlock(nn.Module):
+    """One decoder block: ``x += dropout(attn(rms(x)))``, then ``x += dropout(mlp(rms(x)))``.
+
+    Returns ``(x, None)`` so that the same module can be the body of ``nn.scan``.
+    """
+
+    config: ModelConfig
+    kernels: DecodeKernels = DecodeKernels()
+
+    @nn.compact
+    def __call__(self, x: Array, segment_ids: Array, positions: Array, decode_index: Array | None,
+                 deterministic: bool, decode: bool) -> tuple[Array, None]:
+        cfg = self.config
+        dropout = nn.Dropout(rate=cfg.resid_dropout)
+        attn = Attention(cfg, self.kernels, qkv_bias=cfg.attention_bias, out_bias=False, out_name="o_proj",
+                         name="self_attn")
+        h = attn(rms_norm(cfg, "input_layernorm")(x), segment_ids, positions, decode_index, deterministic, decode)
+        x = nn.with_logical_constraint(x + dropout(h, deterministic=deterministic), ("batch", "length", "embed"))
+        h = LlamaMLP(cfg, self.kernels, name="mlp")(rms_norm(cfg, "post_attention_layernorm")(x), decode)
+        x = x + dropout(h, deterministic=deterministic)
+        return nn.with_logical_constraint(x, ("batch", "length", "embed")), None
