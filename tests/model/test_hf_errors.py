@@ -75,8 +75,11 @@ def test_unsupported_or_missing_configs(checkpoint, tmp_path):
     _edit_config(checkpoint, qk_layernorm=True, num_key_value_heads=1)
     with pytest.raises(CheckpointError, match="qk_layernorm=true is not supported.*grouped-query|grouped-query.*qk"):
         load_hf_checkpoint(str(checkpoint))
-    _edit_config(checkpoint, model_type="llama")
-    with pytest.raises(CheckpointError, match="model_type is 'llama', expected 'phi'"):
+    _edit_config(checkpoint, model_type="gpt_neox")
+    with pytest.raises(CheckpointError, match=r"model_type is 'gpt_neox'; supported: \['llama', 'phi', 'qwen2'\]"):
+        load_hf_checkpoint(str(checkpoint))
+    _edit_config(checkpoint, model_type="llama")  # phi's gelu in a llama config
+    with pytest.raises(CheckpointError, match="unsupported llama config: hidden_act='gelu_new' is not supported"):
         load_hf_checkpoint(str(checkpoint))
     os.remove(checkpoint / "config.json")
     with pytest.raises(CheckpointError, match="config.json not found"):

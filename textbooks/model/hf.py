@@ -1,9 +1,7 @@
-"""Import and export of transformers' ``PhiForCausalLM`` checkpoints (config.json + safetensors), without torch.
+"""Import and export of transformers checkpoints (config.json + safetensors), without torch.
 
-Names map one to one: ``model.embed_tokens``, ``model.layers.N.input_layernorm``,
-``model.layers.N.self_attn.{q,k,v}_proj`` and ``.dense``, ``model.layers.N.mlp.fc1/fc2``,
-``model.final_layernorm`` and ``lm_head``. torch ``Linear`` weights are ``[out, in]``; ours are ``[in, out]``
-with the head axes split out (q/k/v kernels ``[embed, heads, kv]``, the output kernel ``[heads, kv, embed]``).
+phi (``PhiForCausalLM``) and the Llama family (``LlamaForCausalLM``, and ``Qwen2ForCausalLM`` on import);
+the per-family config fields and tensor names are in :mod:`textbooks.model.hf_families`.
 
 Loading checks everything before converting anything: the config is supported, every tensor is present
 with the shape the config implies, no tensor is unknown, and every file is readable. Errors name the file,
@@ -23,56 +21,15 @@ from safetensors.numpy import save_file
 
 from textbooks.data import files
 from textbooks.model.config import ModelConfig
+from textbooks.model.hf_families import CONFIG_NAME, VOCABULARY_KEY, config_from_hf, config_to_hf, name_map
 from textbooks.model.params_io import (CheckpointError, atomic_write, cast_and_layout, check_overrides,
                                        expected_shapes, flatten, read_safetensors, safetensors_header, to_layout,
                                        unflatten, validate_params, write_text)
 
-CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 INDEX_NAME = "model.safetensors.index.json"
-# The config.json key naming the vocabulary (see textbooks.model.vocab_files); transformers keeps unknown keys.
-VOCABULARY_KEY = "textbooks_vocabulary"
-_TANH_GELUS = ("gelu_new", "gelu_pytorch_tanh", "gelu_fast")
 # Buffers some transformers versions wrote that carry no weights.
 _IGNORED = re.compile(r".*rotary_emb\.inv_freq$")
-
-# How a tensor's layout differs between transformers and us:
-#   copy       same shape (LayerNorms, embedding, output biases)
-#   heads_bias ours [heads, kv]          <-> HF [heads * kv]
-#   in_heads   ours [embed, heads, kv]   <-> HF [heads * kv, embed]    (q, k, v weights)
-#   heads_out  ours [heads, kv, embed]   <-> HF [embed, heads * kv]    (attention output weight)
-#   linear     ours [in, out]            <-> HF [out, in]
-_LAYER_TENSORS = (  # (HF suffix under model.layers.N, our path under layers_N, kind)
-    ("input_layernorm.weight", "input_layernorm/scale", "copy"),
-    ("input_layernorm.bias", "input_layernorm/bias", "copy"),
-    ("self_attn.q_proj.weight", "self_attn/q_proj/kernel", "in_heads"),
-    ("self_attn.q_proj.bias", "self_attn/q_proj/bias", "heads_bias"),
-    ("self_attn.k_proj.weight", "self_attn/k_proj/kernel", "in_heads"),
-    ("self_attn.k_proj.bias", "self_attn/k_proj/bias", "heads_bias"),
-    ("self_attn.v_proj.weight", "self_attn/v_proj/kernel", "in_heads"),
-    ("self_attn.v_proj.bias", "self_attn/v_proj/bias", "heads_bias"),
-    ("self_attn.dense.weight", "self_attn/dense/kernel", "heads_out"),
-    ("self_attn.dense.bias", "self_attn/dense/bias", "copy"),
-    ("mlp.fc1.weight", "mlp/fc1/kernel", "linear"),
-    ("mlp.fc1.bias", "mlp/fc1/bias", "copy"),
-    ("mlp.fc2.weight", "mlp/fc2/kernel", "linear"),
-    ("mlp.fc2.bias", "mlp/fc2/bias", "copy"),
-)
-_GLOBAL_TENSORS = (
-    ("model.embed_tokens.weight", "embed_tokens/embedding", "copy"),
-    ("model.final_layernorm.weight", "final_layernorm/scale", "copy"),
-    ("model.final_layernorm.bias", "final_layernorm/bias", "copy"),
-    ("lm_head.weight", "lm_head/kernel", "linear"),
-    ("lm_head.bias", "lm_head/bias", "copy"),
-)
-
-
-def _name_map(config: ModelConfig) -> list[tuple[str, str, str]]:
-    """(HF name, our unscanned path, kind) for every tensor of ``config``."""
-    names = list(_GLOBAL_TENSORS)
-    for i in range(config.num_layers):
-        names += [(f"model.layers.{i}.{hf}", f"layers_{i}/{ours}", kind) for hf, ours, kind in _LAYER_TENSORS]
-    return names
 
 
 def _hf_shape(kind: str, shape: tuple[int, ...]) -> tuple[int, ...]:
@@ -101,96 +58,6 @@ def _to_hf(kind: str, x: np.ndarray) -> np.ndarray:
     if kind == "linear":
         return x.T
     return x
-
-
-# --------------------------------------------------------------------------------------------------- config
-
-
-def config_to_hf(config: ModelConfig, *, bos_token_id: int | None = None, eos_token_id: int | None = None,
-                 vocabulary: str | None = None) -> dict[str, Any]:
-    """Returns transformers' ``config.json`` for ``config`` (readable by transformers 4.37+ and 5.x).
-
-    ``vocabulary`` is recorded under :data:`VOCABULARY_KEY` (see :mod:`textbooks.model.vocab_files`).
-    """
-    extra = {} if vocabulary is None else {VOCABULARY_KEY: vocabulary}
-    return extra | {
-        "architectures": ["PhiForCausalLM"],
-        "model_type": "phi",
-        "vocab_size": config.vocab_size,
-        "hidden_size": config.hidden_size,
-        "intermediate_size": config.intermediate_size,
-        "num_hidden_layers": config.num_layers,
-        "num_attention_heads": config.num_heads,
-        "num_key_value_heads": config.num_heads,
-        "max_position_embeddings": config.max_len,
-        "hidden_act": "gelu_new",
-        "layer_norm_eps": config.layer_norm_eps,
-        "initializer_range": config.initializer_range,
-        "partial_rotary_factor": config.partial_rotary_factor,
-        "rope_theta": config.rope_theta,
-        "rope_parameters": {"rope_type": "default", "rope_theta": config.rope_theta,
-                            "partial_rotary_factor": config.partial_rotary_factor},
-        "embd_pdrop": config.embd_dropout,
-        "resid_pdrop": config.resid_dropout,
-        "attention_dropout": config.attn_dropout,
-        "qk_layernorm": False,
-        "tie_word_embeddings": False,
-        "use_cache": True,
-        "bos_token_id": bos_token_id,
-        "eos_token_id": eos_token_id,
-        "dtype": "float32",
-        "torch_dtype": "float32",
-    }
-
-
-def config_from_hf(hf: Mapping[str, Any], where: str = CONFIG_NAME, **overrides: Any) -> ModelConfig:
-    """Builds a :class:`ModelConfig` from a transformers phi ``config.json`` dict.
-
-    Raises:
-        CheckpointError: not a phi config, a missing field, or a feature this model does not implement
-            (qk LayerNorm, grouped-query attention, rope scaling, a non-tanh gelu).
-    """
-    model_type = hf.get("model_type")
-    if model_type != "phi":
-        hint = (" (the original microsoft 'phi-msft' / 'mixformer-sequential' format: load it with transformers "
-                ">= 4.37 and save_pretrained it first)" if model_type in ("phi-msft", "mixformer-sequential") else "")
-        raise CheckpointError(f"{where}: model_type is {model_type!r}, expected 'phi'{hint}")
-    problems = []
-    heads = hf.get("num_attention_heads")
-    if hf.get("num_key_value_heads") not in (None, heads):
-        problems.append(f"num_key_value_heads={hf['num_key_value_heads']} != num_attention_heads={heads} "
-                        "(grouped-query attention is not supported)")
-    if hf.get("qk_layernorm"):
-        problems.append("qk_layernorm=true is not supported")
-    if hf.get("hidden_act", "gelu_new") not in _TANH_GELUS:
-        problems.append(f"hidden_act={hf.get('hidden_act')!r} is not supported (expected one of {_TANH_GELUS})")
-    rope = dict(hf.get("rope_parameters") or {})
-    if rope.get("rope_type", "default") != "default" or hf.get("rope_scaling"):
-        problems.append(f"rope scaling {rope or hf.get('rope_scaling')} is not supported (only default rope)")
-    if problems:
-        raise CheckpointError(f"{where}: unsupported phi config: " + "; ".join(problems))
-    try:
-        fields = dict(
-            vocab_size=hf["vocab_size"], hidden_size=hf["hidden_size"], num_layers=hf["num_hidden_layers"],
-            num_heads=hf["num_attention_heads"], intermediate_size=hf["intermediate_size"],
-            max_len=hf.get("max_position_embeddings", 2048),
-            partial_rotary_factor=float(rope.get("partial_rotary_factor", hf.get("partial_rotary_factor", 0.5))),
-            rope_theta=float(rope.get("rope_theta", hf.get("rope_theta", 10000.0))),
-            layer_norm_eps=float(hf.get("layer_norm_eps", 1e-5)),
-            embd_dropout=float(hf.get("embd_pdrop") or 0.0), resid_dropout=float(hf.get("resid_pdrop") or 0.0),
-            attn_dropout=float(hf.get("attention_dropout") or 0.0),
-            initializer_range=float(hf.get("initializer_range", 0.02)))
-    except KeyError as e:
-        raise CheckpointError(f"{where}: missing field {e.args[0]!r}") from None
-    head_dim = hf.get("head_dim")
-    if head_dim not in (None, fields["hidden_size"] // max(1, heads or 1)):
-        raise CheckpointError(f"{where}: head_dim={head_dim} differs from hidden_size / num_attention_heads; "
-                              "not supported")
-    fields.update(overrides)
-    try:
-        return ModelConfig(**fields)
-    except (TypeError, ValueError) as e:
-        raise CheckpointError(f"{where}: {e}") from e
 
 
 def _read_json(path: str) -> Any:
@@ -224,7 +91,7 @@ def _weight_files(directory: str) -> dict[str, str]:
 
 
 def load_hf_checkpoint(directory: str, **config_overrides: Any) -> tuple[ModelConfig, dict]:
-    """Loads a transformers phi checkpoint folder.
+    """Loads a transformers checkpoint folder (phi, llama or qwen2).
 
     Args:
         directory: folder with ``config.json`` and ``model.safetensors`` (or a sharded
@@ -258,7 +125,7 @@ def load_hf_checkpoint(directory: str, **config_overrides: Any) -> tuple[ModelCo
 
     ours = expected_shapes(config.replace(scan_layers=False))
     problems, plan = [], []
-    for hf_name, our_key, kind in _name_map(config):
+    for hf_name, our_key, kind in name_map(config):
         want = _hf_shape(kind, ours[our_key])
         if hf_name not in found:
             if tied and hf_name == "lm_head.weight" and "model.embed_tokens.weight" in found:
@@ -273,11 +140,13 @@ def load_hf_checkpoint(directory: str, **config_overrides: Any) -> tuple[ModelCo
         elif dtype not in ("F32", "F16", "BF16", "F64"):
             problems.append(f"tensor {hf_name!r} in {os.path.basename(path)} has dtype {dtype}, not a float")
         plan.append((hf_name, our_key, kind))
-    known = {hf for hf, _, _ in _name_map(config)}
-    unknown = sorted(n for n in found if n not in known and not _IGNORED.match(n))
+    known = {hf for hf, _, _ in name_map(config)}
+    # A tied model's head is its embedding: an lm_head.weight saved beside it (older exports) is not read.
+    unknown = sorted(n for n in found if n not in known and not _IGNORED.match(n)
+                     and not (config.tie_word_embeddings and n == "lm_head.weight"))
     if unknown:
         problems.append(f"unknown tensors {unknown[:20]}{' ...' if len(unknown) > 20 else ''} "
-                        f"(not part of a phi model with {config.num_layers} layers)")
+                        f"(not part of a {config.family} model with {config.num_layers} layers)")
     for name, path in weight_files.items():
         if name not in found and name in known:
             problems.append(f"index lists {name!r} in {os.path.basename(path)} but that file does not hold it")
@@ -309,7 +178,8 @@ def load_hf_checkpoint(directory: str, **config_overrides: Any) -> tuple[ModelCo
 def save_hf_checkpoint(params: Mapping[str, Any], config: ModelConfig, out_dir: str, *,
                        max_shard_bytes: int | None = 5 * 10**9, bos_token_id: int | None = None,
                        eos_token_id: int | None = None, vocabulary: str | None = None) -> str:
-    """Writes ``params`` as a transformers ``PhiForCausalLM`` checkpoint (float32 safetensors + config.json).
+    """Writes ``params`` as a transformers checkpoint (float32 safetensors + config.json): ``PhiForCausalLM``
+    for the phi family, ``LlamaForCausalLM`` for the llama family.
 
     Args:
         params: parameters (scanned or unscanned layout, boxed or not, on any device).
@@ -332,7 +202,7 @@ def save_hf_checkpoint(params: Mapping[str, Any], config: ModelConfig, out_dir: 
     validate_params(params, config.replace(scan_layers=False))
     flat = flatten(params)
     tensors = {}
-    for hf_name, our_key, kind in _name_map(config):
+    for hf_name, our_key, kind in name_map(config):
         tensors[hf_name] = np.ascontiguousarray(_to_hf(kind, np.asarray(flat[our_key], dtype=np.float32)))
 
     shards: list[dict[str, np.ndarray]] = [{}]
