@@ -1,13 +1,20 @@
-"""Convert phi checkpoints between transformers' format and this project's.
+"""Convert checkpoints between transformers' format, GGUF files and this project's.
 
   textbooks convert --from-hf HF_DIR --out DIR
-      Imports a transformers PhiForCausalLM folder (config.json + safetensors, single or sharded) into the
-      project's params format (textbooks_config.json + params.safetensors: our parameter tree, float32),
-      read back with textbooks.model.load_params, or as a checkpoint by serve, eval and the trainer's
-      INIT_FROM. A vocabulary the folder records comes along (its name and files).
+      Imports a transformers folder (PhiForCausalLM, LlamaForCausalLM or Qwen2ForCausalLM; config.json +
+      safetensors, single or sharded) into the project's params format (textbooks_config.json +
+      params.safetensors: our parameter tree, float32), read back with textbooks.model.load_params, or as a
+      checkpoint by serve, eval and the trainer's INIT_FROM. A vocabulary the folder records comes along (its
+      name and files); a Llama-family folder that records none brings its own tokenizer.json.
+
+  textbooks convert --from-gguf FILE --out DIR
+      Imports a GGUF file (llama or qwen2; F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q4_K or Q6_K tensors, dequantized
+      to float32) the same way, with its tokenizer (tokenizer.json + tokenizer_config.json with the chat
+      template). FILE may be a registered name such as smollm2-135m-instruct.
 
   textbooks convert --to-hf --checkpoint PATH --out HF_DIR [--vocabulary NAME]
-      Exports a model to transformers' format (float32) with its vocabulary's files (for 'phi' and
+      Exports a model to transformers' format (float32; PhiForCausalLM or LlamaForCausalLM by the model's
+      family) with its vocabulary's files (for 'phi' and
       SentencePiece vocabularies a tokenizer.json that transformers' AutoTokenizer reads with the project's
       ids, plus the SentencePiece model file; a SentencePiece model that cannot be converted exactly gets no
       tokenizer.json, and the reason is printed; see textbooks.model.vocab_files). PATH may be a params folder
@@ -25,18 +32,20 @@ import argparse
 import os
 import sys
 
-HELP = "convert phi checkpoints between transformers (HF) format and the project's params format"
+HELP = "convert checkpoints between transformers (HF) format, GGUF files and the project's params format"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     direction = parser.add_mutually_exclusive_group(required=True)
     direction.add_argument("--from-hf", metavar="HF_DIR", help="transformers checkpoint folder to import")
+    direction.add_argument("--from-gguf", metavar="FILE",
+                           help="GGUF file (or registered name, e.g. smollm2-135m-instruct) to import")
     direction.add_argument("--to-hf", action="store_true", help="export --checkpoint to transformers format")
     parser.add_argument("--checkpoint", metavar="PATH",
                         help="with --to-hf: params folder, transformers folder, or orbax model/step dir")
     parser.add_argument("--out", required=True, metavar="DIR", help="folder to write")
     parser.add_argument("--scan-layers", action="store_true",
-                        help="with --from-hf: record scan_layers=True in the written config")
+                        help="with --from-hf/--from-gguf: record scan_layers=True in the written config")
     parser.add_argument("--eos-id", type=int, default=None,
                         help="with --to-hf: eos_token_id for config.json (default: the checkpoint's vocabulary's)")
     parser.add_argument("--bos-id", type=int, default=None, help="with --to-hf: bos_token_id for config.json")
@@ -68,29 +77,57 @@ def load_any(path: str):
     return loaded.config, loaded.params, loaded.vocabulary_name
 
 
+def _import(source: str, out: str, *, gguf_file: bool, scan_layers: bool) -> int:
+    """Reads a transformers folder or a GGUF file (weights and vocabulary) and only then writes ``out``."""
+    from textbooks.model import gguf, hf, params_io
+    from textbooks.model.vocab_files import save_tokenizer, vocabulary_name
+    from textbooks.vocab.registry import get_vocabulary
+
+    if gguf_file:
+        if not os.path.isfile(source):
+            raise params_io.CheckpointError(f"{source} is not a file (--from-gguf takes a .gguf file)")
+        config, params = gguf.load_gguf_checkpoint(source)
+        vocabulary = f"gguf:{source}"
+    else:
+        config, params = hf.load_hf_checkpoint(source)
+        vocabulary = vocabulary_name(source) if (config.family != "phi" or _records_vocabulary(source)) else None
+    if vocabulary is not None:
+        vocab = get_vocabulary(vocabulary)  # a tokenizer that cannot be built fails here, before any write
+        if int(vocab.vocab_size) > config.vocab_size:
+            raise params_io.CheckpointError(
+                f"{source}: its vocabulary ({vocabulary}) has {vocab.vocab_size} tokens but the model only "
+                f"{config.vocab_size} embedding rows: the tokenizer does not belong to these weights")
+    if scan_layers:
+        config = config.replace(scan_layers=True)
+    os.makedirs(out, exist_ok=True)
+    if vocabulary is not None:
+        vocabulary, _ = save_tokenizer(vocabulary, out, max_len=config.max_len)
+    params_io.save_params(params, config, out, vocabulary=vocabulary)
+    print(f"imported {source} ({config.family}, {config.num_params():,} parameters, {config.num_layers} layers, "
+          f"width {config.hidden_size}; vocabulary {vocabulary or 'not recorded'}) -> {out}")
+    return 0
+
+
+def _records_vocabulary(folder: str) -> bool:
+    from textbooks.model.vocab_files import recorded_vocabulary
+
+    return recorded_vocabulary(folder) is not None
+
+
 def main(args: argparse.Namespace) -> int:
     from textbooks.data import paths
-    from textbooks.model import hf, params_io
+    from textbooks.model import hf, named, params_io
 
     try:
-        from_hf, checkpoint = (paths.resolve(p) if p else None for p in (args.from_hf, args.checkpoint))
+        from_gguf = named.resolve_checkpoint(args.from_gguf) if args.from_gguf else None
+        from_hf, from_gguf, checkpoint = (paths.resolve(p) if p else None
+                                          for p in (args.from_hf, from_gguf, args.checkpoint))
         out = paths.check_output_dir(args.out, "the output folder (--out)")
-        if from_hf:
+        source = from_hf or from_gguf
+        if source:
             if checkpoint:
-                raise ValueError("--checkpoint goes with --to-hf; with --from-hf give the folder to --from-hf")
-            from textbooks.model.vocab_files import recorded_vocabulary, save_tokenizer
-
-            config, params = hf.load_hf_checkpoint(from_hf)
-            vocabulary = recorded_vocabulary(from_hf)
-            if args.scan_layers:
-                config = config.replace(scan_layers=True)
-            os.makedirs(out, exist_ok=True)
-            if vocabulary is not None:
-                vocabulary, _ = save_tokenizer(vocabulary, out, max_len=config.max_len)
-            params_io.save_params(params, config, out, vocabulary=vocabulary)
-            print(f"imported {from_hf} ({config.num_params():,} parameters, {config.num_layers} layers, "
-                  f"width {config.hidden_size}; vocabulary {vocabulary or 'not recorded'}) -> {out}")
-            return 0
+                raise ValueError("--checkpoint goes with --to-hf; with --from-hf/--from-gguf give the source there")
+            return _import(source, out, gguf_file=bool(from_gguf), scan_layers=args.scan_layers)
         if not checkpoint:
             raise ValueError("--to-hf needs --checkpoint PATH (params folder, transformers folder or orbax dir)")
         from textbooks.model.vocab_files import save_tokenizer, transformers_note
@@ -114,7 +151,7 @@ def main(args: argparse.Namespace) -> int:
         what = (f"vocabulary {vocabulary}: {', '.join(files)}" if vocabulary else
                 "no vocabulary: the params folder records none; add one with --vocabulary")
         print(f"exported {checkpoint} ({config.num_params():,} parameters) -> {out} "
-              f"(transformers PhiForCausalLM, float32; {what})")
+              f"(transformers {hf.config_to_hf(config)['architectures'][0]}, float32; {what})")
         note = transformers_note(out) if vocabulary else None
         if note:
             print(f"  {note}")

@@ -35,6 +35,8 @@ from gguf import GGMLQuantizationType as QType
 from gguf import Keys
 
 from textbooks.data import files
+from textbooks.model.config import ModelConfig
+from textbooks.model.hf import params_from_hf_tensors
 from textbooks.model.named import is_gguf_file
 from textbooks.model.params_io import CheckpointError
 
@@ -375,3 +377,18 @@ def read_gguf(path: str) -> GGUFModel:
     template = metadata.get(Keys.Tokenizer.CHAT_TEMPLATE)
     return GGUFModel(path=path, hf_config=config, tensors=tensors,
                      chat_template=template if isinstance(template, str) else None, metadata=metadata)
+
+
+def load_gguf_checkpoint(path: str, **config_overrides: Any) -> tuple[ModelConfig, dict]:
+    """Reads a GGUF file into ``(ModelConfig, params)`` through the transformers-layout import
+    (:func:`textbooks.model.hf.params_from_hf_tensors`), with the same checks as a transformers folder.
+
+    Args:
+        path: a ``.gguf`` file.
+        **config_overrides: ModelConfig fields other than the shape fields (``scan_layers``, ``dtype``, ...).
+
+    Raises:
+        GGUFError: as :func:`read_gguf`. CheckpointError: tensors that do not fit the config.
+    """
+    model = read_gguf(path)
+    return params_from_hf_tensors(model.hf_config, dict(model.tensors), os.path.basename(path), **config_overrides)

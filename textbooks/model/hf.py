@@ -123,30 +123,8 @@ def load_hf_checkpoint(directory: str, **config_overrides: Any) -> tuple[ModelCo
         for name, (dtype, shape) in header.items():
             found[name] = (path, dtype, shape)
 
-    ours = expected_shapes(config.replace(scan_layers=False))
-    problems, plan = [], []
-    for hf_name, our_key, kind in name_map(config):
-        want = _hf_shape(kind, ours[our_key])
-        if hf_name not in found:
-            if tied and hf_name == "lm_head.weight" and "model.embed_tokens.weight" in found:
-                plan.append(("model.embed_tokens.weight", our_key, kind))
-                continue
-            problems.append(f"missing tensor {hf_name!r} (expected shape {want})")
-            continue
-        path, dtype, shape = found[hf_name]
-        if shape != want:
-            problems.append(f"tensor {hf_name!r} in {os.path.basename(path)} has shape {shape}, "
-                            f"config expects {want}")
-        elif dtype not in ("F32", "F16", "BF16", "F64"):
-            problems.append(f"tensor {hf_name!r} in {os.path.basename(path)} has dtype {dtype}, not a float")
-        plan.append((hf_name, our_key, kind))
+    plan, problems = _plan(config, found, tied)
     known = {hf for hf, _, _ in name_map(config)}
-    # A tied model's head is its embedding: an lm_head.weight saved beside it (older exports) is not read.
-    unknown = sorted(n for n in found if n not in known and not _IGNORED.match(n)
-                     and not (config.tie_word_embeddings and n == "lm_head.weight"))
-    if unknown:
-        problems.append(f"unknown tensors {unknown[:20]}{' ...' if len(unknown) > 20 else ''} "
-                        f"(not part of a {config.family} model with {config.num_layers} layers)")
     for name, path in weight_files.items():
         if name not in found and name in known:
             problems.append(f"index lists {name!r} in {os.path.basename(path)} but that file does not hold it")
@@ -159,7 +137,73 @@ def load_hf_checkpoint(directory: str, **config_overrides: Any) -> tuple[ModelCo
     tensors = {}
     for path, names in by_file.items():
         tensors.update(read_safetensors(path, sorted(set(names))))
-    uses = {}
+    return config, _convert(config, plan, tensors)
+
+
+def params_from_hf_tensors(hf_config: Mapping[str, Any], tensors: dict[str, np.ndarray], where: str,
+                           **config_overrides: Any) -> tuple[ModelConfig, dict]:
+    """Converts tensors already in memory, in transformers' names and layouts, like :func:`load_hf_checkpoint`.
+
+    The same checks run (every tensor present with the shape the config implies, none unknown, float
+    dtypes); ``tensors`` is emptied as it is converted, to keep peak memory near one copy of the model.
+
+    Args:
+        hf_config: transformers' ``config.json`` dict for the tensors.
+        tensors: ``{HF name: array}``.
+        where: what the tensors came from, for error messages (a file name).
+        **config_overrides: as for :func:`load_hf_checkpoint`.
+
+    Raises:
+        CheckpointError: as for :func:`load_hf_checkpoint`.
+    """
+    check_overrides(config_overrides, where)
+    config = config_from_hf(hf_config, where, **config_overrides)
+    # Any numpy float passes the dtype check (as F32); anything else is named by its numpy dtype.
+    found = {name: (where, "F32" if np.issubdtype(x.dtype, np.floating) else str(x.dtype), tuple(x.shape))
+             for name, x in tensors.items()}
+    plan, problems = _plan(config, found, bool(hf_config.get("tie_word_embeddings", False)))
+    if problems:
+        raise CheckpointError(f"{where}: tensors do not match the config: " + "; ".join(problems))
+    return config, _convert(config, plan, tensors)
+
+
+def _plan(config: ModelConfig, found: Mapping[str, tuple[str, str, tuple[int, ...]]],
+          tied: bool) -> tuple[list[tuple[str, str, str]], list[str]]:
+    """``(plan, problems)``: the (HF name, our path, kind) to convert, and what does not fit the config.
+
+    ``found`` maps each available tensor to (file path, safetensors dtype, shape).
+    """
+    ours = expected_shapes(config.replace(scan_layers=False))
+    problems, plan = [], []
+    for hf_name, our_key, kind in name_map(config):
+        want = _hf_shape(kind, ours[our_key])
+        if hf_name not in found:
+            if tied and hf_name == "lm_head.weight" and "model.embed_tokens.weight" in found:
+                plan.append(("model.embed_tokens.weight", our_key, kind))
+                continue
+            problems.append(f"missing tensor {hf_name!r} (expected shape {want})")
+            continue
+        path, dtype, shape = found[hf_name]
+        if tuple(shape) != want:
+            problems.append(f"tensor {hf_name!r} in {os.path.basename(path)} has shape {tuple(shape)}, "
+                            f"config expects {want}")
+        elif dtype not in ("F32", "F16", "BF16", "F64"):
+            problems.append(f"tensor {hf_name!r} in {os.path.basename(path)} has dtype {dtype}, not a float")
+        plan.append((hf_name, our_key, kind))
+    known = {hf for hf, _, _ in name_map(config)}
+    # A tied model's head is its embedding: an lm_head.weight saved beside it (older exports) is not read.
+    unknown = sorted(n for n in found if n not in known and not _IGNORED.match(n)
+                     and not (config.tie_word_embeddings and n == "lm_head.weight"))
+    if unknown:
+        problems.append(f"unknown tensors {unknown[:20]}{' ...' if len(unknown) > 20 else ''} "
+                        f"(not part of a {config.family} model with {config.num_layers} layers)")
+    return plan, problems
+
+
+def _convert(config: ModelConfig, plan: list[tuple[str, str, str]], tensors: dict[str, np.ndarray]) -> dict:
+    """Our parameters (``config``'s dtype and layout) from ``tensors``, which it empties as it goes."""
+    ours = expected_shapes(config.replace(scan_layers=False))
+    uses: dict[str, int] = {}
     for hf_name, _, _ in plan:
         uses[hf_name] = uses.get(hf_name, 0) + 1
     flat = {}
@@ -168,8 +212,7 @@ def load_hf_checkpoint(directory: str, **config_overrides: Any) -> tuple[ModelCo
         uses[hf_name] -= 1
         if not uses[hf_name]:
             del tensors[hf_name]  # keep peak memory near one copy of the model
-    params = unflatten(flat)
-    return config, cast_and_layout(params, config)
+    return cast_and_layout(unflatten(flat), config)
 
 
 # --------------------------------------------------------------------------------------------------- save
@@ -249,4 +292,4 @@ def is_hf_dir(path: str) -> bool:
 
 
 __all__ = ["CheckpointError", "config_from_hf", "config_to_hf", "is_hf_dir", "load_hf_checkpoint",
-           "save_hf_checkpoint"]
+           "params_from_hf_tensors", "save_hf_checkpoint"]

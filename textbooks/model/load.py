@@ -6,7 +6,10 @@ run's ``init_from`` are given:
 * a training run's model dir (``<model_dir>/checkpoints/<step>/``, orbax; the newest readable step), that
   ``checkpoints`` folder, or one step dir (with ``params/`` and ``metadata/``);
 * a transformers-format folder (``config.json`` + safetensors, :mod:`textbooks.model.hf`);
-* a params folder (``textbooks_config.json`` + ``params.safetensors``, :mod:`textbooks.model.params_io`).
+* a params folder (``textbooks_config.json`` + ``params.safetensors``, :mod:`textbooks.model.params_io`);
+* a GGUF file (llama or qwen2, :mod:`textbooks.model.gguf`), or a registered name such as
+  ``smollm2-135m-instruct`` that resolves to a file an installed data package ships
+  (:mod:`textbooks.model.named`).
 
 Folders are told apart by their marker files (:func:`textbooks.model.hf.is_hf_dir`,
 :func:`textbooks.model.params_io.is_params_dir`, :func:`is_step_dir`), local or ``gs://``. The vocabulary is
@@ -27,7 +30,7 @@ import seqio
 from etils import epath
 
 from textbooks.data import files, paths
-from textbooks.model import causal_lm, hf, params_io
+from textbooks.model import causal_lm, gguf, hf, named, params_io
 from textbooks.model.config import ModelConfig
 from textbooks.model.vocab_files import DEFAULT_VOCABULARY, vocabulary_name
 from textbooks.vocab.registry import get_vocabulary
@@ -60,6 +63,12 @@ class LoadedModel:
     step: int | None = None
     path: str = ""
     metadata: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    @property
+    def chat_template(self) -> str | None:
+        """The model's jinja chat template (its own tokenizer's: a GGUF file's, or what a folder's
+        ``tokenizer_config.json``/``chat_template.jinja`` carry), or None."""
+        return getattr(self.vocabulary, "chat_template", None)
 
 
 def is_step_dir(path: str) -> bool:
@@ -127,14 +136,26 @@ def _load_folder(path: str, shardings: Any, scan_layers: bool | None) -> LoadedM
                        step=None, path=path, metadata={"vocabulary": name})
 
 
+def _load_gguf(path: str, shardings: Any, scan_layers: bool | None) -> LoadedModel:
+    """A GGUF file: weights and config from its tensors and metadata, its own tokenizer and chat template."""
+    overrides = {} if scan_layers is None else {"scan_layers": scan_layers}
+    config, params = gguf.load_gguf_checkpoint(path, **overrides)
+    if shardings is not None:
+        params = jax.device_put(params, shardings)
+    name = f"gguf:{path}"
+    return LoadedModel(config=config, params=params, vocabulary=get_vocabulary(name), vocabulary_name=name,
+                       step=None, path=path, metadata={"vocabulary": name})
+
+
 def load_model(path: str, *, step: int | None = None, shardings: Any = None,
                scan_layers: bool | None = None) -> LoadedModel:
-    """Loads a trained model from an orbax model dir (newest readable step), a step dir, a transformers folder
-    or a params folder (``textbooks convert --from-hf``).
+    """Loads a trained model from an orbax model dir (newest readable step), a step dir, a transformers folder,
+    a params folder (``textbooks convert --from-hf``/``--from-gguf``), a GGUF file or a registered name.
 
     Args:
-        path: model dir, ``<model dir>/checkpoints``, one step dir, a transformers-format or a params folder;
-            relative to the working directory, or ``gs://...`` (orbax checkpoints only).
+        path: model dir, ``<model dir>/checkpoints``, one step dir, a transformers-format or a params folder,
+            a ``.gguf`` file or a name of :data:`textbooks.model.named.NAMED_CHECKPOINTS`; relative to the
+            working directory, or ``gs://...`` (orbax checkpoints only).
         step: a specific step of a model dir (default: the newest readable one).
         shardings: optional tree of shardings for the parameters (default: the first local device).
         scan_layers: for transformers and params folders, the layer layout to load into (default: the
@@ -146,10 +167,13 @@ def load_model(path: str, *, step: int | None = None, shardings: Any = None,
 
     Raises:
         FileNotFoundError: nothing loadable at ``path`` (or not that step).
-        textbooks.model.params_io.CheckpointError: a transformers or params folder that cannot be read (the
-            message names the file and what is wrong).
+        textbooks.model.params_io.CheckpointError: a transformers or params folder or a GGUF file that cannot
+            be read (the message names the file and what is wrong).
     """
+    path = named.resolve_checkpoint(path)
     path = paths.resolve(path)
+    if not files.is_url(path) and named.is_gguf_file(path):
+        return _load_gguf(path, shardings, scan_layers)
     if hf.is_hf_dir(path) or params_io.is_params_dir(path):
         return _load_folder(path, shardings, scan_layers)
     candidates = list(_candidate_step_dirs(path))

@@ -17,7 +17,10 @@
   gets no ``tokenizer.json`` but a ``tokenizer_config.json`` whose :data:`NOTE_KEY` says why and whose class
   does not exist, so that ``AutoTokenizer`` raises instead of returning an empty tokenizer (without a
   tokenizer config, transformers would pick phi's GPT-2 class with no vocabulary);
-* for ``'byte'``: nothing (the ids are the UTF-8 bytes plus 3, seqio's ``ByteVocabulary``).
+* for ``'byte'``: nothing (the ids are the UTF-8 bytes plus 3, seqio's ``ByteVocabulary``);
+* for a model's own tokenizer (``'hf:PATH'``, ``'gguf:PATH'``: :class:`textbooks.vocab.hf_tokenizer.TokenizerVocabulary`):
+  its ``tokenizer.json`` and ``tokenizer_config.json`` (special tokens and chat template), recorded as
+  ``'hf:tokenizer.json'``.
 
 The vocabulary's name goes into ``config.json`` under :data:`textbooks.model.hf.VOCABULARY_KEY` (transformers
 keeps unknown keys), so
@@ -34,6 +37,7 @@ import os
 
 from textbooks.model import hf, params_io
 from textbooks.vocab import spm_hf
+from textbooks.vocab.hf_tokenizer import CHAT_TEMPLATE_FILE
 from textbooks.vocab.phi import EOS_TOKEN, build_tokenizer
 from textbooks.vocab.registry import get_vocabulary
 from textbooks.vocab.spm import spm8k_path
@@ -42,6 +46,8 @@ SPM_FILE = "spm.model"
 TOKENIZER_FILE = "tokenizer.json"
 TOKENIZER_CONFIG_FILE = "tokenizer_config.json"
 DEFAULT_VOCABULARY = "phi"
+# Vocabularies that are a file of their own (a tokenizer.json, a GGUF file's tokenizer): TokenizerVocabulary.
+FILE_PREFIXES = ("hf:", "gguf:")
 # tokenizer_config.json of a SentencePiece model that cannot be converted: a class transformers does not have
 # (AutoTokenizer raises) and the reason under NOTE_KEY.
 REFUSED_CLASS = "SentencePieceNotConvertedForTransformers"
@@ -52,20 +58,28 @@ def save_tokenizer(name: str, out_dir: str, *, max_len: int | None = None) -> tu
     """Writes the files of vocabulary ``name`` into ``out_dir`` (see the module docstring).
 
     Args:
-        name: ``'phi'``, ``'spm8k'``, ``'byte'`` or ``'spm:PATH'``.
+        name: ``'phi'``, ``'spm8k'``, ``'byte'``, ``'spm:PATH'``, ``'hf:PATH'`` or ``'gguf:PATH'``.
         out_dir: an existing folder.
         max_len: ``model_max_length`` for transformers' tokenizer config.
 
     Returns:
         ``(name to record in config.json, file names written)``; a ``spm:PATH`` vocabulary is recorded as
-        ``'spm:spm.model'``, relative to the folder, so the folder can move. A SentencePiece model written
+        ``'spm:spm.model'``, relative to the folder, so the folder can move; ``hf:``/``gguf:`` vocabularies as
+        ``'hf:tokenizer.json'``. A SentencePiece model written
         without ``tokenizer.json`` has a :func:`transformers_note` saying why.
 
     Raises:
         ValueError: an unknown vocabulary name.
         FileNotFoundError: a SentencePiece model file is missing.
     """
-    get_vocabulary(name)  # an unknown name or a missing model file fails here, before anything is touched
+    vocab = get_vocabulary(name)  # an unknown name or a missing model file fails here, before anything is touched
+    if name.startswith(FILE_PREFIXES):
+        # A tokenizer of its own (a transformers folder's or a GGUF file's): tokenizer.json and
+        # tokenizer_config.json (special tokens, chat template), recorded relative to the folder.
+        for stale in (TOKENIZER_FILE, TOKENIZER_CONFIG_FILE, SPM_FILE, CHAT_TEMPLATE_FILE):
+            if os.path.isfile(os.path.join(out_dir, stale)):
+                os.remove(os.path.join(out_dir, stale))
+        return f"hf:{TOKENIZER_FILE}", vocab.save(out_dir)
     spm_model = None if name in ("phi", "byte") else _read_spm_model(name)
     spm_files = None if spm_model is None else _spm_files(spm_model)  # converted before anything is removed
     for stale in (TOKENIZER_FILE, TOKENIZER_CONFIG_FILE, SPM_FILE):  # of a previous export
@@ -150,12 +164,25 @@ def recorded_vocabulary(folder: str) -> str | None:
         if not isinstance(recorded, str) or not recorded:
             raise ValueError(f"{path}: {key!r} must be a vocabulary name such as 'phi' or 'spm8k', "
                              f"got {recorded!r}")
-        if recorded.startswith("spm:") and not os.path.isabs(recorded[len("spm:"):]):
-            return "spm:" + os.path.join(os.path.abspath(folder), recorded[len("spm:"):])
+        prefix = next((p for p in ("spm:",) + FILE_PREFIXES if recorded.startswith(p)), None)
+        if prefix and not os.path.isabs(recorded[len(prefix):]):
+            return prefix + os.path.join(os.path.abspath(folder), recorded[len(prefix):])
         return recorded
     return None
 
 
 def vocabulary_name(folder: str) -> str:
-    """:func:`recorded_vocabulary`, or ``'phi'`` when the folder records none (e.g. a downloaded phi-1.5)."""
-    return recorded_vocabulary(folder) or DEFAULT_VOCABULARY
+    """:func:`recorded_vocabulary`; for a folder that records none, its own ``tokenizer.json`` when it is a
+    transformers folder of another model than phi (e.g. a downloaded SmolLM2), else ``'phi'`` (e.g. a
+    downloaded phi-1.5)."""
+    recorded = recorded_vocabulary(folder)
+    if recorded:
+        return recorded
+    try:
+        with open(os.path.join(folder, hf.CONFIG_NAME), encoding="utf-8") as f:
+            model_type = json.load(f).get("model_type")
+    except (OSError, ValueError, AttributeError):
+        model_type = None
+    if model_type not in (None, "phi") and os.path.isfile(os.path.join(folder, TOKENIZER_FILE)):
+        return "hf:" + os.path.join(os.path.abspath(folder), TOKENIZER_FILE)
+    return DEFAULT_VOCABULARY

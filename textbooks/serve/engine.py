@@ -353,12 +353,14 @@ def _safe_prefix(text: str, stops: Sequence[str]) -> int:
 
 def load_engine(checkpoint: str, *, vocabulary: str | None = None, model_name: str | None = None,
                 **engine_kwargs: Any) -> Engine:
-    """Loads a checkpoint (orbax model dir, step dir, or transformers-format folder) into an :class:`Engine`.
+    """Loads a checkpoint (anything :func:`textbooks.model.load.load_model` reads: orbax model or step dir,
+    transformers or params folder, GGUF file, registered name) into an :class:`Engine`.
 
     Args:
-        checkpoint: the folder.
-        vocabulary: a vocabulary name (``phi``, ``spm8k``, ``spm:PATH``) overriding the checkpoint's.
-        model_name: name served (default: the folder name).
+        checkpoint: the folder, file or registered name.
+        vocabulary: a vocabulary name (``phi``, ``spm8k``, ``spm:PATH``, ``hf:PATH``, ``gguf:PATH``) overriding
+            the checkpoint's.
+        model_name: name served (default: the registered name, or the folder or file name).
         **engine_kwargs: see :class:`Engine`.
 
     Raises:

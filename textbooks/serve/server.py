@@ -5,7 +5,11 @@ events or not), ``GET /health``. Requests are validated the way the OpenAI API d
 fields, context length) and refused with a 4xx JSON error ``{"error": {"message", "type", "param", "code"}}``;
 no request can crash the server. Concurrent requests are batched by :class:`textbooks.serve.engine.Engine`.
 
-Chat messages are rendered with a plain template (the phi models have no chat tokens)::
+Chat messages are rendered with the model's own chat template when its tokenizer has one (a GGUF file's,
+or a transformers folder's ``tokenizer_config.json``/``chat_template.jinja``; rendered exactly as transformers'
+``apply_chat_template`` with ``add_generation_prompt=True``, see :mod:`textbooks.vocab.chat_template`), and
+generation ends at the model's end-of-sequence token. Models without one (the phi models have no chat tokens)
+get a plain template::
 
     System: <system message>
 
@@ -159,11 +163,17 @@ def _stops(body: Mapping[str, Any]) -> list[str]:
     return list(stops)
 
 
-def render_chat(messages: list) -> str:
-    """The chat template of the module docstring; validates the messages.
+def render_chat(messages: list, vocabulary: Any = None) -> str:
+    """The prompt of a conversation (see the module docstring); validates the messages.
+
+    Args:
+        messages: the request's ``messages``.
+        vocabulary: the served vocabulary; its ``render_chat`` renders the model's own chat template when its
+            ``chat_template`` is set, else the plain template is used.
 
     Raises:
-        RequestError: a message is not ``{"role": system|user|assistant, "content": str}``.
+        RequestError: a message is not ``{"role": system|user|assistant, "content": str}``, or the model's
+            template refuses the conversation (its ``raise_exception`` message is returned).
     """
     if not messages:
         raise RequestError(400, "'messages' must be a non-empty array", param="messages")
@@ -178,6 +188,11 @@ def render_chat(messages: list) -> str:
         if not isinstance(m.get("content"), str):
             raise RequestError(400, f"messages[{i}].content must be a string", param=f"messages[{i}].content")
         parts.append(f"{_ROLES[m['role']]}: {m['content']}")
+    if getattr(vocabulary, "chat_template", None):
+        try:
+            return vocabulary.render_chat([dict(m) for m in messages], add_generation_prompt=True)
+        except ValueError as e:
+            raise RequestError(400, f"the model's chat template refused the messages: {e}", param="messages") from e
     return "\n\n".join(parts) + "\n\nAssistant:"
 
 
@@ -285,9 +300,12 @@ class Server:
         body = await self._body(request)
         _check_fields(body, CHAT_FIELDS, ("messages",))
         self._check_model(body)
-        prompts = [self._encode(render_chat(body["messages"]), "messages")]
+        vocabulary = self.engine.vocabulary
+        prompts = [self._encode(render_chat(body["messages"], vocabulary), "messages")]
         max_tokens = body.get("max_completion_tokens", body.get("max_tokens"))
-        return await self._run(request, body, prompts, max_tokens, _stops(body) + [CHAT_STOP], chat=True)
+        own_template = bool(getattr(vocabulary, "chat_template", None))  # it ends turns with the eos token
+        return await self._run(request, body, prompts, max_tokens, _stops(body) + ([] if own_template else [CHAT_STOP]),
+                               chat=True)
 
     async def _run(self, request: web.Request, body: Mapping[str, Any], prompts: list[list[int]],
                    max_tokens: int | None, stops: list[str], *, chat: bool) -> web.StreamResponse:
