@@ -8,6 +8,11 @@ Vocabularies that work in Python and in tf.data):
 * ``'spm8k'``: the project's 8,192-piece SentencePiece BPE trained on Python docs and standard-library code
   with whitespace preserved (pad 0, end-of-text 1, unk 2, byte fallback); see :mod:`textbooks.vocab.spm`.
 * ``'spm:PATH'``: any SentencePiece model file, e.g. one trained with ``textbooks vocab train``.
+* ``'hf:PATH'``: an HF ``tokenizers`` ``tokenizer.json`` file, or a folder holding one (with transformers'
+  ``tokenizer_config.json`` giving the special tokens and chat template); see :mod:`textbooks.vocab.hf_tokenizer`.
+* ``'gguf:PATH'``: the tokenizer of a GGUF model file (byte-level BPE, e.g. SmolLM2's), with the file's special
+  tokens and chat template; see :mod:`textbooks.vocab.gguf_tokenizer`. Chat templates render with
+  :mod:`textbooks.vocab.chat_template`.
 * ``'byte'``: seqio's ``ByteVocabulary`` (UTF-8 bytes, 259 ids; fast, for tests and byte-level ablations).
 
 This module holds the names and sizes of the built-in vocabularies, so that sizing or checking a model does
