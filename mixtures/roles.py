@@ -53,12 +53,15 @@ def default_vocabulary() -> seqio.Vocabulary:
 
 
 def vocab_suffix(name: str) -> str:
-    """The task-name suffix of a vocabulary: its name, or ``spm_<hash>`` for ``'spm:PATH'``."""
+    """The task-name suffix of a vocabulary: its name, or ``<kind>_<hash>`` for ``'spm:PATH'``, ``'hf:PATH'``
+    and ``'gguf:PATH'`` (a model's own tokenizer, e.g. ``'gguf:smollm2-135m-instruct'``)."""
     if name in VOCABULARY_NAMES:
         return name
-    if name.startswith("spm:"):
-        return "spm_" + hashlib.sha1(name.encode()).hexdigest()[:8]
-    raise ValueError(f"unknown vocabulary {name!r}; use one of {', '.join(VOCABULARY_NAMES)} or 'spm:PATH'")
+    kind = name.split(":", 1)[0]
+    if ":" in name and kind in ("spm", "hf", "gguf"):
+        return f"{kind}_" + hashlib.sha1(name.encode()).hexdigest()[:8]
+    raise ValueError(f"unknown vocabulary {name!r}; use one of {', '.join(VOCABULARY_NAMES)}, 'spm:PATH', "
+                     f"'hf:PATH' or 'gguf:PATH'")
 
 
 class DeferredVocabulary(seqio.Vocabulary):

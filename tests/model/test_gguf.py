@@ -11,9 +11,10 @@ import torch
 from gguf import GGMLQuantizationType as Q
 from transformers import AutoModelForCausalLM
 
-from textbooks.model import named
+from textbooks import data_packages as named
+from textbooks.data_packages import resolve_checkpoint
 from textbooks.model.gguf import SUPPORTED_TYPES, GGUFError, read_gguf, read_gguf_config
-from textbooks.model.named import is_gguf_file, resolve_checkpoint
+from textbooks.vocab.gguf_tokenizer import is_gguf_file
 
 EPS16, EPS32 = 2.0 ** -11, 2.0 ** -24  # unit roundoff of float16 / float32 (round to nearest)
 TINY = dict(vocab=64, hidden=256, ffn=512, layers=2, heads=4, kv_heads=2, head_dim=64)  # rows of 256: K-quants

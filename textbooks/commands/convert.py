@@ -116,12 +116,14 @@ def _records_vocabulary(folder: str) -> bool:
 
 def main(args: argparse.Namespace) -> int:
     from textbooks.data import paths
-    from textbooks.model import hf, named, params_io
+    from textbooks import data_packages
+    from textbooks.model import hf, params_io
 
     try:
-        from_gguf = named.resolve_checkpoint(args.from_gguf) if args.from_gguf else None
+        from_gguf = data_packages.resolve_checkpoint(args.from_gguf) if args.from_gguf else None
+        checkpoint = data_packages.resolve_checkpoint(args.checkpoint) if args.checkpoint else None
         from_hf, from_gguf, checkpoint = (paths.resolve(p) if p else None
-                                          for p in (args.from_hf, from_gguf, args.checkpoint))
+                                          for p in (args.from_hf, from_gguf, checkpoint))
         out = paths.check_output_dir(args.out, "the output folder (--out)")
         source = from_hf or from_gguf
         if source:

@@ -20,6 +20,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from textbooks import data_packages
+
 HELP = "evaluate a checkpoint on the phi-1 / phi-1.5 benchmarks (multiple choice, code, GSM8K, SQuAD)"
 ACCEPTS_EXTRA = True
 
@@ -29,7 +31,8 @@ def add_arguments(parser) -> None:
 
     gin_utils.add_gin_arguments(parser)
     parser.add_argument("--checkpoint", default=None,
-                        help="orbax model dir (newest step), step dir, or transformers-format folder")
+                        help="orbax model dir (newest step), step dir, transformers-format or params folder, .gguf "
+                             "file, or a registered name (smollm2-135m-instruct)")
     parser.add_argument("--tasks", default=None, help="comma-separated tasks or suites (default: phi15)")
     parser.add_argument("--limit", type=positive_int, default=None,
                         help="items per task (a seeded subset; a positive number)")
@@ -51,7 +54,8 @@ def main(args) -> int:
         return 0
     bindings = []
     if args.checkpoint:
-        bindings.append(f"evaluate.checkpoint = {paths.resolve(args.checkpoint)!r}")
+        checkpoint = data_packages.resolve_checkpoint(args.checkpoint)  # a registered name, or a path
+        bindings.append(f"evaluate.checkpoint = {paths.resolve(checkpoint)!r}")
     if args.tasks:
         bindings.append(f"evaluate.tasks = {args.tasks!r}")
     if args.out:

@@ -17,17 +17,21 @@ import asyncio
 import signal
 import sys
 
+from textbooks import data_packages
+
 HELP = "serve a checkpoint over an OpenAI-compatible HTTP API"
 
 
 def add_arguments(parser) -> None:
     parser.add_argument("--checkpoint", required=True,
-                        help="orbax model dir (newest step), one step dir, or a transformers-format folder")
+                        help="orbax model dir (newest step), one step dir, a transformers-format or params folder, "
+                             "a .gguf file, or a registered name (smollm2-135m-instruct)")
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
     parser.add_argument("--port", type=int, default=8000, help="port (0: pick a free one)")
     parser.add_argument("--vocabulary", default=None,
-                        help="vocabulary name overriding the checkpoint's (phi, spm8k, spm:PATH)")
-    parser.add_argument("--model_name", default=None, help="name served at /v1/models (default: folder name)")
+                        help="vocabulary name overriding the checkpoint's (phi, spm8k, spm:PATH, hf:PATH, gguf:PATH)")
+    parser.add_argument("--model_name", default=None,
+                        help="name served at /v1/models (default: the registered name, or the folder or file name)")
     parser.add_argument("--max_batch_size", type=int, default=16, help="most requests decoded together")
     parser.add_argument("--batch_wait_ms", type=float, default=5.0,
                         help="how long a request waits for others to share its batch")
@@ -58,8 +62,10 @@ def main(args) -> int:
     if args.host not in ("127.0.0.1", "localhost", "::1"):
         print(f"warning: binding to {args.host}: the server has no authentication", file=sys.stderr)
     try:
-        engine = engine_lib.load_engine(paths.resolve(args.checkpoint), vocabulary=args.vocabulary,
-                                        model_name=args.model_name,
+        registered = args.checkpoint in data_packages.NAMED_CHECKPOINTS
+        checkpoint = paths.resolve(data_packages.resolve_checkpoint(args.checkpoint))
+        engine = engine_lib.load_engine(checkpoint, vocabulary=args.vocabulary,
+                                        model_name=args.model_name or (args.checkpoint if registered else None),
                                         max_batch_size=args.max_batch_size, batch_wait_ms=args.batch_wait_ms,
                                         chunk_tokens=args.chunk_tokens, max_queue=args.max_queue,
                                         fixed_batch=args.fixed_batch, min_length_bucket=args.min_length_bucket,

@@ -27,7 +27,8 @@ ACCEPTS_EXTRA = True
 
 # The gin parameters that hold paths (usually bound to the MODEL_DIR and INIT_FROM macros).
 MODEL_DIR_BINDING = "train.model_dir"
-PATH_BINDINGS = (MODEL_DIR_BINDING, "CheckpointConfig.init_from")
+INIT_FROM_BINDING = "CheckpointConfig.init_from"  # a checkpoint path or a registered name
+PATH_BINDINGS = (MODEL_DIR_BINDING, INIT_FROM_BINDING)
 
 
 def add_arguments(parser) -> None:
@@ -65,7 +66,7 @@ def main(args) -> int:
         gin_utils.parse_gin_from_args(args, bindings, finalize=False)
         # MODEL_DIR and INIT_FROM may come from gin files or --gin flags: make them absolute before the config
         # is locked (orbax refuses relative paths; config.gin then names the same folders from anywhere).
-        resolved = paths.resolve_gin_paths(PATH_BINDINGS)
+        resolved = paths.resolve_gin_paths(PATH_BINDINGS, checkpoint_keys=(INIT_FROM_BINDING,))
         gin.finalize()
         if MODEL_DIR_BINDING in resolved:  # checked now, not at the first save after all the training steps
             paths.check_output_dir(resolved[MODEL_DIR_BINDING], "the model dir (train.model_dir, MODEL_DIR)")

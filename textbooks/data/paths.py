@@ -21,6 +21,7 @@ from typing import Iterable
 
 import gin
 
+from textbooks import data_packages
 from textbooks.data.files import is_url, join
 from textbooks.data.records import shard_pattern
 from textbooks.data.roles import check_role
@@ -68,8 +69,11 @@ def split_pattern(role: str, split: str, root: str | None = None) -> str:
     return shard_pattern(role_dir(role, root), split)
 
 
-def resolve_gin_paths(keys: Iterable[str]) -> dict[str, str]:
+def resolve_gin_paths(keys: Iterable[str], checkpoint_keys: Iterable[str] = ()) -> dict[str, str]:
     """Makes the local paths bound in gin to ``keys`` absolute; call it after parsing, before finalizing.
+
+    Values of ``checkpoint_keys`` (a subset of ``keys``) may also be a registered checkpoint name
+    (:data:`textbooks.data_packages.NAMED_CHECKPOINTS`), bound as the file it names.
 
     A key bound to a macro (``train.model_dir = %MODEL_DIR``) has the macro's value resolved, wherever that was
     set (a gin file, ``--gin.MODEL_DIR=...``), so the operative config records the absolute path. Unbound keys
@@ -77,11 +81,13 @@ def resolve_gin_paths(keys: Iterable[str]) -> dict[str, str]:
 
     Args:
         keys: binding keys such as ``'train.model_dir'`` or ``'CheckpointConfig.init_from'``.
+        checkpoint_keys: those of ``keys`` that name a checkpoint to read.
 
     Returns:
         ``{key: resolved path}`` for the keys bound, directly or through macros, to a path.
     """
     out: dict[str, str] = {}
+    checkpoint_keys = set(checkpoint_keys)
     for key in keys:
         target, seen = key, {key}
         try:
@@ -95,7 +101,7 @@ def resolve_gin_paths(keys: Iterable[str]) -> dict[str, str]:
         except ValueError:  # not bound
             continue
         if isinstance(value, str) and value:
-            out[key] = resolve(value)
+            out[key] = resolve(data_packages.resolve_checkpoint(value) if key in checkpoint_keys else value)
             if out[key] != value:
                 gin.bind_parameter(target, out[key])
     return out

@@ -65,10 +65,7 @@ def _score_fn(model, params, inputs, targets, segment_ids, window_start, window_
     index = jnp.clip(window_start[:, None] + jnp.arange(width)[None, :], 0, inputs.shape[1] - 1)  # [B, C]
     h = jnp.take_along_axis(hidden, index[..., None], axis=1)  # [B, C, D]
     tgt = jnp.take_along_axis(targets, index, axis=1)
-    head = params["lm_head"]
-    dtype = jnp.dtype(model.config.dtype)
-    logits = (jnp.dot(h.astype(dtype), head["kernel"].astype(dtype)) + head["bias"].astype(dtype))
-    logits = logits.astype(jnp.float32)
+    logits = causal_lm.head_logits(model.config, params, h)
     logp = jax.nn.log_softmax(logits, axis=-1)
     token_logp = jnp.take_along_axis(logp, tgt[..., None], axis=-1)[..., 0]
     greedy = jnp.argmax(logits, axis=-1) == tgt

@@ -118,6 +118,22 @@ class CausalLM(nn.Module):
         return logits
 
 
+def head_logits(config: ModelConfig, params: dict, hidden: Array) -> Array:
+    """The LM head of :class:`CausalLM` applied to final-norm outputs ``hidden [..., hidden_size]`` outside the
+    module (float32 logits ``[..., vocab]``), e.g. on a few positions only: the same products as the module's
+    head (phi: kernel and bias; llama: its kernel, or the embedding when tied), in the config's dtype."""
+    dtype = jnp.dtype(config.dtype)
+    h = hidden.astype(dtype)
+    if config.family == "llama" and config.tie_word_embeddings:
+        logits = jnp.dot(h, params["embed_tokens"]["embedding"].astype(dtype).T)
+    else:
+        head = params["lm_head"]
+        logits = jnp.dot(h, head["kernel"].astype(dtype))
+        if "bias" in head:
+            logits = logits + head["bias"].astype(dtype)
+    return logits.astype(jnp.float32)
+
+
 def _init_fn(config: ModelConfig):
     def init(rng):
         # No activation constraints: the one-row dummy batch cannot be split over a mesh.

@@ -37,8 +37,8 @@ from gguf import Keys
 from textbooks.data import files
 from textbooks.model.config import ModelConfig
 from textbooks.model.hf import params_from_hf_tensors
-from textbooks.model.named import is_gguf_file
 from textbooks.model.params_io import CheckpointError
+from textbooks.vocab.gguf_tokenizer import is_gguf_file
 
 SUPPORTED_TYPES: tuple[QType, ...] = (QType.F32, QType.F16, QType.BF16, QType.Q8_0, QType.Q4_0, QType.Q4_1,
                                       QType.Q4_K, QType.Q6_K)

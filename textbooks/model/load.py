@@ -9,7 +9,7 @@ run's ``init_from`` are given:
 * a params folder (``textbooks_config.json`` + ``params.safetensors``, :mod:`textbooks.model.params_io`);
 * a GGUF file (llama or qwen2, :mod:`textbooks.model.gguf`), or a registered name such as
   ``smollm2-135m-instruct`` that resolves to a file an installed data package ships
-  (:mod:`textbooks.model.named`).
+  (:data:`textbooks.data_packages.NAMED_CHECKPOINTS`).
 
 Folders are told apart by their marker files (:func:`textbooks.model.hf.is_hf_dir`,
 :func:`textbooks.model.params_io.is_params_dir`, :func:`is_step_dir`), local or ``gs://``. The vocabulary is
@@ -30,9 +30,11 @@ import seqio
 from etils import epath
 
 from textbooks.data import files, paths
-from textbooks.model import causal_lm, gguf, hf, named, params_io
+from textbooks import data_packages
+from textbooks.model import causal_lm, gguf, hf, params_io
 from textbooks.model.config import ModelConfig
 from textbooks.model.vocab_files import DEFAULT_VOCABULARY, vocabulary_name
+from textbooks.vocab.gguf_tokenizer import is_gguf_file
 from textbooks.vocab.registry import get_vocabulary
 
 log = logging.getLogger(__name__)
@@ -154,7 +156,7 @@ def load_model(path: str, *, step: int | None = None, shardings: Any = None,
 
     Args:
         path: model dir, ``<model dir>/checkpoints``, one step dir, a transformers-format or a params folder,
-            a ``.gguf`` file or a name of :data:`textbooks.model.named.NAMED_CHECKPOINTS`; relative to the
+            a ``.gguf`` file or a name of :data:`textbooks.data_packages.NAMED_CHECKPOINTS`; relative to the
             working directory, or ``gs://...`` (orbax checkpoints only).
         step: a specific step of a model dir (default: the newest readable one).
         shardings: optional tree of shardings for the parameters (default: the first local device).
@@ -170,9 +172,9 @@ def load_model(path: str, *, step: int | None = None, shardings: Any = None,
         textbooks.model.params_io.CheckpointError: a transformers or params folder or a GGUF file that cannot
             be read (the message names the file and what is wrong).
     """
-    path = named.resolve_checkpoint(path)
+    path = data_packages.resolve_checkpoint(path)
     path = paths.resolve(path)
-    if not files.is_url(path) and named.is_gguf_file(path):
+    if not files.is_url(path) and is_gguf_file(path):
         return _load_gguf(path, shardings, scan_layers)
     if hf.is_hf_dir(path) or params_io.is_params_dir(path):
         return _load_folder(path, shardings, scan_layers)

@@ -11,6 +11,7 @@ import threading
 import gin
 import seqio
 
+from textbooks import data_packages
 from textbooks.vocab import VOCABULARY_NAMES, VOCABULARY_SIZES
 from textbooks.vocab.gguf_tokenizer import is_gguf_file
 from textbooks.vocab.hf_tokenizer import TOKENIZER_FILE, TokenizerVocabulary
@@ -50,6 +51,7 @@ def _tokenizer_json(path: str, name: str) -> str:
 
 
 def _gguf_file(path: str, name: str) -> str:
+    path = data_packages.resolve_checkpoint(path)  # 'gguf:smollm2-135m-instruct': a registered file
     if not os.path.isfile(path):
         raise FileNotFoundError(f"vocabulary {name!r}: GGUF file {path} not found")
     if not is_gguf_file(path):
