@@ -14,14 +14,16 @@ REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 
 
 def _transformers_param_count(config: ModelConfig) -> int:
-    """Parameters of transformers' PhiForCausalLM for the same shape, built on the meta device (no memory)."""
+    """Parameters of the transformers model our export names (PhiForCausalLM, LlamaForCausalLM, ...) for the
+    same shape, built on the meta device (no memory); a tied head's weights are the embedding's, counted once."""
     import torch
     import transformers
 
-    hf_config = transformers.PhiConfig(**{k: v for k, v in config_to_hf(config).items()
-                                          if k not in ("architectures", "model_type", "dtype", "torch_dtype")})
+    hf = config_to_hf(config)
+    hf_config = transformers.AutoConfig.for_model(hf["model_type"], **{
+        k: v for k, v in hf.items() if k not in ("architectures", "model_type", "dtype", "torch_dtype")})
     with torch.device("meta"):
-        model = transformers.PhiForCausalLM(hf_config)
+        model = getattr(transformers, hf["architectures"][0])(hf_config)
     return sum(p.numel() for p in model.parameters())
 
 
@@ -37,6 +39,49 @@ def test_phi_1_5_param_count_equals_transformers_and_the_released_model():
 def test_other_preset_counts_equal_transformers(name):
     config = get_preset(name)
     assert config.num_params() == _transformers_param_count(config)
+
+
+def test_smollm2_135m_param_count_equals_transformers_and_the_released_model():
+    config = get_preset("smollm2-135m")
+    assert config.num_params() == 134_515_008  # HuggingFaceTB/SmolLM2-135M as published (tied head)
+    assert config.num_params() == _transformers_param_count(config)
+    assert sum(s.size for s in __import__("jax").tree.leaves(param_shapes(config))) == config.num_params()
+
+
+@pytest.mark.parametrize("name", ["smollm2-360m", "smollm2-1.7b", "llama-cpu-7m"])
+def test_other_llama_preset_counts_equal_transformers(name):
+    config = get_preset(name)
+    assert config.num_params() == _transformers_param_count(config)
+
+
+@pytest.mark.parametrize("changes", [{}, {"tie_word_embeddings": True}, {"attention_bias": True, "num_kv_heads": 1},
+                                     {"num_kv_heads": 4, "tie_word_embeddings": True, "attention_bias": True}],
+                         ids=["preset", "tied", "bias_mqa", "mha_tied_bias"])
+def test_llama_param_count_equals_initialized_leaves_and_transformers(changes):
+    """Each llama option (grouping, tied head, q/k/v biases) counted as the initialized tree and transformers
+    (LlamaForCausalLM, or Qwen2ForCausalLM for the biases) have it."""
+    import jax
+
+    from textbooks.model import init_params
+
+    config = get_preset("llama-cpu-1m").replace(vocab_size=300, **changes)
+    params = init_params(config, 0)
+    assert sum(x.size for x in jax.tree.leaves(params)) == config.num_params()
+    assert config.num_params() == _transformers_param_count(config)
+    assert ("lm_head" in params) != config.tie_word_embeddings
+    assert params["layers_0"]["self_attn"]["k_proj"]["kernel"].shape == (64, config.kv_heads, 16)
+    embedding_and_head = (1 if config.tie_word_embeddings else 2) * 300 * 64
+    assert config.num_params(non_embedding=True) == config.num_params() - embedding_and_head
+
+
+@pytest.mark.parametrize("size", ["1m", "7m", "30m"])
+def test_llama_cpu_presets_match_the_phi_cpu_presets(size):
+    """Same depth, width, heads, vocabulary and context as phi-cpu-*, parameters within 1%."""
+    llama, phi = get_preset(f"llama-cpu-{size}"), get_preset(f"phi-cpu-{size}")
+    assert llama.family == "llama" and phi.family == "phi"
+    for field in ("num_layers", "hidden_size", "num_heads", "vocab_size", "max_len"):
+        assert getattr(llama, field) == getattr(phi, field), field
+    assert abs(llama.num_params() / phi.num_params() - 1) < 0.01, (llama.num_params(), phi.num_params())
 
 
 @pytest.mark.parametrize("name", sorted(PRESETS))
@@ -104,14 +149,18 @@ def test_every_preset_has_a_gin_file():
     assert names == {n.replace(".", "_").replace("-", "_") for n in PRESETS}
 
 
-def test_flops_per_token_matches_the_compiled_forward():
-    """6N + 12 L D T per token (training) is three times what XLA counts for the compiled forward pass."""
+@pytest.mark.parametrize("name,changes", [("phi-cpu-1m", {}), ("llama-cpu-1m", {}),
+                                          ("llama-cpu-1m", {"tie_word_embeddings": True, "num_kv_heads": 1})],
+                         ids=["phi", "llama", "llama_tied_mqa"])
+def test_flops_per_token_matches_the_compiled_forward(name, changes):
+    """6N + 12 L D T per token (training) is three times what XLA counts for the compiled forward pass (a tied
+    head's matmul counts although its weights are the embedding's; fewer KV heads shrink N, not 12 L D T)."""
     import jax
     import jax.numpy as jnp
 
     from textbooks.model import CausalLM
 
-    config, length = get_preset("phi-cpu-1m"), 128
+    config, length = get_preset(name).replace(**changes), 128
     model = CausalLM(config)
     compiled = jax.jit(lambda p, x: model.apply({"params": p}, x)).lower(
         param_shapes(config), jax.ShapeDtypeStruct((2, length), jnp.int32)).compile()

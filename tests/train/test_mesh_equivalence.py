@@ -1,5 +1,5 @@
 """The same 20 steps on 1 device and on four 8-device meshes give the same gradients and losses; state is split
-as the rules say.
+as the rules say. For both model families (the llama one with grouped-query attention).
 
 What differs between meshes is only the order of float32 sums (a sharded contraction adds partial sums across
 devices), so the tolerances are ``n * eps`` bounds with ``n`` the batch's tokens (see tests/treecheck.py); XLA:CPU
@@ -57,20 +57,32 @@ def _run(config, mesh_cfg, devices):
     return np.array(losses), state, first_grad
 
 
-@pytest.fixture(scope="module")
-def config():
+def _config(family):
     from textbooks.model.config import get_preset
 
-    # 8 heads of 4 and MLP 64, so that every axis splits 8 ways.
-    return get_preset("phi-cpu-1m").replace(hidden_size=32, num_layers=2, num_heads=8, intermediate_size=64,
-                                            vocab_size=256, max_len=64)
+    if family == "phi":
+        # 8 heads of 4 and MLP 64, so that every axis splits 8 ways.
+        return get_preset("phi-cpu-1m").replace(hidden_size=32, num_layers=2, num_heads=8, intermediate_size=64,
+                                                vocab_size=256, max_len=64)
+    # llama-cpu-1m's architecture with grouped-query attention (16 query heads of 4 sharing 8 KV heads) and
+    # SwiGLU 64, so that every axis, the KV heads' included, splits 8 ways.
+    return get_preset("llama-cpu-1m").replace(hidden_size=64, num_layers=2, num_heads=16, num_kv_heads=8,
+                                              intermediate_size=64, vocab_size=256, max_len=64)
 
 
 @pytest.fixture(scope="module")
-def reference(config):
-    losses, _, grad = _run(config, part.PartitioningConfig(data=1), jax.devices()[:1])
-    assert losses[-1] < losses[0] - 0.05, losses  # it learns, so the comparison means something
-    return losses, grad
+def reference():
+    """The one-device run of a family (computed once per family): its losses and first gradient."""
+    cache = {}
+
+    def get(family):
+        if family not in cache:
+            losses, _, grad = _run(_config(family), part.PartitioningConfig(data=1), jax.devices()[:1])
+            assert losses[-1] < losses[0] - 0.05, losses  # it learns, so the comparison means something
+            cache[family] = losses, grad
+        return cache[family]
+
+    return get
 
 
 def _spec(x):
@@ -81,11 +93,20 @@ def _shard_shape(x):
     return x.addressable_shards[0].data.shape
 
 
-@pytest.mark.parametrize("shape", [(8, 1, 1), (2, 4, 1), (2, 2, 2), (1, 1, 8)], ids=lambda s: "x".join(map(str, s)))
-def test_losses_match_one_device_and_state_is_split_by_the_rules(config, reference, shape):
+SHAPES = [(8, 1, 1), (2, 4, 1), (2, 2, 2), (1, 1, 8)]
+# The llama family on the meshes that split all three axes and the KV heads (the data-only and fsdp-only
+# meshes shard nothing family-specific).
+CASES = [("phi", shape) for shape in SHAPES] + [pytest.param("llama", shape, marks=pytest.mark.slow)
+                                                for shape in ((2, 2, 2), (1, 1, 8))]
+
+
+@pytest.mark.parametrize("family,shape", CASES,
+                         ids=lambda v: "x".join(map(str, v)) if isinstance(v, tuple) else v)
+def test_losses_match_one_device_and_state_is_split_by_the_rules(reference, family, shape):
+    config = _config(family)
     data, fsdp, tensor = shape
     losses, state, grad = _run(config, part.PartitioningConfig(data=data, fsdp=fsdp, tensor=tensor), jax.devices())
-    ref_losses, ref_grad = reference
+    ref_losses, ref_grad = reference(family)
     # The first step's gradient, before AdamW: sums over the batch's tokens, in another order (and the backward
     # pass chains one such sum per layer through the residual stream, hence the slack).
     assert_trees_close(grad, ref_grad, reduction_length=TOKENS, slack=config.num_layers + 1)
@@ -98,19 +119,24 @@ def test_losses_match_one_device_and_state_is_split_by_the_rules(config, referen
         # Mesh axes of size 1 still appear in the spec; the shard shapes below show the real split.
         return P(*spec)
 
+    d, f, v, h, kv, dh = (config.hidden_size, config.intermediate_size, config.vocab_size, config.num_heads,
+                          config.kv_heads, config.head_dim)
+    up, final_norm = ("fc1", "final_layernorm") if family == "phi" else ("gate_proj", "norm")
     params, mu = state.params, state.opt_state[1][0].mu
-    fc1, mu_fc1 = params["layers_0"]["mlp"]["fc1"]["kernel"], mu["layers_0"]["mlp"]["fc1"]["kernel"]
+    mlp, mu_mlp = params["layers_0"]["mlp"][up]["kernel"], mu["layers_0"]["mlp"][up]["kernel"]
     q, mu_q = params["layers_1"]["self_attn"]["q_proj"]["kernel"], mu["layers_1"]["self_attn"]["q_proj"]["kernel"]
+    k, mu_k = params["layers_1"]["self_attn"]["k_proj"]["kernel"], mu["layers_1"]["self_attn"]["k_proj"]["kernel"]
     emb = params["embed_tokens"]["embedding"]
-    ln = params["final_layernorm"]["scale"]
-    for a, b in ((fc1, mu_fc1), (q, mu_q)):
+    ln = params[final_norm]["scale"]
+    for a, b in ((mlp, mu_mlp), (q, mu_q), (k, mu_k)):
         assert _spec(a) == _spec(b) and _shard_shape(a) == _shard_shape(b)  # optimizer state mirrors params
-    assert _spec(fc1) == expect(("fsdp", "tensor"))
-    assert _shard_shape(fc1) == (32 // fsdp, 64 // tensor)
-    assert _spec(q) == expect(("fsdp", "tensor", None))
-    assert _shard_shape(q) == (32 // fsdp, 8 // tensor, 4)
+    assert _spec(mlp) == expect(("fsdp", "tensor"))
+    assert _shard_shape(mlp) == (d // fsdp, f // tensor)
+    assert _spec(q) == _spec(k) == expect(("fsdp", "tensor", None))
+    assert _shard_shape(q) == (d // fsdp, h // tensor, dh)
+    assert _shard_shape(k) == (d // fsdp, kv // tensor, dh)
     assert _spec(emb) == expect(("tensor", "fsdp"))
-    assert _shard_shape(emb) == (256 // tensor, 32 // fsdp)
-    assert _shard_shape(ln) == (32 // fsdp,)
+    assert _shard_shape(emb) == (v // tensor, d // fsdp)
+    assert _shard_shape(ln) == (d // fsdp,)
     # Scalars (step, Adam's count) are replicated.
     assert _spec(state.step) == P() and _spec(state.opt_state[1][0].count) == P()

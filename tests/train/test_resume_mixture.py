@@ -1,6 +1,7 @@
 """Exact resume on a paper mixture: `textbooks train` on `phi15_web` (packed rows from role shards built from the
 local corpora), interrupted by SIGKILL or SIGTERM at a seeded random step after the first checkpoint and
-restarted, gives every later step's loss and the final parameters bit for bit as an uninterrupted run.
+restarted, gives every later step's loss and the final parameters bit for bit as an uninterrupted run. The same
+for a llama-family model (SIGKILL only: the signal handling does not depend on the model).
 
 The killed and the terminated run start together once the uninterrupted one has compiled, then the two restarts
 run together: each run is mostly process start-up, so this takes about the time of three runs rather than five."""
@@ -41,12 +42,13 @@ def data_root(tmp_path_factory):
     return root
 
 
-@pytest.fixture(scope="module")
-def gin_file(tmp_path_factory):
-    """experiments/tiny/phi15_web.gin at test size: the byte vocabulary, a 2-layer model, 32-token rows."""
+def _write_gin(tmp_path_factory, model_gin=None):
+    """experiments/tiny/phi15_web.gin at test size: the byte vocabulary, a 2-layer model, 32-token rows (of the
+    family ``model_gin`` selects, if given)."""
     overrides = "\n".join(f"model_config.{k} = {v}" for k, v in TINY.items())
     text = textwrap.dedent(f"""\
         include 'tiny/phi15_web.gin'
+        {f"include '{model_gin}'" if model_gin else ""}
         MIXTURE_OR_TASK_NAME = '{MIXTURE}_byte'
         TASK_FEATURE_LENGTHS = {{'targets': 32}}
         BATCH_SIZE = 8
@@ -65,6 +67,17 @@ def gin_file(tmp_path_factory):
     path = tmp_path_factory.mktemp("gin") / "phi15_web_test.gin"
     path.write_text(text)
     return str(path)
+
+
+@pytest.fixture(scope="module")
+def gin_file(tmp_path_factory):
+    return _write_gin(tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def llama_gin_file(tmp_path_factory):
+    """The llama family at the same test size: 4 query heads sharing 2 KV heads (llama-cpu-1m's grouping)."""
+    return _write_gin(tmp_path_factory, "models/llama_cpu_1m.gin")
 
 
 def _env(data_root):
@@ -103,22 +116,19 @@ def _log(path):
         return f.read()
 
 
-@pytest.fixture(scope="module")
-def runs(tmp_path_factory, gin_file, data_root):
-    """The three runs, the interruptions and the restarts; returns what the tests check."""
-    root = tmp_path_factory.mktemp("runs")
-    names = ("reference", "killed", "terminated")
+def _interrupt_and_resume(root, gin_file, data_root, signals):
+    """An uninterrupted reference run and, for each ``{name: signal}``, a run sent that signal at a seeded random
+    step after the first checkpoint; then those runs' restarts. Returns what the tests check."""
+    names = ("reference", *signals)
     dirs = {n: str(root / n) for n in names}
     logs = {n: str(root / f"{n}.log") for n in names}
     rng = random.Random(SEED)
     # After the first checkpoint and at least one checkpoint interval before the end.
-    at = {"killed": rng.randint(SAVE_EVERY + 1, STEPS - SAVE_EVERY),
-          "terminated": rng.randint(SAVE_EVERY + 1, STEPS - SAVE_EVERY)}
-    signals = {"killed": signal.SIGKILL, "terminated": signal.SIGTERM}
+    at = {n: rng.randint(SAVE_EVERY + 1, STEPS - SAVE_EVERY) for n in signals}
     out, signalled = {"at": at}, {}
     procs = {"reference": _start(gin_file, dirs["reference"], data_root, logs["reference"])}
     try:
-        # The other two start once the reference has compiled its programs into the shared compilation cache.
+        # The others start once the reference has compiled its programs into the shared compilation cache.
         deadline = time.time() + 300
         while _step_reached(dirs["reference"]) < 1:
             assert procs["reference"].poll() is None, _log(logs["reference"])[-3000:]
@@ -142,18 +152,18 @@ def runs(tmp_path_factory, gin_file, data_root):
             if proc.poll() is None:
                 proc.kill()
                 proc.wait()
-    out["stop_seconds"] = ended["terminated"] - signalled["terminated"]
     for n in names:
         out[f"{n}_returncode"] = procs[n].returncode
         out[f"{n}_log"] = _log(logs[n])
+        out[f"{n}_reached"] = _step_reached(dirs[n])
     assert procs["reference"].returncode == 0, out["reference_log"][-3000:]
-    out["killed_reached"] = _step_reached(dirs["killed"])
-    if procs["terminated"].returncode == 0:
-        with open(os.path.join(dirs["terminated"], "summary.json")) as f:
-            out["terminated_summary"] = json.load(f)
+    for n in signals:
+        out[f"{n}_stop_seconds"] = ended[n] - signalled[n]
+        if procs[n].returncode == 0:
+            with open(os.path.join(dirs[n], "summary.json")) as f:
+                out[f"{n}_summary"] = json.load(f)
     # The restarts.
-    resumed = ("killed", "terminated")
-    procs = {n: _start(gin_file, dirs[n], data_root, logs[n] + ".resumed") for n in resumed}
+    procs = {n: _start(gin_file, dirs[n], data_root, logs[n] + ".resumed") for n in signals}
     try:
         _wait(procs)
     finally:
@@ -161,11 +171,25 @@ def runs(tmp_path_factory, gin_file, data_root):
             if proc.poll() is None:
                 proc.kill()
                 proc.wait()
-    for n in resumed:
+    for n in signals:
         out[f"{n}_resumed_returncode"] = procs[n].returncode
         out[f"{n}_resumed_log"] = _log(logs[n] + ".resumed")
     out["dirs"] = dirs
     return out
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory, gin_file, data_root):
+    """phi: the reference, a run killed (SIGKILL) and one terminated (SIGTERM), and the two restarts."""
+    return _interrupt_and_resume(tmp_path_factory.mktemp("runs"), gin_file, data_root,
+                                 {"killed": signal.SIGKILL, "terminated": signal.SIGTERM})
+
+
+@pytest.fixture(scope="module")
+def llama_runs(tmp_path_factory, llama_gin_file, data_root):
+    """llama: the reference, a run killed (SIGKILL) and its restart."""
+    return _interrupt_and_resume(tmp_path_factory.mktemp("llama_runs"), llama_gin_file, data_root,
+                                 {"killed": signal.SIGKILL})
 
 
 def _final_params(model_dir):
@@ -210,7 +234,7 @@ def test_the_reference_run_trains_on_every_role_of_the_mixture(runs):
     assert {k[len("tokens/"):] for r in records for k in r if k.startswith("tokens/")} == set(phi.MIXTURES[MIXTURE])
 
 
-def test_sigkill_at_a_random_step_then_resume_is_bit_identical(runs):
+def _assert_killed_then_resumed_like_reference(runs):
     assert runs["killed_returncode"] == -signal.SIGKILL, runs["killed_log"][-3000:]
     reached = runs["killed_reached"]
     assert runs["at"]["killed"] <= reached < STEPS, f"killed after step {reached}: not before the end"
@@ -218,9 +242,19 @@ def test_sigkill_at_a_random_step_then_resume_is_bit_identical(runs):
     _assert_resumed_like_reference(runs, "killed", reached + 1)
 
 
+def test_sigkill_at_a_random_step_then_resume_is_bit_identical(runs):
+    _assert_killed_then_resumed_like_reference(runs)
+
+
+def test_llama_sigkill_at_a_random_step_then_resume_is_bit_identical(llama_runs):
+    meta = read_metadata(os.path.join(llama_runs["dirs"]["killed"], "checkpoints", str(STEPS)))
+    assert meta["model_config"]["family"] == "llama" and meta["model_config"]["num_kv_heads"] == 2
+    _assert_killed_then_resumed_like_reference(llama_runs)
+
+
 def test_sigterm_at_a_random_step_saves_exits_zero_and_resumes_bit_identical(runs):
     assert runs["terminated_returncode"] == 0, runs["terminated_log"][-3000:]
-    assert runs["stop_seconds"] < 60
+    assert runs["terminated_stop_seconds"] < 60
     summary = runs["terminated_summary"]
     stopped = summary["final_step"]
     assert summary["stopped_by"] == "signal" and runs["at"]["terminated"] <= stopped < STEPS

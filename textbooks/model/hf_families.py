@@ -2,8 +2,8 @@
 
 * phi: ``PhiForCausalLM`` (``model_type`` 'phi').
 * llama: ``LlamaForCausalLM`` ('llama'), and ``Qwen2ForCausalLM`` ('qwen2'), which is a Llama with biases on
-  q, k and v (imported as ``attention_bias=True``; exported as a LlamaForCausalLM with ``attention_bias``,
-  which transformers reads the same way).
+  q, k and v (imported as ``attention_bias=True`` and exported as a Qwen2ForCausalLM: transformers' Llama
+  with ``attention_bias`` would also expect a bias on the output projection, which these models do not have).
 
 Tensor names map one to one; :func:`name_map` lists ``(HF name, our unscanned path, layout kind)`` for every
 tensor of a config. torch ``Linear`` weights are ``[out, in]``; ours are ``[in, out]`` with the head axes
@@ -128,8 +128,8 @@ def config_to_hf(config: ModelConfig, *, bos_token_id: int | None = None, eos_to
     if config.family == "llama":
         scaling = {} if config.rope_scaling_type == "none" else {"rope_scaling": dict(rope)}
         return extra | common | scaling | {
-            "architectures": ["LlamaForCausalLM"],
-            "model_type": "llama",
+            "architectures": ["Qwen2ForCausalLM" if config.attention_bias else "LlamaForCausalLM"],
+            "model_type": "qwen2" if config.attention_bias else "llama",
             "head_dim": config.head_dim,
             "hidden_act": "silu",
             "rms_norm_eps": config.layer_norm_eps,
