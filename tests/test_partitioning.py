@@ -80,3 +80,23 @@ def test_initialize_distributed_needs_process_count_and_id(monkeypatch):
     assert part.initialize_distributed() is False
     with pytest.raises(ValueError, match="--num_processes"):
         part.initialize_distributed("127.0.0.1:1234")
+
+
+def test_arrays_that_do_not_split_evenly_are_named_before_anything_is_placed():
+    """A Llama with 2 key/value heads cannot split them 4 ways over `tensor`: the error names the parameter,
+    its shape and the mesh axis instead of a raw JAX error at placement."""
+    import optax
+
+    from textbooks.model.causal_lm import CausalLM
+    from textbooks.model.config import get_preset
+    from textbooks.train import state as st
+
+    config = get_preset("llama-cpu-1m")  # 4 query heads sharing 2 key/value heads
+    pc = part.PartitioningConfig(data=1, tensor=4)
+    mesh = part.make_mesh(pc, jax.devices()[:4])
+    with pytest.raises(ValueError, match=r"k_proj.*\(64, 2, 16\): dimension 1 \(2\) over mesh axes tensor "
+                                         r"\(4 ways\).*tensor no larger than the model's key/value heads"):
+        st.state_shardings(CausalLM(config), optax.adamw(1e-3), mesh, pc.logical_axis_rules)
+    shardings = st.state_shardings(CausalLM(config.replace(num_kv_heads=4)), optax.adamw(1e-3), mesh,
+                                   pc.logical_axis_rules)  # 4 key/value heads split 4 ways
+    assert shardings.params["layers_0"]["self_attn"]["k_proj"]["kernel"].spec[1] == "tensor"

@@ -167,6 +167,31 @@ def logical_to_sharding(logical_specs: Any, mesh: Mesh, rules: LogicalRules) -> 
     return nn.logical_to_mesh_sharding(logical_specs, mesh, list(rules))
 
 
+def check_divisible(shapes: Any, shardings: Any, what: str = "parameter") -> None:
+    """Checks that every array of ``shapes`` (a tree of objects with ``.shape``) splits evenly under its
+    ``NamedSharding`` in ``shardings`` (the same tree).
+
+    Raises:
+        ValueError: naming each array, its shape and the mesh axes a dimension does not divide into, and the
+            settings that would fix it (e.g. a model with 2 key/value heads cannot split them 8 ways over
+            ``tensor``).
+    """
+    problems = []
+    leaves = jax.tree_util.tree_leaves_with_path(shapes)
+    for (path, leaf), sharding in zip(leaves, jax.tree_util.tree_leaves(shardings)):
+        for dim, (size, axes) in enumerate(zip(leaf.shape, sharding.spec)):
+            names = () if axes is None else (axes if isinstance(axes, tuple) else (axes,))
+            parts = math.prod(sharding.mesh.shape[n] for n in names)
+            if size % parts:
+                problems.append(f"{jax.tree_util.keystr(path)} {tuple(leaf.shape)}: dimension {dim} ({size}) over "
+                                f"mesh axes {'x'.join(names)} ({parts} ways)")
+    if problems:
+        raise ValueError(f"{len(problems)} {what}(s) cannot be split evenly on this mesh: " + "; ".join(problems[:8])
+                         + ("; ..." if len(problems) > 8 else "") + ". Choose PartitioningConfig sizes that divide "
+                         "them (e.g. tensor no larger than the model's key/value heads) or a model whose sizes "
+                         "they divide")
+
+
 def logical_sharding(names: Sequence[str | None], mesh: Mesh, rules: LogicalRules) -> NamedSharding:
     """The ``NamedSharding`` of one array whose dimensions have logical ``names``."""
     return NamedSharding(mesh, nn.logical_to_mesh_axes(tuple(names), list(rules)))

@@ -80,7 +80,7 @@ def load_any(path: str):
 def _import(source: str, out: str, *, gguf_file: bool, scan_layers: bool) -> int:
     """Reads a transformers folder or a GGUF file (weights and vocabulary) and only then writes ``out``."""
     from textbooks.model import gguf, hf, params_io
-    from textbooks.model.vocab_files import save_tokenizer, vocabulary_name
+    from textbooks.model.vocab_files import own_vocabulary, save_tokenizer
     from textbooks.vocab.registry import get_vocabulary
 
     if gguf_file:
@@ -90,7 +90,7 @@ def _import(source: str, out: str, *, gguf_file: bool, scan_layers: bool) -> int
         vocabulary = f"gguf:{source}"
     else:
         config, params = hf.load_hf_checkpoint(source)
-        vocabulary = vocabulary_name(source) if (config.family != "phi" or _records_vocabulary(source)) else None
+        vocabulary = own_vocabulary(source)
     if vocabulary is not None:
         vocab = get_vocabulary(vocabulary)  # a tokenizer that cannot be built fails here, before any write
         if int(vocab.vocab_size) > config.vocab_size:
@@ -106,12 +106,6 @@ def _import(source: str, out: str, *, gguf_file: bool, scan_layers: bool) -> int
     print(f"imported {source} ({config.family}, {config.num_params():,} parameters, {config.num_layers} layers, "
           f"width {config.hidden_size}; vocabulary {vocabulary or 'not recorded'}) -> {out}")
     return 0
-
-
-def _records_vocabulary(folder: str) -> bool:
-    from textbooks.model.vocab_files import recorded_vocabulary
-
-    return recorded_vocabulary(folder) is not None
 
 
 def main(args: argparse.Namespace) -> int:

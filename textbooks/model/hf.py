@@ -222,7 +222,7 @@ def save_hf_checkpoint(params: Mapping[str, Any], config: ModelConfig, out_dir: 
                        max_shard_bytes: int | None = 5 * 10**9, bos_token_id: int | None = None,
                        eos_token_id: int | None = None, vocabulary: str | None = None) -> str:
     """Writes ``params`` as a transformers checkpoint (float32 safetensors + config.json): ``PhiForCausalLM``
-    for the phi family, ``LlamaForCausalLM`` for the llama family.
+    for the phi family, ``LlamaForCausalLM`` for the llama family (``Qwen2ForCausalLM`` with q/k/v biases).
 
     Args:
         params: parameters (scanned or unscanned layout, boxed or not, on any device).

@@ -209,6 +209,9 @@ def config_from_hf(hf: Mapping[str, Any], where: str = CONFIG_NAME, **overrides:
             problems.append("mlp_bias=true is not supported")
         if hf.get("use_sliding_window"):
             problems.append("use_sliding_window=true is not supported (full attention only)")
+        if model_type == "llama" and hf.get("attention_bias"):
+            problems.append("attention_bias=true (transformers' Llama then has biases on q, k, v and o_proj) is not "
+                            "supported; q/k/v biases without an o_proj bias are (model_type 'qwen2')")
         if int(hf.get("pretraining_tp", 1) or 1) != 1:
             problems.append(f"pretraining_tp={hf['pretraining_tp']} is not supported (save it with 1)")
     if problems:
@@ -231,7 +234,7 @@ def config_from_hf(hf: Mapping[str, Any], where: str = CONFIG_NAME, **overrides:
                 partial_rotary_factor=1.0, num_kv_heads=int(hf.get("num_key_value_heads") or heads),
                 layer_norm_eps=float(hf.get("rms_norm_eps", 1e-6)),
                 tie_word_embeddings=bool(hf.get("tie_word_embeddings", False)),
-                attention_bias=model_type == "qwen2" or bool(hf.get("attention_bias", False)))
+                attention_bias=model_type == "qwen2")
     except KeyError as e:
         raise CheckpointError(f"{where}: missing field {e.args[0]!r}") from None
     head_dim = hf.get("head_dim")

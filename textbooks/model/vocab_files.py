@@ -171,10 +171,10 @@ def recorded_vocabulary(folder: str) -> str | None:
     return None
 
 
-def vocabulary_name(folder: str) -> str:
-    """:func:`recorded_vocabulary`; for a folder that records none, its own ``tokenizer.json`` when it is a
-    transformers folder of another model than phi (e.g. a downloaded SmolLM2), else ``'phi'`` (e.g. a
-    downloaded phi-1.5)."""
+def own_vocabulary(folder: str) -> str | None:
+    """The vocabulary a checkpoint folder records (:func:`recorded_vocabulary`), else the folder's own
+    ``tokenizer.json`` when it is a transformers folder of another model than phi (e.g. a downloaded SmolLM2),
+    else None."""
     recorded = recorded_vocabulary(folder)
     if recorded:
         return recorded
@@ -185,4 +185,9 @@ def vocabulary_name(folder: str) -> str:
         model_type = None
     if model_type not in (None, "phi") and os.path.isfile(os.path.join(folder, TOKENIZER_FILE)):
         return "hf:" + os.path.join(os.path.abspath(folder), TOKENIZER_FILE)
-    return DEFAULT_VOCABULARY
+    return None
+
+
+def vocabulary_name(folder: str) -> str:
+    """:func:`own_vocabulary`, or ``'phi'`` when the folder has none (e.g. a downloaded phi-1.5)."""
+    return own_vocabulary(folder) or DEFAULT_VOCABULARY

@@ -79,7 +79,9 @@ def state_shardings(model: nn.Module, tx: optax.GradientTransformation, mesh: Me
                     rules: partitioning.LogicalRules) -> TrainState:
     """The ``TrainState`` of ``NamedSharding``s for ``mesh`` under ``rules``."""
     specs = state_logical_specs(model, tx)
-    return partitioning.logical_to_sharding(specs, mesh, rules)
+    shardings = partitioning.logical_to_sharding(specs, mesh, rules)
+    partitioning.check_divisible(abstract_state(model, tx).params, shardings.params)
+    return shardings
 
 
 def sharded_abstract_state(model: nn.Module, tx: optax.GradientTransformation, mesh: Mesh,
