@@ -122,3 +122,14 @@ def test_tied_embeddings_checkpoint_loads(tmp_path):
     ids = np.random.RandomState(0).randint(0, 128, (3, 24))
     config, params = load_hf_checkpoint(str(tmp_path))
     np.testing.assert_allclose(our_logits(config, params, ids), hf_logits(hf_model, ids), atol=1e-4, rtol=0)
+
+
+def test_a_llama_config_with_an_output_bias_is_refused_by_name():
+    """transformers' Llama `attention_bias` also puts a bias on o_proj, which these models lack (Qwen2's q/k/v
+    biases are supported)."""
+    fields = dict(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
+                  num_key_value_heads=1)
+    with pytest.raises(CheckpointError, match=r"attention_bias=true .*o_proj.* model_type 'qwen2'"):
+        config_from_hf(dict(fields, model_type="llama", attention_bias=True))
+    assert config_from_hf(dict(fields, model_type="qwen2")).attention_bias
+    assert not config_from_hf(dict(fields, model_type="llama")).attention_bias
