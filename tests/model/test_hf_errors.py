@@ -129,7 +129,7 @@ def test_a_llama_config_with_an_output_bias_is_refused_by_name():
     biases are supported)."""
     fields = dict(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
                   num_key_value_heads=1)
-    with pytest.raises(CheckpointError, match=r"attention_bias=true .*o_proj.* model_type 'qwen2'"):
+    with pytest.raises(CheckpointError, match=r"attention_bias=true .*o_proj.*\(model_type 'qwen2'\)"):
         config_from_hf(dict(fields, model_type="llama", attention_bias=True))
     assert config_from_hf(dict(fields, model_type="qwen2")).attention_bias
     assert not config_from_hf(dict(fields, model_type="llama")).attention_bias
