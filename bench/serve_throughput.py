@@ -1,21 +1,28 @@
-"""Throughput of `textbooks serve` vs transformers `generate()` on the same CPU-size model, prompts and lengths.
+"""Throughput of `textbooks serve` vs transformers `generate()` on the same model, prompts and lengths.
 
 Both decode greedily with a KV cache; the metric is generated tokens per second (wall clock, after a warm-up
 round that compiles / allocates; median of the rounds) and the result is the ratio serve / transformers,
 measured in the same run on the same machine with the rounds of all contenders interleaved, so that load
 changes on a shared machine hit every contender alike. Greedy decoding makes both produce the same tokens,
-which the script checks. Two workloads:
+which the script checks. Three workloads:
 
-* ``uniform``: N requests with prompts of one length asking for the same number of tokens, sent at once.
-  transformers gets them as one batch: its best case (no padding, every row ends together).
+* ``uniform``: N requests with prompts of one length asking for the same number of tokens, sent at once, to a
+  random-init CPU-size phi model (``--preset``). transformers gets them as one batch: its best case (no
+  padding, every row ends together).
 * ``mixed``: what a generation job sends: M requests with prompt lengths and completion lengths drawn
-  uniformly from ranges, sent at once. transformers runs them as static batches of N (left-padded, each
-  batch decoding until its longest request ends, each row cut to its own length), in arrival order and,
-  as the strongest static schedule, sorted by requested length; the faster is the peer. The server batches
-  continuously: a finished request's row takes the next waiting request.
+  uniformly from ranges, sent at once (same model). transformers runs them as static batches of N
+  (left-padded, each batch decoding until its longest request ends, each row cut to its own length), in
+  arrival order and, as the strongest static schedule, sorted by requested length; the faster is the peer.
+  The server batches continuously: a finished request's row takes the next waiting request.
+* ``smollm2``: the real SmolLM2-135M-Instruct (its GGUF file, float32 on both sides): ``--chat_requests``
+  chats of varied lengths and ``max_tokens`` sent at once as ``/v1/chat/completions`` (transformers gets
+  ``apply_chat_template``'s tokens), ending at <|im_end|> or ``max_tokens``; static schedules as in ``mixed``.
+  Then what bounds a decode step: it reads every weight (float32 ~540 MB; the tied embedding is the LM head).
+  Our decoder's and transformers' steps at batch 1 and N, as GB/s and GFLOP/s, beside the machine's memory
+  bandwidth (a multi-threaded copy) and matmul rate measured here, and what bf16 weights would give.
 
-The server receives the requests as concurrent HTTP ``/v1/completions`` calls (token-id prompts) with
-``--max_batch_size N``. transformers runs at each of ``--torch_threads``; the fastest setting is the peer.
+The server receives the phi workloads as concurrent HTTP ``/v1/completions`` calls (token-id prompts), all
+with ``--max_batch_size N``. transformers runs at each of ``--torch_threads``; the fastest setting is the peer.
 
 Each round (every contender once) is one round of :mod:`bench.machine`, which records the date, the CPU model,
 the load average before and after (``--wait_quiet``, ``--settle``) and the cores other processes kept busy
@@ -24,7 +31,7 @@ ratio serve (the first ``--chunk_tokens`` setting) / transformers, marked ``NOT 
 was busy.
 
 Usage:
-    python bench/serve_throughput.py [--preset phi-cpu-7m] [--workload uniform mixed] [--rounds 3]
+    python bench/serve_throughput.py [--preset phi-cpu-7m] [--workload uniform mixed smollm2] [--rounds 3]
                                      [--wait_quiet 0] [--settle 150] [--out serve_throughput.json]
 """
 
@@ -32,6 +39,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import concurrent.futures
 import json
 import os
 import select
@@ -49,6 +57,9 @@ except ImportError:  # run as a script: python bench/serve_throughput.py
     import machine
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SMOLLM2 = "smollm2-135m-instruct"
+CHAT_TASKS = ("Summarize this in one sentence:", "Explain this to a beginner:", "What is this text about?",
+              "List the key points of this text:", "Write a question that this text answers:")
 
 
 def _vocabulary(tmp: str):
@@ -69,11 +80,10 @@ def _vocabulary(tmp: str):
     return name, spm.SentencePieceProcessor(model_file=path)
 
 
-def _start_server(ckpt: str, vocab: str, batch: int, chunk_tokens: int) -> tuple[subprocess.Popen, str]:
+def _start_server(ckpt: str, batch: int, chunk_tokens: int, extra: list[str]) -> tuple[subprocess.Popen, str]:
     env = {**os.environ, "PYTHONPATH": REPO, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": ""}
-    cmd = [sys.executable, "-m", "textbooks.cli", "serve", "--checkpoint", ckpt, "--port", "0", "--vocabulary", vocab,
-           "--model_name", "bench", "--max_batch_size", str(batch), "--chunk_tokens", str(chunk_tokens),
-           "--batch_wait_ms", "20", "--no_warmup"]
+    cmd = [sys.executable, "-m", "textbooks.cli", "serve", "--checkpoint", ckpt, "--port", "0", "--max_batch_size",
+           str(batch), "--chunk_tokens", str(chunk_tokens), "--batch_wait_ms", "20", "--no_warmup", *extra]
     proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 600
     while time.monotonic() < deadline:
@@ -87,35 +97,41 @@ def _start_server(ckpt: str, vocab: str, batch: int, chunk_tokens: int) -> tuple
     raise RuntimeError("serve did not start")
 
 
-async def _serve_round(url: str, requests: list[tuple[list[int], int]]) -> tuple[float, int, list[str]]:
+async def _serve_round(url: str, model: str, requests: list[tuple[list[int], int]],
+                       chats: list | None) -> tuple[float, int, list[tuple[str, int]]]:
+    """Sends every request at once: token-id completions, or the ``chats`` as chat completions. Returns (seconds,
+    completion tokens, (text, prompt tokens) per request)."""
     from textbooks.serve.client import OpenAIClient
 
-    async with OpenAIClient(url, "bench", api_key_env=None, concurrency=len(requests), timeout=1200,
+    async with OpenAIClient(url, model, api_key_env=None, concurrency=len(requests), timeout=1200,
                             max_retries=0) as client:
         start = time.perf_counter()
-        results = await asyncio.gather(*[client._request("completions", {"prompt": p},  # noqa: SLF001 - token ids
-                                                         {"max_tokens": n, "temperature": 0})
-                                         for p, n in requests])
+        if chats is None:
+            calls = [client._request("completions", {"prompt": p},  # noqa: SLF001 - token ids
+                                     {"max_tokens": n, "temperature": 0}) for p, n in requests]
+        else:
+            calls = [client.chat(m, max_tokens=n, temperature=0) for m, (_, n) in zip(chats, requests)]
+        results = await asyncio.gather(*calls)
         elapsed = time.perf_counter() - start
-    return elapsed, sum(r.usage.completion_tokens for r in results), [r.text for r in results]
+    return elapsed, sum(r.usage.completion_tokens for r in results), [(r.text, r.usage.prompt_tokens)
+                                                                      for r in results]
 
 
 class _Transformers:
-    """transformers' PhiForCausalLM.generate on static batches (greedy, KV cache, left padding)."""
+    """A transformers causal LM's generate() on static batches (greedy, KV cache, left padding)."""
 
-    def __init__(self, ckpt: str, eos: int):
+    def __init__(self, model: Any, eos: int):
         import torch
-        import transformers
 
         self.torch = torch
-        self.model = transformers.PhiForCausalLM.from_pretrained(ckpt).eval()
+        self.model = model.eval()
         self.eos = eos
 
     def _batch(self, batch: list[tuple[int, list[int], int]]) -> dict[int, list[int]]:
         torch = self.torch
         width = max(len(p) for _, p, _ in batch)
         ids = torch.full((len(batch), width), self.eos, dtype=torch.long)
-        mask = torch.zeros((len(batch), width), dtype=torch.long)
+        mask = torch.zeros((len(batch), width), dtype=torch.long)  # explicit: prompts may hold the pad (eos) id
         for row, (_, prompt, _) in enumerate(batch):
             ids[row, width - len(prompt):] = torch.tensor(prompt)
             mask[row, width - len(prompt):] = 1
@@ -147,18 +163,22 @@ def _summary(runs: list[tuple[float, int, Any]], warmup: float, **extra: Any) ->
 
 def bytes_per_step(config: Any, requests: list[tuple[list[int], int]]) -> float:
     """What one decode step of a uniform batch must read, in float32 bytes, averaged over its steps: every weight
-    but the embedding table (only its rows for the batch's tokens are gathered) plus each row's cached keys and
-    values so far. Both contenders read at least this; dividing by the time per step gives the memory bandwidth
-    a decoder reaches."""
+    but the embedding table (only its rows for the batch's tokens are gathered; a tied table is read whole as
+    the LM head) plus each row's cached keys and values so far (the KV heads only). Both contenders read at
+    least this; dividing by the time per step gives the memory bandwidth a decoder reaches."""
     prompt, new = len(requests[0][0]), requests[0][1]
-    embedding = config.vocab_size * config.hidden_size
     mean_cached = prompt + (new - 1) / 2
-    kv = config.num_layers * len(requests) * 2 * config.hidden_size * mean_cached
-    return 4.0 * (config.num_params() - embedding + kv)
+    kv = config.num_layers * len(requests) * 2 * config.kv_heads * config.head_dim * mean_cached
+    return 4.0 * (weights_read(config) + kv)
+
+
+def weights_read(config: Any) -> int:
+    """The weights a decode step reads (and multiplies each row by): all but an untied embedding table."""
+    return config.num_params() - (0 if config.tie_word_embeddings else config.vocab_size * config.hidden_size)
 
 
 def make_workload(name: str, vocab_size: int, args: argparse.Namespace) -> list[tuple[list[int], int]]:
-    """The (prompt token ids, max_tokens) of each request, seeded."""
+    """The (prompt token ids, max_tokens) of each request of a phi workload, seeded."""
     import numpy as np
 
     rng = np.random.default_rng(0)
@@ -170,32 +190,52 @@ def make_workload(name: str, vocab_size: int, args: argparse.Namespace) -> list[
              int(rng.integers(*args.mixed_new_tokens, endpoint=True))) for _ in range(args.mixed_requests)]
 
 
-def _schedules(name: str, requests: list[tuple[list[int], int]], batch: int) -> dict[str, list]:
-    """transformers' static batches: (index, prompt, max_tokens) triples, in arrival order and sorted by length."""
+def make_chats(args: argparse.Namespace) -> list[tuple[list[dict], int]]:
+    """The smollm2 workload's (messages, max_tokens <- ``--chat_new_tokens``), seeded: a task and an excerpt of
+    the standard library's module docs of ``--chat_prompt_chars`` characters, every other one under a system
+    prompt."""
+    import importlib
+
+    import numpy as np
+
+    docs = [importlib.import_module(m).__doc__ for m in ("argparse", "asyncio", "json", "logging", "subprocess")]
+    corpus = " ".join(" ".join(d.split()) for d in docs)
+    rng = np.random.default_rng(0)
+    chats = []
+    for i in range(args.chat_requests):
+        size = int(rng.integers(*args.chat_prompt_chars, endpoint=True))
+        start = int(rng.integers(0, len(corpus) - size))
+        messages = [{"role": "user", "content": f"{CHAT_TASKS[i % len(CHAT_TASKS)]}\n\n{corpus[start:start + size]}"}]
+        if i % 2:
+            messages.insert(0, {"role": "system", "content": "You are a concise technical writer."})
+        chats.append((messages, int(rng.integers(*args.chat_new_tokens, endpoint=True))))
+    return chats
+
+
+def _schedules(requests: list[tuple[list[int], int]], batch: int) -> dict[str, list]:
+    """transformers' static batches: (index, prompt, max_tokens) triples, in arrival order and (several batches)
+    sorted by length."""
     indexed = [(i, p, n) for i, (p, n) in enumerate(requests)]
     schedules = {"arrival": [indexed[i:i + batch] for i in range(0, len(indexed), batch)]}
-    if name == "mixed":
+    if len(indexed) > batch:
         ordered = sorted(indexed, key=lambda r: (r[2], len(r[1])))
         schedules["sorted"] = [ordered[i:i + batch] for i in range(0, len(ordered), batch)]
     return schedules
 
 
-def run_workload(name: str, ckpt: str, vocab: str, requests: list, batch: int, eos: int, rounds: int,
-                 threads: list[int], chunk_settings: list[int], hf: _Transformers,
-                 cond: machine.Conditions) -> dict:
-    schedules = _schedules(name, requests, batch)
-    servers = {c: _start_server(ckpt, vocab, batch, c) for c in chunk_settings}
+def run_workload(server: tuple[str, list[str], str], requests: list, batch: int, rounds: int, threads: list[int],
+                 chunk_settings: list[int], hf: _Transformers, cond: machine.Conditions,
+                 chats: list | None = None) -> dict:
+    """Warm-up, then ``rounds`` interleaved rounds of every transformers setting and every server (started with
+    ``server`` = (checkpoint, extra serve flags, served model name))."""
+    ckpt, extra, model = server
+    schedules = _schedules(requests, batch)
+    servers = {c: _start_server(ckpt, batch, c, extra) for c in chunk_settings}
     try:
         hf_keys = [(t, s) for t in threads for s in schedules]
-        warm_hf, warm_serve = {}, {}
-        for key in hf_keys:
-            start = time.perf_counter()
-            hf.round(key[0], schedules[key[1]])
-            warm_hf[key] = time.perf_counter() - start
-        for c, (_, url) in servers.items():
-            start = time.perf_counter()
-            asyncio.run(_serve_round(url, requests))  # compiles the programs the workload needs
-            warm_serve[c] = time.perf_counter() - start
+        warm_hf = {key: _seconds(hf.round, key[0], schedules[key[1]]) for key in hf_keys}
+        warm_serve = {c: _seconds(asyncio.run, _serve_round(url, model, requests, chats))  # compiles the programs
+                      for c, (_, url) in servers.items()}
         hf_runs: dict[tuple, list] = {k: [] for k in hf_keys}
         serve_runs: dict[int, list] = {c: [] for c in chunk_settings}
         for _ in range(rounds):
@@ -203,21 +243,166 @@ def run_workload(name: str, ckpt: str, vocab: str, requests: list, batch: int, e
                 for key in hf_keys:
                     hf_runs[key].append(hf.round(key[0], schedules[key[1]]))
                 for c, (_, url) in servers.items():
-                    serve_runs[c].append(asyncio.run(_serve_round(url, requests)))
+                    serve_runs[c].append(asyncio.run(_serve_round(url, model, requests, chats)))
     finally:
         for proc, _ in servers.values():
             proc.terminate()
             proc.wait(timeout=60)
     reference = hf_runs[hf_keys[0]][0][2]
     hf_out = [_summary(r, warm_hf[k], torch_threads=k[0], schedule=k[1]) for k, r in hf_runs.items()]
-    serve_out = [{**_summary(r, warm_serve[c], chunk_tokens=c), "texts": r[0][2]} for c, r in serve_runs.items()]
+    serve_out = [{**_summary(r, warm_serve[c], chunk_tokens=c), "outputs": r[0][2]} for c, r in serve_runs.items()]
     return {"transformers_runs": hf_out, "serve": serve_out, "reference": reference}
+
+
+def _compare(run: dict, requests: list, reference_texts: list[str]) -> dict:
+    """The workload's result: the peer (fastest transformers setting), each server's ratio to it and how many
+    of its texts (and prompt token counts) equal transformers'."""
+    peer = max(run["transformers_runs"], key=lambda r: r["tokens_per_s"])
+    for s in run["serve"]:
+        outputs = s.pop("outputs")
+        s["same_text_as_transformers"] = f"{sum(t == r for (t, _), r in zip(outputs, reference_texts))}/{len(requests)}"
+        s["same_prompt_tokens"] = f"{sum(n == len(p) for (_, n), (p, _) in zip(outputs, requests))}/{len(requests)}"
+        s["ratio_vs_transformers"] = round(s["tokens_per_s"] / peer["tokens_per_s"], 2)
+    return {"requests": len(requests), "prompt_tokens": [min(len(p) for p, _ in requests),
+                                                         max(len(p) for p, _ in requests)],
+            "new_tokens": [min(n for _, n in requests), max(n for _, n in requests)],
+            "transformers": peer, "transformers_runs": run["transformers_runs"], "serve": run["serve"]}
+
+
+def machine_rates(size_mb: int = 256, rounds: int = 3) -> dict:
+    """This machine's memory bandwidth (a ``size_mb`` copy split over every core: bytes read + written per
+    second, best of ``rounds``) and float32 matmul rate (2048-square, BLAS on every core), measured now."""
+    import numpy as np
+
+    src = np.ones(size_mb << 18, np.float32)  # 4-byte elements
+    dst, a, parts = np.empty_like(src), np.ones((2048, 2048), np.float32), os.cpu_count() or 1
+    pieces = list(zip(np.array_split(dst, parts), np.array_split(src, parts)))
+    with concurrent.futures.ThreadPoolExecutor(parts) as pool:  # numpy releases the GIL while copying
+        copy = min(_seconds(lambda: list(pool.map(lambda p: np.copyto(*p), pieces))) for _ in range(rounds))
+    matmul = min(_seconds(lambda: a @ a) for _ in range(rounds))
+    return {"memory_gb_per_s": round(2 * src.nbytes / copy / 1e9, 1), "copy_threads": parts,
+            "matmul_gflop_per_s": round(2 * 2048 ** 3 / matmul / 1e9, 1)}
+
+
+def _seconds(fn, *args: Any) -> float:
+    start = time.perf_counter()
+    fn(*args)
+    return time.perf_counter() - start
+
+
+def decode_bound(hf_model: Any, prompt: list[int], batches: list[int], threads: int, rates: dict) -> list[dict]:
+    """Milliseconds per decode step of our decoder (the server's kernels) and of transformers at each batch size
+    (the difference of a 72- and an 8-token run of the same rows, over 64: prefill and set-up cancel), beside
+    what a step reads and computes and the machine's rates."""
+    import torch
+
+    from textbooks.model.decode import Decoder, GenerationRequest
+    from textbooks.model.load import load_model
+
+    loaded = load_model(SMOLLM2)
+    config = loaded.config
+    decoder = Decoder(loaded.params, config, max_batch_size=max(batches))
+    torch.set_num_threads(threads)
+
+    def ours(rows: int, new: int) -> None:
+        decoder.generate([GenerationRequest(prompt=prompt, max_new_tokens=new)] * rows)  # no eos: all steps
+
+    @torch.no_grad()
+    def theirs(rows: int, new: int) -> None:
+        ids = torch.tensor([prompt] * rows)  # no stop ids (None would mean the config's eos): all steps
+        hf_model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=new, do_sample=False,
+                          num_beams=1, eos_token_id=[], pad_token_id=0)
+
+    def ms_per_step(run, rows: int) -> float:
+        times = {}
+        for new in (8, 72):
+            run(rows, new)  # compiles / allocates
+            times[new] = min(_seconds(run, rows, new) for _ in range(2))
+        return (times[72] - times[8]) / 64 * 1000
+
+    out = []
+    for rows in batches:
+        read = bytes_per_step(config, [(prompt, 72)] * rows)  # MB and GB here: 1e6 and 1e9 bytes
+        flops = 2.0 * rows * weights_read(config)  # the weight products; attention over <= 104 positions: < 3%
+        roofline = {"memory": read / (rates["memory_gb_per_s"] * 1e6),
+                    "compute": flops / (rates["matmul_gflop_per_s"] * 1e6)}
+        entry = {"batch": rows, "read_mb_per_step": round(read / 1e6, 1), "gflop_per_step": round(flops / 1e9, 2),
+                 "floor_ms": {k: round(v, 1) for k, v in roofline.items()}, "bound": max(roofline, key=roofline.get)}
+        for name, run in (("serve_decoder", ours), ("transformers", theirs)):
+            ms = ms_per_step(run, rows)
+            entry[name] = {"ms_per_step": round(ms, 1), "read_gb_per_s": round(read / ms / 1e6, 1),
+                           "gflop_per_s": round(flops / ms / 1e6, 1),
+                           "of_memory_bandwidth": round(read / ms / 1e6 / rates["memory_gb_per_s"], 2)}
+        # bf16 weights and cache halve the bytes, not the FLOPs (computed in float32 as now): the step scales as
+        # its roofline floor does, max(memory / 2, compute) over max(memory, compute).
+        entry["serve_decoder"]["bf16_estimate_ms_per_step"] = round(entry["serve_decoder"]["ms_per_step"] * max(
+            roofline["memory"] / 2, roofline["compute"]) / max(roofline.values()), 1)
+        out.append(entry)
+    return out
+
+
+def run_smollm2(args: argparse.Namespace, cond: machine.Conditions) -> dict:
+    """The smollm2 workload: chats through the server vs transformers on the same GGUF file, then the decode
+    step's bounds."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from textbooks.data_packages import resolve_checkpoint
+
+    folder, name = os.path.split(resolve_checkpoint(SMOLLM2))
+    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
+    model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
+    chats = make_chats(args)
+    requests = [(tokenizer(tokenizer.apply_chat_template(m, add_generation_prompt=True, tokenize=False),
+                           add_special_tokens=False)["input_ids"], n) for m, n in chats]
+    hf = _Transformers(model, tokenizer.eos_token_id)
+    run = run_workload((SMOLLM2, [], SMOLLM2), requests, args.batch, args.rounds, args.torch_threads,
+                       args.chunk_tokens, hf, cond, [m for m, _ in chats])
+    result = _compare(run, requests, [tokenizer.decode(r, skip_special_tokens=True) for r in run["reference"]])
+    result["goal_ratio"] = 3.0
+    result["ended_at_eos"] = sum(len(r) < n for r, (_, n) in zip(run["reference"], requests))
+    result["machine_rates"] = rates = machine_rates()
+    result["decode_bound"] = decode_bound(model, requests[0][0][:32], [1, args.batch],
+                                          result["transformers"]["torch_threads"], rates)
+    return result
+
+
+def run_phi(args: argparse.Namespace, names: list[str], cond: machine.Conditions) -> dict:
+    """The uniform and mixed workloads on a random-init ``--preset`` model exported for transformers."""
+    import transformers
+
+    from textbooks.model.causal_lm import init_params
+    from textbooks.model.config import get_preset
+    from textbooks.model.hf import save_hf_checkpoint
+
+    out: dict[str, Any] = {"workloads": {}}
+    with tempfile.TemporaryDirectory() as tmp:
+        vocab, sp = _vocabulary(tmp)
+        vocab_size, eos = sp.get_piece_size(), sp.eos_id()
+        config = get_preset(args.preset).replace(vocab_size=vocab_size)
+        ckpt = os.path.join(tmp, "ckpt")
+        save_hf_checkpoint(init_params(config, 0), config, ckpt, eos_token_id=eos)
+        out.update(model_params=config.num_params(), vocab_size=vocab_size)
+        hf = _Transformers(transformers.PhiForCausalLM.from_pretrained(ckpt), eos)
+        for name in names:
+            requests = make_workload(name, vocab_size, args)
+            run = run_workload((ckpt, ["--vocabulary", vocab, "--model_name", "bench"], "bench"), requests,
+                               args.batch, args.rounds, args.torch_threads, args.chunk_tokens, hf, cond)
+            w = out["workloads"][name] = _compare(
+                run, requests, [sp.decode([t for t in r if t < vocab_size]) for r in run["reference"]])
+            if name == "uniform":  # memory traffic: steps are new tokens per request, the round also prefills
+                per_step = bytes_per_step(config, requests)
+                w["read_per_step_mb"] = round(per_step / 2**20, 1)
+                for entry in (*w["serve"], w["transformers"]):
+                    rate = entry["tokens_per_s"] / len(requests)  # steps per second
+                    entry["read_gb_per_s"] = round(per_step * rate / 1e9, 1)
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--preset", default="phi-cpu-7m")
-    parser.add_argument("--workload", nargs="+", choices=("uniform", "mixed"), default=["uniform", "mixed"])
+    parser.add_argument("--preset", default="phi-cpu-7m", help="the phi workloads' model (random init)")
+    parser.add_argument("--workload", nargs="+", choices=("uniform", "mixed", "smollm2"), default=["uniform", "mixed"])
     parser.add_argument("--batch", type=int, default=16,
                         help="server --max_batch_size = transformers batch = uniform workload's requests")
     parser.add_argument("--prompt_tokens", type=int, default=64, help="uniform: prompt length")
@@ -225,6 +410,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--mixed_requests", type=int, default=64)
     parser.add_argument("--mixed_prompt_tokens", type=int, nargs=2, default=[16, 128], metavar=("MIN", "MAX"))
     parser.add_argument("--mixed_new_tokens", type=int, nargs=2, default=[16, 256], metavar=("MIN", "MAX"))
+    parser.add_argument("--chat_requests", type=int, default=32, help="smollm2: concurrent chat requests")
+    parser.add_argument("--chat_prompt_chars", type=int, nargs=2, default=[40, 800], metavar=("MIN", "MAX"))
+    parser.add_argument("--chat_new_tokens", type=int, nargs=2, default=[16, 128], metavar=("MIN", "MAX"))
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--chunk_tokens", type=int, nargs="+", default=[32, 0],
                         help="serve --chunk_tokens settings (32: continuous batching, the default; 0: static)")
@@ -237,42 +425,15 @@ def main(argv: list[str] | None = None) -> int:
     cond = machine.Conditions(args.wait_quiet)  # before this process loads the machine itself
 
     os.environ.setdefault("JAX_PLATFORMS", "cpu")
-    from textbooks.model.config import get_preset
-    from textbooks.model.hf import save_hf_checkpoint
-    from textbooks.model.causal_lm import init_params
-
     result: dict[str, Any] = {"benchmark": "serve_throughput", "preset": args.preset, "batch": args.batch,
                               "rounds": args.rounds, "goal_ratio": 2.0, "workloads": {}}
-    with tempfile.TemporaryDirectory() as tmp:
-        vocab, sp = _vocabulary(tmp)
-        vocab_size, eos = sp.get_piece_size(), sp.eos_id()
-        config = get_preset(args.preset).replace(vocab_size=vocab_size)
-        ckpt = os.path.join(tmp, "ckpt")
-        save_hf_checkpoint(init_params(config, 0), config, ckpt, eos_token_id=eos)
-        result.update(model_params=config.num_params(), vocab_size=vocab_size)
-        hf = _Transformers(ckpt, eos)
-        for name in args.workload:
-            requests = make_workload(name, vocab_size, args)
-            run = run_workload(name, ckpt, vocab, requests, args.batch, eos, args.rounds, args.torch_threads,
-                               args.chunk_tokens, hf, cond)
-            peer = max(run["transformers_runs"], key=lambda r: r["tokens_per_s"])
-            reference_texts = [sp.decode([t for t in r if t < vocab_size]) for r in run["reference"]]
-            for s in run["serve"]:
-                texts = s.pop("texts")
-                s["same_text_as_transformers"] = f"{sum(a == b for a, b in zip(texts, reference_texts))}/" \
-                                                 f"{len(requests)}"
-                s["ratio_vs_transformers"] = round(s["tokens_per_s"] / peer["tokens_per_s"], 2)
-            result["workloads"][name] = {
-                "requests": len(requests), "prompt_tokens": [min(len(p) for p, _ in requests),
-                                                             max(len(p) for p, _ in requests)],
-                "new_tokens": [min(n for _, n in requests), max(n for _, n in requests)],
-                "transformers": peer, "transformers_runs": run["transformers_runs"], "serve": run["serve"]}
-            if name == "uniform":  # memory traffic: steps are new tokens per request, the round also prefills
-                per_step = bytes_per_step(config, requests)
-                result["workloads"][name]["read_per_step_mb"] = round(per_step / 2**20, 1)
-                for entry in (*run["serve"], peer):
-                    rate = entry["tokens_per_s"] / len(requests)  # steps per second
-                    entry["read_gb_per_s"] = round(per_step * rate / 1e9, 1)
+    phi = [w for w in args.workload if w != "smollm2"]
+    if phi:
+        found = run_phi(args, phi, cond)
+        result["workloads"].update(found.pop("workloads"))
+        result.update(found)
+    if "smollm2" in args.workload:
+        result["workloads"]["smollm2"] = run_smollm2(args, cond)
     result["machine"] = cond.finish(args.settle)
     with open(args.out, "w") as f:
         json.dump(result, f, indent=2)
@@ -284,9 +445,18 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{name}: serve (chunk_tokens {s['chunk_tokens']}) {s['tokens_per_s']} tokens/s vs transformers "
                   f"({peer['schedule']}, {peer['torch_threads']} threads) {peer['tokens_per_s']}: "
                   f"{s['ratio_vs_transformers']}x, same text {s['same_text_as_transformers']}{traffic}")
+    for e in result["workloads"].get("smollm2", {}).get("decode_bound", []):
+        ours, theirs, rates = e["serve_decoder"], e["transformers"], result["workloads"]["smollm2"]["machine_rates"]
+        print(f"smollm2 decode step, batch {e['batch']}: reads {e['read_mb_per_step']} MB, {e['gflop_per_step']} "
+              f"GFLOP; floors {e['floor_ms']['memory']} ms at {rates['memory_gb_per_s']} GB/s (copy), "
+              f"{e['floor_ms']['compute']} ms at {rates['matmul_gflop_per_s']} GFLOP/s (matmul): {e['bound']}-bound; "
+              f"serve's decoder {ours['ms_per_step']} ms ({ours['read_gb_per_s']} GB/s, {ours['gflop_per_s']} "
+              f"GFLOP/s; bf16 estimate {ours['bf16_estimate_ms_per_step']} ms), transformers "
+              f"{theirs['ms_per_step']} ms ({theirs['read_gb_per_s']} GB/s)")
     for name, w in result["workloads"].items():
         first = w["serve"][0]
-        print(cond.headline(f"{args.preset} {name}: serve (chunk_tokens {first['chunk_tokens']}) / transformers "
+        model = SMOLLM2 if name == "smollm2" else args.preset
+        print(cond.headline(f"{model} {name}: serve (chunk_tokens {first['chunk_tokens']}) / transformers "
                             f"generated tokens/s", first["tokens_per_s"] / w["transformers"]["tokens_per_s"]))
     return 0
 

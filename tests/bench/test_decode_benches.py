@@ -16,17 +16,19 @@ sys.path.insert(0, REPO)
 from bench import decode_step, serve_throughput  # noqa: E402
 
 
-def test_bytes_per_step_counts_weights_and_the_cache_filled_so_far():
+@pytest.mark.parametrize("preset,tied", [("phi-cpu-1m", False), ("llama-cpu-1m", False), ("llama-cpu-1m", True)])
+def test_bytes_per_step_counts_weights_and_the_cache_filled_so_far(preset, tied):
     from textbooks.model import decode
     from textbooks.model.config import get_preset
     from textbooks.model.causal_lm import init_params
 
-    config = get_preset("phi-cpu-1m").replace(vocab_size=1000)
+    config = get_preset(preset).replace(vocab_size=1000, tie_word_embeddings=tied)  # llama: 2 KV heads of 4
     batch, prompt, new = 4, 10, 6
     requests = [([5] * prompt, new)] * batch
     params = init_params(config, 0)
+    # A step gathers one row per token from an untied embedding table; a tied one is the LM head, read whole.
     weights = sum(x.size for path, x in jax.tree_util.tree_leaves_with_path(params)
-                  if "embed_tokens" not in jax.tree_util.keystr(path))
+                  if tied or "embed_tokens" not in jax.tree_util.keystr(path))
     cache = decode.init_cache(config, batch, 64)
     per_slot = sum(x.size for x in jax.tree.leaves(cache) if x.ndim >= 4) / 64  # keys and values, all layers
     mean_filled = np.mean([prompt + i for i in range(new)])  # step i attends over prompt + i cached positions
