@@ -14,7 +14,7 @@ import jinja2
 import pytest
 from transformers import AutoTokenizer
 
-from textbooks.model.named import resolve_checkpoint
+from textbooks.data_packages import resolve_checkpoint
 from textbooks.vocab.chat_template import ChatTemplateError, render_chat
 from textbooks.vocab.gguf_tokenizer import chat_template_from_gguf, special_tokens_from_gguf
 from textbooks.vocab.registry import get_vocabulary

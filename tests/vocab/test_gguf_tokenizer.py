@@ -17,7 +17,7 @@ import tensorflow as tf
 from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import AutoTokenizer
 
-from textbooks.model.named import resolve_checkpoint
+from textbooks.data_packages import resolve_checkpoint
 from textbooks.vocab.gguf_tokenizer import (byte_spelling, chat_template_from_gguf, special_tokens_from_gguf,
                                             tokenizer_from_gguf)
 from textbooks.vocab.hf_tokenizer import TokenizerVocabulary
