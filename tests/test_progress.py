@@ -29,9 +29,16 @@ def clock(monkeypatch):
 def no_logging(monkeypatch):
     """As in a script that configured no logging (no handlers, the root logger at its WARNING default, whatever
     an earlier test in this process set up): lines go to the stream."""
-    monkeypatch.setattr(logging.getLogger(), "handlers", [])
-    monkeypatch.setattr(logging.getLogger(), "level", logging.WARNING)
-    monkeypatch.setattr(logging.getLogger("textbooks.progress"), "level", logging.NOTSET)
+    root, progress = logging.getLogger(), logging.getLogger("textbooks.progress")
+    monkeypatch.setattr(root, "handlers", [])
+    levels = root.level, progress.level
+    # setLevel, not a plain attribute: it also clears the loggers' cached isEnabledFor answers, which an
+    # earlier in-process CLI call (logging at INFO) would otherwise leave behind.
+    root.setLevel(logging.WARNING)
+    progress.setLevel(logging.NOTSET)
+    yield
+    root.setLevel(levels[0])
+    progress.setLevel(levels[1])
 
 
 def test_rate_and_eta_leave_start_up_and_earlier_runs_out(clock, no_logging):
