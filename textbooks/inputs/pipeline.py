@@ -194,7 +194,7 @@ def make_train_iterator(mixture_or_task_name: str, *, task_feature_lengths: Unio
         vocabulary: pin a vocabulary ('phi', 'spm8k', 'byte', 'spm:PATH'); default the gin default.
         use_cached: read seqio caches (None: where they exist).
         mixing: TokenMixture mode override ('rows' or 'documents').
-        num_train_steps: with a mixture that has ``max_epochs``, checks repetition for the planned budget.
+        num_train_steps: with a mixture that has ``max_epochs``, caps repetition within the planned budget.
         feature_converter: default :class:`~textbooks.inputs.converters.LMPackingFeatureConverter` with the
             vocabulary's end-of-text as bos.
         prefetch: batches prepared ahead.
@@ -210,9 +210,8 @@ def make_train_iterator(mixture_or_task_name: str, *, task_feature_lengths: Unio
     kwargs = dict(split=split, use_cached=use_cached, shuffle=True, seed=seed, shard_info=shard_info,
                   num_epochs=None)
     if isinstance(provider, mixing_lib.TokenMixture):
-        if num_train_steps and provider.max_epochs is not None:
-            provider.check_repetition(num_train_steps * batch_size * lengths["targets"])
-        ds = provider.get_dataset(lengths, mixing=mixing, **kwargs)
+        budget = num_train_steps * batch_size * lengths["targets"] if num_train_steps else None
+        ds = provider.get_dataset(lengths, mixing=mixing, token_budget=budget, **kwargs)
     else:
         if mixing is not None:
             raise ValueError(f"mixing={mixing!r} applies to TokenMixtures; {name!r} is a "
