@@ -95,7 +95,7 @@ def test_metric_entry_and_markdown_layout():
     language = md.index("## Language understanding and knowledge")
     reasoning = md.index("## Multi-step reasoning")
     assert common < language < reasoning
-    assert "| WinoGrande | - | - | - | - | - | failed: BenchmarkError: files missing |" in md
+    assert "| WinoGrande | - | - | - | - | - | - | failed: BenchmarkError: files missing |" in md
     assert "| PIQA | acc | 75.0 |" in md
     assert "Wilson" in md and "bootstrap" in md
 

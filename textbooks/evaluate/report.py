@@ -8,7 +8,9 @@ Intervals:
 
 The markdown groups tasks as the phi-1.5 report's tables: common sense reasoning (WinoGrande, ARC-Easy,
 ARC-Challenge, BoolQ, SIQA), language understanding and knowledge (PIQA, HellaSwag, MMLU, OpenBookQA, SQuAD),
-multi-step reasoning (GSM8K, HumanEval, MBPP).
+multi-step reasoning (GSM8K, HumanEval, MBPP). Each row shows the task's headline metric (the report's: ``acc``
+for the multiple-choice tasks, see :mod:`textbooks.evaluate.multiple_choice`) and, in its own column, the second
+metric (``acc_norm``; SQuAD's F1). SQuAD is labelled as the 1,000-question subset it is scored on.
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ GROUPS: dict[str, tuple[str, ...]] = {
 }
 DISPLAY = {"winogrande": "WinoGrande", "arc_easy": "ARC-Easy", "arc_challenge": "ARC-Challenge",
            "boolq": "BoolQ", "siqa": "SIQA", "piqa": "PIQA", "hellaswag": "HellaSwag", "mmlu": "MMLU",
-           "openbookqa": "OpenBookQA", "squad": "SQuAD", "gsm8k": "GSM8K", "humaneval": "HumanEval",
+           "openbookqa": "OpenBookQA", "squad": "SQuAD (subset of 1,000)", "gsm8k": "GSM8K", "humaneval": "HumanEval",
            "mbpp": "MBPP"}
 
 
@@ -91,17 +93,21 @@ def _fmt(x: float | None, scale: float = 100.0, digits: int = 1) -> str:
 def _row(task: str, entry: Mapping[str, Any]) -> str:
     name = DISPLAY.get(task, task)
     if entry.get("error"):
-        return f"| {name} | - | - | - | - | - | failed: {str(entry['error']).splitlines()[0][:80]} |"
-    primary = entry.get("primary")
+        return f"| {name} | - | - | - | - | - | - | failed: {str(entry['error']).splitlines()[0][:80]} |"
+    primary, secondary = entry.get("primary"), entry.get("secondary")
     metrics = entry.get("metrics", {})
     m = metrics.get(primary) if primary else None
     value = f"{_fmt(m['value'])}" if m else "-"
     ci = f"[{_fmt(m['ci_low'])}, {_fmt(m['ci_high'])}]" if m else "-"
+    o = metrics.get(secondary) if secondary else None
+    other = f"{secondary} {_fmt(o['value'])} [{_fmt(o['ci_low'])}, {_fmt(o['ci_high'])}]" if o else "-"
     bpb = metrics.get("bpb")
     bpb_text = f"{bpb['value']:.3f} [{bpb['ci_low']:.3f}, {bpb['ci_high']:.3f}]" if bpb else "-"
     chance = _fmt(entry.get("chance")) if entry.get("chance") is not None else "-"
-    shots = entry.get("num_fewshot", 0)
-    return f"| {name} | {primary or '-'} | {value} | {ci} | {bpb_text} | {chance} | n={entry.get('n', 0)}, {shots}-shot |"
+    notes = [f"n={entry.get('n', 0)}", f"{entry.get('num_fewshot', 0)}-shot"] + \
+        ([entry["subset"]] if entry.get("subset") else [])
+    return (f"| {name} | {primary or '-'} | {value} | {ci} | {other} | {bpb_text} | {chance} | "
+            f"{', '.join(notes)} |")
 
 
 def markdown_table(results: Mapping[str, Any]) -> str:
@@ -111,9 +117,10 @@ def markdown_table(results: Mapping[str, Any]) -> str:
     if results.get("step") is not None:
         lines.append(f"Step {results['step']}. ")
     lines += [f"Intervals: accuracies - {CI_METHODS['wilson']}; means - {CI_METHODS['bootstrap']}.",
-              "Values in %, bits per byte (bpb) of the gold answer in bits.", ""]
-    header = ["| Task | Metric | Score | 95% CI | bpb (gold) [95% CI] | Chance | Notes |",
-              "|---|---|---|---|---|---|---|"]
+              "Values in %, bits per byte (bpb) of the gold answer in bits. Metric: the phi-1.5 report's "
+              "(zero-shot acc for multiple choice, MMLU 2-shot); the second metric is shown beside it.", ""]
+    header = ["| Task | Metric | Score | 95% CI | Second metric [95% CI] | bpb (gold) [95% CI] | Chance | Notes |",
+              "|---|---|---|---|---|---|---|---|"]
     seen = set()
     for group, members in GROUPS.items():
         present = [t for t in members if t in tasks]

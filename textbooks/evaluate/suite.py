@@ -149,7 +149,9 @@ def _run_task(model, task: str, items: list[dict], settings: SuiteSettings, sand
             entry["metrics"]["acc_norm"] = metric_entry(res.values("acc_norm"), "wilson")
         entry["metrics"]["bpb"] = metric_entry(res.values("bpb"), "bootstrap")
         entry["metrics"]["p_correct"] = metric_entry(res.values("p_correct"), "bootstrap")
-        entry.update(primary=multiple_choice.PRIMARY_METRIC.get(task, "acc"), chance=res.chance,
+        secondary = multiple_choice.SECONDARY_METRIC.get(task)
+        entry.update(primary=multiple_choice.PRIMARY_METRIC.get(task, "acc"),
+                     secondary=secondary if secondary in entry["metrics"] else None, chance=res.chance,
                      num_fewshot=res.num_fewshot, truncated=res.truncated)
         return entry, res.items
     if "sandbox" not in sandbox_cache and task in ("humaneval", "mbpp", "gsm8k"):
@@ -191,7 +193,7 @@ def _run_task(model, task: str, items: list[dict], settings: SuiteSettings, sand
         entry["metrics"]["exact_match"] = metric_entry([r["exact_match"] for r in records], "wilson")
         entry["metrics"]["f1"] = metric_entry([r["f1"] for r in records], "bootstrap")
         entry["metrics"]["bpb"] = _gold_bpb(model, items, task)
-        entry.update(primary="exact_match", chance=None, num_fewshot=0)
+        entry.update(primary="exact_match", secondary="f1", chance=None, num_fewshot=0, subset=squad.SUBSET_NOTE)
         return entry, records
     raise EvalError(f"no evaluation procedure for task {task!r}")
 
@@ -202,7 +204,8 @@ def evaluate_model(model, tasks: str | Sequence[str] = "phi15", settings: SuiteS
 
     Returns:
         (results, per-item records by task). ``results['tasks'][task]`` holds kind, split, n, metrics (each
-        with value, ci_low, ci_high, ci_method, n), primary, chance, num_fewshot, seconds - or ``error``.
+        with value, ci_low, ci_high, ci_method, n), primary (the phi-1.5 report's metric), secondary (the other
+        metric shown beside it, or None), chance, num_fewshot, seconds - or ``error``.
     """
     settings = settings or SuiteSettings()
     task_list = resolve_tasks(tasks)
@@ -340,7 +343,7 @@ def failed_tasks(results: Mapping[str, Any]) -> list[str]:
 
 
 def summarize(results: Mapping[str, Any]) -> str:
-    """One line per task: primary metric with its interval (for logs and the CLI)."""
+    """One line per task: the headline metric with its interval, then the second metric (for logs and the CLI)."""
     lines = []
     for task, e in results.get("tasks", {}).items():
         if e.get("error"):
@@ -349,8 +352,10 @@ def summarize(results: Mapping[str, Any]) -> str:
         m = e["metrics"].get(e.get("primary") or "", None)
         if m:
             chance = f" chance {e['chance']:.3f}" if e.get("chance") is not None else ""
+            other = e["metrics"].get(e.get("secondary") or "", None)
+            also = f" | {e['secondary']} {other['value']:.4f}" if other else ""
             lines.append(f"{task:14s} {e['primary']:11s} {m['value']:.4f} [{m['ci_low']:.4f}, {m['ci_high']:.4f}] "
-                         f"n={m['n']}{chance}")
+                         f"n={m['n']}{chance}{also}")
     return "\n".join(lines)
 
 
