@@ -5,6 +5,12 @@ its logical partition specs are read from the model's ``nn.with_logical_partitio
 ``NamedSharding``s with the run's rules, and the initializer is compiled with those as output shardings.
 Optimizer-state leaves that mirror a parameter (Adam's moments) take that parameter's sharding; the rest
 (counts) are replicated.
+
+Precision: float32 master weights (``param_dtype``) with float32 or bfloat16 compute. float16 compute is refused
+for training (:func:`check_training_precision`): its 5-bit exponent underflows small gradients unless the loss
+is scaled, and the train step has no loss scaling. bfloat16 keeps float32's exponent range, needs no scaling,
+and is what TPUs and A100/H100 GPUs run natively; it is this project's stand-in for the phi papers' fp16
+(DeepSpeed ZeRO-2 with dynamic loss scaling).
 """
 
 from __future__ import annotations
@@ -35,6 +41,29 @@ class TrainState(flax.struct.PyTreeNode):
     params: Any
     opt_state: Any
     rng: jax.Array
+
+
+TRAINING_DTYPES = ("float32", "bfloat16")
+
+
+def check_training_precision(config: Any) -> None:
+    """Refuses a model config whose compute dtype cannot be trained here.
+
+    Args:
+        config: the model's :class:`~textbooks.model.config.ModelConfig`.
+
+    Raises:
+        ValueError: ``model_config.dtype`` is 'float16' (or another dtype than float32 / bfloat16); the message
+            names the gin key and the fix.
+    """
+    dtype = str(getattr(config, "dtype", "float32"))
+    if dtype not in TRAINING_DTYPES:
+        raise ValueError(
+            f"model_config.dtype = {dtype!r} cannot be trained: float16 needs loss scaling (its smallest normal "
+            "value is 6e-5, so small gradients flush to zero) and the train step does none. Set "
+            "model_config.dtype = 'bfloat16' in the gin file (float32's exponent range, the native type of TPUs "
+            "and A100/H100 GPUs, no loss scaling needed) or 'float32'. float16 stays available for evaluation "
+            "and serving.")
 
 
 def _init_fn(model: nn.Module, tx: optax.GradientTransformation, seq_len: int) -> Callable[[jax.Array], TrainState]:
@@ -77,7 +106,13 @@ def abstract_state(model: nn.Module, tx: optax.GradientTransformation, seq_len: 
 
 def state_shardings(model: nn.Module, tx: optax.GradientTransformation, mesh: Mesh,
                     rules: partitioning.LogicalRules) -> TrainState:
-    """The ``TrainState`` of ``NamedSharding``s for ``mesh`` under ``rules``."""
+    """The ``TrainState`` of ``NamedSharding``s for ``mesh`` under ``rules``.
+
+    Raises:
+        ValueError: the model's compute dtype cannot be trained (see :func:`check_training_precision`), or a
+            parameter does not split evenly on ``mesh``.
+    """
+    check_training_precision(model.config)
     specs = state_logical_specs(model, tx)
     shardings = partitioning.logical_to_sharding(specs, mesh, rules)
     partitioning.check_divisible(abstract_state(model, tx).params, shardings.params)

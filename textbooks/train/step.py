@@ -8,13 +8,20 @@ Gradient accumulation scans over ``k`` microbatches inside the step, summing los
 the summed loss, and divides once by the total token count: it is the same step as the large batch (up to
 float rounding). A non-finite loss or gradient leaves the state unchanged (only ``step`` advances) and is
 reported in the metrics; the trainer then stops or goes on as configured.
+
+Batch layout: every microbatch is split evenly over the data-parallel devices, so ``batch_size`` must be a
+multiple of ``microbatches`` x the data-parallel mesh size (:func:`check_batch_layout` says which values would
+work). Hardware gin files size microbatches per device (:func:`microbatches_for`, MaxText's per-device batch)
+rather than as a fixed count, so one hardware file fits run files of any batch size and any host count.
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable
+import math
+from typing import Any, Callable, Mapping
 
 import flax.linen as nn
+import gin
 import jax
 import jax.numpy as jnp
 import optax
@@ -22,7 +29,7 @@ from jax.sharding import Mesh
 
 from textbooks import partitioning
 from textbooks.train.optimizer import global_norm
-from textbooks.train.state import TrainState
+from textbooks.train.state import TrainState, check_training_precision
 
 Batch = dict[str, jax.Array]
 
@@ -70,6 +77,72 @@ def _forward_sums(model: nn.Module, params: Any, batch: Batch, rng: jax.Array, n
     return sums["loss_sum"], sums
 
 
+def check_batch_layout(batch_size: int, microbatches: int, mesh_shape: Mapping[str, int]) -> None:
+    """Checks that ``batch_size`` splits into ``microbatches`` microbatches each spread evenly over the
+    data-parallel axes of a mesh of ``mesh_shape`` (``{'replica': .., 'data': .., 'fsdp': .., 'tensor': ..}``).
+
+    Raises:
+        ValueError: naming the gin keys (``train.batch_size`` / ``BATCH_SIZE``, ``train.microbatches``, the
+            ``PartitioningConfig`` sizes), the numbers, and the microbatch counts that would work.
+    """
+    data_axes = {a: mesh_shape[a] for a in partitioning.DATA_AXES}
+    data_parallel = math.prod(data_axes.values())
+    layout = " x ".join(f"{a}={n}" for a, n in data_axes.items())
+    if batch_size % data_parallel:
+        raise ValueError(
+            f"train.batch_size (BATCH_SIZE = {batch_size}) is not divisible by the {data_parallel} data-parallel "
+            f"devices ({layout}): no train.microbatches value can work. Choose a batch that is a multiple of "
+            f"{data_parallel}, or fewer devices / hosts (a hardware gin file's HOSTS), or move devices to "
+            f"PartitioningConfig.tensor")
+    rows = batch_size // data_parallel
+    if microbatches < 1 or rows % microbatches:
+        valid = [k for k in range(1, rows + 1) if rows % k == 0]
+        raise ValueError(
+            f"train.batch_size (BATCH_SIZE = {batch_size}) on {data_parallel} data-parallel devices ({layout}) "
+            f"gives {rows} rows per device, which train.microbatches = {microbatches} cannot split evenly. "
+            f"Valid train.microbatches: {', '.join(map(str, valid))}; or let the hardware gin file size them "
+            f"(train.microbatches = @microbatches_for(), with HOSTS set to the host count)")
+
+
+@gin.configurable
+def microbatches_for(batch_size: int = gin.REQUIRED, rows_per_device: int = gin.REQUIRED,
+                     devices_per_host: int = gin.REQUIRED, hosts: int = 1, tensor: int = 1) -> int:
+    """The fewest microbatches that give each data-parallel device at most ``rows_per_device`` sequences at a
+    time (gin: ``train.microbatches = @microbatches_for()``; MaxText's per-device batch size).
+
+    Args:
+        batch_size: the global batch in sequences (``%BATCH_SIZE``).
+        rows_per_device: sequences one device holds per microbatch (what its memory allows).
+        devices_per_host: accelerators per host.
+        hosts: hosts of the run (``%HOSTS``).
+        tensor: the tensor-parallel axis size (devices that share the same batch rows).
+
+    Returns:
+        ``k``, the smallest divisor of the per-device rows with ``rows / k <= rows_per_device``.
+
+    Raises:
+        ValueError: the batch cannot be spread evenly over the data-parallel devices (the message says what to
+            change).
+    """
+    if min(rows_per_device, devices_per_host, hosts, tensor) < 1:
+        raise ValueError(f"microbatches_for: rows_per_device ({rows_per_device}), devices_per_host "
+                         f"({devices_per_host}), hosts ({hosts}) and tensor ({tensor}) must be positive")
+    devices = hosts * devices_per_host
+    if devices % tensor:
+        raise ValueError(f"microbatches_for: {devices} devices ({hosts} host(s) x {devices_per_host}) are not "
+                         f"divisible by tensor = {tensor}")
+    data_parallel = devices // tensor
+    if batch_size % data_parallel:
+        raise ValueError(f"microbatches_for: BATCH_SIZE ({batch_size}) is not divisible by the {data_parallel} "
+                         f"data-parallel devices of {hosts} host(s) x {devices_per_host} devices (tensor {tensor}); "
+                         f"use a batch that is a multiple of {data_parallel}, or fewer hosts (HOSTS)")
+    rows = batch_size // data_parallel
+    k = -(-rows // rows_per_device)
+    while rows % k:
+        k += 1
+    return k
+
+
 def _split_microbatches(batch: Batch, k: int) -> Batch:
     """``[B, ...] -> [k, B/k, ...]`` taking rows ``j, j+k, ...`` for microbatch ``j``.
 
@@ -97,7 +170,11 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, schedule
     Metrics are scalars except ``role_loss_sum`` / ``role_weight_sum`` (``[num_roles]``): ``loss``,
     ``loss_sum``, ``weight_sum``, ``grad_norm``, ``learning_rate``, ``nonfinite`` (1.0 if the update was
     skipped).
+
+    Raises:
+        ValueError: the model computes in float16 (see :func:`textbooks.train.state.check_training_precision`).
     """
+    check_training_precision(model.config)
     deterministic = not any(getattr(model.config, n, 0.0) for n in ("embd_dropout", "attn_dropout",
                                                                       "resid_dropout"))
 
