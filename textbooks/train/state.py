@@ -10,7 +10,7 @@ Precision: float32 master weights (``param_dtype``) with float32 or bfloat16 com
 for training (:func:`check_training_precision`): its 5-bit exponent underflows small gradients unless the loss
 is scaled, and the train step has no loss scaling. bfloat16 keeps float32's exponent range, needs no scaling,
 and is what TPUs and A100/H100 GPUs run natively; it is this project's stand-in for the phi papers' fp16
-(DeepSpeed ZeRO-2 with dynamic loss scaling).
+(DeepSpeed ZeRO-2, whose fp16 mode scales the loss dynamically).
 """
 
 from __future__ import annotations
