@@ -13,8 +13,8 @@ registering different ratios under a taken name is an error.
 With ``temperature=T`` the ratios are per-role weights and rates become ``(weight * train_tokens) ** (1/T)``:
 ``{'web_filtered': 1, 'code_filtered': 1}`` at ``T=1`` mixes in proportion to size and at large ``T``
 approaches equal shares. ``max_epochs`` with ``token_budget`` (train steps x global batch x length, or given
-later to :meth:`TokenMixture.check_repetition` / the input pipeline) warns and records when a component
-would be repeated more often than that.
+later to :meth:`TokenMixture.get_dataset` by the input pipeline) caps every component at that many passes over
+its tokens and gives the excess to the others in proportion (:func:`mixtures.mixing.cap_fractions`).
 """
 
 from __future__ import annotations
@@ -104,7 +104,7 @@ def register_mixture(ratios: Mapping[str, float], *, name: Optional[str] = None,
         ratios: role -> token ratio (normalized; zero drops the role). With ``temperature``, per-role weights.
         name: the mixture name; default :func:`mixture_name`.
         temperature: sample in proportion to ``(weight * train_tokens) ** (1 / temperature)``.
-        max_epochs: repetition cap checked against ``token_budget``.
+        max_epochs: repetition cap: most passes over a component within ``token_budget``.
         token_budget: planned training tokens (steps x global batch x sequence length).
         vocabulary: explicit vocabulary ('phi', 'spm8k', 'byte', 'spm:PATH'); None uses the default
             (gin ``mixtures.roles.vocabulary_name.name``) when data is read.

@@ -112,7 +112,7 @@ def load_runs(sweep: trials_lib.SweepDir, target: str) -> tuple[list[str], list[
     skipped = len(done) - len(used)
     if skipped:
         logger.warning("%d finished run(s) have no finite %s and are left out", skipped, target)
-    X = np.array([[float(r[results_lib.RATIO_PREFIX + c]) for c in comps] for r in used])
+    X = np.array([results_lib.design_ratios(r, comps) for r in used])  # realized ratios when recorded
     y = np.array([float(r[target]) for r in used])
     groups = np.array([int(r["point"]) if r.get("point") is not None else -1 for r in used])
     return comps, used, X, y, groups

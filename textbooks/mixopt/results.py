@@ -21,6 +21,8 @@ from textbooks.mixopt import trials as trials_lib
 logger = logging.getLogger(__name__)
 
 RATIO_PREFIX = "ratio/"
+# The fractions a training trial realized (its mixture's repetition-capped ones), recorded among its metrics.
+REALIZED_PREFIX = "realized_ratio/"
 BASE_COLUMNS = ("trial_id", "point", "seed", "status")
 TAIL_COLUMNS = ("wall_s", "error", "log", "run_dir")
 STATUSES = ("done", "failed", "running", "submitted", "pending", "missing")
@@ -93,6 +95,14 @@ def find_metrics_files(run_dir: str, names: Sequence[str] = CURVE_FILES) -> list
 
 def ratio_columns(components: Sequence[str]) -> list[str]:
     return [RATIO_PREFIX + c for c in components]
+
+
+def design_ratios(row: Mapping[str, Any], components: Sequence[str]) -> list[float]:
+    """The ratios a run trained on, for fitting: the realized ones (``realized_ratio/<c>``, e.g. capped by a
+    repetition cap) when the trial recorded them, else the requested ``ratio/<c>``."""
+    if any(str(k).startswith(REALIZED_PREFIX) for k in row):
+        return [float(row.get(REALIZED_PREFIX + c) or 0.0) for c in components]
+    return [float(row[RATIO_PREFIX + c]) for c in components]
 
 
 def trial_status(sweep: trials_lib.SweepDir, tid: str) -> tuple[str, dict[str, Any] | None]:
@@ -203,5 +213,5 @@ def metric_names(rows: Sequence[Mapping[str, Any]], components: Sequence[str]) -
     for r in rows:
         if r.get("status") == "done":
             names.update(k for k, v in r.items() if k not in fixed and isinstance(v, (int, float))
-                         and not isinstance(v, bool))
+                         and not isinstance(v, bool) and not k.startswith(REALIZED_PREFIX))
     return sorted(names)

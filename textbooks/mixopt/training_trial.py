@@ -5,8 +5,10 @@ with only the mixture name, the seed and the model dir changed, calls the traine
 (:func:`textbooks.train.trainer.train`) into ``<trial>/model``, then (optionally) runs ``textbooks eval`` into
 ``<trial>/eval``. Metrics: the last value of every key of the trainer's ``metrics/train.jsonl`` as
 ``train/<key>`` and ``metrics/eval.jsonl`` as ``valid/<key>`` (e.g. ``valid/loss/web_filtered``), and each
-benchmark metric of ``results.json`` as ``bench/<task>/<metric>``. The other trial kinds and the resumable
-wrapper are in :mod:`textbooks.mixopt.trial_kinds`.
+benchmark metric of ``results.json`` as ``bench/<task>/<metric>``. The fractions the run realized (its
+mixture's repetition-capped ones, from the trainer's ``run_record.json``) are recorded as ``realized_ratio/<role>``,
+and the mixture law is fitted on them. The other trial kinds and the resumable wrapper are in
+:mod:`textbooks.mixopt.trial_kinds`.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from textbooks.data.roles import check_role
 from textbooks.mixopt import results as results_lib
 from textbooks.mixopt import trials as trials_lib
 from textbooks.mixopt.trial_kinds import TrialError, TrialRunner, run_logged
-from textbooks.train import trainer
+from textbooks.train import run_record, trainer
 
 logger = logging.getLogger(__name__)
 
@@ -51,6 +53,12 @@ def _gin_text(path: str, search_paths: Sequence[str], seen: set[str] | None = No
     return "".join(out)
 
 
+def realized_ratio_metrics(model_dir: str) -> dict[str, float]:
+    """``{'realized_ratio/<role>': fraction}`` of the capped fractions the trainer recorded (empty without)."""
+    capped = ((run_record.read_run_record(model_dir) or {}).get("mixture") or {}).get("capped") or {}
+    return {f"{results_lib.REALIZED_PREFIX}{role}": float(f) for role, f in capped.items()}
+
+
 @gin.configurable
 @dataclasses.dataclass
 class TrainingTrial(TrialRunner):
@@ -63,7 +71,7 @@ class TrainingTrial(TrialRunner):
         mixture_macro: the gin macro (or parameter) that names the mixture the trainer reads.
         seed_binding: the gin parameter that takes the trial's seed (None: leave the seed alone).
         mixture_temperature: ``temperature`` passed to ``register_mixture`` (None: ratios are token fractions).
-        mixture_max_epochs: ``max_epochs`` passed to ``register_mixture`` (repetition warning).
+        mixture_max_epochs: ``max_epochs`` passed to ``register_mixture`` (repetition cap).
         mixture_vocabulary: ``vocabulary`` passed to ``register_mixture`` (None: the default).
         eval_tasks: tasks for ``textbooks eval --tasks`` after training (empty: no evaluation step).
         eval_args: extra arguments for ``textbooks eval``.
@@ -135,6 +143,7 @@ class TrainingTrial(TrialRunner):
             raise TrialError(f"training wrote no metrics under {os.path.join(model_dir, 'metrics')}; see {log_path}")
         if self.eval_tasks:
             metrics.update(self._evaluate(model_dir, os.path.join(run_dir, "eval"), log_path))
+        metrics.update(realized_ratio_metrics(model_dir))
         metrics["mixture"] = name
         return metrics
 

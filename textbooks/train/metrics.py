@@ -3,7 +3,8 @@
 Each logged step produces one record such as ``{"step": 100, "loss": 2.31, "loss/code_textbooks": 2.05,
 "grad_norm": 0.8, "learning_rate": 2e-4, "tokens_per_second": 51234, "mfu": 0.41, ...}``. The first process
 writes it to TensorBoard (``<model_dir>/tensorboard/{train,eval}``, via clu's ``tf.summary`` writer) and to
-``<model_dir>/metrics/{train,eval}.jsonl``. Progress (a line redrawn on a terminal, log lines otherwise) goes
+``<model_dir>/metrics/{train,eval}.jsonl``, and with gin ``WandbConfig.enabled = True`` to Weights & Biases
+(:mod:`textbooks.train.wandb_writer`). Progress (a line redrawn on a terminal, log lines otherwise) goes
 through the project's one reporter, :class:`textbooks.progress.Progress`.
 """
 
@@ -19,6 +20,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from textbooks.data import files
+from textbooks.train.wandb_writer import WandbConfig, WandbWriter
 
 log = logging.getLogger(__name__)
 
@@ -45,20 +47,25 @@ def summarize(raw: Mapping[str, Any], role_names: Sequence[str]) -> dict[str, fl
 
 
 class MetricsLogger:
-    """Writes metric records to TensorBoard and JSON Lines (first process only) and logs them.
+    """Writes metric records to TensorBoard, JSON Lines and W&B (first process only) and logs them.
 
     Args:
         model_dir: the run's folder.
         enabled: write files (True on the first process).
         tensorboard: also write TensorBoard events.
+        wandb: W&B settings; default the gin-bound :class:`~textbooks.train.wandb_writer.WandbConfig` (off
+            unless ``WandbConfig.enabled = True``).
     """
 
-    def __init__(self, model_dir: str, enabled: bool = True, tensorboard: bool = True):
+    def __init__(self, model_dir: str, enabled: bool = True, tensorboard: bool = True,
+                 wandb: WandbConfig | None = None):
         self.model_dir = model_dir
         self.enabled = enabled
         self._writers: dict[str, Any] = {}
         self._files: dict[str, Any] = {}
         self._tensorboard = tensorboard and enabled
+        wandb = wandb if wandb is not None else WandbConfig()
+        self._wandb = WandbWriter(wandb, model_dir) if enabled and wandb.enabled else None
 
     def _writer(self, split: str):
         if not self._tensorboard:
@@ -81,9 +88,12 @@ class MetricsLogger:
         if not self.enabled:
             return
         clean = {k: float(v) for k, v in record.items() if isinstance(v, (int, float, np.floating, np.integer))}
+        finite = {k: v for k, v in clean.items() if math.isfinite(v)}
         writer = self._writer(split)
         if writer is not None:
-            writer.write_scalars(step, {k: v for k, v in clean.items() if math.isfinite(v)})
+            writer.write_scalars(step, finite)
+        if self._wandb is not None:
+            self._wandb.write_scalars(step, finite, split)
         line = {"step": int(step), "time": round(time.time(), 3)}
         line.update({k: (v if math.isfinite(v) else None) for k, v in clean.items()})
         f = self._file(split)
@@ -91,10 +101,17 @@ class MetricsLogger:
         f.flush()
 
     def write_text(self, step: int, name: str, text: str) -> None:
-        """Writes a text summary (e.g. the operative config) to TensorBoard."""
+        """Writes a text summary (e.g. the operative config) to TensorBoard and W&B."""
         writer = self._writer("train")
         if writer is not None:
             writer.write_texts(step, {name: text})
+        if self._wandb is not None:
+            self._wandb.write_text(step, name, text)
+
+    def write_config(self, values: Mapping[str, Any]) -> None:
+        """Records run settings (the run record, the operative config) in the W&B run's config."""
+        if self._wandb is not None:
+            self._wandb.write_config(values)
 
     def flush(self) -> None:
         for w in self._writers.values():
@@ -107,7 +124,9 @@ class MetricsLogger:
             w.close()
         for f in self._files.values():
             f.close()
-        self._writers, self._files = {}, {}
+        if self._wandb is not None:
+            self._wandb.close()
+        self._writers, self._files, self._wandb = {}, {}, None
 
 
 def read_jsonl(path: str) -> list[dict[str, Any]]:

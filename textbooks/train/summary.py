@@ -37,6 +37,8 @@ class TrainResult:
     skipped_steps: int
     last_checkpoint_step: int | None
     eval: dict[str, float] = dataclasses.field(default_factory=dict)
+    # Loss-weighted tokens trained per data role over the whole run, resumed parts included (run_record.json).
+    tokens_per_role: dict[str, float] = dataclasses.field(default_factory=dict)
 
 
 def summary_line(r: TrainResult) -> str:
@@ -71,11 +73,12 @@ def read_summary(model_dir: str) -> TrainResult | None:
         log.warning("%s is not valid JSON (%s); ignoring it", path, e)
         return None
     names = {f.name for f in dataclasses.fields(TrainResult)}
-    missing = sorted(names - set(recorded)) if isinstance(recorded, dict) else ["(not a JSON object)"]
+    required = {f.name for f in dataclasses.fields(TrainResult) if f.default_factory is dataclasses.MISSING}
+    missing = sorted(required - set(recorded)) if isinstance(recorded, dict) else ["(not a JSON object)"]
     if missing:
         log.warning("%s is not a run summary (missing %s); ignoring it", path, ", ".join(missing))
         return None
-    return TrainResult(**{k: recorded[k] for k in names})
+    return TrainResult(**{k: recorded[k] for k in names if k in recorded})
 
 
 def finished_run(model_dir: str, step: int, train_steps: int, last_checkpoint: int | None,

@@ -10,7 +10,8 @@ initialize, optionally from ``init_from`` parameters); compile the step; loop. M
 back while step ``s+1`` runs, so the host never stalls the devices. Checkpoints are saved asynchronously every
 ``save_every`` steps, at the end, and on SIGTERM/SIGINT (then the run returns normally). A model dir whose newest
 checkpoint already reached ``train_steps`` holds a finished run: nothing is trained or written, and the summary
-it records is returned (:mod:`textbooks.train.summary`).
+it records is returned (:mod:`textbooks.train.summary`). The operative gin config is written after the first
+step, the run record (commit, versions, mixture, tokens per role) at each checkpoint (:mod:`.run_record`).
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ from textbooks.train import checkpoints as ckpt_lib
 from textbooks.train import data as data_lib
 from textbooks.train import flops as flops_lib
 from textbooks.train import hooks, metrics as metrics_lib, optimizer as opt_lib, state as state_lib
-from textbooks.train import step as step_lib
+from textbooks.train import run_record, step as step_lib
 from textbooks.train import synthetic  # noqa: F401  (registers synthetic_dataset for the gin files)
 from textbooks.train.summary import TrainResult, finished_run, summary_line, write_summary  # noqa: F401
 from textbooks.vocab import PHI_PADDED_VOCAB_SIZE, PHI_VOCAB_SIZE
@@ -202,7 +203,9 @@ def train(*, model_dir: str = gin.REQUIRED, model_config: Any = gin.REQUIRED,
     writer = metrics_lib.MetricsLogger(model_dir, enabled=primary, tensorboard=tensorboard)
     if primary:
         _write_run_files(model_dir, metadata)
-        writer.write_text(start_step, "operative_config", "```\n" + metadata["operative_config"] + "\n```")
+    record = run_record.RunRecord(model_dir, enabled=primary, writer=writer, metadata=metadata, start_step=start_step,
+                                  mixture=run_record.mixture_record(getattr(iterator, "mixture", None),
+                                                                    None if dataset_fn else mixture_or_task_name))
 
     if peak_flops_per_device:
         peak, peak_source = peak_flops_per_device * mesh.size, "train.peak_flops_per_device"
@@ -219,10 +222,12 @@ def train(*, model_dir: str = gin.REQUIRED, model_config: Any = gin.REQUIRED,
                  writer=writer, progress=progress, log_every=log_every, on_nonfinite=on_nonfinite,
                  max_consecutive_nonfinite=max_consecutive_nonfinite, tokens_per_step=tokens_per_step,
                  flops_per_step=flops_per_step, peak=peak, ckpts=ckpts, metadata=metadata, eval_hook=eval_hook,
-                 eval_every=evaluation.eval_every, seq_len=spec.seq_len, per_process=shard.per_process_batch_size)
+                 eval_every=evaluation.eval_every, seq_len=spec.seq_len, per_process=shard.per_process_batch_size,
+                 record=record)
     try:
         with hooks.StopSignal() as stop, jax.set_mesh(mesh):
             state = loop.run(state, iterator, start_step, train_steps, stop)
+        tokens_per_role = record.finish(loop.step)
     finally:
         ckpts.close()
         progress.close()
@@ -231,7 +236,7 @@ def train(*, model_dir: str = gin.REQUIRED, model_config: Any = gin.REQUIRED,
                          final_loss=loop.last_loss, tokens_per_second=loop.mean_tokens_per_second(),
                          mfu=loop.mean_mfu(), wall_seconds=time.time() - wall_start, stopped_by=loop.stopped_by,
                          skipped_steps=loop.skipped, last_checkpoint_step=ckpts.latest_step(),
-                         eval=loop.last_eval)
+                         eval=loop.last_eval, tokens_per_role=tokens_per_role)
     if primary:
         write_summary(result)
         emit(f"run summary: {summary_line(result)}")
@@ -241,10 +246,8 @@ def train(*, model_dir: str = gin.REQUIRED, model_config: Any = gin.REQUIRED,
 
 
 def _write_run_files(model_dir: str, metadata: Mapping[str, Any]) -> None:
-    """Writes the operative gin config (``config.gin``) and the model config next to the checkpoints."""
+    """Writes the model config next to the checkpoints (the operative config follows the first step)."""
     files.makedirs(model_dir)  # local files without TensorFlow; gs:// through tf.io.gfile
-    with files.open_file(files.join(model_dir, "config.gin"), "w") as f:
-        f.write(metadata["operative_config"])
     with files.open_file(files.join(model_dir, "model_config.json"), "w") as f:
         json.dump(metadata["model_config"], f, indent=2, sort_keys=True)
 
@@ -307,6 +310,7 @@ class _Loop:
     eval_every: int
     seq_len: int
     per_process: int
+    record: run_record.RunRecord
     step: int = 0
     last_loss: float | None = None
     stopped_by: str = "completed"
@@ -341,9 +345,11 @@ class _Loop:
                 jax.block_until_ready(raw)
                 self._interval_start = (self.step, time.perf_counter())
                 first = False
-            self._maybe_save(state, iterator, force=self.step == train_steps)
+            self._maybe_save(state, iterator, force=self.step == train_steps, pending=raw)
             if self.eval_hook is not None and (self.step % self.eval_every == 0 or self.step == train_steps):
                 self._untimed(self._evaluate, state)
+            if self.step == start_step + 1:  # T5X: the operative config once the lazy configurables have run
+                self._untimed(lambda _: self.record.first_step(self.step), state)
             if stop.should_stop(self.step):
                 self.stopped_by = "signal"
                 break
@@ -363,16 +369,18 @@ class _Loop:
         fn(state, *args)
         self._excluded += time.perf_counter() - t
 
-    def _maybe_save(self, state, iterator, force: bool) -> None:
+    def _maybe_save(self, state, iterator, force: bool, pending=None) -> None:
         if self.stopped_by == "nonfinite":
             return
         if force or self.step % self.ckpts.config.save_every == 0:
             data_state = data_lib.iterator_state(iterator)
-            self._untimed(self._save, state, data_state, force)
+            self._untimed(self._save, state, data_state, force, pending)
 
-    def _save(self, state, data_state, force: bool) -> None:
+    def _save(self, state, data_state, force: bool, pending) -> None:
         if self.ckpts.save(self.step, state, data_state, self.metadata, force=force):
             log.info("saving checkpoint at step %d", self.step)
+            host = None if pending is None else metrics_lib.summarize(jax.device_get(pending), self.roles)
+            self.record.checkpoint(self.step, host)
 
     def _evaluate(self, state) -> None:
         t = time.perf_counter()
@@ -407,6 +415,7 @@ class _Loop:
         else:
             self.consecutive_nonfinite = 0
             self.last_loss = record["loss"]
+            self.record.count(record)
         if step % self.log_every == 0 or step == 1:
             now = time.perf_counter()
             if self._interval_start is not None and step > self._interval_start[0]:
