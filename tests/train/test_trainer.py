@@ -87,6 +87,16 @@ def test_vocabulary_larger_than_the_model_is_an_error(tmp_path, tiny_config):
     trainer.check_vocab_size(8192, "spm8k")
 
 
+def test_batch_layout_errors_name_the_gin_keys(tmp_path, tiny_config):
+    layout = part.PartitioningConfig(data=2, fsdp=2, tensor=2)  # 4 data-parallel devices
+    kw = dict(model_dir=str(tmp_path), model_config=tiny_config, task_feature_lengths={"targets": 32},
+              train_steps=1, vocabulary="byte", partitioning=layout, train_iterator=iter([]))
+    with pytest.raises(ValueError, match=r"train.microbatches = 3 cannot split.*Valid train.microbatches: 1, 2;"):
+        trainer.train(batch_size=8, microbatches=3, **kw)
+    with pytest.raises(ValueError, match=r"train.batch_size \(BATCH_SIZE = 6\) is not divisible by the 4 "):
+        trainer.train(batch_size=6, **kw)
+
+
 def test_unknown_mixture_lists_the_registered_names(tmp_path, tiny_config):
     with pytest.raises(ValueError, match="unknown mixture or task 'no_such_mixture'; registered: .*code_filtered"):
         trainer.train(model_dir=str(tmp_path), model_config=tiny_config, mixture_or_task_name="no_such_mixture",
@@ -175,7 +185,13 @@ def test_experiment_gin_files_compose(files):
     config = b["model_config"]
     if files[-1].startswith(("tpu/", "gpu/")):
         assert config.hidden_size == 2048 and config.dtype == "bfloat16" and config.scan_layers
-        assert b["partitioning"].fsdp in (-1, 8) and b["microbatches"] >= 2
+        assert b["partitioning"].fsdp in (-1, 8)
+        # runs/pretrain.gin's batch of 1024 at the hardware file's default HOSTS, at most rows_per_device
+        # sequences per device at a time: v5e-256 1024 / 256 chips = 4 rows (cap 4), v5p-128 1024 / 64 = 16
+        # (cap 16), one 8-GPU host 1024 / 8 = 128 rows in microbatches of 8 (H100) or 4 (A100 40GB).
+        expected = {"tpu/phi15_v5e256.gin": 1, "tpu/phi15_v5p128.gin": 1, "gpu/phi15_8xh100.gin": 16,
+                    "gpu/phi15_8xa100_40gb.gin": 32}
+        assert b["batch_size"] == 1024 and b["microbatches"] == expected[files[-1]]
     if "finetune" in files[0]:
         assert b["checkpoint"].init_from == "/tmp/y" and b["optimizer"].schedule == "linear"
     if "tiny" in " ".join(files):

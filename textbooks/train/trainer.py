@@ -19,7 +19,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import math
 import time
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
@@ -147,16 +146,13 @@ def train(*, model_dir: str = gin.REQUIRED, model_config: Any = gin.REQUIRED,
     check_vocab_size(model_config.vocab_size, vocabulary)
     compiler_options = dict(compiler_options) if compiler_options else None
     mesh = part.make_mesh(partitioning, devices)
+    step_lib.check_batch_layout(batch_size, microbatches, dict(mesh.shape))
     rules = partitioning.logical_axis_rules
     shard = part.data_shard_info(mesh, batch_size, rules)
     spec = data_lib.DataSpec(mixture_or_task_name, dict(task_feature_lengths), batch_size, seed,
                              model_config.vocab_size)
     if spec.seq_len > model_config.max_len:
         log.warning("sequence length %d exceeds the model's max_len %d", spec.seq_len, model_config.max_len)
-    data_parallel = math.prod(mesh.shape[a] for a in part.DATA_AXES)
-    if batch_size % (microbatches * data_parallel):
-        raise ValueError(f"batch_size ({batch_size}) must be divisible by microbatches ({microbatches}) x the "
-                         f"data-parallel mesh size ({data_parallel}) so that every microbatch is split evenly")
     primary = jax.process_index() == 0
     log.info("mesh %s; process %d reads data shard %d of %d (%d rows)", part.describe_mesh(mesh),
              jax.process_index(), shard.index, shard.num_shards, shard.per_process_batch_size)
