@@ -4,11 +4,12 @@ the token loop."""
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 from phi_testing import our_logits, random_params
 from treecheck import assert_same_structure
 
 from textbooks.model import Decoder, GenerationRequest, get_preset, init_cache
-from textbooks.model.buckets import bucket
+from textbooks.model.buckets import bucket, fine_bucket
 from textbooks.model.kv_cache import attention_windows, resize_cache
 
 
@@ -18,6 +19,25 @@ def test_buckets_are_the_smallest_power_of_two_that_fits_within_the_limits():
             power = next(2 ** k for k in range(12) if 2 ** k >= n)
             want = min(max(power, minimum), maximum) if maximum is not None else max(power, minimum)
             assert bucket(n, minimum, maximum) == want, (n, minimum, maximum)
+
+
+def test_fine_buckets_are_the_smallest_quarter_octave_size_that_fits_within_the_limits():
+    # The sizes k * 2**e / 4 (4 <= k <= 8) that are whole numbers: 1, 2, ..., 8, 10, 12, 14, 16, 20, 24, ...
+    sizes = sorted({k * 2 ** e // 4 for k in range(4, 9) for e in range(14) if k * 2 ** e % 4 == 0})
+    for n in range(0, 3000):
+        for minimum, maximum in ((1, None), (16, None), (16, 2048), (100, 1000)):
+            smallest = next(s for s in sizes if s >= max(n, 1))
+            want = max(smallest, minimum) if maximum is None else min(max(smallest, minimum), maximum)
+            got = fine_bucket(n, minimum, maximum)
+            assert got == want, (n, minimum, maximum)
+            assert got <= bucket(n, minimum, maximum)  # never more padding than the power-of-two bucket
+            if n > minimum and (maximum is None or n <= maximum):
+                assert got - n < n / 4  # pads by less than a quarter
+    # Four programs per octave: 16 and four sizes in each of (16, 32], ..., (1024, 2048].
+    assert len({fine_bucket(n, 16, 2048) for n in range(1, 2049)}) == 1 + 4 * 7
+    assert [fine_bucket(n, 1, steps=2) for n in (5, 7, 9, 13)] == [6, 8, 12, 16]
+    with pytest.raises(ValueError, match="power of two"):
+        fine_bucket(10, 1, steps=3)
 
 
 def test_attention_windows_grow_to_the_cache_length():

@@ -1,6 +1,7 @@
 """Continuous batching on a persistent KV cache: requests joining and leaving between chunks decode exactly as
 they would alone (greedy: as recomputing the full forward), sampling does not depend on company, slots are
-freed and reused, the cache grows for longer requests, bad calls fail clearly."""
+freed and reused, the cache grows for longer requests, each prompt prefills on its own in a fine length bucket,
+bad calls fail clearly."""
 
 import numpy as np
 import pytest
@@ -123,3 +124,22 @@ def test_release_and_bad_calls(tiny_model):
     with pytest.raises(ValueError, match="max_tokens must be >= 1"):
         decoder.step(0)
     assert decoder.step(5)[slots[1]][1] is None  # still running: (tokens, None)
+
+
+def test_each_prompt_prefills_alone_in_a_fine_length_bucket(tiny_model):
+    config, params = tiny_model
+    rng = np.random.RandomState(7)
+    prompts = [rng.randint(0, config.vocab_size, n).tolist() for n in range(1, 41)]
+    decoder = SlotDecoder(params, config, num_slots=4, min_length_bucket=8)
+    got = {}
+    for start in range(0, len(prompts), 4):  # four prompts of different lengths per admission
+        group = prompts[start:start + 4]
+        slots = decoder.admit([GenerationRequest(prompt=p, max_new_tokens=2) for p in group])
+        outputs = {s: [] for s in slots}
+        _drain(decoder, outputs, 2)
+        got.update({start + i: outputs[s] for i, s in enumerate(slots)})
+    # One row per prefill, its cache as long as its padded prompt; 40 prompt lengths (bodies 0..39) ran on 10
+    # programs: 8 (the minimum), then a quarter of each octave: no prompt padded by more than a quarter.
+    assert decoder.prefill_shapes == {(1, n, n) for n in (8, 10, 12, 14, 16, 20, 24, 28, 32, 40)}
+    reference = [greedy_by_recomputing(config, params, [p], 2)[0] for p in prompts]
+    assert [got[i] for i in range(len(prompts))] == reference

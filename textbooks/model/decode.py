@@ -11,7 +11,9 @@ two compiled programs:
 
 Shapes are rounded up to buckets (batch, prompt length, cache length, new tokens, stop sequences: powers of
 two, :mod:`textbooks.model.buckets`), so a long-running :class:`Decoder` compiles a bounded number of programs
-however requests vary. All sampling parameters are per-row arrays (:mod:`textbooks.model.sampling`), so a
+however requests vary. :meth:`Decoder.prefill` pads prompts to finer buckets (four per octave,
+:func:`~textbooks.model.buckets.fine_bucket`): a prefill costs a full forward per padded position, a token loop
+step does not grow with the prompt's padding. All sampling parameters are per-row arrays (:mod:`textbooks.model.sampling`), so a
 server can batch concurrent requests with different settings in one call of :meth:`Decoder.generate`. Each
 request's random stream depends only on its seed, so results do not depend on which other requests share its
 batch. :meth:`Decoder.prefill` and :meth:`Decoder.decode_chunk` expose the two programs on a cache the caller
@@ -29,7 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from textbooks.model import cpu_kernels
-from textbooks.model.buckets import bucket
+from textbooks.model.buckets import bucket, fine_bucket
 from textbooks.model.config import ModelConfig
 from textbooks.model.kv_cache import attention_windows, cache_length, init_cache, resize_cache
 from textbooks.model.causal_lm import CausalLM
@@ -194,6 +196,7 @@ class Decoder:
         # Compiled programs are shared by every Decoder of the same inference config and kernels.
         self._config = config.replace(remat_policy="none", embd_dropout=0.0, attn_dropout=0.0, resid_dropout=0.0)
         self.shapes_used: set[tuple[int, ...]] = set()  # (batch, prompt, cache, new, stops, stop length) buckets
+        self.prefill_shapes: set[tuple[int, int, int]] = set()  # (batch, prompt, cache) of prefill() calls
 
     def validate(self, requests: Sequence[GenerationRequest]) -> None:
         """Checks every request; raises ValueError naming the request and what is wrong."""
@@ -240,18 +243,29 @@ class Decoder:
         """The prompt or cache length compiled for ``n`` positions."""
         return bucket(n, self.min_length_bucket, self.config.max_len)
 
-    def prefill(self, requests: Sequence[GenerationRequest], batch: int, cache_len: int) -> tuple[Any, np.ndarray]:
+    def prompt_bucket(self, n: int) -> int:
+        """The padded prompt length a prefill of ``n`` tokens compiles for (a fine bucket: at most 1.25 ``n`` above
+        ``min_length_bucket``, never more than :meth:`length_bucket`)."""
+        return fine_bucket(n, self.min_length_bucket, self.config.max_len)
+
+    def prefill(self, requests: Sequence[GenerationRequest], batch: int | None = None,
+                cache_len: int | None = None) -> tuple[Any, np.ndarray]:
         """Runs the prompts but their last tokens through the model into a new cache (one compiled program).
 
         Args:
             requests: validated requests (:meth:`validate`); their other settings are not used here.
-            batch: rows of the cache (at least ``len(requests)``; the rest are padding).
-            cache_len: slots of the cache (at least every prompt's length).
+            batch: rows of the cache (at least ``len(requests)``; the rest are padding). Default: one per request.
+            cache_len: slots of the cache (at least every prompt's length). Default: the padded prompt length
+                (:meth:`prompt_bucket`), so the program depends on nothing else; a caller copying the rows into a
+                longer cache leaves the slots past them as they were (no query reads a slot before writing it).
 
         Returns:
             ``(cache, last prompt tokens [batch])``: the tokens the next :meth:`decode_chunk` starts from.
         """
-        prompt_len = self.length_bucket(max(len(r.prompt) for r in requests) - 1)
+        prompt_len = self.prompt_bucket(max(len(r.prompt) for r in requests) - 1)
+        batch = len(requests) if batch is None else batch
+        cache_len = prompt_len if cache_len is None else cache_len
+        self.prefill_shapes.add((batch, prompt_len, cache_len))
         tokens, segments, last, _ = batch_arrays(requests, batch, prompt_len)
         return _prefill(self._config, self.model_kernels, self.params, tokens, segments, cache_len), last
 

@@ -5,17 +5,19 @@ requests arriving at any time and asking for different lengths wants more: a req
 a row is free, and a finished one should free its row at once, without the others re-reading their prompts.
 :class:`SlotDecoder` keeps one cache of ``num_slots`` rows between calls:
 
-* :meth:`SlotDecoder.admit` prefills new requests (all together, one compiled prefill) and writes their cache
-  rows into free slots;
+* :meth:`SlotDecoder.admit` prefills each new request on its own, its prompt padded to a fine length bucket
+  (:meth:`textbooks.model.decode.Decoder.prompt_bucket`: under 1.25 times its length; padding prompts to the
+  longest of a group, or rows to a power of two, would cost a full forward per padded position), and copies
+  its cache row into a free slot;
 * :meth:`SlotDecoder.step` advances every occupied slot by up to ``max_tokens`` tokens in one compiled token
   loop (:meth:`textbooks.model.decode.Decoder.decode_chunk`, attending only over the cache window the rows have
-  reached)
-  and frees the slots whose requests ended (eos or their ``max_new_tokens``);
+  reached) and frees the slots whose requests ended (eos or their ``max_new_tokens``);
 * :meth:`SlotDecoder.release` frees a slot early (a client went away, a stop string matched in the text).
 
 The cache length grows in powers of two to what admitted requests need and shrinks back when every slot is
-free, so compiled programs stay few. A request's i-th chunk samples from a stream derived from its seed and
-i only, so its text does not depend on which other requests share the cache or when it was admitted.
+free, so compiled programs stay few: one prefill per prompt bucket (four per octave of prompt lengths)
+whatever the cache length or company, one row copy per (prompt bucket, cache length). A request's i-th chunk
+samples from a stream derived from its seed and i only, so its text does not depend on which other requests share the cache or when it was admitted.
 """
 
 from __future__ import annotations
@@ -28,7 +30,6 @@ import jax
 import numpy as np
 
 from textbooks.model import decode as decode_lib
-from textbooks.model.buckets import bucket
 from textbooks.model.config import ModelConfig
 from textbooks.model.kv_cache import init_cache, resize_cache
 from textbooks.model.layers import DecodeKernels
@@ -54,12 +55,14 @@ def _batch_axis(leaf: jax.Array) -> int:
 
 
 @functools.partial(jax.jit, donate_argnums=(0,))
-def _insert_rows(cache: Any, part: Any, slots: jax.Array) -> Any:
-    """Writes the rows of ``part`` (a cache of the same length) into ``cache`` at ``slots`` (out of range: dropped)."""
+def _insert_row(cache: Any, part: Any, slot: jax.Array) -> Any:
+    """Writes ``part``'s one row (a cache of at most ``cache``'s slots) into row ``slot`` of ``cache``, from slot 0
+    on; the row's later slots keep what they held (each row's queries read only slots they have written)."""
 
     def insert(leaf, new):
-        index = (slice(None),) * _batch_axis(leaf) + (slots,)
-        return leaf.at[index].set(new.astype(leaf.dtype), mode="drop")
+        start = [0] * leaf.ndim
+        start[_batch_axis(leaf)] = slot
+        return jax.lax.dynamic_update_slice(leaf, new.astype(leaf.dtype), start)
 
     return jax.tree.map(insert, cache, part)
 
@@ -89,6 +92,11 @@ class SlotDecoder:
         self.cache: Any = None
         self.cache_len = 0
         self._slots: list[_Slot | None] = [None] * num_slots
+
+    @property
+    def prefill_shapes(self) -> set[tuple[int, int, int]]:
+        """(rows, padded prompt length, cache length) of every prefill run so far (each is a compiled program)."""
+        return self._decoder.prefill_shapes
 
     @property
     def free_slots(self) -> list[int]:
@@ -123,24 +131,14 @@ class SlotDecoder:
         needed = max(len(r.prompt) + r.max_new_tokens - 1 for r in requests)
         needed = max([needed] + [s.position + s.request.max_new_tokens - s.generated
                                  for s in self._slots if s is not None])
-        length = self._decoder.length_bucket(needed)
-        batch = bucket(len(requests), 1, self.num_slots)
-        # With every slot free and a full-width batch, the prefilled cache becomes the cache (rows in order,
-        # padding rows free); otherwise its rows are copied into free slots of the running cache.
-        replace = not self.active_slots and batch == self.num_slots
-        if replace:
-            self.cache_len = length
-        else:
-            self._ensure_length(length)
-        part, last = self._decoder.prefill(requests, batch, self.cache_len)
+        self._ensure_length(self._decoder.length_bucket(needed))
         slots = free[:len(requests)]
-        if replace:
-            self.cache = part
-        else:
-            targets = np.array(slots + [self.num_slots] * (batch - len(requests)), np.int32)  # padding: dropped
-            self.cache = _insert_rows(self.cache, part, targets)
-        for slot, r, token in zip(slots, requests, last):
-            self._slots[slot] = _Slot(request=r, position=len(r.prompt) - 1, next_token=int(token))
+        for slot, r in zip(slots, requests):
+            # One row per prefill: no row pads to a longer prompt, no padding rows (on a CPU a prompt's tokens
+            # already fill the weight products; more rows would not make each token cheaper).
+            part, last = self._decoder.prefill([r])
+            self.cache = _insert_row(self.cache, part, np.int32(slot))
+            self._slots[slot] = _Slot(request=r, position=len(r.prompt) - 1, next_token=int(last[0]))
         return slots
 
     def release(self, slot: int) -> None:
