@@ -18,8 +18,9 @@ which the script checks. Three workloads:
   (its GGUF file, float32 on both sides): ``--chat_requests`` chats of varied lengths and ``max_tokens`` sent
   at once as ``/v1/chat/completions`` (transformers gets ``apply_chat_template``'s tokens), ending at
   <|im_end|> or ``max_tokens``; static schedules as in ``mixed``. Then what bounds a decode step: it reads
-  every weight (float32 ~540 MB; the tied embedding is the LM head). Our decoder's and transformers' steps at batch 1 and N, as GB/s and GFLOP/s, beside the machine's memory
-  bandwidth (a multi-threaded copy) and matmul rate measured here, and what bf16 weights would give.
+  every weight (float32 ~540 MB; the tied embedding is the LM head). Our decoder's and transformers' steps at
+  batch 1 and N, as GB/s and GFLOP/s, beside the machine's memory bandwidth (a multi-threaded copy) and
+  matmul rate measured here, and what bf16 weights would give.
 
 The server receives the phi workloads as concurrent HTTP ``/v1/completions`` calls (token-id prompts), all
 with ``--max_batch_size N``. transformers runs at each of ``--torch_threads``; the fastest setting is the peer.
