@@ -120,3 +120,14 @@ def test_callback_form_and_silence(clock):
     disabled.update(done=5)
     disabled.close()
     assert disabled.done == 5
+
+
+def test_a_burst_of_units_right_after_the_first_is_not_shown_as_the_rate(clock, no_logging):
+    """Completions that arrive together (a decoded batch) 0.01 s after the first one do not make the rate
+    their count / 0.01 s: within the window the rate is measured from the start."""
+    p = Progress(16, "generate", stream=io.StringIO(), rate_of="tokens")
+    clock.now += 60.0
+    p.update(done=1, tokens=200)
+    clock.now += 0.01
+    p.update(done=15, tokens=3000)
+    assert p.rate == pytest.approx(3200 / 60.01)

@@ -18,8 +18,9 @@ and once at :meth:`Progress.close`, through :func:`emit`: the logger ``textbooks
 is configured (every verb configures it: :mod:`textbooks.logs`), else ``stream`` (a script or notebook).
 ``stream=None`` or ``enabled=False`` keeps the counts and shows nothing.
 
-Rates are measured from the first update on, once there is a second one, so start-up time (compilation,
-connecting) does not inflate the ETA; until then, from the start. Units done before this process started
+Rates are measured from the first update on, once there is a later one and at least a second (and a tenth
+of the start-up time) has passed since the first, so start-up time (compilation, connecting) does not inflate
+the ETA and a burst of units finishing together does not show as a huge rate; until then, from the start. Units done before this process started
 (``already_done``, a resumed run) count as done but not towards the rate.
 """
 
@@ -152,8 +153,12 @@ class Progress:
         if self._first is None:
             return 0.0
         now = time.monotonic()
-        if now_amount != first_amount and now > self._first[0]:  # a second update: leave start-up out
-            return (now_amount - first_amount) / (now - self._first[0])
+        since_first = now - self._first[0]
+        # Leave start-up out once a later update came and the window since the first one is long enough to
+        # mean something (work that finishes in bursts, such as a batch of completions, would otherwise show
+        # a burst's few milliseconds as its rate).
+        if now_amount != first_amount and since_first >= max(1.0, 0.1 * (self._first[0] - self.start)):
+            return (now_amount - first_amount) / since_first
         return (now_amount - start_amount) / max(now - self.start, 1e-9)
 
     @property
