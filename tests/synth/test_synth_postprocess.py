@@ -154,3 +154,48 @@ def test_decontamination_through_the_curation_stage(tmp_path):
     off = Sample(id="leak3", text=item, role="code_textbooks", meta={})
     assert postprocess.process([off], PostprocessConfig(min_chars=10, min_words=5, decontaminate=False))[
         "decontamination"]["status"] == "off"
+
+
+DOCTEST_EXERCISE = '''def double(x: int) -> int:
+    """Returns twice x.
+
+    >>> double(2)
+    %s
+    """
+    return 2 * x
+'''
+
+
+def test_exercises_without_a_check_function_run_their_doctests():
+    """An exercise without check() is tested by its doctests; one with neither is rejected as no_tests."""
+    cfg = PostprocessConfig(min_chars=20, min_words=5, run_tests=True, near_dedup=False, decontaminate=False,
+                            sandbox_timeout_s=20)
+    opts = {"syntax_check": True, "require_function": "function_name", "run_tests": "check"}
+    untested = "def double(x: int) -> int:\n    \"\"\"Returns twice x.\"\"\"\n    return 2 * x\n"
+    samples = [Sample(id=str(i), text=text, role="code_exercises", meta={}, template_options=opts,
+                      slot_values={"function_name": "double"})
+               for i, text in enumerate([DOCTEST_EXERCISE % "4", DOCTEST_EXERCISE % "5", untested])]
+    summary = postprocess.process(samples, cfg)
+    assert summary["exercises_executed"] == 2
+    assert samples[0].reject_reason is None, samples[0].reject_detail
+    assert samples[0].meta["postprocess"] == {"tests_kind": "doctest", "tests": "passed"}
+    assert samples[1].reject_reason == "tests_failed" and "AssertionError" in samples[1].reject_detail
+    assert samples[2].reject_reason == "no_tests"
+
+
+def test_an_answer_cut_by_its_length_limit_keeps_its_whole_statements():
+    """An exercise cut off mid-statement (finish_reason 'length', no closing fence) keeps the top-level
+    statements before the cut; the same text with finish_reason 'stop' is a syntax error."""
+    cut = ("```python\ndef double(x):\n    \"\"\"Twice x.\"\"\"\n    return 2 * x\n\n\ndef check():\n"
+           "    assert double(2) == 4\n\n\ndef unfinished(y):\n    return [y,")
+    opts = {"syntax_check": True, "require_function": "function_name"}
+    results = {}
+    for reason in ("length", "stop"):
+        sample = Sample(id=reason, text=cut, role="code_exercises", meta={"finish_reason": reason},
+                        template_options=opts, slot_values={"function_name": "double"})
+        postprocess.check_sample(sample, PostprocessConfig(min_chars=10, min_words=3))
+        results[reason] = sample
+    kept = results["length"]
+    assert kept.reject_reason is None and kept.meta["postprocess"]["cut_unfinished_tail"]
+    assert kept.text.endswith("assert double(2) == 4") and "unfinished" not in kept.text
+    assert results["stop"].reject_reason == "syntax_error"

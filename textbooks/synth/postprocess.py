@@ -8,7 +8,9 @@ per-template ``postprocess`` section of a template file switches on the checks t
     postprocess: {min_chars: 120, syntax_check: true, require_function: function_name, run_tests: check}
 
 ``require_function`` names the *slot* whose value is the function name the exercise must define;
-``run_tests`` names a function of the generated code to call (its asserts are the tests).
+``run_tests`` names a function of the generated code to call (its asserts are the tests). An exercise that does
+not define that function is tested by its doctests instead (``doctest.testmod``); one with neither is rejected
+as ``no_tests``. Which kind ran is recorded in ``meta.postprocess.tests_kind``.
 """
 
 from __future__ import annotations
@@ -40,7 +42,8 @@ _CLOSERS = re.compile(
 # Sentences that reveal the teacher ("As an AI language model, I ...").
 _AI_SENTENCE = re.compile(r"(?:^|(?<=[.!?]\s))[^.!?\n]*\bas an ai(?: language model| assistant| model)?\b[^.!?\n]*[.!?]?\s*",
                           re.I)
-_FENCE = re.compile(r"```[ \t]*([A-Za-z0-9_+-]*)[ \t]*\n(.*?)```", re.S)
+# A fenced block; the last one may be cut off by the answer's length limit (no closing fence).
+_FENCE = re.compile(r"```[ \t]*([A-Za-z0-9_+-]*)[ \t]*\n(.*?)(?:```|\Z)", re.S)
 
 
 @dataclasses.dataclass
@@ -122,6 +125,18 @@ def extract_code(text: str) -> str:
     return "\n\n".join(b.rstrip() for b in blocks) if blocks else text.strip()
 
 
+def complete_prefix(code: str) -> str | None:
+    """The longest prefix of ``code`` made of whole top-level statements that parses (an answer cut off by its
+    length limit loses its unfinished last statement), or None when no such prefix holds a statement."""
+    lines = code.splitlines()
+    starts = [i for i, line in enumerate(lines) if line[:1] not in ("", " ", "\t", "#", ")", "]", "}")]
+    for end in reversed(starts[1:]):
+        prefix = "\n".join(lines[:end]).rstrip()
+        if prefix and syntax_error(prefix) is None:
+            return prefix
+    return None
+
+
 def syntax_error(code: str) -> str | None:
     """None when ``code`` parses, else the message and line."""
     try:
@@ -168,6 +183,11 @@ def check_sample(sample: Sample, config: PostprocessConfig) -> None:
     if config.syntax_check and opts.get("syntax_check"):
         code = extract_code(sample.text)
         err = syntax_error(code)
+        if err is not None and sample.meta.get("finish_reason") == "length":
+            prefix = complete_prefix(code)
+            if prefix is not None:
+                code, err = prefix, None
+                sample.meta.setdefault("postprocess", {})["cut_unfinished_tail"] = True
         if err is not None:
             sample.reject("syntax_error", err)
             return
@@ -177,6 +197,31 @@ def check_sample(sample: Sample, config: PostprocessConfig) -> None:
             name = sample.slot_values.get(str(wanted_slot), str(wanted_slot))
             if name not in defined_functions(code):
                 sample.reject("missing_function", f"no top-level function named {name!r}")
+
+
+_DOCTEST_RUNNER = """
+
+import doctest as _doctest
+_result = _doctest.testmod()
+if _result.failed:
+    raise AssertionError(f"{_result.failed} of {_result.attempted} doctest examples failed")
+"""
+
+
+def exercise_test_program(code: str, test_fn: str) -> tuple[str, str] | None:
+    """``(kind, program)`` that tests an exercise: its own ``test_fn()`` called when the code defines it
+    (kind ``'function'``), else its doctests run (kind ``'doctest'``); None when it has neither."""
+    if test_fn in defined_functions(code):
+        return "function", f"{code}\n\n{test_fn}()\n"
+    try:
+        tree = ast.parse(code)
+    except (SyntaxError, ValueError, RecursionError):
+        return None
+    docstrings = (ast.get_docstring(n) or "" for n in ast.walk(tree)
+                  if isinstance(n, (ast.Module, ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)))
+    if any(">>> " in d for d in docstrings):
+        return "doctest", code + _DOCTEST_RUNNER
+    return None
 
 
 def run_exercise_tests(samples: Sequence[Sample], config: PostprocessConfig,
@@ -191,13 +236,23 @@ def run_exercise_tests(samples: Sequence[Sample], config: PostprocessConfig,
     Returns:
         How many programs ran. Failures are rejected with reason ``tests_failed``.
     """
-    todo = [s for s in samples if s.reject_reason is None and s.template_options.get("run_tests")]
+    todo, programs = [], []
+    for s in samples:
+        test_fn = s.template_options.get("run_tests")
+        if s.reject_reason is not None or not test_fn:
+            continue
+        program = exercise_test_program(s.text, str(test_fn))
+        if program is None:
+            s.reject("no_tests", f"neither a {test_fn}() function nor doctest examples to run")
+            continue
+        s.meta.setdefault("postprocess", {})["tests_kind"] = program[0]
+        todo.append(s)
+        programs.append(program[1])
     if not todo:
         return 0
     if runner is None:
         cfg = sandbox.SandboxConfig(timeout_s=config.sandbox_timeout_s)
         runner = lambda programs: sandbox.run_programs(programs, cfg)  # noqa: E731
-    programs = [f"{s.text}\n\n{s.template_options['run_tests']}()\n" for s in todo]
     for s, result in zip(todo, runner(programs)):
         s.meta.setdefault("postprocess", {})["tests"] = result.status
         if not result.passed:
