@@ -1,13 +1,12 @@
 """Fixtures for the serving tests: a CPU-size checkpoint and a `textbooks serve` process serving it."""
 
 import os
-import select
-import subprocess
 import sys
 import sysconfig
-import time
 
 import pytest
+
+from textbooks.serve.process import ServerProcess, stop
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # fault_server
@@ -51,29 +50,13 @@ def tiny_checkpoint(tmp_path_factory):
 def start_server(checkpoint: dict, *extra: str, timeout: float = 300.0):
     """Starts `textbooks serve` on a free loopback port; returns (process, base URL)."""
     env = {**os.environ, "PYTHONPATH": REPO, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": ""}
-    cmd = [sys.executable, "-m", "textbooks.cli", "serve", "--checkpoint", checkpoint["dir"], "--port", "0",
-           "--vocabulary", checkpoint["vocabulary"], "--model_name", "phi-tiny", *extra]
-    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"textbooks serve exited with {proc.returncode}: {proc.stderr.read()[-3000:]}")
-        ready, _, _ = select.select([proc.stdout], [], [], 0.5)
-        if ready:
-            line = proc.stdout.readline()
-            if line.startswith("serving "):
-                return proc, line.split(" on ")[1].strip()
-    proc.kill()
-    raise RuntimeError("textbooks serve did not start in time")
+    server = ServerProcess.start(checkpoint["dir"], "--vocabulary", checkpoint["vocabulary"], "--model_name",
+                                 "phi-tiny", *extra, timeout=timeout, cwd=REPO, env=env)
+    return server.proc, server.url
 
 
 def stop_server(proc) -> None:
-    proc.terminate()
-    try:
-        proc.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait(timeout=30)
+    stop(proc, grace_s=30)
 
 
 @pytest.fixture(scope="session")

@@ -5,20 +5,17 @@ add_generation_prompt=True)`` on the same GGUF file, ending at <|im_end|> ('stop
 import asyncio
 import json
 import os
-import select
-import subprocess
-import sys
-import time
 import urllib.request
 
 import numpy as np
 import pytest
 import torch
-from conftest import REPO, stop_server
+from conftest import REPO
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from textbooks.data_packages import resolve_checkpoint
 from textbooks.serve.client import OpenAIClient
+from textbooks.serve.process import ServerProcess
 
 pytestmark = pytest.mark.slow  # two loads of the model (the server's and transformers') and their compilation
 
@@ -39,19 +36,9 @@ def served():
     """The server, started from the registered name alone (no vocabulary or model name given): 4 rows of
     continuous batching in 8-token chunks, so each answer spans several chunks."""
     env = {**os.environ, "PYTHONPATH": REPO, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": ""}
-    proc = subprocess.Popen([sys.executable, "-m", "textbooks.cli", "serve", "--checkpoint", NAME, "--port", "0",
-                             "--max_batch_size", "4", "--chunk_tokens", "8", "--min_length_bucket", "64",
-                             "--no_warmup"], cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
-    deadline, url = time.monotonic() + 300, None
-    while url is None and proc.poll() is None and time.monotonic() < deadline:
-        if select.select([proc.stdout], [], [], 0.5)[0] and (line := proc.stdout.readline()).startswith("serving "):
-            url = line.split(" on ")[1].strip()  # the first line says where it listens
-    if url is None:
-        stop_server(proc)
-        pytest.fail(f"textbooks serve --checkpoint {NAME} did not start: {proc.stderr.read()[-3000:]}")
-    yield url
-    stop_server(proc)
+    with ServerProcess.start(NAME, "--max_batch_size", "4", "--chunk_tokens", "8", "--min_length_bucket", "64",
+                             "--no_warmup", timeout=300, cwd=REPO, env=env) as server:
+        yield server.url
 
 
 @pytest.fixture(scope="module")

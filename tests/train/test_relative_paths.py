@@ -3,10 +3,8 @@ flags or gin files), eval, serve and convert on an orbax checkpoint named relati
 
 import json
 import os
-import select
 import subprocess
 import sys
-import time
 import urllib.request
 
 import gin
@@ -17,6 +15,7 @@ import pytest
 from train_support import REPO, cli_env, tiny_gin
 from textbooks import cli
 from textbooks.model.load import load_model
+from textbooks.serve.process import ServerProcess
 
 pytestmark = pytest.mark.slow
 
@@ -155,18 +154,10 @@ def test_convert_to_hf_and_back_with_relative_paths(base_run, monkeypatch, capsy
 
 
 def test_serve_a_relative_checkpoint(base_run):
-    cmd = [sys.executable, "-m", "textbooks.cli", "serve", "--checkpoint", "base", "--port", "0", "--no_warmup",
-           "--kernels", "xla"]
-    proc = subprocess.Popen(cmd, cwd=base_run, env=cli_env(devices=1, PYTHONPATH=REPO), stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
-    try:
-        url, deadline = None, time.monotonic() + 300
-        while url is None and time.monotonic() < deadline and proc.poll() is None:
-            if select.select([proc.stdout], [], [], 0.5)[0]:
-                line = proc.stdout.readline()
-                if line.startswith("serving "):
-                    url = line.split(" on ")[1].strip()
-        assert url, f"textbooks serve did not start (exit {proc.poll()}): {proc.stderr.read()[-3000:]}"
+    server = ServerProcess.start("base", "--no_warmup", "--kernels", "xla", timeout=300, cwd=str(base_run),
+                                 env=cli_env(devices=1, PYTHONPATH=REPO))
+    with server:
+        url = server.url
         with urllib.request.urlopen(url + "/v1/models", timeout=60) as resp:
             model = json.loads(resp.read())["data"][0]
         max_len = json.loads((base_run / "base" / "model_config.json").read_text())["max_len"]
@@ -176,11 +167,4 @@ def test_serve_a_relative_checkpoint(base_run):
         with urllib.request.urlopen(req, timeout=300) as resp:
             assert resp.status == 200
             assert json.loads(resp.read())["usage"]["completion_tokens"] <= 3
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=30)
-    assert proc.returncode == 0
+    assert server.proc.returncode == 0
