@@ -6,13 +6,18 @@ Stages, each resumable (a finished stage is skipped on a rerun with the same out
 2. ``curate``: an educational-value classifier (MiniLM embeddings + logistic head, DCLM-style reference labels)
    trained on the local corpora, then ``web_raw`` curated into ``web_filtered`` on Apache Beam's DirectRunner
    (heuristics, exact + MinHash dedup, 13-gram decontamination, the classifier).
-3. ``train``: the three phi-1.5 variants on identical settings: ``phi15`` (synthetic-textbook stand-in + phi-1
-   code), ``phi15_web_only`` (filtered web + code) and ``phi15_web`` (40% web / 20% code / 40% synthetic).
-4. ``evaluate``: per-component validation loss (the trainer's eval hook) and the multiple-choice part of the
-   phi-1.5 suite with its continuous metrics (bits per byte of the gold answer, probability of the correct
-   choice) on a seeded subset of items.
-5. ``report``: ``report.md`` with loss curves, per-component loss, realized token proportions, benchmark
-   table and samples, plus PNG plots and ``report.json``.
+3. ``teacher``: a real teacher LLM (SmolLM2-135M-Instruct served on 127.0.0.1, or ``--teacher URL``) writes
+   ``synthetic_textbooks``, ``code_textbooks`` and ``code_exercises``, which replace the corpora's stand-ins
+   (:mod:`textbooks.demo_teacher`).
+4. ``train``: the three phi-1.5 variants on identical settings: ``phi15`` (synthetic textbooks + phi-1 code),
+   ``phi15_web_only`` (filtered web + code) and ``phi15_web`` (40% web / 20% code / 40% synthetic). Every
+   variant's validation loss is measured on one common held-out set: the validation split of every role.
+5. ``evaluate``: loss and bits per byte of the common held-out set per role (identical documents for every
+   variant, checked by their fingerprints) and the multiple-choice part of the phi-1.5 suite with its
+   continuous metrics (bits per byte of the gold answer, probability of the correct choice) on a seeded subset
+   of items.
+6. ``report``: ``report.md`` with the teacher's statistics and samples, loss curves, held-out losses, realized
+   token proportions, benchmark table and samples, plus PNG plots and ``report.json``.
 
 Every figure is measured in the run; nothing is copied from the papers. At this size benchmark accuracies sit at
 chance, which the report says; the per-component losses and continuous metrics are what separate the variants.
@@ -21,9 +26,12 @@ chance, which the report says; the per-component losses and continuous metrics a
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import logging
+import math
 import os
+import shutil
 import sys
 import time
 from typing import Any, Sequence
@@ -31,12 +39,13 @@ from typing import Any, Sequence
 import gin
 
 from mixtures import factory  # importing the package registers the tasks and mixtures
-from textbooks import demo_report, gin_utils
+from textbooks import demo_report, demo_teacher, gin_utils
 from textbooks.corpora import build as corpora_build
 from textbooks.curate import pipeline as curate_pipeline
 from textbooks.curate import training
 from textbooks.data.manifest import read_manifest
-from textbooks.evaluate import suite
+from textbooks.evaluate import component_loss, suite
+from textbooks.evaluate.lm import EvalModel
 from textbooks.model.config import model_config
 from textbooks.model.decode import generate
 from textbooks.model.load import load_model
@@ -46,10 +55,13 @@ from textbooks.vocab import PHI_PADDED_VOCAB_SIZE, SPM8K_VOCAB_SIZE
 log = logging.getLogger(__name__)
 
 VARIANTS: tuple[tuple[str, str, str], ...] = (
-    ("synthetic", "phi15", "80% synthetic-textbook stand-in + 20% phi-1 code"),
+    ("synthetic", "phi15", "80% synthetic textbooks + 20% phi-1 code"),
     ("web_only", "phi15_web_only", "80% filtered web + 20% filtered code"),
-    ("web_synthetic", "phi15_web", "40% filtered web + 20% phi-1 code + 40% synthetic-textbook stand-in"),
+    ("web_synthetic", "phi15_web", "40% filtered web + 20% phi-1 code + 40% synthetic textbooks"),
 )
+# The common held-out set: the validation split of every role any variant trains on, plus the exercises.
+HELDOUT_ROLES = ("code_exercises", "code_filtered", "code_textbooks", "synthetic_textbooks", "web_filtered")
+HELDOUT_MIXTURE = "demo_heldout"
 
 
 @gin.configurable
@@ -77,6 +89,9 @@ class DemoConfig:
         curate: run the curation stage (otherwise web_filtered is the corpora's heuristic selection).
         curate_workers: Beam DirectRunner worker processes of the curation stage; 1 runs the pipeline in this
             process (in_memory), which is quicker for small inputs.
+        teacher: run the teacher stage (``TeacherConfig.*`` sizes it); otherwise the synthetic roles keep the
+            corpora's stand-ins, and the report says so.
+        heldout_docs: most validation documents per role in the common held-out set.
         corpora_max_docs: records (chunks) per data role in the local corpora; None for all of them. Small
             values make every later stage fast (curation reads all of ``web_raw``; token statistics read
             every role).
@@ -99,6 +114,8 @@ class DemoConfig:
     classifier_threshold: float = 0.1
     curate: bool = True
     curate_workers: int = 2
+    teacher: bool = True
+    heldout_docs: int = 64
     corpora_max_docs: int | None = None
     sample_tokens: int = 48
     seed: int = 0
@@ -106,6 +123,7 @@ class DemoConfig:
     def __post_init__(self):
         sizes = {"steps": self.steps, "batch_size": self.batch_size, "seq_len": self.seq_len,
                  "eval_batches": self.eval_batches, "curate_workers": self.curate_workers,
+                 "heldout_docs": self.heldout_docs,
                  "corpora_max_docs": 1 if self.corpora_max_docs is None else self.corpora_max_docs}
         bad = {k: v for k, v in sizes.items() if v < 1}
         if bad:
@@ -113,7 +131,7 @@ class DemoConfig:
                              f"set --gin.DemoConfig.<name>=<positive number>")
 
 
-def _stage(name: str, index: int, total: int = 5) -> None:
+def _stage(name: str, index: int, total: int = 6) -> None:
     print(f"\n=== [{index}/{total}] {name} ===", flush=True)
 
 
@@ -183,8 +201,53 @@ def curate_web(data_root: str, work_dir: str, config: DemoConfig) -> dict:
     return summary
 
 
-def train_variant(name: str, mixture: str, model_dir: str, config: DemoConfig) -> dict:
-    """Trains one variant (resuming if interrupted); returns the TrainResult as a dict."""
+def heldout_roles(data_root: str) -> tuple[str, ...]:
+    """The roles of the common held-out set that have a validation split in ``data_root``."""
+    return tuple(r for r in HELDOUT_ROLES
+                 if any(f.startswith("validation-") for f in os.listdir(os.path.join(data_root, r)))
+                 ) if os.path.isdir(data_root) else ()
+
+
+def register_heldout(roles: Sequence[str], vocabulary: str) -> str:
+    """Registers (once) the validation mixture every variant is scored on during training: equal weights over
+    ``roles``; the trainer's eval hook reads the same first batches of each role's validation split."""
+    import seqio
+
+    if HELDOUT_MIXTURE not in seqio.MixtureRegistry.names():
+        factory.register_mixture({r: 1.0 for r in roles}, name=HELDOUT_MIXTURE, vocabulary=vocabulary)
+    return HELDOUT_MIXTURE
+
+
+def data_signature(data_root: str) -> str:
+    """A digest of every role's manifest: the data a variant trained on (stand-ins or the teacher's)."""
+    digest = hashlib.sha256()
+    for role in sorted(os.listdir(data_root)):
+        path = os.path.join(data_root, role, "manifest.json")
+        if os.path.isfile(path):
+            with open(path, "rb") as f:
+                digest.update(role.encode() + b"\0" + hashlib.sha256(f.read()).digest())
+    return digest.hexdigest()
+
+
+def _reset_if_data_changed(signature: str, *dirs: str) -> None:
+    """Removes a variant's run and evaluation folders when they were made from other data (e.g. stand-ins
+    before the teacher stage succeeded on a rerun), so the variant trains again."""
+    marker = os.path.join(dirs[0], "data_signature.txt")
+    recorded = open(marker).read().strip() if os.path.exists(marker) else None
+    started = os.path.isdir(dirs[0]) and bool(os.listdir(dirs[0]))
+    if started and recorded != signature:  # other data, or a run from before signatures were recorded
+        print(f"{dirs[0]}: trained on other data than the data root holds now; training again", flush=True)
+        for d in dirs:
+            shutil.rmtree(d, ignore_errors=True)
+    os.makedirs(dirs[0], exist_ok=True)
+    with open(marker, "w") as f:
+        f.write(signature + "\n")
+
+
+def train_variant(name: str, mixture: str, model_dir: str, config: DemoConfig,
+                  validation_mixture: str | None = None) -> dict:
+    """Trains one variant (resuming if interrupted); returns the TrainResult as a dict. ``validation_mixture``
+    (default: the training mixture) is what the periodic validation loss is measured on."""
     gin.clear_config()
     vocab_size = PHI_PADDED_VOCAB_SIZE if config.vocabulary == "phi" else SPM8K_VOCAB_SIZE
     result = trainer.train(
@@ -198,7 +261,8 @@ def train_variant(name: str, mixture: str, model_dir: str, config: DemoConfig) -
         optimizer=optimizer.OptimizerConfig(learning_rate=config.learning_rate, schedule="cosine",
                                             warmup_steps=max(1, config.steps // 20)),
         checkpoint=checkpoints.CheckpointConfig(save_every=max(1, config.steps // 3), keep=1),
-        evaluation=hooks.ValidationConfig(eval_every=config.eval_every, num_batches=config.eval_batches),
+        evaluation=hooks.ValidationConfig(eval_every=config.eval_every, num_batches=config.eval_batches,
+                                          mixture_or_task_name=validation_mixture),
         seed=config.seed,
         log_every=1,  # every step: the report sums tokens/<role> into realized proportions
     )
@@ -215,6 +279,39 @@ def evaluate_variant(model_dir: str, out_dir: str, config: DemoConfig) -> dict:
     results = suite.evaluate(checkpoint=model_dir, tasks=config.eval_tasks, out_dir=out_dir,
                              settings=suite.SuiteSettings(limit=config.eval_limit, seed=config.seed))
     return json.loads(json.dumps(results, default=str))
+
+
+def planned_repetition(mixture: str, config: DemoConfig) -> list[dict]:
+    """Each role's train tokens and the epochs of them the run's token budget asks for (the mixture's plan)."""
+    import seqio
+
+    mix = seqio.get_mixture_or_task(factory.with_vocabulary(mixture, config.vocabulary))
+    budget = config.steps * config.batch_size * config.seq_len
+    return [{"role": r["role"], "component_tokens": r["component_tokens"], "epochs": r["epochs"]}
+            for r in mix.check_repetition(budget)]
+
+
+def heldout_variant(model_dir: str, out_dir: str, roles: Sequence[str], data_root: str,
+                    config: DemoConfig) -> dict:
+    """Loss and bits per byte of the common held-out set (each role's validation documents, at most
+    ``heldout_docs``) under the final checkpoint, with each role's document fingerprint; cached in
+    ``<out_dir>/heldout.json``."""
+    path = os.path.join(out_dir, "heldout.json")
+    if os.path.exists(path):
+        with open(path) as f:
+            return json.load(f)
+    model = EvalModel.from_checkpoint(model_dir)
+    losses = component_loss.shard_losses(model, roles, split="validation", data_root=data_root,
+                                         seq_len=config.seq_len, batch_size=config.batch_size,
+                                         max_documents=config.heldout_docs)
+    per_role = {role: loss.to_dict() for role, loss in losses.items()}
+    bpbs = [v["bpb"] for v in per_role.values() if math.isfinite(v["bpb"])]
+    result = {"roles": per_role, "mean_bpb": sum(bpbs) / len(bpbs) if bpbs else float("nan"),
+              "documents": sum(v["documents"] for v in per_role.values())}
+    os.makedirs(out_dir, exist_ok=True)
+    with open(path, "w") as f:
+        json.dump(result, f, indent=2)
+    return result
 
 
 def sample_variant(model_dir: str, prompts: Sequence[str], max_new_tokens: int = 48) -> list[str]:
@@ -234,7 +331,8 @@ SAMPLE_PROMPTS = (
 )
 
 
-def run_demo(out_dir: str, config: DemoConfig | None = None) -> dict:
+def run_demo(out_dir: str, config: DemoConfig | None = None,
+             teacher: demo_teacher.TeacherConfig | None = None) -> dict:
     """Runs the whole ablation into ``out_dir``; returns the report dict (also ``out_dir/report.json``).
 
     Raises:
@@ -259,28 +357,41 @@ def run_demo(out_dir: str, config: DemoConfig | None = None) -> dict:
     curation = curate_web(data_root, out_dir, config) if config.curate else {"skipped": True}
     timings["curate"] = time.time() - t
 
+    _stage("teacher: a real teacher LLM writes the synthetic roles", 3)
+    t = time.time()
+    teacher_summary = demo_teacher.synthesize(data_root, out_dir, teacher) if config.teacher else {"skipped": True}
+    timings["teacher"] = time.time() - t
+    corpora = build_data(data_root, config.corpora_max_docs)  # the manifests as trained on
+
+    roles = heldout_roles(data_root)
+    validation_mixture = register_heldout(roles, config.vocabulary)
+    signature = data_signature(data_root)
     runs: dict[str, Any] = {}
     for i, (name, mixture, description) in enumerate(VARIANTS, 1):
-        _stage(f"train {i}/{len(VARIANTS)}: {name} = {mixture} ({description})", 3)
+        _stage(f"train {i}/{len(VARIANTS)}: {name} = {mixture} ({description})", 4)
         t = time.time()
         model_dir = os.path.join(out_dir, "runs", name)
-        train_result = train_variant(name, mixture, model_dir, config)
+        _reset_if_data_changed(signature, model_dir, os.path.join(out_dir, "eval", name))
+        train_result = train_variant(name, mixture, model_dir, config, validation_mixture)
         timings[f"train/{name}"] = time.time() - t
         runs[name] = {"mixture": mixture, "description": description, "model_dir": model_dir,
-                      "train": train_result}
+                      "train": train_result, "repetition": planned_repetition(mixture, config)}
 
     for name, run in runs.items():
-        _stage(f"evaluate {name}", 4)
+        _stage(f"evaluate {name}", 5)
         t = time.time()
+        run["heldout"] = heldout_variant(run["model_dir"], os.path.join(out_dir, "eval", name), roles, data_root,
+                                         config)
         run["eval"] = evaluate_variant(run["model_dir"], os.path.join(out_dir, "eval", name), config)
         run["samples"] = dict(zip(SAMPLE_PROMPTS, sample_variant(run["model_dir"], SAMPLE_PROMPTS,
                                                                       config.sample_tokens)))
         timings[f"eval/{name}"] = time.time() - t
 
-    _stage("report", 5)
+    _stage("report", 6)
     timings["total"] = time.time() - start
     report = demo_report.write_report(out_dir, config=dataclasses.asdict(config), corpora=corpora,
-                                      curation=curation, runs=runs, timings=timings)
+                                      curation=curation, runs=runs, timings=timings, teacher=teacher_summary,
+                                      heldout_roles=roles)
     print(f"\nreport: {report['markdown']}  ({timings['total'] / 60:.1f} min)", flush=True)
     return report
 

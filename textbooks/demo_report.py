@@ -10,13 +10,14 @@ from __future__ import annotations
 import json
 import math
 import os
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from textbooks import demo_sections  # noqa: E402
 from textbooks.train.metrics import read_jsonl  # noqa: E402
 
 
@@ -107,7 +108,7 @@ def _plot_loss_curves(runs: Mapping[str, Any], path: str) -> None:
             axes[1].plot([r["step"] for r in ev if key in r], [r[key] for r in ev if key in r], marker="o",
                          label=name)
     axes[0].set(title="training loss (mixture)", xlabel="step", ylabel="loss (nats/token)")
-    axes[1].set(title="validation loss (all components)", xlabel="step", ylabel="loss (nats/token)")
+    axes[1].set(title="validation loss (common held-out set)", xlabel="step", ylabel="loss (nats/token)")
     for ax in axes:
         ax.legend()
         ax.grid(alpha=0.3)
@@ -147,8 +148,13 @@ def _fmt(x: Any, digits: int = 3) -> str:
 
 
 def write_report(out_dir: str, *, config: Mapping[str, Any], corpora: list, curation: Mapping[str, Any],
-                 runs: Mapping[str, Any], timings: Mapping[str, float]) -> dict:
-    """Writes ``report.md``, ``report.json`` and the PNGs into ``out_dir``; returns paths and tables."""
+                 runs: Mapping[str, Any], timings: Mapping[str, float], teacher: Mapping[str, Any] | None = None,
+                 heldout_roles: Sequence[str] = ()) -> dict:
+    """Writes ``report.md``, ``report.json`` and the PNGs into ``out_dir``; returns paths and tables.
+
+    ``teacher`` is the teacher stage's summary (:func:`textbooks.demo_teacher.synthesize`); ``heldout_roles`` the
+    roles of the common held-out set each run's ``heldout`` entry scores.
+    """
     loss_png = os.path.join(out_dir, "loss_curves.png")
     comp_png = os.path.join(out_dir, "component_loss.png")
     _plot_loss_curves(runs, loss_png)
@@ -159,13 +165,8 @@ def write_report(out_dir: str, *, config: Mapping[str, Any], corpora: list, cura
     lines += [f"Model `{config['preset']}`, vocabulary `{config['vocabulary']}`, {config['steps']} steps × "
               f"{config['batch_size']} × {config['seq_len']} tokens per variant, seed {config['seed']}; "
               f"total {timings.get('total', 0) / 60:.1f} min.", ""]
-    stand_ins = [c for c in corpora if c.get("stand_in")]
-    if stand_ins:
-        lines += ["**Stand-ins.** No teacher LLM is available offline, so these roles hold real local text that "
-                  "stands in for the papers' synthetic data:", ""]
-        lines += [f"- `{c['role']}`: {c['stand_in']}" for c in stand_ins]
-        lines += ["", "Generate real synthetic textbooks with `textbooks generate` against a teacher endpoint "
-                  "and rerun to compare with the papers.", ""]
+    data_lines, data_json = demo_sections.teacher_section(corpora, teacher or {"skipped": True})
+    lines += data_lines
     if curation.get("skipped"):
         lines += ["Curation was skipped: `web_filtered` is the corpora builder's heuristic selection.", ""]
     else:
@@ -186,8 +187,22 @@ def write_report(out_dir: str, *, config: Mapping[str, Any], corpora: list, cura
         for role in sorted(set(req) | set(real)):
             lines.append(f"| {name} | `{run['mixture']}` | {role} | {_fmt(req.get(role, 0.0))} | "
                          f"{_fmt(real.get(role, 0.0))} |")
-    lines += ["", "## Losses", "", "![loss curves](loss_curves.png)", "", "![per-component loss](component_loss.png)",
-              ""]
+    lines += ["", "Repetition: epochs over each role's train tokens, planned by the mixture for the token budget "
+              "and realized in training (a small teacher writes few tokens, so synthetic roles repeat):", ""]
+    for name, run in runs.items():
+        trained = realized_tokens(_metrics(run["model_dir"], "train"))
+        for r in run.get("repetition", []):
+            r["realized_epochs"] = (trained.get(r["role"], 0.0) / r["component_tokens"] if r["component_tokens"]
+                                    else None)
+        cells = [f"{r['role']} {r['epochs']:.1f} planned / {r['realized_epochs']:.1f} realized"
+                 for r in run.get("repetition", []) if r["realized_epochs"] is not None]
+        if cells:
+            lines.append(f"- {name}: " + ", ".join(cells))
+    heldout_lines, heldout_json = demo_sections.heldout_section(runs, heldout_roles)
+    lines += ["", *heldout_lines]
+    lines += ["## Losses", "", "Validation curves and per-component losses are on the common held-out set "
+              "(the first validation batches of each of its roles, identical for every variant).", "",
+              "![loss curves](loss_curves.png)", "", "![per-component loss](component_loss.png)", ""]
     roles = sorted({r for c in components.values() for r in c})
     lines += ["| variant | final train loss | tokens/s | " + " | ".join(f"val {r}" for r in roles) + " |",
               "|---|---|---|" + "---|" * len(roles)]
@@ -228,7 +243,8 @@ def write_report(out_dir: str, *, config: Mapping[str, Any], corpora: list, cura
         f.write("\n".join(lines) + "\n")
     report = {"markdown": md_path, "plots": [loss_png, comp_png], "config": dict(config),
               "proportions": proportions, "component_loss": components, "timings": dict(timings),
-              "curation": curation_reconciliation(curation), "benchmarks": benchmarks,
+              "curation": curation_reconciliation(curation), "benchmarks": benchmarks, "data": data_json,
+              "heldout": heldout_json,
               "runs": {n: {k: v for k, v in r.items() if k != "eval"} for n, r in runs.items()}}
     with open(os.path.join(out_dir, "report.json"), "w") as f:
         json.dump(report, f, indent=2, default=str)

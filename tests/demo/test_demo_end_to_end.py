@@ -1,8 +1,11 @@
-"""`textbooks demo` end to end at micro size, run as a user runs it (a subprocess with gin bindings): every stage
-(corpora, curation, three trainings, evaluation, samples, report) runs, and the report holds the realized mixture
-proportions within one packed row of the paper's request, every variant's benchmark table, the samples and the
+"""`textbooks demo` end to end at micro size, run as a user runs it (a subprocess with gin bindings and
+``--teacher`` pointing at a scripted teacher on 127.0.0.1): every stage (corpora, curation, teacher, three
+trainings, evaluation, samples, report) runs, and the report holds the teacher's roles in place of the
+stand-ins, the realized mixture proportions within one packed row of the paper's request, the common held-out
+set scored on identical documents for every variant, every variant's benchmark table, the samples and the
 curation reconciliation, each checked against the files the stages wrote."""
 
+import hashlib
 import json
 import os
 import subprocess
@@ -10,8 +13,11 @@ import sys
 import time
 
 import pytest
+from scripted_teacher import MODEL, FaultServer, ScriptedTeacher
 
-from textbooks import demo
+from textbooks import demo, demo_teacher
+from textbooks.data import records
+from textbooks.data.manifest import read_manifest
 from textbooks.train.metrics import read_jsonl
 
 pytestmark = pytest.mark.slow
@@ -26,7 +32,8 @@ MAX_DOCS = 120
 MICRO = {"preset": "'phi-cpu-1m'", "steps": STEPS, "batch_size": BATCH, "seq_len": SEQ_LEN, "eval_every": STEPS,
          "eval_batches": 2, "eval_tasks": repr(",".join(EVAL_TASKS)), "eval_limit": EVAL_LIMIT,
          "classifier_docs": 16, "classifier_max_length": 64, "curate_workers": 1, "corpora_max_docs": MAX_DOCS,
-         "sample_tokens": 8}
+         "sample_tokens": 8, "heldout_docs": 6}
+TEACHER = {"textbooks": 4, "code_textbooks": 3, "code_exercises": 4, "concurrency": 4}
 
 # The papers' token fractions (phi-1.5 report: 80% synthetic + 20% phi-1 data, or 40/40/20 with web; phi-1's data
 # is about 6B tokens of filtered code and under 1B of synthetic textbooks, split 6:1).
@@ -52,17 +59,19 @@ def demo_run(tmp_path_factory):
                XLA_FLAGS="--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true",
                JAX_COMPILATION_CACHE_DIR=str(tmp_path_factory.mktemp("jax_cache")),
                JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")
-    cmd = [sys.executable, "-m", "textbooks.cli", "demo", "--out", str(out),
-           *[f"--gin.DemoConfig.{k}={v}" for k, v in MICRO.items()]]
-    load = os.getloadavg()[0]
-    start = time.monotonic()
-    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
-    seconds = time.monotonic() - start
+    with FaultServer(answer=ScriptedTeacher()) as teacher:
+        cmd = [sys.executable, "-m", "textbooks.cli", "demo", "--out", str(out), "--teacher", teacher.url,
+               "--teacher_model", MODEL, *[f"--gin.DemoConfig.{k}={v}" for k, v in MICRO.items()],
+               *[f"--gin.TeacherConfig.{k}={v}" for k, v in TEACHER.items()]]
+        load = os.getloadavg()[0]
+        start = time.monotonic()
+        proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+        seconds = time.monotonic() - start
     print(f"textbooks demo (micro) took {seconds:.0f} s; 1-minute load average {load:.1f} before, "
           f"{os.getloadavg()[0]:.1f} after, on {os.cpu_count()} CPUs")
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
-    for k in range(1, 6):
-        assert f"=== [{k}/5]" in proc.stdout, f"stage {k} did not run:\n{proc.stdout[-3000:]}"
+    for k in range(1, 7):
+        assert f"=== [{k}/6]" in proc.stdout, f"stage {k} did not run:\n{proc.stdout[-3000:]}"
     with open(out / "report.json") as f:
         report = json.load(f)
     with open(out / "report.md") as f:
@@ -78,8 +87,8 @@ def test_every_variant_is_trained_on_its_micro_settings(demo_run):
         run = report["runs"][name]
         assert run["mixture"] == mixture
         assert run["train"]["final_step"] == STEPS and run["train"]["stopped_by"] == "completed"
-        # The trainer's per-component validation loss covers exactly the mixture's roles.
-        assert set(report["component_loss"][name]) == set(PAPER[mixture])
+        # The trainer's per-component validation loss covers the common held-out set, whatever the mixture.
+        assert set(report["component_loss"][name]) == set(demo.HELDOUT_ROLES)
 
 
 def test_realized_proportions_are_within_one_row_of_the_request(demo_run):
@@ -161,3 +170,42 @@ def test_curation_reconciles_documents_in_with_kept_and_dropped_by_reason(demo_r
     assert line.endswith(": balanced")
     for reason, n in rec["dropped_by_reason"].items():
         assert f"{reason} {n}" in line
+
+
+def test_the_teachers_roles_replaced_the_stand_ins(demo_run):
+    out, report, markdown, _ = demo_run
+    assert report["data"]["status"] == "generated"
+    sources = {row["role"]: row for row in report["data"]["sources"]}
+    for role in demo_teacher.ROLES:
+        manifest = read_manifest(os.path.join(out, "data", role))
+        assert manifest.stand_in is None and manifest.meta["teacher"] == MODEL, role
+        assert manifest.meta["generation"]["num_samples"] > 0
+        assert sources[role]["stand_in"] is None and MODEL in sources[role]["holds"]
+        shards = os.path.join(out, "data", role, "*.jsonl.gz")
+        assert all(r.meta["teacher"] == MODEL for r in records.iter_records(shards))
+    assert sources["web_filtered"]["stand_in"] and sources["code_filtered"]["stand_in"]  # named as stand-ins
+    assert "STAGE FAILED" not in markdown and "## The teacher" in markdown
+
+
+def test_every_variant_is_scored_on_identical_held_out_documents(demo_run):
+    """The common held-out set: each role's validation documents (at most heldout_docs), fingerprinted here
+    from the shard files independently of the demo, and equal to what every variant recorded."""
+    out, report, markdown, _ = demo_run
+    roles = report["heldout"]["roles"]
+    assert sorted(roles) == sorted(demo.HELDOUT_ROLES)
+    for role in roles:
+        digest = hashlib.sha256()
+        for n, rec in enumerate(records.iter_records(os.path.join(out, "data", role, "validation-*.jsonl.gz"))):
+            if n < MICRO["heldout_docs"]:
+                digest.update(hashlib.sha256(f"{rec.id}\0{rec.text}".encode("utf-8")).digest())
+        for name, _, _ in demo.VARIANTS:
+            with open(os.path.join(out, "eval", name, "heldout.json")) as f:
+                scored = json.load(f)["roles"][role]
+            assert scored["fingerprint"] == digest.hexdigest(), (name, role)
+            assert scored["documents"] >= 1 and scored["bpb"] > 0
+    assert all(report["heldout"]["identical"].values())
+    assert "sha256 fingerprints equal): yes" in markdown
+    # The trainer's periodic validation read the same batches for every variant: equal token counts per step.
+    evals = {name: read_jsonl(os.path.join(out, "runs", name, "metrics", "eval.jsonl"))
+             for name, _, _ in demo.VARIANTS}
+    assert len({tuple((r["step"], r["tokens"]) for r in rows) for rows in evals.values()}) == 1

@@ -13,7 +13,7 @@ from transformers import AutoModelForCausalLM
 
 from textbooks import data_packages as named
 from textbooks.data_packages import resolve_checkpoint
-from textbooks.model.gguf import SUPPORTED_TYPES, GGUFError, read_gguf, read_gguf_config
+from textbooks.model.gguf import SUPPORTED_TYPES, GGUFError, gguf_summary, read_gguf, read_gguf_config
 from textbooks.vocab.gguf_tokenizer import is_gguf_file
 
 EPS16, EPS32 = 2.0 ** -11, 2.0 ** -24  # unit roundoff of float16 / float32 (round to nearest)
@@ -66,6 +66,18 @@ def test_smollm2_equals_transformers_gguf_import(smollm2_path):
     assert ours.chat_template.startswith("{% for message in messages %}")
     assert ours.metadata["general.architecture"] == "llama" and "tokenizer.ggml.tokens" not in ours.metadata
     assert_matches_transformers(smollm2_path, ours)
+
+
+def test_summary_counts_parameters_by_quantization_type(smollm2_path):
+    """From the header alone: every tensor's elements by type, summing to transformers' parameter count."""
+    summary = gguf_summary(smollm2_path)
+    reader = gguf.GGUFReader(smollm2_path)
+    by_type = {}
+    for t in reader.tensors:
+        by_type[t.tensor_type.name] = by_type.get(t.tensor_type.name, 0) + int(np.prod(t.shape))
+    assert summary["quantization"] == by_type and list(summary["quantization"])[0] == "Q4_1"
+    assert summary["parameters"] == 134_515_008  # LlamaForCausalLM from the same file (tied embeddings)
+    assert summary["architecture"] == "llama" and summary["file_bytes"] == os.path.getsize(smollm2_path)
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -49,11 +49,13 @@ class FaultServer:
         retry_after: the Retry-After header value of 429s.
         delay_s: a delay before every answer (to slow runs down).
         answer_words: words per answer.
+        answer: ``(prompt, seed) -> text`` that replaces :func:`answer_text` (e.g. answers shaped like a
+            template's: code blocks, exercises with tests).
     """
 
     def __init__(self, *, seed: int = 0, fault_rate: float = 0.0, faults: Sequence[str] = RETRYABLE_FAULTS,
                  script: Sequence[str] = (), hang_s: float = 2.0, retry_after: str = "0.05", delay_s: float = 0.0,
-                 answer_words: int = 60):
+                 answer_words: int = 60, answer=None):
         self.rng = random.Random(seed)
         self.fault_rate = fault_rate
         self.faults = list(faults)
@@ -62,6 +64,7 @@ class FaultServer:
         self.retry_after = retry_after
         self.delay_s = delay_s
         self.answer_words = answer_words
+        self.answer = answer
         self.requests = 0
         self.injected: collections.Counter = collections.Counter()
         self.served: collections.Counter = collections.Counter()  # prompt -> successful answers
@@ -106,7 +109,8 @@ class FaultServer:
                                      status=400)
         if fault == "hang":
             await asyncio.sleep(self.hang_s)
-        text = answer_text(prompt, body.get("seed"), self.answer_words)
+        text = (self.answer(prompt, body.get("seed")) if self.answer else
+                answer_text(prompt, body.get("seed"), self.answer_words))
         usage = {"prompt_tokens": len(prompt.split()), "completion_tokens": len(text.split()),
                  "total_tokens": len(prompt.split()) + len(text.split())}
         if body.get("stream"):

@@ -92,12 +92,12 @@ ROLE_INFO: dict[str, RoleInfo] = {r.role: r for r in (
     RoleInfo("synthetic_textbooks",
              "Textbook-like expository prose: the Python library reference, language reference, FAQ and "
              "glossary (reST sources).",
-             "phi-1.5's synthetic NLP textbooks written by a teacher LLM (none can be had offline; generate "
-             "real ones with `textbooks generate`)"),
+             "phi-1.5's synthetic NLP textbooks written by a teacher LLM (`textbooks demo` has SmolLM2-135M-"
+             "Instruct write them; `textbooks generate` with any teacher)"),
     RoleInfo("code_textbooks",
              "Python documentation prose interleaved with code: the tutorial and the HOWTOs (reST sources).",
-             "phi-1's synthetic Python textbooks written by a teacher LLM (generate real ones with "
-             "`textbooks generate`)"),
+             "phi-1's synthetic Python textbooks written by a teacher LLM (`textbooks demo` has SmolLM2-135M-"
+             "Instruct write them; `textbooks generate` with any teacher)"),
     RoleInfo("code_exercises",
              "Exercises made from standard-library functions: signature and docstring (the prompt, "
              "`meta.prompt_chars` long) followed by the original body (the solution).",

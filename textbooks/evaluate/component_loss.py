@@ -18,6 +18,7 @@ which compares across tokenizers.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import logging
 import math
 from typing import Callable, Iterable, Iterator, Sequence
@@ -40,6 +41,8 @@ class ComponentLoss:
     nats: float = 0.0
     bytes: int = 0
     rows: int = 0
+    documents: int = 0
+    fingerprint: str | None = None  # sha256 over the (id, text) of every document scored (shard_losses)
 
     @property
     def loss(self) -> float:
@@ -51,7 +54,7 @@ class ComponentLoss:
 
     def to_dict(self) -> dict:
         return {"role": self.role, "tokens": self.tokens, "bytes": self.bytes, "rows": self.rows,
-                "loss": self.loss, "bpb": self.bpb}
+                "documents": self.documents, "fingerprint": self.fingerprint, "loss": self.loss, "bpb": self.bpb}
 
 
 def _segment_bytes(model, targets: np.ndarray, segments: np.ndarray, weights: np.ndarray) -> int:
@@ -177,6 +180,7 @@ def text_losses(model, texts: Iterable[str], *, role: str = "texts", seq_len: in
         for n, text in enumerate(texts):
             if max_documents is not None and n >= max_documents:
                 return
+            acc.documents += 1
             yield model.encode(text) + [model.eos_id]
 
     for batch in _batches(pack_documents(token_lists(), length, model.eos_id), batch_size):
@@ -190,6 +194,8 @@ def shard_losses(model, roles: Sequence[str] | None = None, *, split: str = "val
     """Per-role loss and bits per byte read straight from the shard files ``<data_root>/<role>/<split>-*``.
 
     Roles without that split are skipped with a warning. Bad records are counted and skipped by the reader.
+    Each result's ``fingerprint`` identifies the documents scored (sha256 over their ids and texts, in reading
+    order), so two models' losses can be checked to come from identical held-out text.
     """
     out: dict[str, ComponentLoss] = {}
     for role in roles or ROLES:
@@ -197,9 +203,18 @@ def shard_losses(model, roles: Sequence[str] | None = None, *, split: str = "val
         if not files.glob(pattern):
             log.warning("no %s shards for role %s (%s); skipped", split, role, pattern)
             continue
-        texts = (r.text for r in records.iter_records(pattern, on_error="skip"))
-        out[role] = text_losses(model, texts, role=role, seq_len=seq_len, batch_size=batch_size,
+        digest = hashlib.sha256()
+
+        def texts(pattern=pattern, digest=digest):
+            for n, r in enumerate(records.iter_records(pattern, on_error="skip")):
+                if max_documents is not None and n >= max_documents:
+                    return
+                digest.update(hashlib.sha256(f"{r.id}\0{r.text}".encode("utf-8")).digest())
+                yield r.text
+
+        out[role] = text_losses(model, texts(), role=role, seq_len=seq_len, batch_size=batch_size,
                                 max_documents=max_documents)
+        out[role].fingerprint = digest.hexdigest()
         log.info("%s: loss %.4f, %.4f bits/byte over %d tokens", role, out[role].loss, out[role].bpb,
                  out[role].tokens)
     return out

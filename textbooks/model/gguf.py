@@ -392,3 +392,23 @@ def load_gguf_checkpoint(path: str, **config_overrides: Any) -> tuple[ModelConfi
     """
     model = read_gguf(path)
     return params_from_hf_tensors(model.hf_config, dict(model.tensors), os.path.basename(path), **config_overrides)
+
+
+def gguf_summary(path: str) -> dict[str, Any]:
+    """What a GGUF file holds, from its header alone (no tensor data is read): ``name`` (``general.name``),
+    ``architecture``, ``parameters`` (elements of all tensors), ``quantization`` (tensor type -> parameters,
+    largest first) and ``file_bytes``. For reports that name a model by size and quantization.
+
+    Raises:
+        FileNotFoundError, GGUFError: as :func:`read_gguf_config`.
+    """
+    reader = _open(path)
+    metadata = _metadata(reader, path)
+    by_type: dict[str, int] = {}
+    for tensor in reader.tensors:
+        kind = tensor.tensor_type.name
+        by_type[kind] = by_type.get(kind, 0) + int(tensor.n_elements)
+    return {"name": metadata.get("general.name"), "architecture": metadata.get("general.architecture"),
+            "parameters": sum(by_type.values()),
+            "quantization": dict(sorted(by_type.items(), key=lambda kv: -kv[1])),
+            "file_bytes": os.path.getsize(path)}

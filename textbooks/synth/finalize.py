@@ -39,8 +39,18 @@ def _split_of(record_id: str, validation_fraction: float) -> str:
     return "validation" if h < validation_fraction else "train"
 
 
+def _ensure_validation(recs: list[records.Record], minimum: int) -> None:
+    """Moves train records (lowest id hash first) to validation until it holds ``minimum`` or one train is left."""
+    held = sum(r.split == "validation" for r in recs)
+    train = sorted((r for r in recs if r.split == "train"), key=lambda r: hashlib.sha1(r.id.encode()).hexdigest())
+    while held < minimum and len(train) > 1:
+        train.pop(0).split = "validation"
+        held += 1
+
+
 def finalize(run_dir: str, *, shards_dir: str | None = None, source: str | None = None, license: str = "teacher-terms",
-             stand_in: str | None = None, validation_fraction: float = 0.01, docs_per_shard: int = 10_000,
+             stand_in: str | None = None, validation_fraction: float = 0.01, min_validation_docs: int = 0,
+             docs_per_shard: int = 10_000,
              config: postprocess.PostprocessConfig | None = None,
              test_runner: Callable[[list[str]], list[Any]] | None = None, report: bool = True,
              near_dup_threshold_report: float = 0.8) -> dict:
@@ -54,6 +64,8 @@ def finalize(run_dir: str, *, shards_dir: str | None = None, source: str | None 
         stand_in: when the teacher is not a real teacher LLM, what these outputs stand in for (recorded in
             every record's meta and in the manifest).
         validation_fraction: share of records (by a hash of the id) in the validation split.
+        min_validation_docs: hold out at least this many records per role (the train records with the lowest
+            id hashes move over), as long as one train record remains; small runs need it.
         docs_per_shard: target documents per shard file.
         config: post-processing settings.
         test_runner: replaces the sandbox for executing exercises (tests).
@@ -99,6 +111,8 @@ def finalize(run_dir: str, *, shards_dir: str | None = None, source: str | None 
             rec.meta = {**rec.meta, "reject": {"reason": s.reject_reason, "detail": s.reject_detail}}
             rejected.append(rec)
 
+    for recs in by_role.values():
+        _ensure_validation(recs, min_validation_docs)
     written = {}
     for role, recs in sorted(by_role.items()):
         role_dir = records.join(shards_dir, role)
@@ -115,6 +129,10 @@ def finalize(run_dir: str, *, shards_dir: str | None = None, source: str | None 
                                     meta={"builder": "textbooks.synth", "run_dir": os.path.abspath(run_dir),
                                           "teacher": info.get("model"), "endpoint": info.get("endpoint"),
                                           "templates": info.get("templates"), "expansion_seed": info.get("seed"),
+                                          "teacher_info": info.get("teacher_info"),
+                                          "generation": {k: info.get(k) for k in ("num_samples", "sampling",
+                                                                                  "template_weights",
+                                                                                  "topics_file")},
                                           "decontamination": pp_summary["decontamination"]})
         write_manifest(role_dir, manifest)
         written[role] = {"dir": role_dir, "train": splits["train"].num_docs,

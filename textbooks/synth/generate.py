@@ -107,8 +107,9 @@ def generate(*, endpoint: str = gin.REQUIRED, model: str = gin.REQUIRED,
              price_completion_per_1k: float = 0.0, cache_path: str | None = None, max_failure_rate: float = 0.5,
              finalize: bool = True, shards_dir: str | None = None, source: str | None = None,
              license: str = "teacher-terms", stand_in: str | None = None, validation_fraction: float = 0.01,
+             min_validation_docs: int = 0,
              postprocess_config: postprocess.PostprocessConfig | None = None, progress_interval: float = 10.0,
-             client_seed: int | None = None) -> dict:
+             client_seed: int | None = None, teacher_info: Mapping[str, Any] | None = None) -> dict:
     """Runs (or resumes) a synthetic-data generation run.
 
     Args:
@@ -116,8 +117,8 @@ def generate(*, endpoint: str = gin.REQUIRED, model: str = gin.REQUIRED,
         model: model name at the endpoint.
         templates: template files, folders or built-in names (code_textbook, nlp_textbook, exercises,
             stories, web_seeded).
-        topics_file: topic file (JSONL/TXT) or built-in seed set ('code', 'world'); None when every template
-            is seeded by web extracts.
+        topics_file: topic file (JSONL/TXT) or a built-in set ('code', 'world' seed subjects; 'code_topics',
+            'world_topics' fixed trees); None when every template is seeded by web extracts.
         output_dir: the run folder (manifest, parts, cache, reports; shards too unless ``shards_dir``).
         num_samples: prompts to generate.
         sampling: sampling fields over each template's defaults (max_tokens, temperature, top_p, stop, ...).
@@ -136,10 +137,13 @@ def generate(*, endpoint: str = gin.REQUIRED, model: str = gin.REQUIRED,
         cache_path: response cache file (default ``<output_dir>/cache.sqlite``; share one across runs).
         max_failure_rate: abort when more than this fraction of attempted prompts fail.
         finalize: write shards and the report after the completions.
-        shards_dir, source, license, stand_in, validation_fraction: see :func:`textbooks.synth.finalize.finalize`.
+        shards_dir, source, license, stand_in, validation_fraction, min_validation_docs: see
+            :func:`textbooks.synth.finalize.finalize`.
         postprocess_config: a ``PostprocessConfig`` (gin: ``@PostprocessConfig()``).
         progress_interval: seconds between progress lines when stderr is not a terminal.
         client_seed: seeds the retry jitter (tests).
+        teacher_info: what is known about the teacher (e.g. ``{"parameters": ..., "quantization": ...}``);
+            recorded in the run info and every role's manifest.
 
     Returns:
         ``{"run": RunResult dict, "finalize": summary or None, "output_dir": ...}``.
@@ -172,7 +176,8 @@ def generate(*, endpoint: str = gin.REQUIRED, model: str = gin.REQUIRED,
             info = {"endpoint": client.base_url, "model": model, "templates": sorted(template_set.templates),
                     "template_files": sorted({t.source_file for t in template_set.templates.values()}),
                     "num_samples": num_samples, "seed": seed, "sampling": dict(sampling or {}),
-                    "topics_file": topics_file, "num_topics": len(topic_list), "num_seed_texts": len(seeds)}
+                    "topics_file": topics_file, "num_topics": len(topic_list), "num_seed_texts": len(seeds),
+                    "template_weights": dict(template_weights or {}), "teacher_info": dict(teacher_info or {})}
             specs = completions.write_manifest(output_dir, specs, info)
             cache = completions.ResponseCache(cache_path or os.path.join(output_dir, completions.CACHE))
             progress = Progress(len(specs), "generate", unit="prompt", interval=progress_interval,
@@ -197,6 +202,7 @@ def generate(*, endpoint: str = gin.REQUIRED, model: str = gin.REQUIRED,
                   f"same command to retry them. Finalizing what is done.", file=sys.stderr)
         summary = finalize_lib.finalize(output_dir, shards_dir=shards_dir, source=source, license=license,
                                         stand_in=stand_in, validation_fraction=validation_fraction,
+                                        min_validation_docs=min_validation_docs,
                                         config=postprocess_config)
         pp = summary["postprocess"]
         print(f"kept {pp['kept']} of {pp['input']} outputs (rejected: {pp['reasons'] or 'none'}); shards: "

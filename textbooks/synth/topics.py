@@ -29,9 +29,13 @@ from textbooks.synth import templates as templates_lib
 
 logger = logging.getLogger(__name__)
 
+_TEMPLATES_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "templates")
 BUILTIN_SEEDS = {
-    "code": os.path.join(os.path.dirname(os.path.abspath(__file__)), "templates", "seeds_code.txt"),
-    "world": os.path.join(os.path.dirname(os.path.abspath(__file__)), "templates", "seeds_world.txt"),
+    "code": os.path.join(_TEMPLATES_DIR, "seeds_code.txt"),
+    "world": os.path.join(_TEMPLATES_DIR, "seeds_world.txt"),
+    # Fixed trees of full paths, used as is (no growing): for small teachers and quick runs.
+    "code_topics": os.path.join(_TEMPLATES_DIR, "topics_code.txt"),
+    "world_topics": os.path.join(_TEMPLATES_DIR, "topics_world.txt"),
 }
 _STOPWORDS = frozenset("a an the and or of in on to for with into about its your using how what".split())
 _ITEM_RE = re.compile(r"^\s*(?:(?:\d+|[a-zA-Z])[.)]|[-*+\u2022\u2023\u25cf\u2013]|#+)\s+(?P<item>.+?)\s*$")
@@ -229,7 +233,8 @@ class TopicTree:
 
     @classmethod
     def load(cls, path: str, *, near_dup_threshold: float = 0.85) -> "TopicTree":
-        """Reads a JSONL or TXT topic file (see the module docstring), or a built-in seed set ('code', 'world').
+        """Reads a JSONL or TXT topic file (see the module docstring), or a built-in set: seed subjects ('code', 'world') or fixed
+        trees ('code_topics', 'world_topics').
 
         Raises:
             TopicError: a line is malformed (names the file and line) or the file holds no topics.

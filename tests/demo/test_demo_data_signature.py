@@ -1,0 +1,38 @@
+"""A demo variant trained on other data than the data root now holds (the stand-ins, before a rerun's teacher
+stage succeeded; or a run from before signatures were recorded) is trained again; one trained on the same data
+is kept."""
+
+import json
+import os
+
+from textbooks import demo
+
+
+def _write_manifest(root, role, payload):
+    os.makedirs(os.path.join(root, role), exist_ok=True)
+    with open(os.path.join(root, role, "manifest.json"), "w") as f:
+        json.dump(payload, f)
+
+
+def test_a_variant_is_trained_again_only_when_its_data_changed(tmp_path):
+    data = str(tmp_path / "data")
+    _write_manifest(data, "synthetic_textbooks", {"stand_in": "python docs"})
+    _write_manifest(data, "web_filtered", {"stand_in": None})
+    run, ev = str(tmp_path / "runs" / "v"), str(tmp_path / "eval" / "v")
+    for d in (run, ev):
+        os.makedirs(d)
+        open(os.path.join(d, "kept.txt"), "w").close()
+
+    stand_ins = demo.data_signature(data)
+    demo._reset_if_data_changed(stand_ins, run, ev)  # a run without a recorded signature: trained again
+    assert not os.path.exists(os.path.join(run, "kept.txt")) and not os.path.exists(ev)
+    open(os.path.join(run, "checkpoint"), "w").close()
+    demo._reset_if_data_changed(stand_ins, run, ev)  # same data: kept
+    assert os.path.exists(os.path.join(run, "checkpoint"))
+
+    _write_manifest(data, "synthetic_textbooks", {"stand_in": None, "meta": {"teacher": "smollm2"}})
+    generated = demo.data_signature(data)
+    assert generated != stand_ins
+    demo._reset_if_data_changed(generated, run, ev)  # the teacher's data replaced the stand-ins
+    assert not os.path.exists(os.path.join(run, "checkpoint"))
+    assert open(os.path.join(run, "data_signature.txt")).read().strip() == generated
