@@ -47,13 +47,14 @@ def teacher_label(teacher: Mapping[str, Any]) -> str:
 
 def data_sources(corpora: Sequence[Mapping[str, Any]], teacher: Mapping[str, Any]) -> list[dict]:
     """One row per trained role: what it holds here, what it stands for in the papers, stand-in or not."""
-    generated = teacher.get("status") == "generated"
+    written = set(GENERATED_ROLES) - set(teacher.get("stand_in_roles") or {}) \
+        if teacher.get("status") in ("generated", "partial") else set()
     rows = []
     for c in corpora:
         role = c["role"]
         if role not in PAPER_ROLES:
             continue
-        if role in GENERATED_ROLES and generated:
+        if role in written:
             holds, stand_in = f"written by the teacher {teacher_label(teacher)}", None
         elif c.get("stand_in"):
             holds, stand_in = c["stand_in"], c["stand_in"]
@@ -76,12 +77,17 @@ def teacher_section(corpora: Sequence[Mapping[str, Any]], teacher: Mapping[str, 
         lines += ["**The teacher stage was skipped** (`DemoConfig.teacher = False`): the synthetic roles hold the "
                   "stand-ins named above.", ""]
         return lines, {"sources": rows, "status": "skipped"}
-    if status != "generated":
+    if status not in ("generated", "partial"):
         lines += ["> **WARNING: THE TEACHER STAGE FAILED** "
                   f"({teacher.get('error', 'no reason recorded')}). `synthetic_textbooks`, `code_textbooks` and "
                   "`code_exercises` hold the corpora's STAND-INS in this run, not teacher outputs. Rerun the same "
                   "command to retry: answers already received are kept.", ""]
-        return lines, {"sources": rows, "status": status or "failed", "error": teacher.get("error")}
+        return lines, {"sources": rows, "status": status or "failed", "error": teacher.get("error"),
+                       "teacher": teacher.get("teacher")}
+    if status == "partial":
+        lines += ["> **WARNING: THE TEACHER WROTE NO USABLE TEXT FOR SOME ROLES**; they hold the corpora's "
+                  "STAND-INS in this run: " + "; ".join(f"`{role}`: {why}" for role, why in
+                                                        teacher["stand_in_roles"].items()), ""]
     usage = teacher.get("usage", {})
     gen_s = teacher.get("generation_s") or 0.0
     lines += ["## The teacher", "",
@@ -124,7 +130,8 @@ def teacher_section(corpora: Sequence[Mapping[str, Any]], teacher: Mapping[str, 
         lines += [f"#### `{role}`", ""]
         for text in texts:
             lines += ["```", text.strip()[:1500], "```", ""]
-    return lines, {"sources": rows, "status": "generated", "teacher": teacher.get("teacher"),
+    return lines, {"sources": rows, "status": status, "stand_in_roles": teacher.get("stand_in_roles") or {},
+                   "teacher": teacher.get("teacher"),
                    "usage": usage, "generation_s": gen_s, "tokens_per_s": tps,
                    "exercises": ex, "role_stats": teacher.get("role_stats")}
 

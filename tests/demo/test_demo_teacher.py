@@ -114,3 +114,15 @@ def test_an_unreachable_teacher_is_reported(data_root, tmp_path):
     assert summary["status"] == "failed"
     assert "unreachable" in summary["error"].lower() or "connect" in summary["error"].lower(), summary["error"]
     assert all(m.stand_in for m in _manifests(data_root).values())
+
+
+def test_a_partial_teacher_stage_names_the_roles_left_as_stand_ins():
+    summary = {"status": "partial", "teacher": {"name": MODEL}, "stand_in_roles": {"code_exercises": "no documents"},
+               "runs": {}, "usage": {}, "generation_s": 1.0, "exercises": {}, "role_stats": {}, "samples": {}}
+    corpora = [{"role": r, "stand_in": f"{r} stand-in"} for r in demo_teacher.ROLES]
+    lines, data = demo_sections.teacher_section(corpora, summary)
+    text = "\n".join(lines)
+    assert "NO USABLE TEXT FOR SOME ROLES" in text and "`code_exercises`: no documents" in text
+    sources = {row["role"]: row["stand_in"] for row in data["sources"]}
+    assert sources == {"synthetic_textbooks": None, "code_textbooks": None, "code_exercises": "code_exercises stand-in"}
+    assert data["status"] == "partial" and data["teacher"] == {"name": MODEL}
