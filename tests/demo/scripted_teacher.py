@@ -20,7 +20,7 @@ class ScriptedTeacher:
 
     def __call__(self, prompt: str, seed) -> str:
         prose = answer_text(prompt, seed, 70)
-        name = re.search(r"a function named `(\w+)`", prompt)
+        name = re.search(r"the exercise for this function: (\w+)\(", prompt)
         if name:
             fn, passes = name.group(1), seed % 3 != 0
             self.planted[fn] = passes
