@@ -26,12 +26,13 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import itertools
 import json
 import os
 import shutil
 import sys
 import time
-from typing import Any, Mapping
+from typing import Any, Iterator, Mapping
 
 import gin
 
@@ -166,6 +167,11 @@ def _generate_all(stage_dir: str, staging: str, endpoint: str, model: str, confi
     return out
 
 
+def _records(pattern: str) -> Iterator[records.Record]:
+    """The records of the shards matching ``pattern`` (none when no shard matches); bad lines are skipped."""
+    return records.iter_records(pattern, on_error="skip") if files.glob(pattern) else iter(())
+
+
 def _role_stats(stage_dir: str, results: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
     """Kept documents and rejections by reason, per role, from the runs' shards and rejected records."""
     stats: dict[str, dict[str, Any]] = {}
@@ -174,7 +180,7 @@ def _role_stats(stage_dir: str, results: Mapping[str, Any]) -> dict[str, dict[st
             stats.setdefault(role, {"rejected": {}})
             stats[role].update(train=shards["train"], validation=shards["validation"], run=name)
         pattern = os.path.join(result["output_dir"], "rejected", "rejected-*.jsonl.gz")
-        for rec in records.iter_records(pattern, on_error="skip") if files.glob(pattern) else ():
+        for rec in _records(pattern):
             reasons = stats.setdefault(rec.role, {"rejected": {}})["rejected"]
             reason = (rec.meta.get("reject") or {}).get("reason", "unknown")
             reasons[reason] = reasons.get(reason, 0) + 1
@@ -194,7 +200,7 @@ def _exercise_tests(stage_dir: str, stats: Mapping[str, Any]) -> dict[str, Any]:
     kinds: dict[str, int] = {}
     for split in ("train", "validation"):
         pattern = os.path.join(stage_dir, "shards", "code_exercises", f"{split}-*.jsonl.gz")
-        for rec in records.iter_records(pattern, on_error="skip") if files.glob(pattern) else ():
+        for rec in _records(pattern):
             kind = (rec.meta.get("postprocess") or {}).get("tests_kind", "unknown")
             kinds[kind] = kinds.get(kind, 0) + 1
     role = stats.get("code_exercises") or {"train": 0, "validation": 0, "rejected": {}}
@@ -211,8 +217,7 @@ def _samples(data_root: str) -> dict[str, list[str]]:
     out = {}
     for role in ROLES:
         pattern = os.path.join(data_root, role, "train-*.jsonl.gz")
-        texts = [r.text for r in records.iter_records(pattern, on_error="skip")] if files.glob(pattern) else []
-        out[role] = texts[:SAMPLES_PER_ROLE]
+        out[role] = [r.text for r in itertools.islice(_records(pattern), SAMPLES_PER_ROLE)]
     return out
 
 
