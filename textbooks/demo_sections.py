@@ -94,12 +94,13 @@ def teacher_section(corpora: Sequence[Mapping[str, Any]], teacher: Mapping[str, 
               f"Teacher {teacher_label(teacher)}"
               + (f", served on 127.0.0.1 by `textbooks serve` (ready in {teacher['server_start_s']:.0f} s)"
                  if teacher.get("server_start_s") is not None else "") + ".", "",
-              "| run | prompts | answered | from cache | failed | prompt tokens | completion tokens | seconds |",
-              "|---|---|---|---|---|---|---|---|"]
+              "| run | prompts | answered | from cache | failed | prompt tokens | completion tokens | seconds | "
+              "loops trimmed |", "|---|---|---|---|---|---|---|---|---|"]
     for name, run in teacher.get("runs", {}).items():
         u = run.get("usage", {})
         lines.append(f"| {name} | {run['prompts']} | {run['completed']} | {run['cached']} | {run['failed']} | "
-                     f"{u.get('prompt_tokens', 0)} | {u.get('completion_tokens', 0)} | {run['elapsed_s']:.0f} |")
+                     f"{u.get('prompt_tokens', 0)} | {u.get('completion_tokens', 0)} | {run['elapsed_s']:.0f} | "
+                     f"{(run.get('postprocess') or {}).get('trimmed_loops', 0)} |")
     tps = teacher.get("tokens_per_s")
     lines += ["", f"Total: {usage.get('prompt_tokens', 0)} prompt + {usage.get('completion_tokens', 0)} completion "
               f"tokens in {gen_s:.0f} s of generation ({_fmt(tps, 1)} completion tokens/s, all requests "

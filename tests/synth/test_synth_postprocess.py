@@ -1,5 +1,6 @@
 """Post-processing (cleanup, filters, exercise checks and execution) and the diversity report on planted data."""
 
+import dataclasses
 import json
 import random
 
@@ -199,3 +200,39 @@ def test_an_answer_cut_by_its_length_limit_keeps_its_whole_statements():
     assert kept.reject_reason is None and kept.meta["postprocess"]["cut_unfinished_tail"]
     assert kept.text.endswith("assert double(2) == 4") and "unfinished" not in kept.text
     assert results["stop"].reject_reason == "syntax_error"
+
+
+def test_a_teacher_loop_is_cut_where_it_starts_and_a_pure_loop_is_rejected():
+    """A section that falls into a loop keeps what precedes the first repeated line; one that is nothing but the
+    loop ends too short; repeated lines inside code fences and short repeated lines are not loops."""
+    intro = "Energy is what makes things move, and a bicycle shows it well.\n\n" + PROSE
+    looping = intro + "\n\nThe reader will understand the dialogue.\n\n" + \
+        "\n\n".join(["The reader will understand the dialogue."] * 6)
+    loop_only = "\n\n".join(["A little suffering is good for the soul."] * 12)
+    code = ("Counting words:\n```python\nfor word in words:\n    counts[word] = counts.get(word, 0) + 1\n"
+            "for word in words:\n    counts[word] = counts.get(word, 0) + 1\n```\nSo so.\nSo so.\n" + PROSE)
+    cfg = PostprocessConfig(min_chars=100, min_words=5)
+    samples = [_sample(t) for t in (looping, loop_only, code)]
+    summary = postprocess.process(samples, dataclasses.replace(cfg, decontaminate=False, near_dedup=False))
+    first, only, fenced = samples
+    assert first.reject_reason is None
+    assert first.text == intro + "\n\nThe reader will understand the dialogue."
+    assert first.meta["postprocess"]["trimmed_loop"] == {"at_line": 7}
+    assert only.reject_reason == "too_short" and only.text == "A little suffering is good for the soul."
+    assert fenced.reject_reason is None and fenced.text == code.strip() and "postprocess" not in fenced.meta
+    assert summary["trimmed_loops"] == 2
+    # Exercises are code: never trimmed. Switched off, prose is kept whole.
+    off = _sample(looping)
+    postprocess.check_sample(off, dataclasses.replace(cfg, trim_loops=False))
+    assert off.text == looping.strip() and off.reject_reason is None
+
+
+def test_gopher_repetition_rules_reject_with_the_failed_rule():
+    looping = PROSE + "\n\n" + "\n\n".join(["The reader will understand the dialogue."] * 6)
+    s = _sample(looping)
+    postprocess.check_sample(s, PostprocessConfig(min_chars=10, min_words=3, trim_loops=False,
+                                                  gopher_repetition=True))
+    assert s.reject_reason == "repetitive" and s.reject_detail.startswith("gopher_repetition.dup_para_frac")
+    clean = _sample(PROSE)
+    postprocess.check_sample(clean, PostprocessConfig(min_chars=10, min_words=3, gopher_repetition=True))
+    assert clean.reject_reason is None

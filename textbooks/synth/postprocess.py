@@ -27,6 +27,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 from textbooks.curate import decontam
 from textbooks.curate import dedup as curate_dedup
+from textbooks.curate import heuristics
 from textbooks.evaluate import sandbox
 
 logger = logging.getLogger(__name__)
@@ -54,6 +55,14 @@ class PostprocessConfig:
         strip_boilerplate: remove assistant openers/closers and "as an AI" sentences.
         min_chars / max_chars: length limits on the cleaned text.
         min_words: fewest whitespace-separated words.
+        trim_loops: cut prose at the first line (of at least ``loop_min_words`` words, outside code fences) that
+            repeats an earlier line: small teachers fall into loops that repeat a sentence to the length limit.
+            What precedes the loop is kept when it still passes the length limits (meta ``postprocess.
+            trimmed_loop`` records the cut); exercises (``syntax_check`` templates) are left alone.
+        loop_min_words: shortest line that counts as a repeat for ``trim_loops``.
+        gopher_repetition: also reject outputs that fail the Gopher repetition rules
+            (``textbooks.curate.heuristics.GopherRepetitionConfig``, web-scale thresholds: at 135M parameters
+            they reject most outputs, so off by default).
         drop_truncated: reject outputs whose finish_reason is 'length' (else keep them, flagged in meta).
         syntax_check: honour templates' ``syntax_check`` (ast.parse of the code).
         run_tests: honour templates' ``run_tests`` by executing the code in ``textbooks.evaluate.sandbox``.
@@ -69,6 +78,9 @@ class PostprocessConfig:
     min_chars: int = 200
     max_chars: int = 200_000
     min_words: int = 20
+    trim_loops: bool = True
+    loop_min_words: int = 4
+    gopher_repetition: bool = False
     drop_truncated: bool = False
     syntax_check: bool = True
     run_tests: bool = False
@@ -117,6 +129,25 @@ def clean_boilerplate(text: str) -> tuple[str, list[str]]:
         fired.append("closer")
         t = new
     return t.strip(), fired
+
+
+def trim_loop(text: str, min_words: int = 4) -> tuple[str, int | None]:
+    """Cuts ``text`` before the first line of at least ``min_words`` words, outside fenced code, that repeats an
+    earlier such line; returns the text and the 1-based line number of the cut (None when nothing repeats)."""
+    lines = text.split("\n")
+    seen: set[str] = set()
+    in_fence = False
+    for number, line in enumerate(lines, 1):
+        stripped = line.strip()
+        if stripped.startswith("```"):
+            in_fence = not in_fence
+            continue
+        if in_fence or len(stripped.split()) < min_words:
+            continue
+        if stripped in seen:
+            return "\n".join(lines[:number - 1]).rstrip(), number
+        seen.add(stripped)
+    return text, None
 
 
 def extract_code(text: str) -> str:
@@ -171,6 +202,14 @@ def check_sample(sample: Sample, config: PostprocessConfig) -> None:
         return
     if config.drop_truncated and sample.meta.get("finish_reason") == "length":
         sample.reject("truncated", "finish_reason is 'length'")
+    if config.trim_loops and not opts.get("syntax_check"):
+        sample.text, cut = trim_loop(sample.text, config.loop_min_words)
+        if cut is not None:
+            sample.meta.setdefault("postprocess", {})["trimmed_loop"] = {"at_line": cut}
+    if config.gopher_repetition:
+        failed = heuristics.gopher_repetition(sample.text, heuristics.GopherRepetitionConfig())
+        if failed is not None:
+            sample.reject("repetitive", f"{failed[0]}: {failed[1]}")
     min_chars = max(config.min_chars, int(opts.get("min_chars", 0)))
     if len(sample.text) < min_chars:
         sample.reject("too_short", f"{len(sample.text)} < {min_chars} characters")
@@ -347,6 +386,7 @@ def process(samples: Sequence[Sample], config: PostprocessConfig,
     """
     for s in samples:
         check_sample(s, config)
+    trimmed = sum("trimmed_loop" in s.meta.get("postprocess", {}) for s in samples)
     executed = run_exercise_tests(samples, config, test_runner) if config.run_tests else 0
     dups = near_dedup(samples, config.near_dup_threshold) if config.near_dedup else 0
     decon = decontaminate(samples, config, cache_dir)
@@ -356,4 +396,5 @@ def process(samples: Sequence[Sample], config: PostprocessConfig,
             reasons[s.reject_reason] = reasons.get(s.reject_reason, 0) + 1
     return {"input": len(samples), "kept": sum(s.reject_reason is None for s in samples),
             "rejected": sum(reasons.values()), "reasons": dict(sorted(reasons.items())),
-            "exercises_executed": executed, "near_duplicates": dups, "decontamination": decon}
+            "trimmed_loops": trimmed, "exercises_executed": executed, "near_duplicates": dups,
+            "decontamination": decon}
