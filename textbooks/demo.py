@@ -31,6 +31,7 @@ import json
 import logging
 import math
 import os
+import re
 import shutil
 import sys
 import time
@@ -209,13 +210,15 @@ def heldout_roles(data_root: str) -> tuple[str, ...]:
 
 
 def register_heldout(roles: Sequence[str], vocabulary: str) -> str:
-    """Registers (once) the validation mixture every variant is scored on during training: equal weights over
-    ``roles``; the trainer's eval hook reads the same first batches of each role's validation split."""
+    """Registers the validation mixture every variant is scored on during training (once per roles and
+    vocabulary, whose names its name carries): equal weights over ``roles``; the trainer's eval hook reads the
+    same first batches of each role's validation split."""
     import seqio
 
-    if HELDOUT_MIXTURE not in seqio.MixtureRegistry.names():
-        factory.register_mixture({r: 1.0 for r in roles}, name=HELDOUT_MIXTURE, vocabulary=vocabulary)
-    return HELDOUT_MIXTURE
+    name = f"{HELDOUT_MIXTURE}_{re.sub(r'[^A-Za-z0-9_]', '_', vocabulary)}_" + hashlib.sha256("\0".join(sorted(roles)).encode()).hexdigest()[:8]
+    if name not in seqio.MixtureRegistry.names():
+        factory.register_mixture({r: 1.0 for r in roles}, name=name, vocabulary=vocabulary)
+    return name
 
 
 def data_signature(data_root: str) -> str:

@@ -36,3 +36,14 @@ def test_a_variant_is_trained_again_only_when_its_data_changed(tmp_path):
     demo._reset_if_data_changed(generated, run, ev)  # the teacher's data replaced the stand-ins
     assert not os.path.exists(os.path.join(run, "checkpoint"))
     assert open(os.path.join(run, "data_signature.txt")).read().strip() == generated
+
+
+def test_the_common_heldout_mixture_follows_its_roles_and_vocabulary():
+    """A second demo in the same process with other roles gets its own held-out mixture, not the first one's."""
+    import seqio
+
+    both = demo.register_heldout(["web_filtered", "code_filtered"], "spm8k")
+    one = demo.register_heldout(["web_filtered"], "spm8k")
+    assert demo.register_heldout(["code_filtered", "web_filtered"], "spm8k") == both != one
+    tasks = {n: sorted(t.name for t in seqio.get_mixture_or_task(n).tasks) for n in (both, one)}
+    assert tasks == {both: ["code_filtered_spm8k", "web_filtered_spm8k"], one: ["web_filtered_spm8k"]}
