@@ -10,10 +10,12 @@ the signature; each band of the signature becomes a bucket key. Then
 1. ``GroupByKey`` on band keys: documents sharing any band are candidates; each bucket emits edges from its
    smallest member to the others (star edges; with ``verify_threshold`` only pairs whose signatures agree on at
    least that fraction of positions, checked pairwise in buckets of up to 64 documents).
-2. Connected components of the candidate graph with union-find. **Component resolution is a single-worker
-   step**: all (distinct) candidate edges are grouped under one key and resolved by one ``DoFn``. Its memory is
-   O(documents that have a near-duplicate), not O(corpus), which is small for real corpora (FineWeb found
-   duplicates in a minority of documents); the rest of the stage is fully parallel.
+2. Connected components of the candidate graph (:mod:`textbooks.curate.components`): distributed
+   large-star/small-star rounds (no worker holds more than its share of the edges), or, for a candidate graph
+   of at most ``ComponentsConfig.union_find_max_edges`` distinct edges, a union-find on one worker; the choice
+   is made at run time from the edge count (or forced by ``ComponentsConfig.method``) and the counters
+   ``near_dedup/components_union_find`` / ``near_dedup/components_distributed`` say which ran. Both give the
+   same clusters.
 3. One document per component survives: the smallest by the ``keep`` policy (``'min_id'``: smallest id;
    ``'longest'``: most characters, then smallest id), a deterministic choice. The others are dropped with
    ``meta.curation = {reason: 'near_duplicate', duplicate_of, cluster_size}``; records and decisions are joined
@@ -36,6 +38,7 @@ import gin
 import numpy as np
 
 from textbooks.curate import stages
+from textbooks.curate.components import Components, ComponentsConfig, connected_components
 from textbooks.curate.textnorm import exact_key, hash_words, ngram_hashes, word_tokens
 
 _P61 = np.uint64((1 << 61) - 1)
@@ -68,6 +71,8 @@ class MinHashConfig:
         verify_threshold: optional minimum fraction of agreeing signature positions (an estimate of Jaccard
             similarity) for a candidate pair to count; None keeps every candidate, as FineWeb does.
         min_words: documents with fewer normalized words are not near-deduplicated (kept as they are).
+        components: how the candidate graph's connected components are found (:mod:`components`: one-worker
+            union-find for small graphs, distributed large-star/small-star rounds for big ones).
     """
 
     shingle_size: int = 5
@@ -77,6 +82,7 @@ class MinHashConfig:
     keep: str = "min_id"
     verify_threshold: float | None = None
     min_words: int = 0
+    components: ComponentsConfig = dataclasses.field(default_factory=ComponentsConfig)
 
     def __post_init__(self):
         if self.keep not in ("min_id", "longest"):
@@ -159,33 +165,6 @@ def bucket_edges(members: Sequence[tuple], verify_threshold: float | None) -> li
             if _agreement(members[i][2], members[j][2]) >= verify_threshold:
                 edges.append(((members[i][0], members[i][1]), (members[j][0], members[j][1])))
     return edges
-
-
-def connected_components(edges: Iterable[tuple]) -> list[list[tuple]]:
-    """Components of an undirected graph given as node pairs (nodes are comparable); each sorted, the first
-    element being the component's smallest node."""
-    parent: dict = {}
-
-    def find(x):
-        root = x
-        while parent.get(root, root) != root:
-            root = parent[root]
-        while parent.get(x, x) != root:  # Path compression.
-            parent[x], x = root, parent[x]
-        return root
-
-    for u, v in edges:
-        parent.setdefault(u, u)
-        parent.setdefault(v, v)
-        ru, rv = find(u), find(v)
-        if ru != rv:
-            if rv < ru:
-                ru, rv = rv, ru
-            parent[rv] = ru
-    groups: dict = {}
-    for node in parent:
-        groups.setdefault(find(node), []).append(node)
-    return sorted((sorted(g) for g in groups.values()), key=lambda g: g[0])
 
 
 def near_duplicate_clusters(docs: Iterable[tuple[str, str]], config: MinHashConfig) -> list[list[str]]:
@@ -307,28 +286,6 @@ class _BucketEdgesDoFn(beam.DoFn):
             yield edge
 
 
-class _ComponentsDoFn(beam.DoFn):
-    """Union-find over all candidate edges (one key): decisions per non-surviving id, and cluster summaries."""
-
-    def __init__(self, stage: str):
-        self.stage = stage
-        self.counters = None
-
-    def setup(self):
-        self.counters = stages.StageCounters(self.stage)
-
-    def process(self, item):
-        _, edges = item
-        for comp in connected_components(edges):
-            keeper = comp[0][1]
-            ids = [node[1] for node in comp]
-            self.counters.inc("clusters")
-            yield beam.pvalue.TaggedOutput(CLUSTERS, {"stage": self.stage, "keeper": keeper, "size": len(comp),
-                                                      "members": ids[:20]})
-            for doc_id in ids[1:]:
-                yield doc_id, {"duplicate_of": keeper, "cluster_size": len(comp)}
-
-
 class _ApplyDecisionsDoFn(beam.DoFn):
     def __init__(self, stage: str, reason: str):
         self.stage = stage
@@ -369,12 +326,9 @@ class NearDedup(beam.PTransform):
                  | "Buckets" >> beam.GroupByKey()
                  | "Edges" >> beam.ParDo(_BucketEdgesDoFn(self.config, self.stage))
                  | "DistinctEdges" >> beam.Distinct())
-        comps = (edges
-                 | "OneKey" >> beam.Map(lambda e: (0, e))
-                 | "AllEdges" >> beam.GroupByKey()
-                 | "UnionFind" >> beam.ParDo(_ComponentsDoFn(self.stage)).with_outputs(CLUSTERS, main="decisions"))
+        comps = edges | "Components" >> Components(self.config.components, self.stage, CLUSTERS)
         keyed = records | "KeyById" >> beam.Map(lambda r: (r["id"], r))
-        out = ({"record": keyed, "decision": comps.decisions}
+        out = ({"record": keyed, "decision": comps["decisions"]}
                | "Join" >> beam.CoGroupByKey()
                | "Apply" >> beam.ParDo(_ApplyDecisionsDoFn(self.stage, "near_duplicate")).with_outputs(
                        stages.DROPPED, main="kept"))
