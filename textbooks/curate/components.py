@@ -14,12 +14,14 @@ Neither step changes the components; a round that leaves the edge set unchanged 
 around its minimum (then every later round is a no-op). The number of rounds is O(log² n) in the worst case and
 a handful on real candidate graphs.
 
-Memory: a node's smallest neighbour comes from ``CombinePerKey(min)`` (combined on each worker before the
-shuffle), and the edges of a node are then streamed once from the grouped iterable, never collected into a
-list, so no worker holds more than the edges of its bundle, even for the centre of a giant component.
+Memory: each step groups the edges by node and streams a node's grouped neighbours twice (once for their
+minimum, once to emit), never collecting them into a list; runners page grouped values (Dataflow, Flink and
+Spark all re-iterate them from the shuffle), so no worker holds more than the edges of its bundle, even for
+the centre of a giant component.
 
 Beam graphs have no loops, so :class:`DistributedComponents` unrolls ``max_rounds`` rounds. Each round counts
-the edges that changed (the symmetric difference of its input and output edge sets, by a ``CoGroupByKey``) and
+the edges that changed (the symmetric difference of its input and output edge sets, found by the same
+``GroupByKey`` on the edge that removes duplicate edges) and
 hands that count to the next round as a singleton side input; a round after a converged one passes the edges
 through without shuffling them. After the last round a check raises :class:`ComponentsNotConvergedError` if the
 last round still changed edges (raise ``ComponentsConfig.max_rounds``). Counters (namespace
@@ -121,21 +123,20 @@ def _larger_first(edge: tuple):
 
 
 def _large_star(item):
-    """``u`` with its neighbours: each larger neighbour gets an edge to the smallest of ``u`` and them."""
-    u, grouped = item
-    mins = list(grouped["min"])
-    m = min(u, mins[0]) if mins else u
-    for v in grouped["nbr"]:
+    """``u`` with its neighbours: each larger neighbour gets an edge to the smallest of ``u`` and them. The
+    grouped neighbours are iterated twice (min, then emit), never collected."""
+    u, nbrs = item
+    m = min(u, min(nbrs))
+    for v in nbrs:
         if v > u:
             yield (m, v)
 
 
 def _small_star(item):
     """``u`` with its smaller neighbours: they and ``u`` get an edge to the smallest of them."""
-    u, grouped = item
-    mins = list(grouped["min"])
-    m = min(u, mins[0]) if mins else u
-    for v in grouped["nbr"]:
+    u, nbrs = item
+    m = min(u, min(nbrs))
+    for v in nbrs:
         if v != m:
             yield (m, v)
     if u != m:
@@ -143,8 +144,8 @@ def _small_star(item):
 
 
 class _Star(beam.PTransform):
-    """One star step: keys each edge by a node (``direct``), finds each node's smallest neighbour with a
-    combiner, streams the node's edges through ``emit``; the output edges are canonical and distinct."""
+    """One star step: keys each edge by a node (``direct``), groups, and streams each node's edges through
+    ``emit``. Both emitters give edges as ``(smaller, larger)``; duplicates are removed by the round."""
 
     def __init__(self, direct: Callable, emit: Callable):
         super().__init__()
@@ -152,13 +153,21 @@ class _Star(beam.PTransform):
         self.emit = emit
 
     def expand(self, edges):
-        adj = edges | "Direct" >> beam.FlatMap(self.direct)
-        mins = adj | "MinNeighbour" >> beam.CombinePerKey(min)
-        return ({"min": mins, "nbr": adj}
-                | "Join" >> beam.CoGroupByKey()
-                | "Emit" >> beam.FlatMap(self.emit)
-                | "Canonical" >> beam.Map(canonical)
-                | "Distinct" >> beam.Distinct())
+        return (edges
+                | "Direct" >> beam.FlatMap(self.direct)
+                | "Group" >> beam.GroupByKey()
+                | "Emit" >> beam.FlatMap(self.emit))
+
+
+def _compare(item):
+    """An edge with the tags of the sets it is in (0: before the round, 1: after): the new edge set, distinct,
+    on the main output, and a ``changed`` mark when it is in one set only."""
+    edge, tags = item
+    tags = set(tags)
+    if 1 in tags:
+        yield edge
+    if len(tags) == 1:
+        yield beam.pvalue.TaggedOutput("changed", 1)
 
 
 class _Round(beam.PTransform):
@@ -179,12 +188,12 @@ class _Round(beam.PTransform):
         new = (active
                | "LargeStar" >> _Star(_both_directions, _large_star)
                | "SmallStar" >> _Star(_larger_first, _small_star))
-        changed = ({"old": active | "KeyOld" >> beam.Map(lambda e: (e, None)),
-                    "new": new | "KeyNew" >> beam.Map(lambda e: (e, None))}
-                   | "Compare" >> beam.CoGroupByKey()
-                   | "Differs" >> beam.Filter(lambda kv: not (kv[1]["old"] and kv[1]["new"]))
-                   | "CountChanged" >> beam.combiners.Count.Globally())
-        out = (new, idle) | "Merge" >> beam.Flatten()
+        compared = ((active | "TagOld" >> beam.Map(lambda e: (e, 0)), new | "TagNew" >> beam.Map(lambda e: (e, 1)))
+                    | "Both" >> beam.Flatten()
+                    | "ByEdge" >> beam.GroupByKey()
+                    | "Compare" >> beam.FlatMap(_compare).with_outputs("changed", main="edges"))
+        changed = compared.changed | "CountChanged" >> beam.combiners.Count.Globally()
+        out = (compared.edges, idle) | "Merge" >> beam.Flatten()
         return out, changed
 
 

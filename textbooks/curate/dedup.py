@@ -251,6 +251,9 @@ class _SignatureDoFn(beam.DoFn):
         self.hasher = MinHasher(self.config)
         self.counters = stages.StageCounters(self.stage)
 
+    def start_bundle(self):
+        self.counters.inc("bundles/signatures")
+
     def process(self, record: dict):
         text = record["text"]
         if self.config.min_words and len(word_tokens(text)) < self.config.min_words:
@@ -294,6 +297,9 @@ class _ApplyDecisionsDoFn(beam.DoFn):
 
     def setup(self):
         self.counters = stages.StageCounters(self.stage)
+
+    def start_bundle(self):
+        self.counters.inc("bundles/decisions")
 
     def process(self, item):
         _, joined = item

@@ -291,6 +291,10 @@ def render_markdown(report: dict) -> str:
     for name, d in report.get("dedup", {}).items():
         out += [f"## Dedup: {name}", "", f"{d['clusters']} clusters, {d['documents_in_clusters']} documents; sizes: "
                 f"{d['size_histogram']}", ""]
+        if d.get("components"):
+            comp = d["components"]
+            out += [f"Connected components: {comp['method']} over {comp['candidate_edges']} distinct candidate "
+                    f"edges" + (f", {comp['rounds']} rounds" if comp["method"] == "distributed" else ""), ""]
         if d["largest"]:
             out += [_md_table(["kept", "size", "members"], [[c["keeper"], c["size"], ", ".join(c["members"][:5])]
                                                             for c in d["largest"]]), ""]
@@ -312,6 +316,14 @@ def render_markdown(report: dict) -> str:
             out += [f"- `{s['id']}` ({s['chars']} chars) {json.dumps(s['detail'])[:300] if s['detail'] else ''}",
                     "", "```", text, "```", ""]
     return "\n".join(out)
+
+
+def components_summary(counters: dict[str, int], stage: str = "near_dedup") -> dict:
+    """Which connected-components method ran in a near-dedup stage (``union_find``, ``distributed`` or None
+    when the stage never resolved components), its rounds and the distinct candidate edges."""
+    methods = [m for m in ("union_find", "distributed") if counters.get(f"{stage}/components_{m}")]
+    return {"method": methods[0] if methods else None, "rounds": counters.get(f"{stage}/components_rounds", 0),
+            "candidate_edges": counters.get(f"{stage}/candidate_edges_distinct", 0)}
 
 
 def build_report(*, output_dir: str, role: str, counters: dict[str, int], stage_names: list[str],
@@ -339,6 +351,8 @@ def build_report(*, output_dir: str, role: str, counters: dict[str, int], stage_
         dedup[name] = {"clusters": len(clusters), "documents_in_clusters": sum(c["size"] for c in clusters),
                        "size_histogram": dict(sorted(sizes.items())),
                        "largest": sorted(clusters, key=lambda c: (-c["size"], c["keeper"]))[:10]}
+        if name == "near_dedup":
+            dedup[name]["components"] = components_summary(counters, name)
     decontam = None
     if "decontam" in stage_names:
         matches = read_jsonl_files(rec.join(output_dir, "decontam", "matches-*.jsonl.gz"))
