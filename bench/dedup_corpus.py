@@ -123,22 +123,25 @@ def _estimate(a: np.ndarray, b: np.ndarray) -> float:
 
 def edit(text: str, kind: str, rng: random.Random, donor: str) -> str:
     """One realistic edit of ``text`` (``kind`` in :data:`EDITS`; ``donor`` gives inserted words)."""
-    words = text.split(" ")
+    sep = " " if text.count(" ") >= 20 else "\n"  # code or tables may separate words by newlines only
+    words = text.split(sep)
+    if len(words) < 20:
+        sep, words = " ", text.split()
     if kind == "insertion":
         d = donor.split()
         start = rng.randrange(max(1, len(d) - 20))
         sentence = " ".join(d[start:start + rng.randint(8, 16)]).rstrip(".") + "."
         cut = rng.randrange(1, len(words))
-        return " ".join(words[:cut] + [sentence] + words[cut:])
+        return sep.join(words[:cut] + [sentence] + words[cut:])
     if kind == "deletion":
         n = max(1, int(len(words) * rng.uniform(0.03, 0.06)))
         start = rng.randrange(max(1, len(words) - n))
-        return " ".join(words[:start] + words[start + n:])
+        return sep.join(words[:start] + words[start + n:])
     if kind == "reorder":
         paras = text.split("\n\n")
         if len(paras) < 2:
             half = len(words) // 2
-            return " ".join(words[half:]) + "\n\n" + " ".join(words[:half])
+            return sep.join(words[half:]) + "\n\n" + sep.join(words[:half])
         j = rng.randrange(len(paras) - 1)
         paras[j], paras[j + 1] = paras[j + 1], paras[j]
         return "\n\n".join(paras)
@@ -150,7 +153,7 @@ def edit(text: str, kind: str, rng: random.Random, donor: str) -> str:
     if kind == "substitution":
         for _ in range(max(1, len(words) // 80)):
             words[rng.randrange(len(words))] = rng.choice(words)
-        return " ".join(words)
+        return sep.join(words)
     raise ValueError(f"unknown edit {kind!r}; one of {EDITS}")
 
 
