@@ -1,7 +1,7 @@
 """Throughput of `textbooks serve` vs transformers `generate()` on the same model, prompts and lengths.
 
 Both decode greedily with a KV cache; the metric is generated tokens per second (wall clock, after a warm-up
-round that compiles / allocates; median of the rounds) and the result is the ratio serve / transformers,
+round of the same workload on each side that allocates and meets its shapes; median of the rounds) and the result is the ratio serve / transformers,
 measured in the same run on the same machine with the rounds of all contenders interleaved, so that load
 changes on a shared machine hit every contender alike. Greedy decoding makes both produce the same tokens,
 which the script checks. Three workloads:
@@ -23,7 +23,9 @@ which the script checks. Three workloads:
   matmul rate measured here, and what bf16 weights would give.
 
 The server receives the phi workloads as concurrent HTTP ``/v1/completions`` calls (token-id prompts), all
-with ``--max_batch_size N``. transformers runs at each of ``--torch_threads``; the fastest setting is the peer.
+with ``--max_batch_size N``. It starts as ``textbooks serve`` does by default, compiling its programs before it
+listens (``start_s``, reported apart from the rounds); the programs it compiles later, in the warm-up round and
+in the timed rounds, are counted from its ``/health`` stats (``programs``; a shape its warm-up did not cover). transformers runs at each of ``--torch_threads``; the fastest setting is the peer.
 
 Each round (every contender once) is one round of :mod:`bench.machine`, which records the date, the CPU model,
 the load average before and after (``--wait_quiet``, ``--settle``) and the cores other processes kept busy
@@ -80,9 +82,10 @@ def _vocabulary(tmp: str):
 
 
 def _start_server(ckpt: str, batch: int, chunk_tokens: int, extra: list[str]) -> tuple[subprocess.Popen, str]:
+    """Starts ``textbooks serve`` as a user would (it compiles its programs before listening: the warm-up)."""
     env = {**os.environ, "PYTHONPATH": REPO, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": ""}
     cmd = [sys.executable, "-m", "textbooks.cli", "serve", "--checkpoint", ckpt, "--port", "0", "--max_batch_size",
-           str(batch), "--chunk_tokens", str(chunk_tokens), "--batch_wait_ms", "20", "--no_warmup", *extra]
+           str(batch), "--chunk_tokens", str(chunk_tokens), "--batch_wait_ms", "20", *extra]
     proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 600
     while time.monotonic() < deadline:
@@ -114,6 +117,14 @@ async def _serve_round(url: str, model: str, requests: list[tuple[list[int], int
         elapsed = time.perf_counter() - start
     return elapsed, sum(r.usage.completion_tokens for r in results), [(r.text, r.usage.prompt_tokens)
                                                                       for r in results]
+
+
+def _programs(url: str) -> int:
+    """The programs the server has compiled so far (its ``/health`` stats)."""
+    import urllib.request
+
+    with urllib.request.urlopen(f"{url}/health", timeout=60) as response:
+        return int(json.load(response)["programs"])
 
 
 class _Transformers:
@@ -191,12 +202,18 @@ def run_workload(server: tuple[str, list[str], str], requests: list, batch: int,
     ``server`` = (checkpoint, extra serve flags, served model name))."""
     ckpt, extra, model = server
     schedules = _schedules(requests, batch)
-    servers = {c: _start_server(ckpt, batch, c, extra) for c in chunk_settings}
+    start_s, servers = {}, {}
+    for c in chunk_settings:
+        start_s[c] = seconds(lambda c=c: servers.setdefault(c, _start_server(ckpt, batch, c, extra)))
     try:
         hf_keys = [(t, s) for t in threads for s in schedules]
+        # Both sides run the workload once untimed (transformers allocates, the server meets its shapes).
         warm_hf = {key: seconds(hf.round, key[0], schedules[key[1]]) for key in hf_keys}
-        warm_serve = {c: seconds(asyncio.run, _serve_round(url, model, requests, chats))  # compiles the programs
+        programs = {c: [_programs(url)] for c, (_, url) in servers.items()}  # compiled at start
+        warm_serve = {c: seconds(asyncio.run, _serve_round(url, model, requests, chats))
                       for c, (_, url) in servers.items()}
+        for c, (_, url) in servers.items():
+            programs[c].append(_programs(url))
         hf_runs: dict[tuple, list] = {k: [] for k in hf_keys}
         serve_runs: dict[int, list] = {c: [] for c in chunk_settings}
         for _ in range(rounds):
@@ -205,13 +222,20 @@ def run_workload(server: tuple[str, list[str], str], requests: list, batch: int,
                     hf_runs[key].append(hf.round(key[0], schedules[key[1]]))
                 for c, (_, url) in servers.items():
                     serve_runs[c].append(asyncio.run(_serve_round(url, model, requests, chats)))
+        for c, (_, url) in servers.items():
+            programs[c].append(_programs(url))
     finally:
         for proc, _ in servers.values():
             proc.terminate()
             proc.wait(timeout=60)
     reference = hf_runs[hf_keys[0]][0][2]
     hf_out = [_summary(r, warm_hf[k], torch_threads=k[0], schedule=k[1]) for k, r in hf_runs.items()]
-    serve_out = [{**_summary(r, warm_serve[c], chunk_tokens=c), "outputs": r[0][2]} for c, r in serve_runs.items()]
+    serve_out = [{**_summary(r, warm_serve[c], chunk_tokens=c), "outputs": r[0][2],
+                  "start_s": round(start_s[c], 1),  # loading and compiling before the first request
+                  "programs": {"at_start": programs[c][0],
+                               "compiled_in_warmup_round": programs[c][1] - programs[c][0],
+                               "compiled_in_timed_rounds": programs[c][2] - programs[c][1]}}
+                 for c, r in serve_runs.items()]
     return {"transformers_runs": hf_out, "serve": serve_out, "reference": reference}
 
 
@@ -333,7 +357,9 @@ def main(argv: list[str] | None = None) -> int:
             traffic = f", reads {s['read_gb_per_s']} GB/s" if "read_gb_per_s" in s else ""
             print(f"{name}: serve (chunk_tokens {s['chunk_tokens']}) {s['tokens_per_s']} tokens/s vs transformers "
                   f"({peer['schedule']}, {peer['torch_threads']} threads) {peer['tokens_per_s']}: "
-                  f"{s['ratio_vs_transformers']}x, same text {s['same_text_as_transformers']}{traffic}")
+                  f"{s['ratio_vs_transformers']}x, same text {s['same_text_as_transformers']}{traffic}; started in "
+                  f"{s['start_s']} s, programs compiled in the timed rounds: "
+                  f"{s['programs']['compiled_in_timed_rounds']}")
     for e in result["workloads"].get("smollm2", {}).get("decode_bound", []):
         ours, theirs, rates = e["serve_decoder"], e["transformers"], result["workloads"]["smollm2"]["machine_rates"]
         print(f"smollm2 decode step, batch {e['batch']}: reads {e['read_mb_per_step']} MB, {e['gflop_per_step']} "

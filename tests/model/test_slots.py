@@ -143,3 +143,50 @@ def test_each_prompt_prefills_alone_in_a_fine_length_bucket(tiny_model):
     assert decoder.prefill_shapes == {(1, n, n) for n in (8, 10, 12, 14, 16, 20, 24, 28, 32, 40)}
     reference = [greedy_by_recomputing(config, params, [p], 2)[0] for p in prompts]
     assert [got[i] for i in range(len(prompts))] == reference
+
+
+def test_rows_shrink_to_the_live_requests_and_keep_decoding_exactly(tiny_model):
+    config, params = tiny_model
+    rng = np.random.RandomState(11)
+    prompts = [rng.randint(0, config.vocab_size, n).tolist() for n in (4, 9, 2, 13)]
+    lengths = [3, 5, 9, 14]
+    decoder = SlotDecoder(params, config, num_slots=4, min_length_bucket=8)
+    slots = decoder.admit([GenerationRequest(prompt=p, max_new_tokens=n) for p, n in zip(prompts, lengths)])
+    got = {s: [] for s in slots}
+    rows = []
+    while decoder.active_slots:
+        rows.append(decoder.rows)
+        _collect(decoder.step(4), got, {})
+    # 4 live: 4 rows; once one ends, the chunk stops at the next end (2 live: 2 rows), then 1 row for the last.
+    assert rows[0] == 4 and rows[-1] == 1 and 2 in rows and rows == sorted(rows, reverse=True)
+    assert {shape[0] for shape in decoder.decode_shapes} == {4, 2, 1}
+    for i, (prompt, n) in enumerate(zip(prompts, lengths)):
+        assert got[slots[i]] == greedy_by_recomputing(config, params, [prompt], n)[0], f"request {i}"
+    # A newcomer after the shrink grows the rows again and keeps the running request's row intact.
+    first = decoder.admit([GenerationRequest(prompt=prompts[3], max_new_tokens=14)])[0]
+    more = {first: []}
+    _collect(decoder.step(4), more, {})
+    second = decoder.admit([GenerationRequest(prompt=prompts[0], max_new_tokens=3)])[0]
+    assert decoder.rows == 2
+    more[second] = []
+    _drain(decoder, more, 4)
+    assert more[first] == greedy_by_recomputing(config, params, [prompts[3]], 14)[0]
+    assert more[second] == greedy_by_recomputing(config, params, [prompts[0]], 3)[0]
+
+
+def test_prewarm_compiles_every_shape_serving_then_runs(tiny_model):
+    config, params = tiny_model
+    decoder = SlotDecoder(params, config, num_slots=4, min_length_bucket=8)
+    runs = decoder.prewarm(20, [32], [(4, False), (4, True)])
+    prefills, decodes = set(decoder.prefill_shapes), set(decoder.decode_shapes)
+    assert prefills == {(1, n, n) for n in (8, 10, 12, 14, 16, 20)}
+    assert {(rows, 32, 8, free) for rows in (4, 2, 1) for free in (False, True)} == decodes
+    assert runs == len(prefills) + len(prefills) + 2 + len(decodes)  # prefills, row copies, shrinks, loops
+    rng = np.random.RandomState(2)
+    prompts = [rng.randint(0, config.vocab_size, n).tolist() for n in (3, 17, 9, 21)]
+    slots = decoder.admit([GenerationRequest(prompt=p, max_new_tokens=n) for p, n in zip(prompts, (2, 5, 7, 11))])
+    got = {s: [] for s in slots}
+    _drain(decoder, got, 4)
+    assert decoder.prefill_shapes == prefills and decoder.decode_shapes == decodes
+    for slot, prompt, n in zip(slots, prompts, (2, 5, 7, 11)):
+        assert got[slot] == greedy_by_recomputing(config, params, [prompt], n)[0]

@@ -5,7 +5,7 @@ import asyncio
 
 import pytest
 
-from textbooks.serve.engine import Job, load_engine
+from textbooks.serve.engine import Job, WarmupConfig, load_engine
 
 PROMPTS = ["def add(a, b):\n", "class Stack:\n    \"\"\"A stack.\"\"\"\n"]
 
@@ -61,3 +61,16 @@ def test_stop_strings_keep_the_chunks_and_cut_the_text(make_engine):
     cut, calls = _texts_and_calls(make_engine, (24, 40), stop=(stop,))
     assert cut[1][0] == quiet[1][0][:quiet[1][0].find(stop)] and cut[1][1] == "stop"
     assert calls > 1  # checked between chunks, so it did not run to the first request's end in one call
+
+
+def test_warmup_compiles_what_a_burst_runs(make_engine):
+    # The programs a burst of requests runs (prefill buckets, the token loops of the full and the shrunken
+    # batches) are all compiled by the warm-up: serving adds no shape; the text is the cold engine's.
+    cold, _ = _texts_and_calls(make_engine, (24, 40))
+    engine = make_engine()
+    engine.warmup(WarmupConfig(prompt_tokens=64, cache_lengths=(64,)))
+    warmed = engine.programs()
+    assert {shape[0] for shape in engine.slots.decode_shapes} == {1, 2}
+    done = asyncio.run(_run(engine, _jobs(engine, (24, 40))))
+    assert [(j.text, j.finish_reason, len(j.generated)) for j in done] == cold
+    assert engine.programs() == warmed and engine.stats["programs"] == warmed

@@ -14,9 +14,15 @@ a row is free, and a finished one should free its row at once, without the other
   reached) and frees the slots whose requests ended (eos or their ``max_new_tokens``);
 * :meth:`SlotDecoder.release` frees a slot early (a client went away, a stop string matched in the text).
 
-The cache length grows in powers of two to what admitted requests need and shrinks back when every slot is
-free, so compiled programs stay few: one prefill per prompt bucket (four per octave of prompt lengths)
-whatever the cache length or company, one row copy per (prompt bucket, cache length). A request's i-th chunk
+The cache's rows follow the requests it holds: a power of two at least the occupied slots (a slot keeps its
+number; which cache row holds it is the decoder's business). When requests end and the occupied slots fit in
+half the rows, the live rows are compacted into a cache half as tall (or smaller) before the next chunk, so the
+last requests of a burst decode at their own batch size instead of the full one; a chunk that could end with
+such a shrink stops at the first request's end. The cache length grows in powers of two to what admitted
+requests need; both shrink back when every slot is free. Compiled programs stay few: one prefill per prompt
+bucket (four per octave of prompt lengths) whatever the cache length or company, one row copy per (rows,
+prompt bucket, cache length), one token loop per (rows, cache length, chunk-length bucket), all rows powers of
+two. A request's i-th chunk
 samples from a stream derived from its seed and i only, so its text does not depend on which other requests share the cache or when it was admitted.
 """
 
@@ -27,11 +33,13 @@ import functools
 from typing import Any, Sequence
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from textbooks.model import decode as decode_lib
+from textbooks.model.buckets import bucket
 from textbooks.model.config import ModelConfig
-from textbooks.model.kv_cache import init_cache, resize_cache
+from textbooks.model.kv_cache import cache_length, init_cache, resize_cache
 from textbooks.model.layers import DecodeKernels
 
 
@@ -47,6 +55,7 @@ class _Slot:
     generated: int = 0
     next_token: int = 0
     chunks: int = 0
+    row: int = 0  # the cache row holding it
 
 
 def _batch_axis(leaf: jax.Array) -> int:
@@ -70,6 +79,14 @@ def _insert_row(cache: Any, part: Any, slot: jax.Array) -> Any:
 _resize = jax.jit(resize_cache, static_argnums=(1,))
 
 
+@jax.jit
+def _take_rows(cache: Any, rows: jax.Array) -> Any:
+    """A cache of ``len(rows)`` rows: row i is ``cache``'s row ``rows[i]``, zeros where ``rows[i]`` is out of range
+    (new rows)."""
+    return jax.tree.map(lambda leaf: jnp.take(leaf, rows, axis=_batch_axis(leaf), mode="fill", fill_value=0),
+                        cache)
+
+
 class SlotDecoder:
     """A persistent ``num_slots``-row KV cache with continuous batching (see the module docstring).
 
@@ -91,7 +108,10 @@ class SlotDecoder:
         self.min_length_bucket = min_length_bucket
         self.cache: Any = None
         self.cache_len = 0
+        self.rows = 0  # rows of the cache (0 without one)
         self._slots: list[_Slot | None] = [None] * num_slots
+        # (rows, cache length, new-token bucket, until_free) of the token loops run so far (compiled programs)
+        self.decode_shapes: set[tuple[int, int, int, bool]] = set()
 
     @property
     def prefill_shapes(self) -> set[tuple[int, int, int]]:
@@ -131,21 +151,65 @@ class SlotDecoder:
         needed = max(len(r.prompt) + r.max_new_tokens - 1 for r in requests)
         needed = max([needed] + [s.position + s.request.max_new_tokens - s.generated
                                  for s in self._slots if s is not None])
-        self._ensure_length(self._decoder.length_bucket(needed))
+        self._ensure_shape(self.row_bucket(self.num_slots - len(free) + len(requests)),
+                           self._decoder.length_bucket(needed))
         slots = free[:len(requests)]
-        for slot, r in zip(slots, requests):
+        taken = {s.row for s in self._slots if s is not None}
+        rows = [row for row in range(self.rows) if row not in taken]
+        for slot, row, r in zip(slots, rows, requests):
             # One row per prefill: no row pads to a longer prompt, no padding rows (on a CPU a prompt's tokens
             # already fill the weight products; more rows would not make each token cheaper).
             part, last = self._decoder.prefill([r])
-            self.cache = _insert_row(self.cache, part, np.int32(slot))
-            self._slots[slot] = _Slot(request=r, position=len(r.prompt) - 1, next_token=int(last[0]))
+            self.cache = _insert_row(self.cache, part, np.int32(row))
+            self._slots[slot] = _Slot(request=r, position=len(r.prompt) - 1, next_token=int(last[0]), row=row)
         return slots
+
+    def prewarm(self, prompt_tokens: int, cache_lengths: Sequence[int],
+                chunks: Sequence[tuple[int, bool]]) -> int:
+        """Compiles the programs serving will run, before any request (a program compiles in seconds): the
+        prefill of every prompt bucket up to ``prompt_tokens`` tokens with its row copy into a cache of
+        ``num_slots`` rows, and the token loop of every row bucket at each of ``cache_lengths`` (length-bucketed)
+        for each ``(chunk tokens, until_free)`` in ``chunks``. Returns how many programs it ran.
+
+        Raises:
+            ValueError: a slot is occupied (the cache would be dropped).
+        """
+        if self.active_slots:
+            raise ValueError("prewarm() runs before any request is admitted; release the occupied slots first")
+        decoder = self._decoder
+        idle = decode_lib.GenerationRequest(prompt=[0], max_new_tokens=0)  # done from the start: one check
+        lengths = sorted({decoder.length_bucket(n) for n in cache_lengths})
+        prompts = sorted({decoder.prompt_bucket(n) for n in range(1, max(1, prompt_tokens))})
+        runs = 0
+        parts = []
+        for n in prompts:
+            parts.append(decoder.prefill([decode_lib.GenerationRequest(prompt=[0] * (n + 1), max_new_tokens=1)])[0])
+            runs += 1
+        rows_buckets = sorted({self.row_bucket(n) for n in range(1, self.num_slots + 1)}, reverse=True)
+        for length in lengths:
+            cache = init_cache(self.config, self.num_slots, length)
+            for part in parts:
+                if cache_length(part) <= length:
+                    cache = _insert_row(cache, part, np.int32(0))
+                    runs += 1
+            for rows in rows_buckets:  # shrinking as a burst of requests ends
+                if rows < self.num_slots:
+                    cache = _take_rows(cache, np.arange(rows, dtype=np.int32))
+                    runs += 1
+                for tokens, until_free in chunks:
+                    *_, cache = self._decode(cache, [idle] * rows, tokens, 0, until_free)
+                    runs += 1
+        return runs
+
+    def row_bucket(self, occupied: int) -> int:
+        """The cache rows that hold ``occupied`` slots: the next power of two, at most ``num_slots``."""
+        return bucket(occupied, 1, self.num_slots)
 
     def release(self, slot: int) -> None:
         """Frees ``slot`` (its request is dropped; its cache row is overwritten by the next admission)."""
         self._slots[slot] = None
         if not self.active_slots:
-            self.cache, self.cache_len = None, 0  # the next admission starts from the smallest cache again
+            self.cache, self.cache_len, self.rows = None, 0, 0  # the next admission starts from the smallest cache
 
     def step(self, max_tokens: int, *, until_free: bool = False
              ) -> dict[int, decode_lib.GenerationOutput | tuple[list[int], None]]:
@@ -162,27 +226,27 @@ class SlotDecoder:
         active = self.active_slots
         if not active:
             return {}
+        self._ensure_shape(self.row_bucket(len(active)), self.cache_len)  # compacts the live rows
+        # A chunk whose first ending request lets the rows halve stops there: the rest runs on fewer rows.
+        until_free = until_free or self.row_bucket(len(active) - 1) < self.rows
         placeholder = decode_lib.GenerationRequest(prompt=[0], max_new_tokens=0)
-        chunk_requests, top = [], 0
-        for slot in self._slots:
-            if slot is None:
-                chunk_requests.append(placeholder)
-                continue
+        chunk_requests, top = [placeholder] * self.rows, 0
+        for b in active:
+            slot = self._slots[b]
             r = slot.request
-            chunk_requests.append(dataclasses.replace(
+            chunk_requests[slot.row] = dataclasses.replace(
                 r, prompt=[slot.next_token], max_new_tokens=min(max_tokens, r.max_new_tokens - slot.generated),
-                stop_sequences=(), seed=chunk_seed(r.seed, slot.chunks)))
+                stop_sequences=(), seed=chunk_seed(r.seed, slot.chunks))
             top = max(top, slot.position)
-        out, counts, reasons, self.cache = self._decoder.decode_chunk(self.cache, chunk_requests, max_tokens, top,
-                                                                      until_free=until_free)
+        out, counts, reasons, self.cache = self._decode(self.cache, chunk_requests, max_tokens, top, until_free)
         results: dict[int, Any] = {}
         for b in active:
             slot = self._slots[b]
-            tokens = [int(t) for t in out[b, :counts[b]]]
+            tokens = [int(t) for t in out[slot.row, :counts[slot.row]]]
             slot.position += len(tokens)
             slot.generated += len(tokens)
             slot.chunks += 1
-            reason = decode_lib.FINISH_REASONS[int(reasons[b])]
+            reason = decode_lib.FINISH_REASONS[int(reasons[slot.row])]
             if reason == "eos":
                 results[b] = decode_lib.GenerationOutput(tokens=tokens[:-1], finish_reason="eos")
             elif slot.generated >= slot.request.max_new_tokens:
@@ -194,10 +258,30 @@ class SlotDecoder:
             self.release(b)
         return results
 
-    def _ensure_length(self, length: int) -> None:
+    def _decode(self, cache: Any, requests: list, tokens: int, written: int, until_free: bool) -> tuple:
+        rows, length = len(requests), cache_length(cache)
+        self.decode_shapes.add((rows, length, bucket(tokens, 8), until_free))
+        return self._decoder.decode_chunk(cache, requests, tokens, written, until_free=until_free)
+
+    def _ensure_shape(self, rows: int, length: int) -> None:
+        """Makes the cache ``rows`` rows (keeping every occupied slot's row: compacted to the first rows when
+        shrinking, in slot order) and at least ``length`` slots."""
         if self.cache is None:
-            self.cache = init_cache(self.config, self.num_slots, length)
-            self.cache_len = length
-        elif length > self.cache_len:
+            self.cache = init_cache(self.config, rows, length)
+            self.rows, self.cache_len = rows, length
+            return
+        if rows != self.rows:
+            live = [s for s in self._slots if s is not None]
+            if rows < self.rows:
+                order = [s.row for s in live]
+                for i, s in enumerate(live):
+                    s.row = i
+            else:
+                order = list(range(self.rows))
+            # Rows past the old cache (index self.rows) come back as zeros.
+            order += [self.rows] * (rows - len(order))
+            self.cache = _take_rows(self.cache, np.asarray(order, np.int32))
+            self.rows = rows
+        if length > self.cache_len:
             self.cache = _resize(self.cache, length)
             self.cache_len = length

@@ -4,9 +4,10 @@ Requests wait in a queue for up to ``batch_wait_ms`` (or until ``max_batch_size`
 on a worker thread, so the event loop keeps serving. Two schedules:
 
 * continuous batching (``chunk_tokens > 0``, the default): a :class:`textbooks.model.slots.SlotDecoder` keeps
-  one KV cache of ``max_batch_size`` rows. Decoding proceeds in chunks of ``chunk_tokens`` tokens; between
-  chunks, finished requests free their rows, waiting requests are prefilled into free rows (the others keep
-  their caches: nothing is re-read), streaming requests receive their new text and stop strings are checked
+  one KV cache of up to ``max_batch_size`` rows (as a burst of requests ends, the live rows are compacted into
+  a smaller power of two, so the last requests decode at their own batch size). Decoding proceeds in chunks
+  of ``chunk_tokens`` tokens; between chunks, finished requests free their rows, waiting requests are
+  prefilled into free rows (the others keep their caches: nothing is re-read), streaming requests receive their new text and stop strings are checked
   on the decoded text. A chunk ends early when a request ends while others wait for a row. When every row
   is taken and no running request streams or has stop strings, nothing can happen between chunks (no row
   to give a newcomer, no text to deliver or check), so the chunk runs on until a request ends.
@@ -27,6 +28,7 @@ import os
 import time
 from typing import Any, Sequence
 
+from textbooks.gin_utils import configurable
 from textbooks.model import hf
 from textbooks.model.decode import Decoder, GenerationRequest
 from textbooks.model.load import load_model
@@ -74,6 +76,22 @@ class Job:
     enqueued: float = dataclasses.field(default_factory=time.monotonic)
 
 
+@configurable
+@dataclasses.dataclass(frozen=True)
+class WarmupConfig:
+    """What :meth:`Engine.warmup` compiles before the server listens (gin: ``WarmupConfig.prompt_tokens``, ...).
+
+    Attributes:
+        prompt_tokens: prefill programs for every prompt length bucket up to this many tokens (0: one, for a
+            one-token prompt). Longer prompts compile their bucket when they first arrive.
+        cache_lengths: continuous batching: token loops for every batch-row bucket at these cache lengths
+            (rounded up to the length buckets); a request needing a longer cache compiles on arrival.
+    """
+
+    prompt_tokens: int = 256
+    cache_lengths: tuple[int, ...] = (512,)
+
+
 class Overloaded(RuntimeError):
     """The request queue is full."""
 
@@ -92,8 +110,8 @@ class Engine:
             streams nor has stop strings (see the module docstring).
         max_queue: most requests waiting; beyond it requests are refused (429).
         fixed_batch: static batches only: pad every batch to ``max_batch_size`` rows, so one batch shape is
-            compiled (TPU-style; otherwise batches are rounded up to powers of two). Continuous batching always
-            decodes ``max_batch_size`` rows.
+            compiled (TPU-style; otherwise batches are rounded up to powers of two). Continuous batching decodes
+            the power of two of rows that holds the running requests.
         min_length_bucket: smallest prompt/cache length bucket; larger values mean fewer compiled programs
             and more padding.
         kernels: how the decoders' steps compute attention and weight products ('auto', 'xla', 'cpu_kernel';
@@ -124,7 +142,8 @@ class Engine:
         self._executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="decode")
         self._queue: asyncio.Queue[Job] | None = None
         self._task: asyncio.Task | None = None
-        self.stats = {"kernels": self.decoder.kernels, "requests": 0, "batches": 0, "decode_calls": 0, "generated_tokens": 0, "rows_decoded": 0}
+        self.stats = {"kernels": self.decoder.kernels, "requests": 0, "batches": 0, "decode_calls": 0,
+                      "generated_tokens": 0, "rows_decoded": 0, "programs": 0}
 
     # -------------------------------------------------------------------------------------------------- text
 
@@ -151,8 +170,28 @@ class Engine:
                 pass
         self._executor.shutdown(wait=True, cancel_futures=True)
 
-    def warmup(self) -> None:
-        """Compiles the decoding programs of a one-request batch (synchronously, before serving)."""
+    @property
+    def until_end_tokens(self) -> int:
+        """The tokens a chunk asks for while every row is taken and nothing can happen between chunks: it stops
+        at the first request's end anyway, so one fixed size (one compiled program) serves every such chunk."""
+        return 4 * self.chunk_tokens
+
+    def programs(self) -> int:
+        """Shapes the decoders have run so far (each a compiled program); serving a workload whose shapes were
+        all warmed (:meth:`warmup`) leaves it unchanged."""
+        return (len(self.decoder.shapes_used) + len(self.slots.prefill_shapes) + len(self.slots.decode_shapes))
+
+    def warmup(self, config: WarmupConfig | None = None) -> float:
+        """Compiles, synchronously before serving, the programs requests will run (see :class:`WarmupConfig`;
+        default: its gin-bound values): continuous batching's prefills, row copies and the token loops of
+        every batch size it shrinks to; static batches' programs of a one-request batch. Returns seconds spent.
+        """
+        start = time.monotonic()
+        config = config or WarmupConfig()
+        if self.chunk_tokens > 0:
+            chunks = [(self.chunk_tokens, False), (self.chunk_tokens, True), (self.until_end_tokens, True)]
+            self.slots.prewarm(min(config.prompt_tokens, self.max_len - 1),
+                               [min(n, self.max_len) for n in config.cache_lengths], chunks)
         prompt = self.encode("Hello") or [0]
         job = Job(prompt_ids=prompt, max_tokens=max(1, min(self.chunk_tokens or 16, self.max_len - len(prompt))))
         if self.chunk_tokens > 0:
@@ -162,6 +201,7 @@ class Engine:
                     self.slots.release(slot)
         else:
             self._decode_chunk([job])
+        return time.monotonic() - start
 
     def submit(self, job: Job) -> asyncio.Future:
         """Queues ``job``; the future resolves (to the job) when it is finished.
@@ -276,6 +316,7 @@ class Engine:
         outputs = self.decoder.generate(requests)[:len(jobs)]
         self.stats["decode_calls"] += 1
         self.stats["rows_decoded"] += len(jobs)
+        self.stats["programs"] = self.programs()
         return outputs
 
     def _slot_chunk(self, jobs: list[Job], waiting: bool = False, until_end: bool = False
@@ -286,10 +327,11 @@ class Engine:
         slots = self.slots.admit([GenerationRequest(
                 prompt=job.prompt_ids, max_new_tokens=job.max_tokens, temperature=job.temperature, top_k=job.top_k,
                 top_p=job.top_p, eos_id=self.eos_id, seed=job.seed) for job in jobs])
-        tokens = max(self.chunk_tokens, self.slots.longest_remaining) if until_end else self.chunk_tokens
+        tokens = self.until_end_tokens if until_end else self.chunk_tokens
         outputs = self.slots.step(tokens, until_free=waiting or until_end)
         self.stats["decode_calls"] += 1
         self.stats["rows_decoded"] += len(outputs)
+        self.stats["programs"] = self.programs()
         return slots, outputs
 
     def _advance(self, job: Job, out: Any) -> None:
