@@ -12,6 +12,7 @@ from textbooks.model.causal_lm import CausalLM
 from textbooks.train import optimizer as opt
 from textbooks.train import state as st
 from textbooks.train import step as stp
+from textbooks.train.head_loss import head_loss_sums
 from textbooks.train.synthetic import SyntheticBatches
 
 NUM_ROLES = 7
@@ -41,6 +42,39 @@ def test_loss_sums_match_numpy_reference():
         np.testing.assert_allclose(float(out["role_loss_sum"][r]), (nll * sel).sum(), rtol=1e-5, atol=1e-4)
         np.testing.assert_allclose(float(out["role_weight_sum"][r]), sel.sum())
     assert float(out["role_weight_sum"][0]) == 0  # role 0 is padding: never weighted
+
+
+@pytest.mark.parametrize("z_loss,with_bias,chunk", [(0.0, True, None), (1e-3, True, 4), (1e-3, False, 32)])
+def test_fused_head_loss_matches_autodiff_of_loss_sums(z_loss, with_bias, chunk):
+    """The chunked head + loss with its hand-written gradient against jax.grad of logits -> loss_sums."""
+    rng = np.random.default_rng(1)
+    b = {k: jnp.asarray(v) for k, v in _batch().items()}
+    batch, length = b["decoder_target_tokens"].shape
+    width, vocab = 16, 256
+    hidden = jnp.asarray(rng.normal(size=(batch, length, width)), jnp.float32)
+    kernel = jnp.asarray(rng.normal(size=(width, vocab)) * 0.5, jnp.float32)
+    bias = jnp.asarray(rng.normal(size=(vocab,)), jnp.float32) if with_bias else None
+
+    def reference(h, k, bb):
+        logits = jnp.dot(h, k) + (bb if bb is not None else 0.0)
+        sums = stp.loss_sums(logits, b, NUM_ROLES, z_loss)
+        return sums["loss_sum"], sums
+
+    def fused(h, k, bb):
+        loss_sum, token_loss, _ = head_loss_sums(h, k, bb, b["decoder_target_tokens"], b["decoder_loss_weights"],
+                                                 z_loss, chunk)
+        return 3.0 * loss_sum, stp._sums(loss_sum, token_loss, b["decoder_loss_weights"], b, NUM_ROLES)
+
+    argnums = (0, 1, 2) if with_bias else (0, 1)
+    args = (hidden, kernel, bias)
+    ref_grads, ref_sums = jax.grad(reference, argnums=argnums, has_aux=True)(*args)
+    grads, sums = jax.jit(jax.grad(fused, argnums=argnums, has_aux=True))(*args)
+    # Sums over the vocabulary (log Z, the head's products) and over every token (the loss, dW, db).
+    n = vocab + batch * length
+    assert_trees_close(sums, ref_sums, reduction_length=n)
+    assert_trees_close(grads, jax.tree_util.tree_map(lambda g: 3.0 * g, ref_grads), reduction_length=n)
+    with pytest.raises(ValueError, match="does not divide"):
+        head_loss_sums(hidden, kernel, bias, b["decoder_target_tokens"], b["decoder_loss_weights"], chunk=5)
 
 
 def _setup(config, mesh_cfg, microbatches=(1,), lr=1e-3, devices=None, tx=None):

@@ -45,7 +45,7 @@ class CausalLM(nn.Module):
     @nn.compact
     def __call__(self, input_ids: Array, *, segment_ids: Array | None = None, positions: Array | None = None,
                  deterministic: bool = True, decode: bool = False,
-                 output_hidden_states: bool = False) -> Array | tuple[Array, Array]:
+                 output_hidden_states: bool = False, head: bool = True) -> Array | tuple[Array, Array]:
         """Runs the model.
 
         Args:
@@ -60,6 +60,9 @@ class CausalLM(nn.Module):
                 ``init`` with ``decode=True`` and an input of the cache length (see
                 :func:`textbooks.model.kv_cache.init_cache`).
             output_hidden_states: also return the final norm's output.
+            head: apply the LM head; False returns the final norm's output ``[batch, length, hidden]`` alone
+                (for a loss that applies the head itself, :func:`head_weights`; the head's parameters are
+                still created by ``init``).
 
         Returns:
             float32 logits ``[batch, length, vocab]``, or ``(logits, hidden [batch, length, hidden])``.
@@ -102,11 +105,15 @@ class CausalLM(nn.Module):
 
         if cfg.family == "phi":
             hidden = layer_norm(cfg, "final_layernorm")(x)
+            if not head and not self.is_initializing():
+                return hidden
             logits = nn.Dense(cfg.vocab_size, dtype=dtype, param_dtype=param_dtype,
                               kernel_init=dense_init(cfg, ("embed", "vocab")), bias_init=zeros(("vocab",)),
                               name="lm_head")(hidden)
         else:
             hidden = rms_norm(cfg, "norm")(x)
+            if not head and not self.is_initializing():
+                return hidden
             if cfg.tie_word_embeddings:
                 logits = embed.attend(hidden)
             else:
@@ -118,19 +125,24 @@ class CausalLM(nn.Module):
         return logits
 
 
+def head_weights(config: ModelConfig, params: dict) -> tuple[Array, Array | None]:
+    """The LM head of :class:`CausalLM` as ``(kernel [hidden_size, vocab], bias [vocab] or None)`` in the
+    config's dtype (phi: kernel and bias; llama: its kernel, or the embedding transposed when tied)."""
+    dtype = jnp.dtype(config.dtype)
+    if config.family == "llama" and config.tie_word_embeddings:
+        return params["embed_tokens"]["embedding"].astype(dtype).T, None
+    head = params["lm_head"]
+    return head["kernel"].astype(dtype), head["bias"].astype(dtype) if "bias" in head else None
+
+
 def head_logits(config: ModelConfig, params: dict, hidden: Array) -> Array:
     """The LM head of :class:`CausalLM` applied to final-norm outputs ``hidden [..., hidden_size]`` outside the
     module (float32 logits ``[..., vocab]``), e.g. on a few positions only: the same products as the module's
-    head (phi: kernel and bias; llama: its kernel, or the embedding when tied), in the config's dtype."""
-    dtype = jnp.dtype(config.dtype)
-    h = hidden.astype(dtype)
-    if config.family == "llama" and config.tie_word_embeddings:
-        logits = jnp.dot(h, params["embed_tokens"]["embedding"].astype(dtype).T)
-    else:
-        head = params["lm_head"]
-        logits = jnp.dot(h, head["kernel"].astype(dtype))
-        if "bias" in head:
-            logits = logits + head["bias"].astype(dtype)
+    head (:func:`head_weights`), in the config's dtype."""
+    kernel, bias = head_weights(config, params)
+    logits = jnp.dot(hidden.astype(kernel.dtype), kernel)
+    if bias is not None:
+        logits = logits + bias
     return logits.astype(jnp.float32)
 
 

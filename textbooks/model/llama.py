@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 
 from textbooks.model.config import ModelConfig
-from textbooks.model.layers import Attention, DecodeKernels, Projection, ones
+from textbooks.model.layers import Attention, DecodeKernels, Projection, ones, stacked_projections
 
 Array = jax.Array
 
@@ -32,9 +32,14 @@ class LlamaMLP(nn.Module):
 
         def up(name):
             return Projection(cfg, "bld,dm->blm", (cfg.hidden_size, cfg.intermediate_size), ("embed", "mlp"),
-                              self.kernels, use_bias=False, name=name)(x, decode)
+                              self.kernels, use_bias=False, name=name)
 
-        h = nn.with_logical_constraint(jax.nn.silu(up("gate_proj")) * up("up_proj"), ("batch", "length", "mlp"))
+        gate_proj, up_proj = up("gate_proj"), up("up_proj")
+        if decode:  # the decode kernels' own products, each projection apart
+            gate, value = gate_proj(x, decode), up_proj(x, decode)
+        else:  # one matmul for both (see stacked_projections)
+            gate, value = stacked_projections((gate_proj, up_proj), x)
+        h = nn.with_logical_constraint(jax.nn.silu(gate) * value, ("batch", "length", "mlp"))
         return Projection(cfg, "blm,md->bld", (cfg.intermediate_size, cfg.hidden_size), ("mlp", "embed"),
                           self.kernels, use_bias=False, name="down_proj")(h, decode)
 

@@ -28,6 +28,8 @@ import optax
 from jax.sharding import Mesh
 
 from textbooks import partitioning
+from textbooks.model.causal_lm import head_weights
+from textbooks.train.head_loss import head_loss_sums
 from textbooks.train.optimizer import global_norm
 from textbooks.train.state import TrainState, check_training_precision
 
@@ -53,15 +55,21 @@ def loss_sums(logits: jax.Array, batch: Batch, num_roles: int, z_loss: float = 0
     log_z = jax.nn.logsumexp(logits, axis=-1)
     target_logit = jnp.take_along_axis(logits, targets[..., None].astype(jnp.int32), axis=-1)[..., 0]
     token_loss = (log_z - target_logit) * weights
-    ce_sum = jnp.sum(token_loss)
-    loss_sum = ce_sum + (z_loss * jnp.sum(jnp.square(log_z) * weights) if z_loss else 0.0)
+    loss_sum = jnp.sum(token_loss) + (z_loss * jnp.sum(jnp.square(log_z) * weights) if z_loss else 0.0)
+    return _sums(loss_sum, token_loss, weights, batch, num_roles)
+
+
+def _sums(loss_sum: jax.Array, token_loss: jax.Array, weights: jax.Array, batch: Batch,
+          num_roles: int) -> dict[str, jax.Array]:
+    """:func:`loss_sums`' dictionary from the summed loss and the weighted per-token cross-entropy."""
+    targets = batch["decoder_target_tokens"]
     roles = batch.get("decoder_role_ids")
     if roles is None:
         roles = jnp.zeros(targets.shape, jnp.int32)
     one_hot = jax.nn.one_hot(roles, num_roles, dtype=jnp.float32)
     return {
         "loss_sum": loss_sum,
-        "ce_sum": ce_sum,
+        "ce_sum": jnp.sum(token_loss),
         "weight_sum": jnp.sum(weights),
         "role_loss_sum": jnp.einsum("bl,blr->r", token_loss, one_hot),
         "role_weight_sum": jnp.einsum("bl,blr->r", weights, one_hot),
@@ -70,10 +78,16 @@ def loss_sums(logits: jax.Array, batch: Batch, num_roles: int, z_loss: float = 0
 
 def _forward_sums(model: nn.Module, params: Any, batch: Batch, rng: jax.Array, num_roles: int, z_loss: float,
                   deterministic: bool) -> tuple[jax.Array, dict[str, jax.Array]]:
-    logits = model.apply({"params": params}, batch["decoder_input_tokens"],
+    """The model up to its final norm, then the head and the loss fused over chunks of positions
+    (:mod:`textbooks.train.head_loss`: the same sums as :func:`loss_sums` of the logits, which never exist)."""
+    hidden = model.apply({"params": params}, batch["decoder_input_tokens"],
                          segment_ids=batch.get("decoder_segment_ids"), positions=batch.get("decoder_positions"),
-                         deterministic=deterministic, rngs=None if deterministic else {"dropout": rng})
-    sums = loss_sums(logits, batch, num_roles, z_loss)
+                         deterministic=deterministic, rngs=None if deterministic else {"dropout": rng}, head=False)
+    kernel, bias = head_weights(model.config, params)
+    weights = batch["decoder_loss_weights"].astype(jnp.float32)
+    loss_sum, token_loss, _ = head_loss_sums(hidden.astype(kernel.dtype), kernel, bias,
+                                             batch["decoder_target_tokens"], weights, z_loss)
+    sums = _sums(loss_sum, token_loss, weights, batch, num_roles)
     return sums["loss_sum"], sums
 
 
