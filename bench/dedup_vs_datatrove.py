@@ -113,7 +113,8 @@ def run_ours(corpus: str, out_dir: str, workers: int, components: str = "auto") 
                         meta_fields=(), source="bench", role="web_raw", split="train"),
               InputSpec(paths=(os.path.join(corpus, "bad", "files"),), kind="text", source="bench",
                         role="web_raw", split="train", extensions=(".txt",))]
-    plan = Plan(inputs=inputs, output_dir=out_dir, role="web_raw", splits=("train",), num_shards=2,
+    # num_shards=0: files per bundle; a fixed count groups each file's records on one worker.
+    plan = Plan(inputs=inputs, output_dir=out_dir, role="web_raw", splits=("train",), num_shards=0,
                 read=ReadConfig(check_unique_ids=False), near_dedup=MinHashConfig(
                     shingle_size=5, num_bands=14, rows_per_band=8, components=ComponentsConfig(method=components)),
                 write_dropped=False)
