@@ -70,7 +70,8 @@ class TeacherConfig:
         max_batch_size: rows the local server decodes together.
         chunk_tokens: tokens the local server decodes between admissions of new requests.
         validation_fraction: share of each role's kept documents held out as its validation split (at least one
-            document per role is held out).
+            document per role is held out). The split joins the common held-out set every variant is scored on;
+            at the demo's few dozen documents per role, a tenth would leave one or two documents there.
         on_failure: 'stand_in' (keep the corpora's stand-ins, say so loudly in the output and the report) or
             'stop' (raise; a rerun resumes the generation).
         start_timeout_s: seconds the local server may take to load and compile.
@@ -88,7 +89,7 @@ class TeacherConfig:
     concurrency: int = 16
     max_batch_size: int = 16
     chunk_tokens: int = 32
-    validation_fraction: float = 0.1
+    validation_fraction: float = 0.2
     on_failure: str = "stand_in"
     start_timeout_s: float = 900.0
     request_timeout_s: float = 900.0
