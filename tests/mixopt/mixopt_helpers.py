@@ -19,3 +19,18 @@ def fake_loss(ratios: dict, seed: int) -> float:
 def fake_command() -> str:
     return (f"{{python}} {FAKE_TRIAL} --ratios {{ratios_json}} --seed {{seed}} --run_dir {{run_dir}} "
             "--trial_id {trial_id}")
+
+
+def write_role_corpora(data_dir: str, monkeypatch) -> None:
+    """Small synthetic corpora of the three roles under ``data_dir``, made the data root of this test (and one
+    CPU device per trial process)."""
+    import subprocess
+    import sys
+
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    subprocess.run([sys.executable, "-c", "import sys; from mixtures import testing; "
+                    "testing.write_corpora(sys.argv[1], sys.argv[2].split(','), "
+                    "num_docs={'train': 40, 'validation': 8}, num_shards=1)", str(data_dir), ",".join(COMPONENTS)],
+                   check=True, cwd=root, timeout=300)
+    monkeypatch.setenv("TEXTBOOKS_DATA_DIR", str(data_dir))
+    monkeypatch.setenv("XLA_FLAGS", "")

@@ -7,6 +7,7 @@ import sys
 
 import pytest
 
+from mixopt_helpers import write_role_corpora
 from textbooks import gin_utils
 from textbooks.mixopt import optimize, sweep, trials
 from textbooks.mixopt.training_trial import TrainingTrial
@@ -17,13 +18,7 @@ ROLES = ["web_filtered", "code_filtered", "synthetic_textbooks"]
 
 @pytest.mark.slow
 def test_tiny_sweep_trains_and_the_proposal_gin_trains(tmp_path, monkeypatch):
-    data = tmp_path / "data"
-    subprocess.run([sys.executable, "-c", "import sys; from mixtures import testing; "
-                    "testing.write_corpora(sys.argv[1], sys.argv[2].split(','), "
-                    "num_docs={'train': 40, 'validation': 8}, num_shards=1)", str(data), ",".join(ROLES)],
-                   check=True, cwd=ROOT, timeout=300)
-    monkeypatch.setenv("TEXTBOOKS_DATA_DIR", str(data))
-    monkeypatch.setenv("XLA_FLAGS", "")  # one CPU device per trial process
+    write_role_corpora(tmp_path / "data", monkeypatch)
     sweep_dir = tmp_path / "sweep"
     gin_utils.parse_gin(["sweeps/tiny_three_way.gin"], [f"sweep.sweep_dir = {str(sweep_dir)!r}"], finalize=False)
     spec = sweep.runner_spec(TrainingTrial())

@@ -4,12 +4,16 @@ Examples:
   textbooks mixopt --sweep_dir /tmp/sweeps/three_way --target valid/loss
   textbooks mixopt --sweep_dir DIR --target valid/loss --model mixing_law --max_l1 0.4
   textbooks mixopt --sweep_dir DIR --target bench/piqa/acc --maximize --model linear
+  textbooks mixopt --gin_file=sweeps/phi15_three_way_mixopt.gin --target bench/common_sense/bpb --validate
   textbooks mixopt --sweep_dir DIR --target valid/loss --max_epochs 4 --token_budget 2e9 --tokens_from_data
   textbooks mixopt --sweep_dir DIR --target valid/loss --gin_file mixopt.gin --gin.ProposalConstraints.bounds=...
 
 Models: loglinear (Olmix: exp(a) + exp(t.r)), mixing_law (Data Mixing Laws: c + k exp(t.r)), linear
 (RegMix), lightgbm (RegMix; needs the lightgbm package). The cross-validated Spearman rank correlation of
-held-out runs says how far to trust the law. Outputs go to <sweep_dir>/mixopt/<target>-<model>/: report.md
+held-out runs says how far to trust the law. Targets: any recorded column, the phi-1.5 table's groups
+(bench/common_sense/<m>, bench/language/<m>, bench/reasoning/<m>, bench/code/bpb) or a composite named in gin
+(mixopt.composites); every candidate's seed-to-seed noise, spread across mixtures and held-out Spearman go to
+targets.md, and a target whose noise swamps its spread is refused (--allow_unrankable fits it anyway). Outputs go to <sweep_dir>/mixopt/<target>-<model>/: report.md
 with figures, fit.json, proposal.json, proposal.gin (registers and selects the mixture for `textbooks train`)
 and train_proposal.sh.
 """
@@ -23,6 +27,7 @@ from textbooks import gin_utils
 
 HELP = "fit ratios -> metric over a sweep (log-linear, mixing law, linear, LightGBM) and propose a mixture"
 ACCEPTS_EXTRA = True
+DEFAULT_VALIDATION_SEEDS = [1000, 1001, 1002]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -45,6 +50,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max_l1", type=float, default=None, help="trust region: L1(r, prior) <= this.")
     parser.add_argument("--max_kl", type=float, default=None, help="trust region: KL(r || prior) <= this.")
     parser.add_argument("--no_register", action="store_true", help="do not register the proposal.")
+    parser.add_argument("--validate", action="store_true",
+                        help="train the proposal and the sweep's best and median mixtures with fresh seeds and "
+                             "report them on the target with intervals (validation.md).")
+    parser.add_argument("--validation_seeds", default=None,
+                        help="fresh seeds of --validate, e.g. '1000,1001,1002' (overrides mixopt.validate_seeds).")
+    parser.add_argument("--allow_unrankable", action="store_true",
+                        help="fit a target flagged not rankable at this scale (its noise swamps its spread).")
     parser.add_argument("--out", default=None, help="output folder (default <sweep_dir>/mixopt/<target>-<model>).")
 
 
@@ -52,7 +64,7 @@ def main(args: argparse.Namespace) -> int:
     import dataclasses
 
     from textbooks.data import paths
-    from textbooks.mixopt import fit, optimize, propose
+    from textbooks.mixopt import fit, optimize, propose, validate
 
     gin_utils.parse_gin_from_args(args)
     if args.max_l1 is not None and args.max_kl is not None:
@@ -91,9 +103,20 @@ def main(args: argparse.Namespace) -> int:
         kwargs["tokens_from_data"] = True
     if args.no_register:
         kwargs["register"] = False
+    if args.allow_unrankable:
+        kwargs["allow_unrankable"] = True
+    if args.validation_seeds is not None:
+        try:
+            kwargs["validate_seeds"] = [int(s) for s in args.validation_seeds.split(",") if s.strip()]
+        except ValueError:
+            print(f"textbooks mixopt: --validation_seeds must be integers separated by commas, got "
+                  f"{args.validation_seeds!r}", file=sys.stderr)
+            return 2
+    elif args.validate:
+        kwargs["validate_seeds"] = DEFAULT_VALIDATION_SEEDS
     try:
         result = optimize.mixopt(**kwargs)
-    except (fit.FitError, propose.ProposalError, FileNotFoundError) as e:
+    except (fit.FitError, propose.ProposalError, validate.ValidationError, FileNotFoundError) as e:
         print(f"textbooks mixopt: {e}", file=sys.stderr)
         return 2
     except RuntimeError as e:

@@ -13,10 +13,14 @@ The flow is one way, one module per step:
   emitted shell commands for any other scheduler.
 - :mod:`~textbooks.mixopt.sweep`: the gin-configured ``sweep`` entry point (``textbooks sweep``).
 - :mod:`~textbooks.mixopt.results`: the results table (CSV + JSON) gathered from the trial folders.
+- :mod:`~textbooks.mixopt.targets`: what is fitted (a column, a group or gin composite) and whether it is
+  rankable at this scale (seed-to-seed noise against the spread across mixtures, held-out Spearman).
 - :mod:`~textbooks.mixopt.fit`: regressions from ratios to a metric, K-fold cross-validated.
 - :mod:`~textbooks.mixopt.propose`: the best mixture under repetition caps, bounds and a prior-distance bound.
 - :mod:`~textbooks.mixopt.plots`, :mod:`~textbooks.mixopt.report`: figures and the markdown report.
 - :mod:`~textbooks.mixopt.optimize`: the gin-configured ``mixopt`` entry point (``textbooks mixopt``).
+- :mod:`~textbooks.mixopt.validate`: the proposal and the sweep's best and median mixtures retrained with fresh
+  seeds, reported on the target with intervals.
 - :mod:`~textbooks.mixopt.tracking`: TensorBoard (always) and Weights & Biases (when installed and configured).
 
 Entry points follow the project's one pattern: a verb's gin entry function carries the verb's name (gin binds

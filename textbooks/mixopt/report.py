@@ -83,6 +83,11 @@ def write_report(result: Any, sweep: trials_lib.SweepDir, law: Any, X: np.ndarra
              f"Sweep `{sweep.root}` (base config `{manifest['fingerprint']}`), components "
              f"{', '.join(components)}: " + ", ".join(f"{v} {k}" for k, v in counts.items() if v) + ". "
              f"The fit uses {result.num_runs} finished runs at {result.num_points} mixtures.", ""]
+    a = result.assessment
+    lines += ["## Target", "", f"`{result.target_formula}`: seed-to-seed noise {_fmt(a['noise'])} (SD), spread "
+              f"across mixtures {_fmt(a['spread'])} (SD), signal-to-noise {_fmt(a['snr'])}, held-out Spearman "
+              f"({a['cv_model']} law) {_fmt(a['cv_spearman'])}: **{a['verdict']}**. Every candidate target: "
+              f"`{os.path.basename(result.files.get('targets_md', 'targets.md'))}`.", ""]
     p = result.proposal
     lines += ["## Proposal", ""]
     lines += _table(["component", "proposal", "prior", "best run", "lower", "upper", "repetition cap"],

@@ -75,7 +75,8 @@ def runner_spec(runner: TrialRunner) -> dict[str, Any]:
     if not dataclasses.is_dataclass(runner):
         raise TypeError(f"trial runners must be dataclasses to be recorded; got {type(runner).__name__}")
     kwargs = {f.name: getattr(runner, f.name) for f in dataclasses.fields(runner)}
-    kwargs = {k: (list(v) if isinstance(v, tuple) else dict(v) if isinstance(v, Mapping) else v)
+    kwargs = {k: (list(v) if isinstance(v, tuple) else dict(v) if isinstance(v, Mapping)
+                  else dataclasses.asdict(v) if dataclasses.is_dataclass(v) else v)  # settings such as TrialBench
               for k, v in kwargs.items()}
     return {"class": f"{type(runner).__module__}.{type(runner).__qualname__}", "kwargs": kwargs}
 

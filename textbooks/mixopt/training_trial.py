@@ -4,8 +4,11 @@
 with only the mixture name, the seed and the model dir changed, calls the trainer
 (:func:`textbooks.train.trainer.train`) into ``<trial>/model``, then (optionally) runs ``textbooks eval`` into
 ``<trial>/eval``. Metrics: the last value of every key of the trainer's ``metrics/train.jsonl`` as
-``train/<key>`` and ``metrics/eval.jsonl`` as ``valid/<key>`` (e.g. ``valid/loss/web_filtered``), and each
-benchmark metric of ``results.json`` as ``bench/<task>/<metric>``. The fractions the run realized (its
+``train/<key>`` and ``metrics/eval.jsonl`` as ``valid/<key>`` (e.g. ``valid/loss/web_filtered``), the downstream
+metrics of :class:`textbooks.evaluate.trial_bench.TrialBench` (``TrainingTrial.bench``: the same seeded benchmark
+subset for every trial, scored in this process on the final checkpoint) as ``bench/<task>/<metric>`` with
+``bench_items`` (the subset's fingerprint) and ``bench_s`` beside ``train_s``, and each metric of the optional
+``textbooks eval`` step's ``results.json`` as ``bench/<task>/<metric>``. The fractions the run realized (its
 mixture's repetition-capped ones, from the trainer's ``run_record.json``) are recorded as ``realized_ratio/<role>``,
 and the mixture law is fitted on them. The other trial kinds and the resumable wrapper are in
 :mod:`textbooks.mixopt.trial_kinds`.
@@ -19,6 +22,7 @@ import logging
 import os
 import re
 import sys
+import time
 from typing import Any, Mapping, Sequence
 
 import gin
@@ -26,6 +30,7 @@ import gin
 from mixtures.factory import registered_mixture
 from textbooks import gin_utils, logs
 from textbooks.data.roles import check_role
+from textbooks.evaluate.trial_bench import TrialBench
 from textbooks.mixopt import results as results_lib
 from textbooks.mixopt import trials as trials_lib
 from textbooks.mixopt.trial_kinds import TrialError, TrialRunner, run_logged
@@ -73,6 +78,7 @@ class TrainingTrial(TrialRunner):
         mixture_temperature: ``temperature`` passed to ``register_mixture`` (None: ratios are token fractions).
         mixture_max_epochs: ``max_epochs`` passed to ``register_mixture`` (repetition cap).
         mixture_vocabulary: ``vocabulary`` passed to ``register_mixture`` (None: the default).
+        bench: the downstream subset scored after training (``@TrialBench()``; None: none).
         eval_tasks: tasks for ``textbooks eval --tasks`` after training (empty: no evaluation step).
         eval_args: extra arguments for ``textbooks eval``.
         eval_timeout_s: limit for the evaluation subprocess.
@@ -86,14 +92,20 @@ class TrainingTrial(TrialRunner):
     mixture_temperature: float | None = None
     mixture_max_epochs: float | None = None
     mixture_vocabulary: str | None = None
+    bench: TrialBench | None = None
     eval_tasks: Sequence[str] = ()
     eval_args: Sequence[str] = ()
     eval_timeout_s: float = 6 * 3600.0
 
     kind = "training"
 
+    def __post_init__(self):
+        if isinstance(self.bench, Mapping):  # rebuilt from a sweep's runner.json
+            self.bench = TrialBench(**{k: tuple(v) if isinstance(v, list) else v for k, v in self.bench.items()})
+
     def fingerprint_payload(self) -> dict[str, Any]:
-        return {"kind": self.kind,
+        bench = {"bench": self.bench.settings()} if self.bench is not None else {}
+        return {**bench, "kind": self.kind,
                 "gin": [_gin_text(f, self.gin_search_paths) for f in self.gin_files],
                 "gin_bindings": list(self.gin_bindings), "mixture_macro": self.mixture_macro,
                 "seed_binding": self.seed_binding, "mixture_temperature": self.mixture_temperature,
@@ -130,7 +142,9 @@ class TrainingTrial(TrialRunner):
         gin.clear_config()
         bindings = self.trainer_bindings(trial, name) + [f"MODEL_DIR = {model_dir!r}"]
         gin_utils.parse_gin(self.gin_files, bindings, self.gin_search_paths, finalize=False)
+        start = time.monotonic()
         result = trainer.train(model_dir=model_dir)
+        train_s = round(time.monotonic() - start, 3)
         logger.info("trial %s: %s", trial.trial_id, trainer.summary_line(result))
         metrics: dict[str, Any] = {}
         for split, prefix in (("train", "train"), ("eval", "valid")):
@@ -141,6 +155,12 @@ class TrainingTrial(TrialRunner):
                                 if k != "time"})
         if not metrics:
             raise TrialError(f"training wrote no metrics under {os.path.join(model_dir, 'metrics')}; see {log_path}")
+        metrics["train_s"] = train_s
+        if self.bench is not None:
+            bench = self.bench.score_checkpoint(model_dir)
+            logger.info("trial %s: benchmark subset %s scored in %.1f s (training %.1f s)", trial.trial_id,
+                        bench["bench_items"], bench["bench_s"], train_s)
+            metrics.update(bench)
         if self.eval_tasks:
             metrics.update(self._evaluate(model_dir, os.path.join(run_dir, "eval"), log_path))
         metrics.update(realized_ratio_metrics(model_dir))
