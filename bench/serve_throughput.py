@@ -87,7 +87,7 @@ def _start_server(ckpt: str, batch: int, chunk_tokens: int, extra: list[str]) ->
     cmd = [sys.executable, "-m", "textbooks.cli", "serve", "--checkpoint", ckpt, "--port", "0", "--max_batch_size",
            str(batch), "--chunk_tokens", str(chunk_tokens), "--batch_wait_ms", "20", *extra]
     proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 600
+    deadline = time.monotonic() + 1800  # compiling on a busy machine takes minutes
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise RuntimeError(f"serve exited: {proc.stderr.read()[-2000:]}")

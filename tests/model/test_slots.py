@@ -177,10 +177,10 @@ def test_rows_shrink_to_the_live_requests_and_keep_decoding_exactly(tiny_model):
 def test_prewarm_compiles_every_shape_serving_then_runs(tiny_model):
     config, params = tiny_model
     decoder = SlotDecoder(params, config, num_slots=4, min_length_bucket=8)
-    runs = decoder.prewarm(20, [32], [(4, False), (4, True)])
+    runs = decoder.prewarm(20, [32], 4)
     prefills, decodes = set(decoder.prefill_shapes), set(decoder.decode_shapes)
     assert prefills == {(1, n, n) for n in (8, 10, 12, 14, 16, 20)}
-    assert {(rows, 32, 8, free) for rows in (4, 2, 1) for free in (False, True)} == decodes
+    assert decodes == {(rows, 32, 8) for rows in (4, 2, 1)}  # until_free or not: one program
     assert runs == len(prefills) + len(prefills) + 2 + len(decodes)  # prefills, row copies, shrinks, loops
     rng = np.random.RandomState(2)
     prompts = [rng.randint(0, config.vocab_size, n).tolist() for n in (3, 17, 9, 21)]

@@ -80,13 +80,14 @@ def _prefill(config: ModelConfig, kernels: DecodeKernels, params: Any, tokens: j
 
 
 def _token_loop(config: ModelConfig, kernels: DecodeKernels, params: Any, cache: Any, last_tokens: jax.Array,
-                rows: dict, num_new: int, filled: int, keep_cache: bool = False, until_free: bool = False) -> tuple:
+                rows: dict, num_new: int, filled: int, keep_cache: bool = False, until_free: Any = False) -> tuple:
     """Generates up to ``rows['max_new']`` tokens per row; returns (tokens [B, num_new], counts, reasons), plus
     the cache (at its full length) when ``keep_cache``.
 
     ``filled``: every row's cache holds nothing at or past slot ``filled``, so shorter windows keep all of it.
     ``until_free``: also stop as soon as a row that was decoding ends (continuous batching with requests
-    waiting: the freed row takes one at once instead of idling until the chunk ends).
+    waiting: the freed row takes one at once instead of idling until the chunk ends); a traced bool, so both
+    settings share one program.
     """
     model = CausalLM(config, kernels)
     batch = last_tokens.shape[0]
@@ -96,9 +97,7 @@ def _token_loop(config: ModelConfig, kernels: DecodeKernels, params: Any, cache:
     def running(state):
         step, done = state[1], state[4]
         go = (step < jnp.max(rows["max_new"])) & ~jnp.all(done)
-        if until_free:
-            go &= ~jnp.any(done & (rows["max_new"] > 0))
-        return go
+        return go & ~(until_free & jnp.any(done & (rows["max_new"] > 0)))
 
     def body(state):
         cache, step, tokens, out, done, counts, reasons = state
@@ -153,8 +152,8 @@ def _token_loop(config: ModelConfig, kernels: DecodeKernels, params: Any, cache:
 
 
 # A batch's run (the cache is dropped) and a chunk of continuous batching (the cache is updated in place).
-_decode_loop = jax.jit(_token_loop, static_argnums=(0, 1, 6, 7, 8, 9))
-_decode_chunk = jax.jit(_token_loop, static_argnums=(0, 1, 6, 7, 8, 9), donate_argnums=(3,))
+_decode_loop = jax.jit(_token_loop, static_argnums=(0, 1, 6, 7, 8))
+_decode_chunk = jax.jit(_token_loop, static_argnums=(0, 1, 6, 7, 8), donate_argnums=(3,))
 
 
 def _static_filled(kernels: DecodeKernels, filled: int) -> int:
@@ -278,7 +277,8 @@ class Decoder:
                 (its buffers are reused for the returned cache).
             requests: one per row: its ``prompt`` is the single token the row continues from, its
                 ``max_new_tokens`` the most tokens it generates now (0 for a free row), its seed this chunk's.
-            num_new: compile for this many new tokens (bucketed).
+            num_new: compile for this many new tokens (bucketed): the size of the tokens buffer; each row's
+                ``max_new_tokens`` (at most ``num_new``) says how many it generates.
             written: the most slots any row has written so far.
             until_free: stop as soon as an occupied row ends, so a waiting request can take its row.
 
@@ -291,7 +291,7 @@ class Decoder:
         filled = next(w for w in attention_windows(cache_length(cache)) if w >= written)
         out, counts, reasons, cache = _decode_chunk(
             self._config, self.model_kernels, self.params, cache, last, rows, bucket(num_new, 8),
-            _static_filled(self.model_kernels, filled), True, until_free)
+            _static_filled(self.model_kernels, filled), True, np.bool_(until_free))
         return (*jax.device_get((out, counts, reasons)), cache)
 
     def _generate_batch(self, requests: list[GenerationRequest]) -> list[GenerationOutput]:

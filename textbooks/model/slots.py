@@ -96,22 +96,26 @@ class SlotDecoder:
         min_length_bucket: smallest prompt / cache length bucket.
         kernels: how decode steps compute ('auto', 'xla', 'cpu_kernel' or a :class:`DecodeKernels`; see
             :class:`textbooks.model.decode.Decoder`).
+        chunk_buffer: the fewest new tokens a chunk's program is compiled for (its tokens buffer; a chunk of
+            fewer tokens stops at its rows' limits all the same): one size for all of a server's chunk lengths
+            means one token loop per (rows, cache length).
     """
 
     def __init__(self, params: Any, config: ModelConfig, *, num_slots: int = 16, min_length_bucket: int = 16,
-                 kernels: str | DecodeKernels = "auto"):
+                 kernels: str | DecodeKernels = "auto", chunk_buffer: int = 0):
         self._decoder = decode_lib.Decoder(params, config, max_batch_size=num_slots,
                                            min_length_bucket=min_length_bucket, kernels=kernels)
         self.params = self._decoder.params  # on the device
         self.config = config
         self.num_slots = num_slots
         self.min_length_bucket = min_length_bucket
+        self.chunk_buffer = chunk_buffer
         self.cache: Any = None
         self.cache_len = 0
         self.rows = 0  # rows of the cache (0 without one)
         self._slots: list[_Slot | None] = [None] * num_slots
-        # (rows, cache length, new-token bucket, until_free) of the token loops run so far (compiled programs)
-        self.decode_shapes: set[tuple[int, int, int, bool]] = set()
+        # (rows, cache length, new-token bucket) of the token loops run so far (each a compiled program)
+        self.decode_shapes: set[tuple[int, int, int]] = set()
 
     @property
     def prefill_shapes(self) -> set[tuple[int, int, int]]:
@@ -164,12 +168,12 @@ class SlotDecoder:
             self._slots[slot] = _Slot(request=r, position=len(r.prompt) - 1, next_token=int(last[0]), row=row)
         return slots
 
-    def prewarm(self, prompt_tokens: int, cache_lengths: Sequence[int],
-                chunks: Sequence[tuple[int, bool]]) -> int:
+    def prewarm(self, prompt_tokens: int, cache_lengths: Sequence[int], chunk_tokens: int) -> int:
         """Compiles the programs serving will run, before any request (a program compiles in seconds): the
         prefill of every prompt bucket up to ``prompt_tokens`` tokens with its row copy into a cache of
-        ``num_slots`` rows, and the token loop of every row bucket at each of ``cache_lengths`` (length-bucketed)
-        for each ``(chunk tokens, until_free)`` in ``chunks``. Returns how many programs it ran.
+        ``num_slots`` rows, the compaction to every smaller row bucket, and the token loop of every row bucket at
+        each of ``cache_lengths`` (length-bucketed) for chunks of ``chunk_tokens``. Returns how many programs it
+        ran.
 
         Raises:
             ValueError: a slot is occupied (the cache would be dropped).
@@ -196,9 +200,8 @@ class SlotDecoder:
                 if rows < self.num_slots:
                     cache = _take_rows(cache, np.arange(rows, dtype=np.int32))
                     runs += 1
-                for tokens, until_free in chunks:
-                    *_, cache = self._decode(cache, [idle] * rows, tokens, 0, until_free)
-                    runs += 1
+                *_, cache = self._decode(cache, [idle] * rows, chunk_tokens, 0, False)
+                runs += 1
         return runs
 
     def row_bucket(self, occupied: int) -> int:
@@ -260,7 +263,8 @@ class SlotDecoder:
 
     def _decode(self, cache: Any, requests: list, tokens: int, written: int, until_free: bool) -> tuple:
         rows, length = len(requests), cache_length(cache)
-        self.decode_shapes.add((rows, length, bucket(tokens, 8), until_free))
+        tokens = max(tokens, self.chunk_buffer)
+        self.decode_shapes.add((rows, length, bucket(tokens, 8)))
         return self._decoder.decode_chunk(cache, requests, tokens, written, until_free=until_free)
 
     def _ensure_shape(self, rows: int, length: int) -> None:

@@ -88,7 +88,7 @@ class WarmupConfig:
             (rounded up to the length buckets); a request needing a longer cache compiles on arrival.
     """
 
-    prompt_tokens: int = 256
+    prompt_tokens: int = 128
     cache_lengths: tuple[int, ...] = (512,)
 
 
@@ -138,7 +138,8 @@ class Engine:
         self.decoder = Decoder(params, config, max_batch_size=max_batch_size,
                                min_length_bucket=min(min_length_bucket, self.max_len), kernels=kernels)
         self.slots = SlotDecoder(params, config, num_slots=max_batch_size,
-                                 min_length_bucket=min(min_length_bucket, self.max_len), kernels=kernels)
+                                 min_length_bucket=min(min_length_bucket, self.max_len), kernels=kernels,
+                                 chunk_buffer=self.until_end_tokens)
         self._executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="decode")
         self._queue: asyncio.Queue[Job] | None = None
         self._task: asyncio.Task | None = None
@@ -172,8 +173,9 @@ class Engine:
 
     @property
     def until_end_tokens(self) -> int:
-        """The tokens a chunk asks for while every row is taken and nothing can happen between chunks: it stops
-        at the first request's end anyway, so one fixed size (one compiled program) serves every such chunk."""
+        """The tokens a chunk asks for while every row is taken and nothing can happen between chunks (it stops
+        at the first request's end anyway), and the tokens buffer every chunk's program is compiled for: one
+        token loop per (rows, cache length) serves every chunk."""
         return 4 * self.chunk_tokens
 
     def programs(self) -> int:
@@ -189,9 +191,8 @@ class Engine:
         start = time.monotonic()
         config = config or WarmupConfig()
         if self.chunk_tokens > 0:
-            chunks = [(self.chunk_tokens, False), (self.chunk_tokens, True), (self.until_end_tokens, True)]
             self.slots.prewarm(min(config.prompt_tokens, self.max_len - 1),
-                               [min(n, self.max_len) for n in config.cache_lengths], chunks)
+                               [min(n, self.max_len) for n in config.cache_lengths], self.chunk_tokens)
         prompt = self.encode("Hello") or [0]
         job = Job(prompt_ids=prompt, max_tokens=max(1, min(self.chunk_tokens or 16, self.max_len - len(prompt))))
         if self.chunk_tokens > 0:
