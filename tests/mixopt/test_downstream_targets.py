@@ -37,6 +37,11 @@ def test_rankability_by_hand():
     assert r["noise"] == pytest.approx(noise) and r["spread"] == pytest.approx(spread)
     assert r["snr"] == pytest.approx(math.sqrt(spread ** 2 - noise ** 2 / 2) / noise)
     assert targets.rankability([1.0, 2.0, 3.0], [0, 1, 2])["num_repeated"] == 0
+    X = np.eye(3)[[0, 0, 1, 1, 2, 2]]
+    flat = targets.assess("flat", X, [0.5] * 6, [0, 0, 1, 1, 2, 2])
+    assert flat["rankable"] is False and "the same value in every run" in flat["verdict"]
+    single = targets.assess("one seed", X[::2], [1.0, 2.0, 3.0], [0, 1, 2])
+    assert single["rankable"] is None and "noise not measured" in single["verdict"]
 
 
 def test_composites_are_weighted_means_and_refuse_bad_weights():

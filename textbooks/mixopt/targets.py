@@ -178,8 +178,10 @@ def assess(target: str, X: Any, y: Any, groups: Any, *, model: str = "linear", n
     except (fit_lib.FitError, ValueError, np.linalg.LinAlgError) as e:
         out["cv_spearman"], out["cv_error"] = math.nan, str(e)
     snr = out["snr"]
-    if not (isinstance(snr, float) and not math.isnan(snr)):
+    if not out["num_repeated"]:
         out.update(rankable=None, verdict="noise not measured (no mixture has 2+ seeds)")
+    elif math.isnan(snr):
+        out.update(rankable=False, verdict=f"{NOT_RANKABLE} (the same value in every run)")
     elif snr < min_snr:
         out.update(rankable=False, verdict=f"{NOT_RANKABLE} (signal-to-noise {snr:.2f} < {min_snr:g})")
     else:
