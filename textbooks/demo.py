@@ -110,7 +110,7 @@ class DemoConfig:
     seq_len: int = 256
     learning_rate: float = 2e-3
     eval_every: int = 100
-    eval_batches: int = 8
+    eval_batches: int = 4
     eval_tasks: str = "multiple_choice"
     eval_limit: int = 40
     classifier_docs: int = 400
