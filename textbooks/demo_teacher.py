@@ -173,6 +173,17 @@ def _records(pattern: str) -> Iterator[records.Record]:
     return records.iter_records(pattern, on_error="skip") if files.glob(pattern) else iter(())
 
 
+def _server_env() -> dict[str, str]:
+    """The server's environment: this process's, plus its JAX compilation cache when one is in use (the demo
+    keeps one in its output folder), so a rerun's server loads its compiled programs instead of compiling."""
+    import jax
+
+    env = dict(os.environ)
+    if jax.config.jax_compilation_cache_dir:
+        env.setdefault("JAX_COMPILATION_CACHE_DIR", jax.config.jax_compilation_cache_dir)
+    return env
+
+
 def _role_stats(stage_dir: str, results: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
     """Kept documents and rejections by reason, per role, from the runs' shards and rejected records."""
     stats: dict[str, dict[str, Any]] = {}
@@ -286,7 +297,7 @@ def synthesize(data_root: str, work_dir: str, config: TeacherConfig | None = Non
             print(f"starting the teacher: textbooks serve --checkpoint {config.checkpoint} on 127.0.0.1", flush=True)
             server = ServerProcess.start(config.checkpoint, "--max_batch_size", str(config.max_batch_size),
                                          "--chunk_tokens", str(config.chunk_tokens), "--min_length_bucket", "64",
-                                         timeout=config.start_timeout_s)
+                                         timeout=config.start_timeout_s, env=_server_env())
             endpoint, model = server.url, server.model_name
             summary["server_start_s"] = server.started_s
             print(f"teacher {model} serving on {endpoint} (ready in {server.started_s:.0f} s)", flush=True)

@@ -1,5 +1,5 @@
-"""The demo keeps XLA's compiled programs in its output folder (the three variants share them), unless the user
-points JAX's persistent compilation cache elsewhere."""
+"""The demo keeps XLA's compiled programs in its output folder (the three variants share them, and the teacher's
+server gets the same cache), unless the user points JAX's persistent compilation cache elsewhere."""
 
 import os
 import subprocess
@@ -8,8 +8,9 @@ import sys
 PROGRAM = """
 import sys
 import jax, jax.numpy as jnp
-from textbooks import demo
-print(demo.use_compilation_cache(sys.argv[1]))
+from textbooks import demo, demo_teacher
+demo.use_compilation_cache(sys.argv[1])
+print(demo_teacher._server_env()["JAX_COMPILATION_CACHE_DIR"])
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
 jax.jit(lambda x: jnp.tanh(x) * 2)(jnp.ones(3)).block_until_ready()
 """
