@@ -113,3 +113,20 @@ def test_curate_rejects_a_mistyped_binding_with_exit_2(capsys, monkeypatch):
     assert rc == 2 and "rolee" in err and "Traceback" not in err
     rc, err = _error(capsys, ["curate"])
     assert rc == 2 and "--gin_file" in err
+
+
+def test_serve_takes_gin_bindings_and_rejects_a_mistyped_one_before_loading(tmp_path, capsys, monkeypatch):
+    from textbooks.serve import engine
+
+    seen = {}
+
+    def load_engine(*args, **kwargs):
+        seen["prompt_tokens"] = engine.WarmupConfig().prompt_tokens
+        raise ValueError("stop here: the binding was applied")
+
+    monkeypatch.setattr(engine, "load_engine", load_engine)
+    rc, err = _error(capsys, ["serve", "--checkpoint", str(tmp_path), "--gin.WarmupConfig.prompt_token=256"])
+    assert rc == 2 and "doesn't have a parameter named 'prompt_token'" in err and not seen
+    gin.clear_config()
+    rc, err = _error(capsys, ["serve", "--checkpoint", str(tmp_path), "--gin.WarmupConfig.prompt_tokens=256"])
+    assert rc == 2 and "stop here" in err and seen == {"prompt_tokens": 256}

@@ -297,6 +297,9 @@ def synthesize(data_root: str, work_dir: str, config: TeacherConfig | None = Non
             print(f"starting the teacher: textbooks serve --checkpoint {config.checkpoint} on 127.0.0.1", flush=True)
             server = ServerProcess.start(config.checkpoint, "--max_batch_size", str(config.max_batch_size),
                                          "--chunk_tokens", str(config.chunk_tokens), "--min_length_bucket", "64",
+                                         # The prompts' lengths (48 to 256 tokens): compiled before the first
+                                         # request, not while the other rows wait.
+                                         "--gin.WarmupConfig.prompt_tokens=256",
                                          timeout=config.start_timeout_s, env=_server_env())
             endpoint, model = server.url, server.model_name
             summary["server_start_s"] = server.started_s

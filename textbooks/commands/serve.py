@@ -8,7 +8,10 @@ Any OpenAI-compatible client works, including `textbooks generate` (as a local t
        -d '{"model": "checkpoints", "prompt": "def fib(n):", "max_tokens": 32}'
 
 A relative --checkpoint is taken from the working directory. With --port 0 a free port is picked; the first
-line on stdout says where the server listens.
+line on stdout says where the server listens. Gin flags configure what the flags do not, e.g. what is compiled
+before the server listens:
+
+  textbooks serve --checkpoint smollm2-135m-instruct --gin.WarmupConfig.prompt_tokens=256
 """
 
 from __future__ import annotations
@@ -20,9 +23,13 @@ import sys
 from textbooks import data_packages
 
 HELP = "serve a checkpoint over an OpenAI-compatible HTTP API"
+ACCEPTS_EXTRA = True
 
 
 def add_arguments(parser) -> None:
+    from textbooks import gin_utils  # deferred: keeps the CLI start fast
+
+    gin_utils.add_gin_arguments(parser)
     parser.add_argument("--checkpoint", required=True,
                         help="orbax model dir (newest step), one step dir, a transformers-format or params folder, "
                              "a .gguf file, or a registered name (smollm2-135m-instruct)")
@@ -55,10 +62,16 @@ def add_arguments(parser) -> None:
 
 def main(args) -> int:
     # deferred: keeps the CLI start fast
+    from textbooks import gin_utils
     from textbooks.data import paths
     from textbooks.serve import engine as engine_lib
     from textbooks.serve import server
 
+    try:
+        gin_utils.parse_gin_from_args(args)
+    except gin_utils.GinConfigError as e:
+        print(f"textbooks serve: {e}", file=sys.stderr)
+        return 2
     if args.host not in ("127.0.0.1", "localhost", "::1"):
         print(f"warning: binding to {args.host}: the server has no authentication", file=sys.stderr)
     try:
