@@ -10,7 +10,6 @@ import urllib.request
 import numpy as np
 import pytest
 import torch
-from conftest import REPO
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from textbooks.data_packages import resolve_checkpoint
@@ -29,6 +28,9 @@ CONVERSATIONS = {
 # Greedy tokens can differ between two float32 implementations only where the reference's top-2 logit margin
 # is under 4e-3 (tests/model/test_smollm2.py derives it); the references here stay clear of that.
 TIE_MARGIN = 4e-3
+
+# The repository root (the server runs from it).
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 @pytest.fixture(scope="module")
