@@ -125,8 +125,8 @@ def test_serve_takes_gin_bindings_and_rejects_a_mistyped_one_before_loading(tmp_
         raise ValueError("stop here: the binding was applied")
 
     monkeypatch.setattr(engine, "load_engine", load_engine)
-    rc, err = _error(capsys, ["serve", "--checkpoint", str(tmp_path), "--gin.WarmupConfig.prompt_token=256"])
+    rc, err = _error(capsys, ["serve", "--checkpoint", str(tmp_path), "--log_level", "INFO", "--gin.WarmupConfig.prompt_token=256"])
     assert rc == 2 and "doesn't have a parameter named 'prompt_token'" in err and not seen
     gin.clear_config()
-    rc, err = _error(capsys, ["serve", "--checkpoint", str(tmp_path), "--gin.WarmupConfig.prompt_tokens=256"])
+    rc, err = _error(capsys, ["serve", "--checkpoint", str(tmp_path), "--log_level", "INFO", "--gin.WarmupConfig.prompt_tokens=256"])
     assert rc == 2 and "stop here" in err and seen == {"prompt_tokens": 256}
