@@ -34,18 +34,36 @@ DESCRIPTIONS = {
 }
 
 
-def _split_of(record_id: str, validation_fraction: float) -> str:
-    h = int(hashlib.sha1(record_id.encode("utf-8")).hexdigest()[:8], 16) / 0xFFFFFFFF
-    return "validation" if h < validation_fraction else "train"
+def _id_rank(record_id: str) -> str:
+    """The order documents are held out in: a hash of the id, so the choice is deterministic and unrelated to
+    the order of the prompts."""
+    return hashlib.sha1(record_id.encode("utf-8")).hexdigest()
 
 
-def _ensure_validation(recs: list[records.Record], minimum: int) -> None:
-    """Moves train records (lowest id hash first) to validation until it holds ``minimum`` or one train is left."""
-    held = sum(r.split == "validation" for r in recs)
-    train = sorted((r for r in recs if r.split == "train"), key=lambda r: hashlib.sha1(r.id.encode()).hexdigest())
-    while held < minimum and len(train) > 1:
-        train.pop(0).split = "validation"
-        held += 1
+def validation_count(kept: int, validation_fraction: float, min_validation_docs: int = 0) -> int:
+    """How many of ``kept`` documents of one role are held out: ``ceil(validation_fraction x kept)`` and at least
+    ``min_validation_docs``, as long as one train document remains (a fraction of 1 or more holds out all).
+
+    Raises:
+        ValueError: a negative fraction or minimum.
+    """
+    if validation_fraction < 0 or min_validation_docs < 0:
+        raise ValueError(f"validation_fraction={validation_fraction}, min_validation_docs={min_validation_docs}: "
+                         f"both must be at least 0")
+    if validation_fraction >= 1:
+        return kept
+    # Rounded first so that e.g. 0.2 x 15 = 3.0000000000000004 holds out 3, not 4.
+    wanted = max(math.ceil(round(validation_fraction * kept, 9)), min_validation_docs)
+    return max(0, min(wanted, kept - 1))
+
+
+def assign_splits(recs: list[records.Record], validation_fraction: float, min_validation_docs: int = 0) -> None:
+    """Sets ``split`` of one role's kept records: the :func:`validation_count` records ranked first by the hash
+    of their id go to ``validation``, the others to ``train``."""
+    k = validation_count(len(recs), validation_fraction, min_validation_docs)
+    held = {r.id for r in sorted(recs, key=lambda r: _id_rank(r.id))[:k]}
+    for r in recs:
+        r.split = "validation" if r.id in held else "train"
 
 
 def finalize(run_dir: str, *, shards_dir: str | None = None, source: str | None = None, license: str = "teacher-terms",
@@ -63,9 +81,11 @@ def finalize(run_dir: str, *, shards_dir: str | None = None, source: str | None 
         license: the records' ``license`` (set it to the teacher's terms for its outputs).
         stand_in: when the teacher is not a real teacher LLM, what these outputs stand in for (recorded in
             every record's meta and in the manifest).
-        validation_fraction: share of records (by a hash of the id) in the validation split.
-        min_validation_docs: hold out at least this many records per role (the train records with the lowest
-            id hashes move over), as long as one train record remains; small runs need it.
+        validation_fraction: share of each role's kept records held out as its validation split: exactly
+            ``ceil(validation_fraction x kept)`` of them, those first by a hash of the id (one train record
+            always remains, unless the fraction is 1 or more).
+        min_validation_docs: hold out at least this many records per role, as long as one train record
+            remains; small runs need it.
         docs_per_shard: target documents per shard file.
         config: post-processing settings.
         test_runner: replaces the sandbox for executing exercises (tests).
@@ -104,7 +124,6 @@ def finalize(run_dir: str, *, shards_dir: str | None = None, source: str | None 
         rec = records.Record(id=s.id, text=s.text, role=s.role, source=source or f"synth:{teacher}", license=license,
                              split="train", meta=s.meta)
         if s.reject_reason is None:
-            rec.split = _split_of(s.id, validation_fraction)
             by_role[s.role].append(rec)
         else:
             rec.split = "rejected"
@@ -112,7 +131,7 @@ def finalize(run_dir: str, *, shards_dir: str | None = None, source: str | None 
             rejected.append(rec)
 
     for recs in by_role.values():
-        _ensure_validation(recs, min_validation_docs)
+        assign_splits(recs, validation_fraction, min_validation_docs)
     written = {}
     for role, recs in sorted(by_role.items()):
         role_dir = records.join(shards_dir, role)
