@@ -41,6 +41,7 @@ import gin
 
 from mixtures import factory  # importing the package registers the tasks and mixtures
 from textbooks import demo_report, demo_teacher, gin_utils
+from textbooks.compilation_cache import use_compilation_cache
 from textbooks.corpora import build as corpora_build
 from textbooks.curate import pipeline as curate_pipeline
 from textbooks.curate import training
@@ -152,17 +153,6 @@ def _mark_done(path: str, payload: dict | None = None) -> None:
     os.makedirs(path, exist_ok=True)
     with open(_done_marker(path), "w") as f:
         json.dump(payload or {}, f)
-
-
-def use_compilation_cache(cache_dir: str) -> str:
-    """Points JAX's persistent compilation cache at ``cache_dir`` unless one is set already; returns the one
-    in use."""
-    import jax
-
-    if not jax.config.jax_compilation_cache_dir:
-        os.makedirs(cache_dir, exist_ok=True)
-        jax.config.update("jax_compilation_cache_dir", cache_dir)
-    return jax.config.jax_compilation_cache_dir
 
 
 def build_data(data_root: str, max_docs: int | None = None) -> list[dict]:

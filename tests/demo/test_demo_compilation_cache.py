@@ -8,8 +8,9 @@ import sys
 PROGRAM = """
 import sys
 import jax, jax.numpy as jnp
-from textbooks import demo, demo_teacher
-demo.use_compilation_cache(sys.argv[1])
+from textbooks import demo_teacher
+from textbooks.compilation_cache import use_compilation_cache
+use_compilation_cache(sys.argv[1])
 print(demo_teacher._server_env()["JAX_COMPILATION_CACHE_DIR"])
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
 jax.jit(lambda x: jnp.tanh(x) * 2)(jnp.ones(3)).block_until_ready()

@@ -24,12 +24,12 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import os
 import time
 from typing import Any, Mapping, Sequence
 
 import gin
 
+from textbooks.compilation_cache import use_compilation_cache
 from textbooks.evaluate import benchmarks, continuous, multiple_choice, prompts
 
 # The phi-1.5 multiple-choice suite (SQuAD and GSM8K are generation tasks) and the phi-1 code targets.
@@ -54,8 +54,10 @@ class TrialBench:
         seed: seed of the subsets (the same for every trial of a sweep).
         tokens_per_batch: padded tokens per log-likelihood batch.
         min_length_bucket: shortest padded length of those batches.
-        compilation_cache_dir: JAX's persistent compilation cache for the scoring shapes (None: off). It changes
-            no score, only the time; it is not part of the sweep's fingerprint.
+        compilation_cache_dir: JAX's persistent compilation cache for the scoring shapes (None: off; ``~`` is
+            expanded). :meth:`score_checkpoint` points the process's JAX at it, replacing a cache set before,
+            and keeps every program there however quick it compiled. It changes no score, only the time; it is
+            not part of the sweep's fingerprint.
     """
 
     tasks: Sequence[str] = MC_TASKS + GOLD_TASKS
@@ -125,23 +127,12 @@ class TrialBench:
 
         start = time.monotonic()
         if self.compilation_cache_dir:
-            _use_compilation_cache(self.compilation_cache_dir)
+            use_compilation_cache(self.compilation_cache_dir, replace=True, keep_all=True)
         model, _ = suite.load_eval_model(checkpoint, suite.SuiteSettings(tokens_per_batch=self.tokens_per_batch,
                                                                          min_length_bucket=self.min_length_bucket))
         out = self.score(model)
         out[SECONDS_KEY] = round(time.monotonic() - start, 3)
         return out
-
-
-def _use_compilation_cache(folder: str) -> None:
-    """Points this process's JAX at a persistent compilation cache that keeps every executable."""
-    import jax
-
-    folder = os.path.expanduser(folder)
-    os.makedirs(folder, exist_ok=True)
-    jax.config.update("jax_compilation_cache_dir", folder)
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
-    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
 
 
 __all__ = ["FINGERPRINT_KEY", "GOLD_TASKS", "MC_TASKS", "PREFIX", "REQUESTS_KEY", "SECONDS_KEY", "TRUNCATED_KEY",
