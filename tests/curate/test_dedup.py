@@ -148,3 +148,61 @@ def test_verify_threshold_filters_weak_candidates(planted):
     strict = dedup.near_duplicate_clusters(pair, dedup.MinHashConfig(verify_threshold=0.999))
     assert sorted(map(sorted, loose)) == [sorted([base, variant, "copy"])]
     assert strict == [sorted([base, "copy"])]  # only the exact copy agrees on every signature position
+
+
+def test_signature_reduction_equals_modulo_and_band_keys_match_band_hashes(planted):
+    """The Mersenne-prime reduction gives the same signature as ``(a*x + b) % p`` written out with Python
+    integers (exact arithmetic), and the band keys carry the band hashes of the signature."""
+    docs, _ = planted
+    hasher = dedup.MinHasher(dedup.MinHashConfig())
+    p = (1 << 61) - 1
+    shingles = hasher.shingles(docs[0][1])[:50]
+    a, b = [int(v) for v in hasher.a], [int(v) for v in hasher.b]
+    expected = [min(((ai * int(x) + bi) % p) & 0xFFFFFFFF for x in shingles) for ai, bi in zip(a, b)]
+    assert hasher.signature_of_shingles(shingles).tolist() == expected
+    sigs = np.stack([hasher.signature(t) for _, t in docs[:5]])
+    hashes = hasher.band_hashes(sigs)
+    assert hashes.shape == (5, 14) and hashes.dtype == np.uint64
+    for sig, row in zip(sigs, hashes):
+        assert hasher.band_keys(sig) == [band.to_bytes(2, "little") + int(h).to_bytes(8, "little")
+                                         for band, h in enumerate(row)]
+    # Signatures differing in one band's rows differ in that band's hash only.
+    other = sigs[0].copy()
+    other[3] ^= 1
+    diff = hasher.band_hashes(np.stack([sigs[0], other]))
+    assert (diff[0] != diff[1]).tolist() == [i == 0 for i in range(14)]
+
+
+@pytest.mark.parametrize("batch_size,bucket_shards", [(1, 1), (7, 3)])
+def test_near_dedup_batches_and_shards_do_not_change_clusters(planted, tmp_path, batch_size, bucket_shards):
+    """Small batches (one document each, or several bundles' worth) and any number of bucket shards give the
+    clusters of the in-memory algorithm."""
+    docs, _ = planted
+    docs = docs[:120]
+    cfg = dedup.MinHashConfig(batch_size=batch_size, bucket_shards=bucket_shards)
+    with beam.Pipeline(runner="DirectRunner") as p:
+        out = p | beam.Create(_records(docs)) | dedup.NearDedup(cfg)
+        load = td.collect({"clusters": out["clusters"]}, str(tmp_path))
+    got = sorted(sorted(c["members"]) for c in load()["clusters"])
+    expected = sorted(map(sorted, dedup.near_duplicate_clusters(docs, cfg)))
+    assert got == expected and len(expected) >= 10
+
+
+def test_config_rejects_nonpositive_batch():
+    with pytest.raises(ValueError, match="batch_size and bucket_shards"):
+        dedup.MinHashConfig(bucket_shards=0)
+
+
+def test_word_hash_cache_is_bounded_and_exact(monkeypatch):
+    """The per-process word-hash cache never grows past its limit (it is emptied first), and hashes are the
+    words' BLAKE2b values whether or not they were cached."""
+    from textbooks.curate import textnorm
+
+    monkeypatch.setattr(textnorm, "_CACHE_LIMIT", 50)
+    monkeypatch.setattr(textnorm, "_word_cache", {})
+    for start in range(0, 400, 30):
+        words = [f"w{i}" for i in range(start, start + 40)] + ["w0", "w0"]
+        got = textnorm.hash_words(words)
+        assert got.tolist() == [textnorm.stable_hash64(w) for w in words]
+        assert len(textnorm._word_cache) <= 50
+    assert textnorm.hash_words([]).shape == (0,)

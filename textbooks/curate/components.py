@@ -10,23 +10,23 @@ One round is a large-star step followed by a small-star step:
 * large-star: every node ``u`` links each larger neighbour to ``m(u)``, the smallest of ``u`` and its neighbours;
 * small-star: every node ``u`` links itself and each smaller neighbour to the smallest of them.
 
-Neither step changes the components; a round that leaves the edge set unchanged means every component is a star
-around its minimum (then every later round is a no-op). The number of rounds is O(log² n) in the worst case and
-a handful on real candidate graphs.
+Neither step changes the components. A node changes its edges in the large-star step only when it has both a
+smaller and a larger neighbour, and in the small-star step only when it has two different smaller neighbours;
+a round in which no node changed anything means every component is a star around its minimum (then every later
+round is a no-op). The number of rounds is O(log² n) in the worst case and a handful on real candidate graphs.
 
 Memory: each step groups the edges by node and streams a node's grouped neighbours twice (once for their
 minimum, once to emit), never collecting them into a list; runners page grouped values (Dataflow, Flink and
 Spark all re-iterate them from the shuffle), so no worker holds more than the edges of its bundle, even for
 the centre of a giant component.
 
-Beam graphs have no loops, so :class:`DistributedComponents` unrolls ``max_rounds`` rounds. Each round counts
-the edges that changed (the symmetric difference of its input and output edge sets, found by the same
-``GroupByKey`` on the edge that removes duplicate edges) and
-hands that count to the next round as a singleton side input; a round after a converged one passes the edges
-through without shuffling them. After the last round a check raises :class:`ComponentsNotConvergedError` if the
-last round still changed edges (raise ``ComponentsConfig.max_rounds``). Counters (namespace
-``textbooks.curate``): ``<stage>/components_rounds`` (rounds that changed something) and
-``<stage>/components_changed_edges``.
+Beam graphs have no loops, so :class:`DistributedComponents` unrolls ``max_rounds`` rounds of three shuffles
+each (large-star, small-star, duplicate removal). The star steps count the nodes that changed their edges and
+report ``(round, count)`` once per bundle; these counts are summed per round only after the last round (no
+round waits on a side input of the one before, which keeps the unrolled graph to three stages a round), and a
+check raises :class:`ComponentsNotConvergedError` if nodes still changed in the last round (raise
+``ComponentsConfig.max_rounds``). Counters (namespace ``textbooks.curate``): ``<stage>/components_rounds``
+(rounds that changed something) and ``<stage>/components_changed_nodes``.
 
 :class:`Components` chooses between this and the single-worker union-find
 (:func:`textbooks.curate.dedup.connected_components`, all edges under one key: fine for small corpora) from the
@@ -39,10 +39,11 @@ report shows them. Both give the same components.
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable, Iterable
+from typing import Iterable
 
 import apache_beam as beam
 import gin
+from apache_beam.transforms.window import GlobalWindows
 
 from textbooks.curate import stages
 
@@ -122,79 +123,64 @@ def _larger_first(edge: tuple):
     yield (u, v) if u > v else (v, u)
 
 
-def _large_star(item):
-    """``u`` with its neighbours: each larger neighbour gets an edge to the smallest of ``u`` and them. The
-    grouped neighbours are iterated twice (min, then emit), never collected."""
-    u, nbrs = item
-    m = min(u, min(nbrs))
-    for v in nbrs:
-        if v > u:
-            yield (m, v)
+class _StarStep(beam.DoFn):
+    """One star step's emission for one node and its grouped neighbours (iterated twice, never collected),
+    counting the nodes whose edges it changed; each bundle reports ``(round, changed nodes)`` when it ends.
 
+    A node changes nothing in the large-star step when it has no larger neighbour or is smaller than all its
+    neighbours, and nothing in the small-star step when all its smaller neighbours are one node; a round in
+    which no node changed anything leaves every component a star around its minimum (so the same graph)."""
 
-def _small_star(item):
-    """``u`` with its smaller neighbours: they and ``u`` get an edge to the smallest of them."""
-    u, nbrs = item
-    m = min(u, min(nbrs))
-    for v in nbrs:
-        if v != m:
-            yield (m, v)
-    if u != m:
-        yield (m, u)
+    def __init__(self, large: bool, round_index: int):
+        self.large = large
+        self.round_index = round_index
+        self.changed = 0
 
+    def start_bundle(self):
+        self.changed = 0
 
-class _Star(beam.PTransform):
-    """One star step: keys each edge by a node (``direct``), groups, and streams each node's edges through
-    ``emit``. Both emitters give edges as ``(smaller, larger)``; duplicates are removed by the round."""
+    def process(self, item):
+        u, nbrs = item
+        m = min(u, min(nbrs))
+        changed = False
+        if self.large:
+            for v in nbrs:
+                if v > u:
+                    changed = changed or m != u
+                    yield (m, v)
+        else:
+            for v in nbrs:
+                if v != m:
+                    changed = True
+                    yield (m, v)
+            if u != m:
+                yield (m, u)
+        self.changed += changed
 
-    def __init__(self, direct: Callable, emit: Callable):
-        super().__init__()
-        self.direct = direct
-        self.emit = emit
-
-    def expand(self, edges):
-        return (edges
-                | "Direct" >> beam.FlatMap(self.direct)
-                | "Group" >> beam.GroupByKey()
-                | "Emit" >> beam.FlatMap(self.emit))
-
-
-def _compare(item):
-    """An edge with the tags of the sets it is in (0: before the round, 1: after): the new edge set, distinct,
-    on the main output, and a ``changed`` mark when it is in one set only."""
-    edge, tags = item
-    tags = set(tags)
-    if 1 in tags:
-        yield edge
-    if len(tags) == 1:
-        yield beam.pvalue.TaggedOutput("changed", 1)
+    def finish_bundle(self):
+        if self.changed:
+            yield beam.pvalue.TaggedOutput("changed", GlobalWindows.windowed_value((self.round_index, self.changed)))
 
 
 class _Round(beam.PTransform):
-    """A large-star and a small-star step, skipped (edges passed through) when ``prev_changed`` is 0.
+    """A large-star and a small-star step, then duplicate edges removed. Returns ``(edges, changed)``: the new
+    edge set and ``(round, changed nodes)`` pairs (per bundle) for the convergence check."""
 
-    Returns ``(edges, changed)``: the new edge set and a one-element PCollection with the number of edges in
-    the symmetric difference of the input and output edge sets.
-    """
-
-    def __init__(self, prev_changed):
+    def __init__(self, round_index: int):
         super().__init__()
-        self.prev_changed = prev_changed
+        self.round_index = round_index
 
     def expand(self, edges):
-        flag = beam.pvalue.AsSingleton(self.prev_changed)
-        active = edges | "Active" >> beam.Filter(lambda e, c: c != 0, flag)
-        idle = edges | "Idle" >> beam.Filter(lambda e, c: c == 0, flag)
-        new = (active
-               | "LargeStar" >> _Star(_both_directions, _large_star)
-               | "SmallStar" >> _Star(_larger_first, _small_star))
-        compared = ((active | "TagOld" >> beam.Map(lambda e: (e, 0)), new | "TagNew" >> beam.Map(lambda e: (e, 1)))
-                    | "Both" >> beam.Flatten()
-                    | "ByEdge" >> beam.GroupByKey()
-                    | "Compare" >> beam.FlatMap(_compare).with_outputs("changed", main="edges"))
-        changed = compared.changed | "CountChanged" >> beam.combiners.Count.Globally()
-        out = (compared.edges, idle) | "Merge" >> beam.Flatten()
-        return out, changed
+        large = (edges
+                 | "LargeDirect" >> beam.FlatMap(_both_directions)
+                 | "LargeGroup" >> beam.GroupByKey()
+                 | "LargeStar" >> beam.ParDo(_StarStep(True, self.round_index)).with_outputs("changed", main="edges"))
+        small = (large.edges
+                 | "SmallDirect" >> beam.FlatMap(_larger_first)
+                 | "SmallGroup" >> beam.GroupByKey()
+                 | "SmallStar" >> beam.ParDo(_StarStep(False, self.round_index)).with_outputs("changed", main="edges"))
+        changed = (large.changed, small.changed) | "Changed" >> beam.Flatten()
+        return small.edges | "Distinct" >> beam.Distinct(), changed
 
 
 class _CountRounds(beam.DoFn):
@@ -205,14 +191,15 @@ class _CountRounds(beam.DoFn):
     def setup(self):
         self.counters = stages.StageCounters(self.stage)
 
-    def process(self, _, changes: list):
-        rounds = sum(1 for c in changes if c)
+    def process(self, _, changed: dict):
+        rounds = len(changed)
+        last = changed.get(self.max_rounds - 1, 0)
         self.counters.inc("components_rounds", rounds)
-        self.counters.inc("components_changed_edges", sum(changes))
-        if changes and changes[-1]:
+        self.counters.inc("components_changed_nodes", sum(changed.values()))
+        if last:
             raise ComponentsNotConvergedError(
                     f"{self.stage}: connected components did not converge in {self.max_rounds} rounds "
-                    f"({changes[-1]} edges still changed in the last one); raise ComponentsConfig.max_rounds "
+                    f"({last} nodes still changed their edges in the last one); raise ComponentsConfig.max_rounds "
                     f"(gin: ComponentsConfig.max_rounds = {2 * self.max_rounds})")
         yield rounds
 
@@ -232,18 +219,15 @@ class DistributedComponents(beam.PTransform):
                    | "Canonical" >> beam.Map(canonical)
                    | "NoLoops" >> beam.Filter(lambda e: e[0] != e[1])
                    | "Distinct" >> beam.Distinct())
-        changed = p | "Start" >> beam.Create([1])
         changes = []
         for i in range(self.max_rounds):
-            current, changed = current | f"Round{i + 1}" >> _Round(changed)
+            current, changed = current | f"Round{i + 1}" >> _Round(i)
             changes.append(changed)
-        numbered = [c | f"Number{i}" >> beam.Map(lambda n, i=i: (i, n)) for i, c in enumerate(changes)]
-        ordered = (tuple(numbered)
-                   | "AllChanges" >> beam.Flatten()
-                   | "Gather" >> beam.combiners.ToList()
-                   | "Ordered" >> beam.Map(lambda pairs: [n for _, n in sorted(pairs)]))
+        per_round = (tuple(changes)
+                     | "AllChanges" >> beam.Flatten()
+                     | "PerRound" >> beam.CombinePerKey(sum))
         _ = (p | "CheckTrigger" >> beam.Create([None])
-             | "Check" >> beam.ParDo(_CountRounds(self.stage, self.max_rounds), beam.pvalue.AsSingleton(ordered)))
+             | "Check" >> beam.ParDo(_CountRounds(self.stage, self.max_rounds), beam.pvalue.AsDict(per_round)))
         return current
 
 

@@ -5,11 +5,15 @@ and the smallest id of each group is kept.
 
 Near-duplicates (Broder's MinHash with LSH banding, as FineWeb): each document's word shingles (``shingle_size``
 consecutive normalized word tokens) are hashed; ``num_bands × rows_per_band`` universal hash permutations give
-the signature; each band of the signature becomes a bucket key. Then
+the signature; each band of the signature gets a 64-bit band hash (:meth:`MinHasher.band_hashes`). Then
 
-1. ``GroupByKey`` on band keys: documents sharing any band are candidates; each bucket emits edges from its
-   smallest member to the others (star edges; with ``verify_threshold`` only pairs whose signatures agree on at
-   least that fraction of positions, checked pairwise in buckets of up to 64 documents).
+1. Documents sharing a band hash are candidates. Workers send band hashes in batches of ``batch_size``
+   documents, one element per bucket shard (``band × bucket_shards + hash mod bucket_shards``) holding the
+   hashes as bytes and their members, so the shuffle moves a few hundred elements per batch instead of
+   ``num_bands`` per document; a ``GroupByKey`` on the shard then sorts its hashes and each run of equal ones
+   (an LSH bucket) emits edges from its smallest member to the others (star edges; with ``verify_threshold``
+   only pairs whose signatures agree on at least that fraction of positions, checked pairwise in buckets of up
+   to 64 documents).
 2. Connected components of the candidate graph (:mod:`textbooks.curate.components`): distributed
    large-star/small-star rounds (no worker holds more than its share of the edges), or, for a candidate graph
    of at most ``ComponentsConfig.union_find_max_edges`` distinct edges, a union-find on one worker; the choice
@@ -30,16 +34,16 @@ FineWeb setting (5-grams, 14 bands × 8 rows) pairs above ~0.75 are found with h
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 from typing import Iterable, Sequence
 
 import apache_beam as beam
 import gin
 import numpy as np
+from apache_beam.transforms.window import GlobalWindows
 
 from textbooks.curate import stages
 from textbooks.curate.components import Components, ComponentsConfig, connected_components
-from textbooks.curate.textnorm import exact_key, hash_words, ngram_hashes, word_tokens
+from textbooks.curate.textnorm import combine_hashes, exact_key, hash_words, ngram_hashes, word_tokens
 
 _P61 = np.uint64((1 << 61) - 1)
 _MAX32 = np.uint64(0xFFFFFFFF)
@@ -71,6 +75,10 @@ class MinHashConfig:
         verify_threshold: optional minimum fraction of agreeing signature positions (an estimate of Jaccard
             similarity) for a candidate pair to count; None keeps every candidate, as FineWeb does.
         min_words: documents with fewer normalized words are not near-deduplicated (kept as they are).
+        batch_size: documents whose band hashes a worker sends together (its buffer holds at most this many
+            signatures).
+        bucket_shards: shuffle keys per band; the documents of one key are grouped on one worker, so a worker
+            holds about ``documents / bucket_shards`` band hashes at a time.
         components: how the candidate graph's connected components are found (:mod:`components`: one-worker
             union-find for small graphs, distributed large-star/small-star rounds for big ones).
     """
@@ -82,13 +90,17 @@ class MinHashConfig:
     keep: str = "min_id"
     verify_threshold: float | None = None
     min_words: int = 0
+    batch_size: int = 1000
+    bucket_shards: int = 16
     components: ComponentsConfig = dataclasses.field(default_factory=ComponentsConfig)
 
     def __post_init__(self):
         if self.keep not in ("min_id", "longest"):
             raise ValueError(f"MinHashConfig.keep must be 'min_id' or 'longest', got {self.keep!r}")
-        if self.shingle_size < 1 or self.num_bands < 1 or self.rows_per_band < 1:
-            raise ValueError("MinHashConfig: shingle_size, num_bands and rows_per_band must be positive")
+        if min(self.shingle_size, self.num_bands, self.rows_per_band, self.batch_size, self.bucket_shards) < 1:
+            raise ValueError("MinHashConfig: shingle_size, num_bands, rows_per_band, batch_size and bucket_shards "
+                             f"must be positive, got {self.shingle_size}, {self.num_bands}, {self.rows_per_band}, "
+                             f"{self.batch_size} and {self.bucket_shards}")
 
     @property
     def num_perm(self) -> int:
@@ -100,7 +112,7 @@ class MinHashConfig:
 
 
 class MinHasher:
-    """Computes shingles, MinHash signatures and LSH band keys for one :class:`MinHashConfig`."""
+    """Computes shingles, MinHash signatures and LSH band hashes for one :class:`MinHashConfig`."""
 
     def __init__(self, config: MinHashConfig):
         self.config = config
@@ -118,12 +130,23 @@ class MinHasher:
         grams = ngram_hashes(hash_words(words), n)
         return np.unique(grams >> np.uint64(32))
 
+    def _permuted(self, x: np.ndarray) -> np.ndarray:
+        """``((x * a + b) mod p) & 0xFFFFFFFF`` for a column of shingles ``x`` against every permutation, with
+        the Mersenne-prime reduction ``(y & p) + (y >> 61)`` (then at most one subtraction of p) instead of a
+        division; equal to the ``%`` form for every uint64 ``y``."""
+        y = x * self.a[None, :]
+        y += self.b[None, :]
+        r = y & _P61
+        y >>= np.uint64(61)
+        r += y
+        np.subtract(r, _P61, out=r, where=r >= _P61)
+        r &= _MAX32
+        return r
+
     def signature_of_shingles(self, shingles: np.ndarray) -> np.ndarray:
         sig = np.full(self.config.num_perm, _MAX32, dtype=np.uint64)
         for start in range(0, len(shingles), _CHUNK):
-            x = shingles[start:start + _CHUNK, None]
-            phv = ((x * self.a[None, :] + self.b[None, :]) % _P61) & _MAX32
-            np.minimum(sig, phv.min(axis=0), out=sig)
+            np.minimum(sig, self._permuted(shingles[start:start + _CHUNK, None]).min(axis=0), out=sig)
         return sig.astype(np.uint32)
 
     def signature(self, text: str) -> np.ndarray | None:
@@ -133,14 +156,16 @@ class MinHasher:
             return None
         return self.signature_of_shingles(sh)
 
+    def band_hashes(self, sigs: np.ndarray) -> np.ndarray:
+        """``uint64[n, num_bands]``: a 64-bit hash of each band's rows of each signature (``uint32[n, num_perm]``)
+        — a polynomial combination of the rows followed by the splitmix64 finalizer, like :func:`ngram_hashes`."""
+        rows = sigs.reshape(len(sigs), self.config.num_bands, self.config.rows_per_band).astype(np.uint64)
+        return combine_hashes(rows)
+
     def band_keys(self, sig: np.ndarray) -> list[bytes]:
-        """One key per band: the band index and a 64-bit digest of its rows."""
-        r = self.config.rows_per_band
-        keys = []
-        for band in range(self.config.num_bands):
-            digest = hashlib.blake2b(sig[band * r:(band + 1) * r].tobytes(), digest_size=8).digest()
-            keys.append(band.to_bytes(2, "little") + digest)
-        return keys
+        """One key per band: the band index and the band's 64-bit hash (:meth:`band_hashes`)."""
+        hashes = self.band_hashes(sig[None, :])[0]
+        return [band.to_bytes(2, "little") + int(h).to_bytes(8, "little") for band, h in enumerate(hashes)]
 
 
 def _priority(keep: str, doc_id: str, text: str) -> tuple:
@@ -239,13 +264,19 @@ class ExactDedup(beam.PTransform):
 
 
 class _SignatureDoFn(beam.DoFn):
-    """Emits ``(band key, (priority, id, signature or None))`` for each band of each document."""
+    """Documents -> LSH band hashes, sent in batches: for every ``batch_size`` documents, one element per
+    bucket shard ``(band * bucket_shards + hash % bucket_shards, (uint64 band hashes as bytes, members))`` with
+    members ``(priority, id, signature or None)`` in the order of the hashes. A worker buffers at most one
+    batch; the shuffle moves ~``num_bands * bucket_shards`` elements per batch instead of one per band and
+    document."""
 
     def __init__(self, config: MinHashConfig, stage: str):
         self.config = config
         self.stage = stage
         self.hasher = None
         self.counters = None
+        self._members: list[tuple] = []
+        self._sigs: list[np.ndarray] = []
 
     def setup(self):
         self.hasher = MinHasher(self.config)
@@ -253,6 +284,7 @@ class _SignatureDoFn(beam.DoFn):
 
     def start_bundle(self):
         self.counters.inc("bundles/signatures")
+        self._members, self._sigs = [], []
 
     def process(self, record: dict):
         text = record["text"]
@@ -264,12 +296,35 @@ class _SignatureDoFn(beam.DoFn):
             self.counters.inc("skipped_no_words")
             return
         keep_sig = sig if self.config.verify_threshold is not None else None
-        member = (_priority(self.config.keep, record["id"], text), record["id"], keep_sig)
-        for key in self.hasher.band_keys(sig):
-            yield key, member
+        self._members.append((_priority(self.config.keep, record["id"], text), record["id"], keep_sig))
+        self._sigs.append(sig)
+        if len(self._sigs) >= self.config.batch_size:
+            yield from self._flush()
+
+    def finish_bundle(self):
+        for item in self._flush():
+            yield GlobalWindows.windowed_value(item)
+
+    def _flush(self):
+        if not self._sigs:
+            return
+        shards = self.config.bucket_shards
+        hashes = self.hasher.band_hashes(np.stack(self._sigs))  # [docs, bands]
+        keys = np.arange(self.config.num_bands, dtype=np.int64)[None, :] * shards + \
+            (hashes % np.uint64(shards)).astype(np.int64)
+        keys, hashes = keys.ravel(), hashes.ravel()
+        docs = np.repeat(np.arange(len(self._sigs)), self.config.num_bands)
+        order = np.argsort(keys, kind="stable")
+        bounds = np.flatnonzero(np.diff(keys[order])) + 1
+        for part in np.split(order, bounds):
+            members = [self._members[d] for d in docs[part]]
+            yield int(keys[part[0]]), (hashes[part].tobytes(), members)
+        self._members, self._sigs = [], []
 
 
 class _BucketEdgesDoFn(beam.DoFn):
+    """One bucket shard's batches -> candidate edges of each LSH bucket (documents with an equal band hash)."""
+
     def __init__(self, config: MinHashConfig, stage: str):
         self.config = config
         self.stage = stage
@@ -279,14 +334,23 @@ class _BucketEdgesDoFn(beam.DoFn):
         self.counters = stages.StageCounters(self.stage)
 
     def process(self, item):
-        _, members = item
-        members = list(members)
-        if len(members) < 2:
-            return
-        self.counters.inc("candidate_buckets")
-        for edge in bucket_edges(members, self.config.verify_threshold):
-            self.counters.inc("candidate_edges")
-            yield edge
+        _, batches = item
+        hashes, members = [], []
+        for data, batch_members in batches:
+            hashes.append(np.frombuffer(data, dtype=np.uint64))
+            members.extend(batch_members)
+        hashes = np.concatenate(hashes)
+        order = np.argsort(hashes, kind="stable")
+        ordered = hashes[order]
+        bounds = np.flatnonzero(ordered[1:] != ordered[:-1]) + 1
+        starts, ends = np.r_[0, bounds], np.r_[bounds, len(ordered)]
+        for start in starts[ends - starts >= 2]:
+            stop = ends[np.searchsorted(starts, start)]
+            bucket = [members[i] for i in order[start:stop]]
+            self.counters.inc("candidate_buckets")
+            for edge in bucket_edges(bucket, self.config.verify_threshold):
+                self.counters.inc("candidate_edges")
+                yield edge
 
 
 class _ApplyDecisionsDoFn(beam.DoFn):

@@ -10,6 +10,7 @@ Beam workers on different hosts compute the same keys:
 * :func:`hash_words` — 64-bit BLAKE2b of each word (cached per process).
 * :func:`ngram_hashes` — 64-bit hashes of every window of ``n`` consecutive words, computed with numpy from
   the word hashes (a polynomial combination followed by the splitmix64 finalizer).
+* :func:`combine_hashes` — the same combination of the rows of a uint64 array (MinHash LSH band keys).
 * :func:`exact_key` — a 16-byte digest of a document's normalized text for exact deduplication.
 """
 
@@ -29,7 +30,7 @@ _DIGIT_RE = re.compile(r"\d", re.UNICODE)
 _MASK64 = np.uint64(0xFFFFFFFFFFFFFFFF)
 # Odd 64-bit multiplier for the polynomial combination of word hashes (arithmetic wraps mod 2**64).
 _POLY = np.uint64(0x9E3779B97F4A7C15)
-_CACHE_LIMIT = 2_000_000
+_CACHE_LIMIT = 1 << 18
 _word_cache: dict[str, int] = {}
 
 
@@ -81,18 +82,17 @@ def stable_unit_interval(key: str, salt: str = "") -> float:
 
 
 def hash_words(words: list[str]) -> np.ndarray:
-    """64-bit hashes (uint64) of ``words``; a per-process cache makes repeated words cheap."""
+    """64-bit hashes (uint64) of ``words``; a bounded per-process cache makes repeated words cheap (emptied
+    before it would pass ``_CACHE_LIMIT`` words, so a worker's memory does not grow with the corpus's
+    vocabulary)."""
     cache = _word_cache
-    if len(cache) > _CACHE_LIMIT:
+    missing = set(words).difference(cache)
+    if missing and len(cache) + len(missing) > _CACHE_LIMIT:
         cache.clear()
-    out = np.empty(len(words), dtype=np.uint64)
-    for i, w in enumerate(words):
-        h = cache.get(w)
-        if h is None:
-            h = stable_hash64(w)
-            cache[w] = h
-        out[i] = h
-    return out
+        missing = set(words)
+    for w in missing:
+        cache[w] = stable_hash64(w)
+    return np.fromiter(map(cache.__getitem__, words), dtype=np.uint64, count=len(words))
 
 
 def _splitmix64(x: np.ndarray) -> np.ndarray:
@@ -106,6 +106,16 @@ def _splitmix64(x: np.ndarray) -> np.ndarray:
     return x
 
 
+def _combine(columns, n: int) -> np.ndarray:
+    """The polynomial combination of ``n`` equally shaped uint64 arrays (in order), finalized by splitmix64."""
+    acc = None
+    with np.errstate(over="ignore"):
+        for col in columns:
+            acc = col.copy() if acc is None else acc * _POLY + col
+        acc = acc + np.uint64(n)  # Sequences of different lengths never share a hash by construction of acc alone.
+    return _splitmix64(acc)
+
+
 def ngram_hashes(word_hashes: np.ndarray, n: int) -> np.ndarray:
     """64-bit hashes of all windows of ``n`` consecutive words (``len - n + 1`` of them, or none if shorter).
 
@@ -114,12 +124,13 @@ def ngram_hashes(word_hashes: np.ndarray, n: int) -> np.ndarray:
     count = len(word_hashes) - n + 1
     if count <= 0:
         return np.zeros(0, dtype=np.uint64)
-    acc = np.zeros(count, dtype=np.uint64)
-    with np.errstate(over="ignore"):
-        for k in range(n):
-            acc = acc * _POLY + word_hashes[k:k + count]
-        acc = acc + np.uint64(n)  # Windows of different sizes never share a hash by construction of acc alone.
-    return _splitmix64(acc)
+    return _combine((word_hashes[k:k + count] for k in range(n)), n)
+
+
+def combine_hashes(rows: np.ndarray) -> np.ndarray:
+    """One 64-bit hash per row of ``rows`` (uint64, the last axis combined in order, as :func:`ngram_hashes`
+    combines a window): e.g. the LSH band keys of MinHash signatures."""
+    return _combine((rows[..., k] for k in range(rows.shape[-1])), rows.shape[-1])
 
 
 def sentences(text: str) -> list[str]:
