@@ -4,14 +4,16 @@ decoder."""
 import dataclasses
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
-from phi_testing import greedy_by_recomputing
+from phi_testing import greedy_by_recomputing, random_params
 
 from textbooks.model import cpu_attention, cpu_kernels, cpu_matmul
 from textbooks.model import decode as decode_lib
+from textbooks.model import get_preset
 from textbooks.model.kv_cache import init_cache
-from textbooks.model.causal_lm import CausalLM
+from textbooks.model.causal_lm import CausalLM, head_logits
 from textbooks.model.layers import DecodeKernels
 from textbooks.model.slots import SlotDecoder
 
@@ -65,6 +67,52 @@ def test_small_matmul_keeps_leading_axes_and_rejects_shapes_that_do_not_fit(kern
         cpu_matmul.small_matmul(x, np.ones((5, 4), np.float32), np.zeros(4, np.float32))
     with pytest.raises(ValueError, match="do not fit"):
         cpu_matmul.small_matmul(x, w, np.zeros(4, np.float32))
+
+
+@pytest.mark.parametrize("rows", [1, 3, 4, 16, 21])
+@pytest.mark.parametrize("k,n", [(576, 1024), (64, 48), (20, 37), (7, 5)])
+def test_transposed_matmul_equals_the_xla_dot(kernel, rows, k, n):
+    """x @ w.T on the kernel (16-row blocks of w; w rows past them, and K not a multiple of 16, take the row
+    path) against XLA's dot. Each result is a sum of k products: float32 summation in any order is within
+    k * eps * sum|x_i w_i| of the exact sum, so two of them differ by at most twice that."""
+    rng = np.random.default_rng(rows * 1000 + n)
+    x = rng.standard_normal((rows, k), np.float32)
+    w = rng.standard_normal((n, k), np.float32)
+    got = np.asarray(jax.jit(cpu_matmul.small_matmul_nt)(x, w))
+    want = np.asarray(jax.jit(lambda x, w: jnp.dot(x, w.T))(x, w))
+    assert got.shape == want.shape == (rows, n)
+    bound = 2 * k * np.finfo(np.float32).eps * (np.abs(x).astype(np.float64) @ np.abs(w).astype(np.float64).T)
+    np.testing.assert_array_less(np.abs(got.astype(np.float64) - want), bound + np.finfo(np.float32).tiny)
+    # Leading axes are kept; shapes that do not fit x @ w.T are refused.
+    np.testing.assert_array_equal(np.asarray(cpu_matmul.small_matmul_nt(x[None], w)), got[None])
+    with pytest.raises(ValueError, match="do not fit"):
+        cpu_matmul.small_matmul_nt(x, w.T)
+
+
+def test_tied_head_of_decode_steps_uses_the_transposed_kernel(kernel):
+    """A tied Llama head: single-token decode steps compute the logits on the kernel, prefill keeps XLA's dot,
+    and the step's logits are the XLA head's (:func:`head_logits`) of the same hidden states, within the float32
+    summation bound of a dot product of length hidden_size (twice k * eps * sum|h_i e_i|, as above)."""
+    config = get_preset("llama-cpu-1m").replace(vocab_size=80, max_len=64, tie_word_embeddings=True)
+    params = random_params(config, seed=2, scale=0.3)
+    cache = init_cache(config, 3, 32)
+    tokens = np.array([[5], [17], [63]], np.int32)
+    both = DecodeKernels(attention="cpu_kernel", projections="cpu_kernel")
+
+    def step(params, cache, tokens, head=True):
+        out, _ = CausalLM(config, both).apply({"params": params, "cache": cache}, tokens, decode=True, head=head,
+                                              mutable=["cache"])
+        return out
+
+    assert cpu_matmul.TARGET_NT in jax.jit(step).lower(params, cache, tokens).as_text()
+    assert cpu_matmul.TARGET_NT not in jax.jit(step).lower(params, cache, np.ones((3, 8), np.int32)).as_text()
+    got = np.asarray(jax.jit(step)(params, cache, tokens))
+    hidden = np.asarray(jax.jit(step, static_argnums=3)(params, cache, tokens, False))
+    want = np.asarray(head_logits(config, params, hidden))
+    table = np.abs(np.asarray(params["embed_tokens"]["embedding"], np.float64))
+    bound = 2 * config.hidden_size * np.finfo(np.float32).eps * (np.abs(hidden).astype(np.float64) @ table.T)
+    assert got.shape == want.shape == (3, 1, config.vocab_size)
+    np.testing.assert_array_less(np.abs(got - want), bound + np.finfo(np.float32).tiny)
 
 
 def test_decode_steps_use_both_kernels_and_prefill_does_not(kernel, tiny_model):

@@ -7,7 +7,9 @@ block (:class:`textbooks.model.phi.PhiBlock` or :class:`textbooks.model.llama.Ll
 
 Packing: ``segment_ids`` (0 = padding) restrict attention to tokens of the same document, and ``positions``
 restart at each document. Decoding: with ``decode=True`` the model keeps one write index per row next to the
-layers' KV caches (see :mod:`textbooks.model.layers` and :mod:`textbooks.model.decode`).
+layers' KV caches (see :mod:`textbooks.model.layers` and :mod:`textbooks.model.decode`); a tied head's
+single-token decode steps use the same compiled product kernel as the layers' projections when ``kernels``
+asks for it (:func:`textbooks.model.cpu_matmul.small_matmul_nt`, the table read as stored).
 
 Parameters carry logical axis names (``vocab, embed, heads, kv, mlp, layers``); activations are constrained
 with ``batch, length, embed, heads, kv, mlp, vocab``. Map them to a mesh with ``nn.logical_axis_rules``.
@@ -20,6 +22,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from textbooks.model import cpu_matmul
 from textbooks.model.config import ModelConfig
 from textbooks.model.layers import DecodeKernels, dense_init, remat_block, zeros
 from textbooks.model.llama import LlamaBlock, rms_norm
@@ -114,7 +117,10 @@ class CausalLM(nn.Module):
             hidden = rms_norm(cfg, "norm")(x)
             if not head and not self.is_initializing():
                 return hidden
-            if cfg.tie_word_embeddings:
+            if cfg.tie_word_embeddings and decode and length == 1 and self.kernels.projections == "cpu_kernel":
+                # A single-token decode step: the multi-core kernel reads the table row by row as it is stored.
+                logits = cpu_matmul.small_matmul_nt(hidden.reshape(batch, -1), embed.embedding)[:, None, :]
+            elif cfg.tie_word_embeddings:
                 logits = embed.attend(hidden)
             else:
                 logits = nn.Dense(cfg.vocab_size, use_bias=False, dtype=dtype, param_dtype=param_dtype,

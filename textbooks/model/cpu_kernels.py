@@ -31,7 +31,8 @@ KERNELS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "kernels")
 SOURCES = ("decode_attention.cc", "small_matmul.cc")
 # FFI target name -> the handler symbol the library exports.
 TARGETS = {"textbooks_decode_attention": "TextbooksDecodeAttention",
-           "textbooks_small_matmul": "TextbooksSmallMatmul"}
+           "textbooks_small_matmul": "TextbooksSmallMatmul",
+           "textbooks_matmul_nt": "TextbooksSmallMatmulNT"}
 
 
 class KernelStatus(NamedTuple):

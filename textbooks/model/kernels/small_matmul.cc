@@ -6,7 +6,8 @@
 // and XLA's intra-op pool, so every core streams its own part of the weights. Within a panel, blocks of rows
 // keep their partial sums in vector registers over the whole reduction (one pass over the panel per block).
 //
-// Layouts (float32, row-major): x [..., K] (M rows), w [K, N], b [N], y [..., N].
+// Layouts (float32, row-major): x [..., K] (M rows), w [K, N], b [N], y [..., N]. A second handler computes
+// x @ w.T for w [N, K] (a tied LM head reads the embedding table as it is stored; see SmallMatmulNT).
 #include <algorithm>
 #include <atomic>
 #include <cstdint>
@@ -34,7 +35,7 @@ struct Work {
   const float* w;
   const float* b;
   float* y;
-  int64_t m, k, n, panels;
+  int64_t m, k, n, units;  // units: panels of kPanel columns
   std::atomic<int64_t> next{0};
   std::atomic<int64_t> done{0};
 };
@@ -87,11 +88,20 @@ void Panel(const Work& w, int64_t p) {
   if (n0 < w.n) Scalar(w, n0);
 }
 
-void Drain(Work& w) {
-  for (int64_t p = w.next.fetch_add(1); p < w.panels; p = w.next.fetch_add(1)) {
-    Panel(w, p);
-    w.done.fetch_add(1, std::memory_order_release);
-  }
+// Runs Unit(*work, u) for every u < work->units once, on the calling thread and the pool's threads (whichever
+// takes a unit first); returns when all are done.
+template <typename W, void (*Unit)(const W&, int64_t)>
+void Share(ffi::ThreadPool& pool, std::shared_ptr<W> work) {
+  auto drain = [](W& w) {
+    for (int64_t u = w.next.fetch_add(1); u < w.units; u = w.next.fetch_add(1)) {
+      Unit(w, u);
+      w.done.fetch_add(1, std::memory_order_release);
+    }
+  };
+  const int64_t helpers = std::min<int64_t>(pool.num_threads(), work->units - 1);
+  for (int64_t i = 0; i < helpers; ++i) pool.Schedule([work, drain] { drain(*work); });
+  drain(*work);
+  while (work->done.load(std::memory_order_acquire) < work->units) std::this_thread::yield();
 }
 
 ffi::Error SmallMatmul(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> w,
@@ -108,19 +118,143 @@ ffi::Error SmallMatmul(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffe
   work->x = x.typed_data(); work->w = w.typed_data(); work->b = b.typed_data(); work->y = y->typed_data();
   work->k = wd[0]; work->n = wd[1];
   work->m = work->k > 0 ? static_cast<int64_t>(x.element_count()) / work->k : 0;
-  work->panels = (work->n + kPanel - 1) / kPanel;
+  work->units = (work->n + kPanel - 1) / kPanel;
   if (work->k == 0) {  // an empty sum: the bias
     for (int64_t m = 0; m < work->m; ++m) std::memcpy(work->y + m * work->n, work->b, work->n * sizeof(float));
     return ffi::Error::Success();
   }
-  const int64_t helpers = std::min<int64_t>(pool.num_threads(), work->panels - 1);
-  for (int64_t i = 0; i < helpers; ++i) pool.Schedule([work] { Drain(*work); });
-  Drain(*work);
-  while (work->done.load(std::memory_order_acquire) < work->panels) std::this_thread::yield();
+  Share<Work, Panel>(pool, work);
+  return ffi::Error::Success();
+}
+
+// y = x @ w.T with w [N, K] row-major (a tied LM head: the embedding table, one row per output column). Every
+// row of w is contiguous, so a tile of kTileRows rows is one sequential stretch of memory; the tiles are shared
+// between the threads and each is read once per step for all rows of x. A register block keeps 16 vector
+// partial sums over the reduction (4 rows of w by 4 rows of x, or 16 rows of w by 1 row of x), then folds the
+// 16 vectors into one vector of their 16 sums with 15 shuffle-adds (a horizontal sum per vector would cost
+// more than the products at these sizes).
+constexpr int64_t kTileRows = 32;  // rows of w per unit of work (a multiple of 16)
+
+struct WorkNT {
+  const float* x;
+  const float* w;
+  float* y;
+  int64_t m, k, n, units;  // units: tiles of kTileRows rows of w
+  std::atomic<int64_t> next{0};
+  std::atomic<int64_t> done{0};
+};
+
+typedef int32_t i16v __attribute__((vector_size(64)));
+
+// out[i] = a[i] + a[i ^ h] where bit h of i is clear, b[i] + b[i ^ h] where it is set.
+template <int H>
+inline v16 Fold(v16 a, v16 b) {
+  const i16v same = {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15};
+  i16v lane = same, pick = (same & H) != 0;  // pick: -1 where bit H is set
+  const i16v first = lane + (pick & 16);
+  const i16v second = (lane ^ H) + (pick & 16);
+  return __builtin_shuffle(a, b, first) + __builtin_shuffle(a, b, second);
+}
+
+// The 16 sums of acc[0..15]; the sum of acc[j] lands in lane Reverse4(j) (the 4-bit reversal of j).
+inline v16 Reduce16(const v16* acc) {
+  v16 l1[8], l2[4], l3[2];
+  for (int j = 0; j < 8; ++j) l1[j] = Fold<8>(acc[2 * j], acc[2 * j + 1]);
+  for (int j = 0; j < 4; ++j) l2[j] = Fold<4>(l1[2 * j], l1[2 * j + 1]);
+  for (int j = 0; j < 2; ++j) l3[j] = Fold<2>(l2[2 * j], l2[2 * j + 1]);
+  return Fold<1>(l3[0], l3[1]);
+}
+
+constexpr int Reverse4(int j) { return ((j & 1) << 3) | ((j & 2) << 1) | ((j & 4) >> 1) | ((j & 8) >> 3); }
+
+// y[m0 + c, n0 + r] for r < R, c < C, R * C == 16 (K a multiple of 16; Scalar-free: see RowNT for the rest).
+template <int R, int C>
+void BlockNT(const WorkNT& w, int64_t n0, int64_t m0) {
+  static_assert(R * C == 16, "a register block holds 16 partial sums");
+  v16 acc[16];
+  for (int j = 0; j < 16; ++j) acc[j] = v16{};
+  const int64_t k = w.k;
+  const float* wr = w.w + n0 * k;
+  const float* xr = w.x + m0 * k;
+  if (C == 1) {  // one row of x: w's rows one after the other (sequential reads; the chains still overlap)
+    for (int r = 0; r < R; ++r)
+      for (int64_t i = 0; i < k; i += kLanes) acc[r] += Load(wr + r * k + i) * Load(xr + i);
+  } else {
+    // The first block of x rows also fetches the next R rows of w (one cache line each per step), so that
+    // memory is read while this block computes.
+    const float* ahead = m0 == 0 ? wr + R * k : nullptr;
+    for (int64_t i = 0; i < k; i += kLanes) {
+      v16 wv[R], xv[C];
+      if (ahead != nullptr)
+        for (int r = 0; r < R; ++r) __builtin_prefetch(ahead + r * k + i);
+      for (int r = 0; r < R; ++r) wv[r] = Load(wr + r * k + i);
+      for (int c = 0; c < C; ++c) xv[c] = Load(xr + c * k + i);
+      for (int r = 0; r < R; ++r)
+        for (int c = 0; c < C; ++c) acc[r * C + c] += wv[r] * xv[c];
+    }
+  }
+  const v16 sums = Reduce16(acc);
+  for (int lane = 0; lane < 16; ++lane) {
+    const int j = Reverse4(lane), r = j / C, c = j % C;
+    w.y[(m0 + c) * w.n + n0 + r] = sums[lane];
+  }
+}
+
+// One row of w against every row of x, any K (the rows left over when N is not a multiple of 16, or K is not
+// one of 16).
+void RowNT(const WorkNT& w, int64_t n) {
+  const float* wr = w.w + n * w.k;
+  for (int64_t m = 0; m < w.m; ++m) {
+    const float* xr = w.x + m * w.k;
+    float s = 0.0f;
+    for (int64_t i = 0; i < w.k; ++i) s += wr[i] * xr[i];
+    w.y[m * w.n + n] = s;
+  }
+}
+
+void TileNT(const WorkNT& w, int64_t t) {
+  const int64_t end = std::min(w.n, (t + 1) * kTileRows);
+  int64_t n0 = t * kTileRows;
+  if (w.k % kLanes == 0) {
+    for (; n0 + 16 <= end; n0 += 16) {
+      int64_t m0 = 0;
+      for (; m0 + 4 <= w.m; m0 += 4)
+        for (int64_t r = 0; r < 16; r += 4) BlockNT<4, 4>(w, n0 + r, m0);
+      for (; m0 < w.m; ++m0) BlockNT<16, 1>(w, n0, m0);
+    }
+  }
+  for (; n0 < end; ++n0) RowNT(w, n0);
+}
+
+ffi::Error SmallMatmulNT(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> w,
+                         ffi::ResultBuffer<ffi::F32> y) {
+  auto xd = x.dimensions();
+  auto wd = w.dimensions();
+  if (wd.size() != 2 || xd.size() < 1 || xd[xd.size() - 1] != wd[1]) {
+    return ffi::Error::InvalidArgument("small matmul (transposed): x [..., K] does not match w [N, K]");
+  }
+  auto work = std::make_shared<WorkNT>();
+  work->x = x.typed_data(); work->w = w.typed_data(); work->y = y->typed_data();
+  work->n = wd[0]; work->k = wd[1];
+  work->m = work->k > 0 ? static_cast<int64_t>(x.element_count()) / work->k
+                        : static_cast<int64_t>(y->element_count()) / std::max<int64_t>(work->n, 1);
+  work->units = (work->n + kTileRows - 1) / kTileRows;
+  if (work->k == 0 || work->n == 0) {  // an empty sum: zeros
+    std::memset(work->y, 0, static_cast<size_t>(y->element_count()) * sizeof(float));
+    return ffi::Error::Success();
+  }
+  Share<WorkNT, TileNT>(pool, work);
   return ffi::Error::Success();
 }
 
 }  // namespace
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(TextbooksSmallMatmulNT, SmallMatmulNT,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>());
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(TextbooksSmallMatmul, SmallMatmul,
                               ffi::Ffi::Bind()
