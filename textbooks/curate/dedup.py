@@ -22,8 +22,11 @@ the signature; each band of the signature gets a 64-bit band hash (:meth:`MinHas
    same clusters.
 3. One document per component survives: the smallest by the ``keep`` policy (``'min_id'``: smallest id;
    ``'longest'``: most characters, then smallest id), a deterministic choice. The others are dropped with
-   ``meta.curation = {reason: 'near_duplicate', duplicate_of, cluster_size}``; records and decisions are joined
-   by id with ``CoGroupByKey``.
+   ``meta.curation = {reason: 'near_duplicate', duplicate_of, cluster_size}``. The decisions (one per dropped
+   document: its id, the survivor's id and the cluster size) reach the workers as a dict side input, and the
+   records stream past it without a shuffle: a worker holds the decisions, never a share of the records (a
+   ``CoGroupByKey`` on the id would hand each worker of the direct runner its whole share of the records at
+   once).
 
 The probability that a pair with Jaccard similarity ``s`` becomes a candidate is ``1 - (1 - s**r)**b``; with the
 FineWeb setting (5-grams, 14 bands × 8 rows) pairs above ~0.75 are found with high probability.
@@ -354,6 +357,8 @@ class _BucketEdgesDoFn(beam.DoFn):
 
 
 class _ApplyDecisionsDoFn(beam.DoFn):
+    """Records -> kept, or dropped with their decision (looked up by id in the decisions side input)."""
+
     def __init__(self, stage: str, reason: str):
         self.stage = stage
         self.reason = reason
@@ -365,18 +370,16 @@ class _ApplyDecisionsDoFn(beam.DoFn):
     def start_bundle(self):
         self.counters.inc("bundles/decisions")
 
-    def process(self, item):
-        _, joined = item
-        decisions = list(joined["decision"])
-        for record in joined["record"]:
-            tokens = self.counters.seen(record)
-            if decisions:
-                self.counters.dropped(record, self.reason, tokens)
-                yield beam.pvalue.TaggedOutput(stages.DROPPED, stages.mark_dropped(
-                        record, self.stage, self.reason, **decisions[0]))
-            else:
-                self.counters.kept(record, tokens)
-                yield record
+    def process(self, record: dict, decisions: dict):
+        tokens = self.counters.seen(record)
+        decision = decisions.get(record["id"])
+        if decision is not None:
+            self.counters.dropped(record, self.reason, tokens)
+            yield beam.pvalue.TaggedOutput(stages.DROPPED, stages.mark_dropped(
+                    record, self.stage, self.reason, **decision))
+        else:
+            self.counters.kept(record, tokens)
+            yield record
 
 
 class NearDedup(beam.PTransform):
@@ -397,9 +400,7 @@ class NearDedup(beam.PTransform):
                  | "Edges" >> beam.ParDo(_BucketEdgesDoFn(self.config, self.stage))
                  | "DistinctEdges" >> beam.Distinct())
         comps = edges | "Components" >> Components(self.config.components, self.stage, CLUSTERS)
-        keyed = records | "KeyById" >> beam.Map(lambda r: (r["id"], r))
-        out = ({"record": keyed, "decision": comps["decisions"]}
-               | "Join" >> beam.CoGroupByKey()
-               | "Apply" >> beam.ParDo(_ApplyDecisionsDoFn(self.stage, "near_duplicate")).with_outputs(
-                       stages.DROPPED, main="kept"))
+        decisions = beam.pvalue.AsDict(comps["decisions"])
+        apply = _ApplyDecisionsDoFn(self.stage, "near_duplicate")
+        out = records | "Apply" >> beam.ParDo(apply, decisions).with_outputs(stages.DROPPED, main="kept")
         return {"kept": out.kept, "dropped": out[stages.DROPPED], "clusters": comps[CLUSTERS]}
