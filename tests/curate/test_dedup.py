@@ -173,18 +173,20 @@ def test_signature_reduction_equals_modulo_and_band_keys_match_band_hashes(plant
     assert (diff[0] != diff[1]).tolist() == [i == 0 for i in range(14)]
 
 
-@pytest.mark.parametrize("batch_size,bucket_shards", [(1, 1), (7, 3)])
-def test_near_dedup_batches_and_shards_do_not_change_clusters(planted, tmp_path, batch_size, bucket_shards):
+@pytest.mark.parametrize("batch_size,bucket_shards,keep,verify", [(1, 1, "min_id", None), (7, 3, "longest", None),
+                                                                 (5, 2, "min_id", 0.6)])
+def test_near_dedup_batches_and_shards_do_not_change_clusters(planted, tmp_path, batch_size, bucket_shards, keep,
+                                                              verify):
     """Small batches (one document each, or several bundles' worth) and any number of bucket shards give the
-    clusters of the in-memory algorithm."""
+    clusters of the in-memory algorithm, with each keep policy and with signature verification."""
     docs, _ = planted
     docs = docs[:120]
-    cfg = dedup.MinHashConfig(batch_size=batch_size, bucket_shards=bucket_shards)
+    cfg = dedup.MinHashConfig(batch_size=batch_size, bucket_shards=bucket_shards, keep=keep, verify_threshold=verify)
     with beam.Pipeline(runner="DirectRunner") as p:
         out = p | beam.Create(_records(docs)) | dedup.NearDedup(cfg)
         load = td.collect({"clusters": out["clusters"]}, str(tmp_path))
-    got = sorted(sorted(c["members"]) for c in load()["clusters"])
-    expected = sorted(map(sorted, dedup.near_duplicate_clusters(docs, cfg)))
+    got = sorted((c["keeper"], sorted(c["members"])) for c in load()["clusters"])
+    expected = sorted((c[0], sorted(c)) for c in dedup.near_duplicate_clusters(docs, cfg))
     assert got == expected and len(expected) >= 10
 
 

@@ -171,8 +171,9 @@ class MinHasher:
         return [band.to_bytes(2, "little") + int(h).to_bytes(8, "little") for band, h in enumerate(hashes)]
 
 
-def _priority(keep: str, doc_id: str, text: str) -> tuple:
-    return (doc_id,) if keep == "min_id" else (-len(text), doc_id)
+def _priority(keep: str, doc_id: str, text: str | int) -> tuple:
+    """The order of survival: by id, or (``'longest'``) by length (of ``text``, or ``text`` is the length)."""
+    return (doc_id,) if keep == "min_id" else (-(text if isinstance(text, int) else len(text)), doc_id)
 
 
 def _agreement(a: np.ndarray, b: np.ndarray) -> float:
@@ -268,17 +269,19 @@ class ExactDedup(beam.PTransform):
 
 class _SignatureDoFn(beam.DoFn):
     """Documents -> LSH band hashes, sent in batches: for every ``batch_size`` documents, one element per
-    bucket shard ``(band * bucket_shards + hash % bucket_shards, (uint64 band hashes as bytes, members))`` with
-    members ``(priority, id, signature or None)`` in the order of the hashes. A worker buffers at most one
-    batch; the shuffle moves ~``num_bands * bucket_shards`` elements per batch instead of one per band and
-    document."""
+    bucket shard ``(band * bucket_shards + hash % bucket_shards, (hashes, ids, lengths, signatures))``: the
+    uint64 band hashes as bytes and, in the same order, the documents' ids, their lengths as int64 bytes (only
+    for ``keep='longest'``) and their signatures as uint32 bytes (only with ``verify_threshold``), else None. A
+    worker buffers at most one batch; the shuffle moves ~``num_bands * bucket_shards`` compact elements per
+    batch instead of one tuple per band and document."""
 
     def __init__(self, config: MinHashConfig, stage: str):
         self.config = config
         self.stage = stage
         self.hasher = None
         self.counters = None
-        self._members: list[tuple] = []
+        self._ids: list[str] = []
+        self._lengths: list[int] = []
         self._sigs: list[np.ndarray] = []
 
     def setup(self):
@@ -287,7 +290,7 @@ class _SignatureDoFn(beam.DoFn):
 
     def start_bundle(self):
         self.counters.inc("bundles/signatures")
-        self._members, self._sigs = [], []
+        self._ids, self._lengths, self._sigs = [], [], []
 
     def process(self, record: dict):
         text = record["text"]
@@ -298,8 +301,8 @@ class _SignatureDoFn(beam.DoFn):
         if sig is None:
             self.counters.inc("skipped_no_words")
             return
-        keep_sig = sig if self.config.verify_threshold is not None else None
-        self._members.append((_priority(self.config.keep, record["id"], text), record["id"], keep_sig))
+        self._ids.append(record["id"])
+        self._lengths.append(len(text))
         self._sigs.append(sig)
         if len(self._sigs) >= self.config.batch_size:
             yield from self._flush()
@@ -311,18 +314,21 @@ class _SignatureDoFn(beam.DoFn):
     def _flush(self):
         if not self._sigs:
             return
-        shards = self.config.bucket_shards
-        hashes = self.hasher.band_hashes(np.stack(self._sigs))  # [docs, bands]
-        keys = np.arange(self.config.num_bands, dtype=np.int64)[None, :] * shards + \
-            (hashes % np.uint64(shards)).astype(np.int64)
+        cfg, shards = self.config, self.config.bucket_shards
+        sigs = np.stack(self._sigs)
+        hashes = self.hasher.band_hashes(sigs)  # [docs, bands]
+        bands = np.arange(cfg.num_bands, dtype=np.int64)[None, :]
+        keys = bands * shards + (hashes % np.uint64(shards)).astype(np.int64)
         keys, hashes = keys.ravel(), hashes.ravel()
-        docs = np.repeat(np.arange(len(self._sigs)), self.config.num_bands)
+        docs = np.repeat(np.arange(len(self._sigs)), cfg.num_bands)
+        lengths = np.asarray(self._lengths, dtype=np.int64)
         order = np.argsort(keys, kind="stable")
-        bounds = np.flatnonzero(np.diff(keys[order])) + 1
-        for part in np.split(order, bounds):
-            members = [self._members[d] for d in docs[part]]
-            yield int(keys[part[0]]), (hashes[part].tobytes(), members)
-        self._members, self._sigs = [], []
+        for part in np.split(order, np.flatnonzero(np.diff(keys[order])) + 1):
+            rows = docs[part]
+            yield int(keys[part[0]]), (hashes[part].tobytes(), [self._ids[d] for d in rows],
+                                       lengths[rows].tobytes() if cfg.keep == "longest" else None,
+                                       sigs[rows].tobytes() if cfg.verify_threshold is not None else None)
+        self._ids, self._lengths, self._sigs = [], [], []
 
 
 class _BucketEdgesDoFn(beam.DoFn):
@@ -338,20 +344,28 @@ class _BucketEdgesDoFn(beam.DoFn):
 
     def process(self, item):
         _, batches = item
-        hashes, members = [], []
-        for data, batch_members in batches:
+        cfg = self.config
+        hashes, ids, lengths, sigs = [], [], [], []
+        for data, batch_ids, batch_lengths, batch_sigs in batches:
             hashes.append(np.frombuffer(data, dtype=np.uint64))
-            members.extend(batch_members)
+            ids.extend(batch_ids)
+            if batch_lengths is not None:
+                lengths.append(np.frombuffer(batch_lengths, dtype=np.int64))
+            if batch_sigs is not None:
+                sigs.append(np.frombuffer(batch_sigs, dtype=np.uint32).reshape(-1, cfg.num_perm))
         hashes = np.concatenate(hashes)
+        lengths = np.concatenate(lengths) if lengths else None
+        sigs = np.concatenate(sigs) if sigs else None
         order = np.argsort(hashes, kind="stable")
         ordered = hashes[order]
         bounds = np.flatnonzero(ordered[1:] != ordered[:-1]) + 1
         starts, ends = np.r_[0, bounds], np.r_[bounds, len(ordered)]
-        for start in starts[ends - starts >= 2]:
-            stop = ends[np.searchsorted(starts, start)]
-            bucket = [members[i] for i in order[start:stop]]
+        for start, stop in zip(starts[ends - starts >= 2], ends[ends - starts >= 2]):
+            rows = order[start:stop]
+            bucket = [(_priority(cfg.keep, ids[i], 0 if lengths is None else int(lengths[i])), ids[i],
+                       None if sigs is None else sigs[i]) for i in rows]
             self.counters.inc("candidate_buckets")
-            for edge in bucket_edges(bucket, self.config.verify_threshold):
+            for edge in bucket_edges(bucket, cfg.verify_threshold):
                 self.counters.inc("candidate_edges")
                 yield edge
 
