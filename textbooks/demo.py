@@ -106,7 +106,7 @@ class DemoConfig:
 
     preset: str = "phi-cpu-7m"
     vocabulary: str = "spm8k"
-    steps: int = 200
+    steps: int = 170
     batch_size: int = 8
     seq_len: int = 256
     learning_rate: float = 2e-3

@@ -69,9 +69,10 @@ class TeacherConfig:
         concurrency: requests in flight.
         max_batch_size: rows the local server decodes together.
         chunk_tokens: tokens the local server decodes between admissions of new requests.
-        validation_fraction: share of each role's kept documents held out as its validation split (at least one
-            document per role is held out). The split joins the common held-out set every variant is scored on;
-            at the demo's few dozen documents per role, a tenth would leave one or two documents there.
+        validation_fraction: share of each role's kept documents held out as its validation split: exactly
+            ``ceil(validation_fraction x kept)`` (at least one, and one train document always remains). The
+            split joins the common held-out set every variant is scored on; at the demo's few dozen documents
+            per role, a tenth would leave one or two documents there.
         on_failure: 'stand_in' (keep the corpora's stand-ins, say so loudly in the output and the report) or
             'stop' (raise; a rerun resumes the generation).
         start_timeout_s: seconds the local server may take to load and compile.
@@ -82,9 +83,9 @@ class TeacherConfig:
     checkpoint: str = "smollm2-135m-instruct"
     endpoint: str | None = None
     model: str | None = None
-    textbooks: int = 32
-    code_textbooks: int = 16
-    code_exercises: int = 48
+    textbooks: int = 24
+    code_textbooks: int = 12
+    code_exercises: int = 32
     max_tokens: int | None = None
     concurrency: int = 16
     max_batch_size: int = 16
@@ -297,9 +298,11 @@ def synthesize(data_root: str, work_dir: str, config: TeacherConfig | None = Non
             print(f"starting the teacher: textbooks serve --checkpoint {config.checkpoint} on 127.0.0.1", flush=True)
             server = ServerProcess.start(config.checkpoint, "--max_batch_size", str(config.max_batch_size),
                                          "--chunk_tokens", str(config.chunk_tokens), "--min_length_bucket", "64",
-                                         # The prompts' lengths (48 to 256 tokens): compiled before the first
-                                         # request, not while the other rows wait.
-                                         "--gin.WarmupConfig.prompt_tokens=256",
+                                         # No warm-up: every program the prompts need (prefills of 96 to 320
+                                         # tokens, token loops at 512 and 1024 cache slots) compiles on first
+                                         # use, which costs what compiling it first would; a warm-up also
+                                         # compiles buckets no prompt uses.
+                                         "--no_warmup",
                                          timeout=config.start_timeout_s, env=_server_env())
             endpoint, model = server.url, server.model_name
             summary["server_start_s"] = server.started_s

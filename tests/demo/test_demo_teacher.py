@@ -5,6 +5,7 @@ only when they are complete, names the teacher and the settings in their manifes
 exactly, keeps the stand-ins (loudly) when the teacher fails, and resumes on the next run."""
 
 import json
+import math
 import os
 import socket
 
@@ -57,6 +58,8 @@ def test_the_teachers_roles_replace_the_stand_ins(data_root, tmp_path):
         assert manifest.meta["teacher"] == MODEL and manifest.meta["endpoint"] == server.url
         assert manifest.meta["generation"]["num_samples"] > 0 and manifest.meta["templates"]
         assert manifest.splits["train"].num_docs >= 1 and manifest.splits["validation"].num_docs >= 1
+        kept = manifest.splits["train"].num_docs + manifest.splits["validation"].num_docs
+        assert manifest.splits["validation"].num_docs == math.ceil(kept / 5), role  # exactly a fifth, rounded up
         aside = read_manifest(os.path.join(str(tmp_path / "out"), "teacher", "stand_ins", role))
         assert aside.stand_in == before[role].stand_in  # the stand-in is kept aside, not lost
 
