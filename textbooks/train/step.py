@@ -7,7 +7,10 @@ devices or microbatches. Per-component sums use ``decoder_role_ids``.
 Gradient accumulation scans over ``k`` microbatches inside the step, summing loss numerators and gradients of
 the summed loss, and divides once by the total token count: it is the same step as the large batch (up to
 float rounding). A non-finite loss or gradient leaves the state unchanged (only ``step`` advances) and is
-reported in the metrics; the trainer then stops or goes on as configured.
+reported in the metrics; the trainer then stops or goes on as configured. The guard is a ``lax.cond`` around
+the optimizer update rather than a select between new and old values: with a select, XLA computes each Adam
+moment's new value twice (for the parameter update and for the select) and so copies every donated moment at
+entry to keep its old value alive; inside the ``cond`` the state is updated in place.
 
 Batch layout: every microbatch is split evenly over the data-parallel devices, so ``batch_size`` must be a
 multiple of ``microbatches`` x the data-parallel mesh size (:func:`check_batch_layout` says which values would
@@ -175,6 +178,22 @@ def _split_microbatches(batch: Batch, k: int) -> Batch:
     return jax.tree_util.tree_map(split, batch)
 
 
+def _apply_update(tx: optax.GradientTransformation) -> Callable:
+    """``(grads, params, opt_state) -> (params, opt_state)`` after one optimizer update."""
+
+    def apply(grads, params, opt_state):
+        updates, opt_state = tx.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), opt_state
+
+    return apply
+
+
+def _skip_update(grads, params, opt_state):
+    """The state unchanged (a non-finite step)."""
+    del grads
+    return params, opt_state
+
+
 def make_train_step(model: nn.Module, tx: optax.GradientTransformation, schedule: optax.Schedule, *,
                     num_roles: int, microbatches: int = 1, z_loss: float = 0.0,
                     rules: partitioning.LogicalRules = partitioning.DEFAULT_LOGICAL_AXIS_RULES,
@@ -221,13 +240,11 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, schedule
             denom = jnp.maximum(sums["weight_sum"], 1.0)
             grads = jax.tree_util.tree_map(lambda g, p: (g / denom).astype(p.dtype), grads, state.params)
             grad_norm = global_norm(grads)
-            updates, opt_state = tx.update(grads, state.opt_state, state.params)
-            params = optax.apply_updates(state.params, updates)
             loss = sums["ce_sum"] / denom
             finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm) & jnp.isfinite(sums["loss_sum"])
-            keep = lambda new, old: jax.tree_util.tree_map(lambda n, o: jnp.where(finite, n, o), new, old)
-            new_state = state.replace(step=state.step + 1, params=keep(params, state.params),
-                                      opt_state=keep(opt_state, state.opt_state))
+            params, opt_state = jax.lax.cond(finite, _apply_update(tx), _skip_update,
+                                             grads, state.params, state.opt_state)
+            new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state)
             metrics = {
                 "loss": loss,
                 "loss_sum": sums["ce_sum"],
