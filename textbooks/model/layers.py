@@ -125,16 +125,59 @@ def apply_rotary(x: Array, positions: Array, inv_freq: np.ndarray | Array) -> Ar
     return jnp.concatenate([rot * cos + rotated_half * sin, passthrough], axis=-1)
 
 
-def attention_mask(segment_ids: Array) -> Array:
-    """Block-diagonal causal mask ``[batch, 1, length, length]`` (True = may attend) from segment ids.
+def attention_mask(segment_ids: Array, start: int = 0, stop: int | None = None) -> Array:
+    """Block-diagonal causal mask ``[batch, 1, stop - start, stop]`` (True = may attend) from segment ids, for
+    the queries at positions ``[start, stop)`` (default: all) and the keys before ``stop`` (the later keys are
+    masked for all of them).
 
     A query attends to keys at or before it in the same segment; padding (segment 0) attends to nothing.
     """
-    length = segment_ids.shape[1]
-    causal = jnp.arange(length)[:, None] >= jnp.arange(length)[None, :]
-    same = segment_ids[:, :, None] == segment_ids[:, None, :]
-    real = (segment_ids != 0)[:, None, :]
+    stop = segment_ids.shape[1] if stop is None else stop
+    keys = segment_ids[:, :stop]
+    causal = jnp.arange(start, stop)[:, None] >= jnp.arange(stop)[None, :]
+    same = segment_ids[:, start:stop, None] == keys[:, None, :]
+    real = (keys != 0)[:, None, :]
     return (causal[None] & same & real)[:, None]
+
+
+# Queries per block of the causal attention of whole sequences (training, prefill); see causal_attention.
+QUERY_BLOCK = 128
+
+
+def causal_attention(q: Array, k: Array, v: Array, segment_ids: Array, scale: float, dropout: Any,
+                     deterministic: bool, block: int = QUERY_BLOCK) -> Array:
+    """``softmax(q.k * scale) v`` of whole sequences under :func:`attention_mask`, ``block`` queries at a time.
+
+    The queries of a block see no key after the block's last one, so each block multiplies only by the keys
+    up to its end: at length 256 and 128-query blocks the scores cover 3/4 of the ``L x L`` square (the
+    products, the mask, the softmax and their gradients shrink alike). A masked score is exactly zero after
+    the softmax, so dropping the keys after a block changes the result only by the order of float sums.
+
+    Args:
+        q: ``[batch, length, kv_heads, group, head_dim]`` (query head ``j * group + g``).
+        k, v: ``[batch, length, kv_heads, head_dim]``.
+        segment_ids: ``[batch, length]`` (0 = padding).
+        scale: multiplies the scores.
+        dropout: ``probs -> probs`` with ``deterministic`` (an ``nn.Dropout``), applied to the probabilities.
+        deterministic: no dropout.
+        block: queries per block; the whole length when it does not divide it.
+
+    Returns:
+        ``[batch, length, kv_heads, group, head_dim]`` in ``v``'s dtype.
+    """
+    batch, length, kv_heads, group, head_dim = q.shape
+    block = block if 0 < block < length and length % block == 0 else length
+    outs = []
+    for start in range(0, length, block):
+        stop = start + block
+        scores = jnp.einsum("bqjgd,bkjd->bjgqk", q[:, start:stop], k[:, :stop], preferred_element_type=jnp.float32)
+        scores = scores.reshape(batch, kv_heads * group, block, stop) * scale
+        mask = attention_mask(segment_ids, start, stop)
+        scores = jnp.where(mask, scores, jnp.finfo(jnp.float32).min)  # finite: masked rows stay NaN-free
+        probs = dropout(jax.nn.softmax(scores, axis=-1), deterministic=deterministic)
+        probs = probs.astype(v.dtype).reshape(batch, kv_heads, group, block, stop)
+        outs.append(jnp.einsum("bjgqk,bkjd->bqjgd", probs, v[:, :stop]))
+    return outs[0] if len(outs) == 1 else jnp.concatenate(outs, axis=1)
 
 
 class Projection(nn.Module):
@@ -273,23 +316,21 @@ class Attention(nn.Module):
         if cached and self.kernels.attention == "cpu_kernel" and (deterministic or cfg.attn_dropout == 0.0):
             # The same softmax(q.k * scale) v over each row's own slots, in one compiled pass (no dropout).
             out = cpu_attention.decode_attention(q, k, v, decode_index, scale).astype(dtype)
-        else:
+        elif not cached:
             # Query head h = j * group + g uses key/value head j (transformers' repeat_kv order).
             qg = q.reshape(batch, length, kv_heads, group, head_dim)
-            if not cached:
-                mask = attention_mask(segment_ids)
-                scores = jnp.einsum("bqjgd,bkjd->bjgqk", qg, k, preferred_element_type=jnp.float32)
-            else:
-                scores = jnp.einsum("bqjgd,bjkd->bjgqk", qg, k, preferred_element_type=jnp.float32)
+            out = causal_attention(qg, k, v.astype(dtype), segment_ids, scale, nn.Dropout(rate=cfg.attn_dropout),
+                                   deterministic)
+            out = out.reshape(batch, length, heads, head_dim)
+        else:
+            qg = q.reshape(batch, length, kv_heads, group, head_dim)
+            scores = jnp.einsum("bqjgd,bjkd->bjgqk", qg, k, preferred_element_type=jnp.float32)
             scores = scores.reshape(batch, heads, length, -1) * scale
             scores = jnp.where(mask, scores, jnp.finfo(jnp.float32).min)  # finite: masked rows stay NaN-free
             probs = jax.nn.softmax(scores, axis=-1)
             probs = nn.Dropout(rate=cfg.attn_dropout)(probs, deterministic=deterministic)
             probs = probs.astype(dtype).reshape(batch, kv_heads, group, length, -1)
-            if not cached:
-                out = jnp.einsum("bjgqk,bkjd->bqjgd", probs, v.astype(dtype))
-            else:
-                out = jnp.einsum("bjgqk,bjkd->bqjgd", probs, v.astype(dtype))
+            out = jnp.einsum("bjgqk,bjkd->bqjgd", probs, v.astype(dtype))
             out = out.reshape(batch, length, heads, head_dim)
         out = nn.with_logical_constraint(out, ("batch", "length", "heads", "kv"))
         return Projection(cfg, "blhk,hkd->bld", (heads, head_dim, cfg.hidden_size), ("heads", "kv", "embed"),
