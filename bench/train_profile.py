@@ -130,6 +130,7 @@ def main(argv=None) -> int:
     parser.add_argument("--steps", type=int, default=3, help="traced steps")
     parser.add_argument("--out", default="train_profile.json")
     parser.add_argument("--hlo", default="", help="also write the compiled step's HLO text here")
+    parser.add_argument("--top", type=int, default=0, help="also print the N slowest ops (ms per step, source)")
     args = parser.parse_args(argv)
 
     import jax
@@ -157,9 +158,11 @@ def main(argv=None) -> int:
     peak = flops.measure_cpu_peak_flops.__wrapped__(repeats=3)
 
     ms: dict[tuple[str, str], float] = collections.defaultdict(float)
+    per_op: dict[str, float] = collections.defaultdict(float)
     for e in events:
         if e["name"] in instructions:
             ms[classify(e["name"], instructions, has_dot)] += e.get("dur", 0.0) / 1e3 / args.steps
+            per_op[e["name"]] += e.get("dur", 0.0) / 1e3 / args.steps
     total = sum(ms.values())
     step_ms = 1e3 * wall / args.steps
     tokens = args.batch * args.seq_len
@@ -176,6 +179,9 @@ def main(argv=None) -> int:
         rows[g] = dict(zip(("forward", "backward", "update"), parts))
         print(f"{g:<12}" + "".join(f"{v:>10.1f}" for v in parts) + f"{sum(parts):>10.1f}"
               f"{100 * sum(parts) / total:>7.1f}%")
+    for name, t in sorted(per_op.items(), key=lambda kv: -kv[1])[:args.top]:
+        group, phase = classify(name, instructions, has_dot)
+        print(f"  {t:8.1f} ms  {group:<10} {phase:<8} {name:<28} {instructions[name]['op_name'][-90:]}")
     rate = model_flops / (matmul_ms / 1e3) if matmul_ms else 0.0
     print(f"matmuls: {rate / 1e9:.0f} GFLOP/s on the model's {model_flops / 1e9:.1f} GFLOP per step; "
           f"measured peak {peak / 1e9:.0f} GFLOP/s ({100 * rate / peak:.0f}%); step MFU "
