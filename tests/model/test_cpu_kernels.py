@@ -27,12 +27,13 @@ def kernel():
 
 
 @pytest.mark.parametrize("queries", [1, 5])
-def test_kernel_equals_the_masked_softmax(kernel, queries):
+@pytest.mark.parametrize("kv_heads", [6, 2])  # one query head per KV head, or groups of 3 (GQA)
+def test_kernel_equals_the_masked_softmax(kernel, queries, kv_heads):
     rng = np.random.default_rng(queries)
-    batch, heads, slots, dim = 6, 3, 40, 16
+    batch, heads, slots, dim = 6, 6, 40, 16
     q = rng.standard_normal((batch, queries, heads, dim), np.float32)
-    k = rng.standard_normal((batch, heads, slots, dim), np.float32)
-    v = rng.standard_normal((batch, heads, slots, dim), np.float32)
+    k = rng.standard_normal((batch, kv_heads, slots, dim), np.float32)
+    v = rng.standard_normal((batch, kv_heads, slots, dim), np.float32)
     # Rows at the first slot, in the middle, at the end, and past it (writes were dropped: all slots visible).
     start = np.array([0, 3, 17, slots - queries, slots - 1, slots + 4], np.int32)
     got = jax.jit(cpu_attention.decode_attention, static_argnums=4)(q, k, v, start, dim ** -0.5)
@@ -46,7 +47,7 @@ def test_kernel_equals_the_masked_softmax(kernel, queries):
     np.testing.assert_array_equal(np.asarray(again)[1], np.asarray(got)[1])
 
 
-@pytest.mark.parametrize("rows", [1, 3, 16, 21])
+@pytest.mark.parametrize("rows", [1, 3, 5, 16, 21])
 @pytest.mark.parametrize("k,n", [(256, 768), (7, 64), (33, 100), (5, 3), (64, 16)])
 def test_small_matmul_equals_x_w_plus_b(kernel, rows, k, n):
     rng = np.random.default_rng(rows * 1000 + n)

@@ -3,7 +3,8 @@
 // One query block per row attends over the row's own cache prefix: query t of row b sits at cache slot
 // start[b] + t and sees slots [0, start[b] + t] (clamped to the cache). Each (row, query, head) reads only
 // those slots once (scores, softmax, weighted sum of values), so a batch whose rows hold different lengths
-// reads what each row holds rather than the longest row's window. Items are shared between the calling
+// reads what each row holds rather than the longest row's window; the query heads that share a key/value head
+// are one item, which reads that head's slots once for all of them. Items are shared between the calling
 // thread and XLA's intra-op thread pool through an atomic counter; a helper that starts late finds no work.
 //
 // Layouts (float32): q [batch, queries, heads, head_dim]; k, v [batch, kv_heads, slots, head_dim] (grouped-query
@@ -37,44 +38,55 @@ struct Work {
   std::atomic<int64_t> done{0};
 };
 
+// One item: query t of row b for the `group` query heads that share key/value head j, so that each cached key
+// and value row is read once for all of them (grouped-query attention reads a third of the bytes at 9 heads
+// over 3 KV heads).
 void RunItem(const Work& w, int64_t item, std::vector<float>& scores) {
-  const int64_t h = item % w.heads;
-  const int64_t t = (item / w.heads) % w.queries;
-  const int64_t b = item / (w.heads * w.queries);
+  const int64_t group = w.heads / w.kv_heads;
+  const int64_t j = item % w.kv_heads;
+  const int64_t t = (item / w.kv_heads) % w.queries;
+  const int64_t b = item / (w.kv_heads * w.queries);
   const int64_t d_n = w.dim;
-  const float* q = w.q + ((b * w.queries + t) * w.heads + h) * d_n;
-  const int64_t j = h / (w.heads / w.kv_heads);
+  const int64_t h0 = j * group;  // query heads h0 .. h0 + group - 1
+  const float* q = w.q + ((b * w.queries + t) * w.heads + h0) * d_n;
   const float* k = w.k + (b * w.kv_heads + j) * w.slots * d_n;
   const float* v = w.v + (b * w.kv_heads + j) * w.slots * d_n;
-  float* o = w.out + ((b * w.queries + t) * w.heads + h) * d_n;
+  float* o = w.out + ((b * w.queries + t) * w.heads + h0) * d_n;
   const int64_t n = std::min<int64_t>(static_cast<int64_t>(w.start[b]) + t, w.slots - 1) + 1;
-  for (int64_t d = 0; d < d_n; ++d) o[d] = 0.0f;
+  for (int64_t d = 0; d < group * d_n; ++d) o[d] = 0.0f;
   if (n <= 0) return;
-  scores.resize(n);
-  float best = -std::numeric_limits<float>::infinity();
+  scores.resize(group * n);  // scores[g * n + s]
   for (int64_t s = 0; s < n; ++s) {
     const float* ks = k + s * d_n;
-    float acc = 0.0f;
+    for (int64_t g = 0; g < group; ++g) {
+      const float* qg = q + g * d_n;
+      float acc = 0.0f;
 #pragma omp simd reduction(+ : acc)
-    for (int64_t d = 0; d < d_n; ++d) acc += q[d] * ks[d];
-    acc *= w.scale;
-    scores[s] = acc;
-    best = std::max(best, acc);
+      for (int64_t d = 0; d < d_n; ++d) acc += qg[d] * ks[d];
+      scores[g * n + s] = acc * w.scale;
+    }
   }
-  float total = 0.0f;
-  for (int64_t s = 0; s < n; ++s) {
-    const float e = std::exp(scores[s] - best);
-    scores[s] = e;
-    total += e;
+  for (int64_t g = 0; g < group; ++g) {
+    float* sg = scores.data() + g * n;
+    float best = -std::numeric_limits<float>::infinity();
+    for (int64_t s = 0; s < n; ++s) best = std::max(best, sg[s]);
+    float total = 0.0f;
+    for (int64_t s = 0; s < n; ++s) {
+      sg[s] = std::exp(sg[s] - best);
+      total += sg[s];
+    }
+    const float inv = 1.0f / total;
+    for (int64_t s = 0; s < n; ++s) sg[s] *= inv;
   }
   for (int64_t s = 0; s < n; ++s) {
-    const float p = scores[s];
     const float* vs = v + s * d_n;
+    for (int64_t g = 0; g < group; ++g) {
+      const float p = scores[g * n + s];
+      float* og = o + g * d_n;
 #pragma omp simd
-    for (int64_t d = 0; d < d_n; ++d) o[d] += p * vs[d];
+      for (int64_t d = 0; d < d_n; ++d) og[d] += p * vs[d];
+    }
   }
-  const float inv = 1.0f / total;
-  for (int64_t d = 0; d < d_n; ++d) o[d] *= inv;
 }
 
 void Drain(Work& w) {
@@ -103,7 +115,7 @@ ffi::Error DecodeAttention(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> q, ffi::B
   w->start = start.typed_data(); w->out = out->typed_data();
   w->batch = qd[0]; w->queries = qd[1]; w->heads = qd[2]; w->kv_heads = kd[1]; w->dim = qd[3]; w->slots = kd[2];
   w->scale = scale;
-  w->total = w->batch * w->queries * w->heads;
+  w->total = w->batch * w->queries * w->kv_heads;
   const int64_t helpers = std::min<int64_t>(pool.num_threads(), w->total - 1);
   for (int64_t i = 0; i < helpers; ++i) pool.Schedule([w] { Drain(*w); });
   Drain(*w);

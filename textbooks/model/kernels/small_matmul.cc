@@ -4,7 +4,8 @@
 // more weight bytes than it does arithmetic: its speed is the memory bandwidth it reaches. XLA runs products of
 // this size on one thread; this kernel splits the columns of w into panels shared between the calling thread
 // and XLA's intra-op pool, so every core streams its own part of the weights. Within a panel, blocks of rows
-// keep their partial sums in vector registers over the whole reduction (one pass over the panel per block).
+// keep their partial sums in vector registers over the whole reduction (one pass over the panel per block);
+// the first pass prefetches the panel's rows ahead of its products.
 //
 // Layouts (float32, row-major): x [..., K] (M rows), w [K, N], b [N], y [..., N]. A second handler computes
 // x @ w.T for w [N, K] (a tied LM head reads the embedding table as it is stored; see SmallMatmulNT).
@@ -23,9 +24,16 @@ namespace {
 
 typedef float v16 __attribute__((vector_size(64)));  // 16 floats: one AVX-512 register, two AVX2 ones
 constexpr int64_t kLanes = 16;
-constexpr int kVectors = 4;  // a panel is kVectors * kLanes = 64 columns
-constexpr int kRows = 4;     // rows per register block: kRows * kVectors accumulators
-constexpr int64_t kPanel = kVectors * kLanes;
+// Panels and register blocks: with kFewRows rows or more, a panel is kVectors * kLanes = 48 columns (it divides
+// 192, 576 and 1536) and a block holds kRows rows (24 accumulators of 32 registers; 16 rows: two passes over the
+// panel, the second from cache). With fewer rows each row is one pass, which reads memory at its pace: panels
+// are wider then (kWideVectors * kLanes = 96 columns, six cache lines of each row of w per step of the
+// reduction) and still split 192, 576 and 1536 columns evenly between two cores.
+constexpr int kVectors = 3;
+constexpr int kRows = 8;
+constexpr int kWideVectors = 6;
+constexpr int64_t kFewRows = 4;
+constexpr int64_t kAhead = 8;  // the first block of rows prefetches the weights this many rows of w ahead
 
 inline v16 Load(const float* p) { v16 v; std::memcpy(&v, p, sizeof(v)); return v; }
 inline void Store(float* p, v16 v) { std::memcpy(p, &v, sizeof(v)); }
@@ -35,7 +43,7 @@ struct Work {
   const float* w;
   const float* b;
   float* y;
-  int64_t m, k, n, units;  // units: panels of kPanel columns
+  int64_t m, k, n, units;  // units: panels of PanelWidth columns
   std::atomic<int64_t> next{0};
   std::atomic<int64_t> done{0};
 };
@@ -48,7 +56,10 @@ void Block(const Work& w, int64_t m0, int64_t n0) {
     for (int j = 0; j < V; ++j) acc[r][j] = v16{};
   const float* x = w.x + m0 * w.k;
   const float* col = w.w + n0;
+  const bool first = m0 == 0;
   for (int64_t k = 0; k < w.k; ++k) {
+    if (first)
+      for (int j = 0; j < V; ++j) __builtin_prefetch(col + (k + kAhead) * w.n + kLanes * j);
     v16 wv[V];
     for (int j = 0; j < V; ++j) wv[j] = Load(col + k * w.n + kLanes * j);
     for (int r = 0; r < R; ++r) {
@@ -61,12 +72,18 @@ void Block(const Work& w, int64_t m0, int64_t n0) {
       Store(w.y + (m0 + r) * w.n + n0 + kLanes * j, acc[r][j] + Load(w.b + n0 + kLanes * j));
 }
 
-template <int V>
+// Every row times columns [n0, n0 + 16 V): blocks of R rows, then of R / 2, then single rows.
+template <int V, int R>
 void Columns(const Work& w, int64_t n0) {
   int64_t m0 = 0;
-  for (; m0 + kRows <= w.m; m0 += kRows) Block<kRows, V>(w, m0, n0);
+  if constexpr (R > 1) {
+    for (; m0 + R <= w.m; m0 += R) Block<R, V>(w, m0, n0);
+    for (; m0 + R / 2 <= w.m; m0 += R / 2) Block<R / 2, V>(w, m0, n0);
+  }
   for (; m0 < w.m; ++m0) Block<1, V>(w, m0, n0);
 }
+
+int64_t PanelWidth(const Work& w) { return kLanes * (w.m < kFewRows ? kWideVectors : kVectors); }
 
 // The last columns when N is not a multiple of 16.
 void Scalar(const Work& w, int64_t n0) {
@@ -79,12 +96,17 @@ void Scalar(const Work& w, int64_t n0) {
 }
 
 void Panel(const Work& w, int64_t p) {
-  int64_t n0 = p * kPanel;
-  if (n0 + kPanel <= w.n) {
-    Columns<kVectors>(w, n0);
+  const int64_t width = PanelWidth(w);
+  int64_t n0 = p * width;
+  if (n0 + width <= w.n) {
+    if (w.m < kFewRows) {
+      Columns<kWideVectors, 1>(w, n0);
+    } else {
+      Columns<kVectors, kRows>(w, n0);
+    }
     return;
   }
-  for (; n0 + kLanes <= w.n; n0 += kLanes) Columns<1>(w, n0);
+  for (; n0 + kLanes <= w.n; n0 += kLanes) Columns<1, kRows>(w, n0);
   if (n0 < w.n) Scalar(w, n0);
 }
 
@@ -118,7 +140,7 @@ ffi::Error SmallMatmul(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffe
   work->x = x.typed_data(); work->w = w.typed_data(); work->b = b.typed_data(); work->y = y->typed_data();
   work->k = wd[0]; work->n = wd[1];
   work->m = work->k > 0 ? static_cast<int64_t>(x.element_count()) / work->k : 0;
-  work->units = (work->n + kPanel - 1) / kPanel;
+  work->units = (work->n + PanelWidth(*work) - 1) / PanelWidth(*work);
   if (work->k == 0) {  // an empty sum: the bias
     for (int64_t m = 0; m < work->m; ++m) std::memcpy(work->y + m * work->n, work->b, work->n * sizeof(float));
     return ffi::Error::Success();
