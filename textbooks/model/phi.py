@@ -19,6 +19,34 @@ from textbooks.model.layers import Attention, DecodeKernels, Projection, ones, z
 Array = jax.Array
 
 
+_SQRT_2_OVER_PI = 0.7978845608028654
+
+
+@jax.custom_vjp
+def gelu_tanh(x: Array) -> Array:
+    """``jax.nn.gelu(x, approximate=True)`` ("gelu_new") whose gradient keeps only ``x`` from the forward pass.
+
+    Autodiff of the tanh formula saves several intermediates of the MLP's widest activation for the backward
+    pass (each a write and a later read of ``[tokens, intermediate]`` floats); here the backward pass recomputes
+    ``tanh`` from ``x`` (one read) and applies the closed-form derivative
+    ``0.5 (1 + t) + 0.5 x (1 - t^2) sqrt(2 / pi) (1 + 3 * 0.044715 x^2)``.
+    """
+    return jax.nn.gelu(x, approximate=True)
+
+
+def _gelu_tanh_fwd(x):
+    return jax.nn.gelu(x, approximate=True), x
+
+
+def _gelu_tanh_bwd(x, g):
+    t = jnp.tanh(_SQRT_2_OVER_PI * (x + 0.044715 * (x * x * x)))
+    slope = 0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * (_SQRT_2_OVER_PI * (1.0 + 3.0 * 0.044715 * (x * x)))
+    return (g * slope.astype(g.dtype),)
+
+
+gelu_tanh.defvjp(_gelu_tanh_fwd, _gelu_tanh_bwd)
+
+
 class PhiMLP(nn.Module):
     """fc1 -> gelu (tanh approximation) -> fc2, with biases."""
 
@@ -30,7 +58,7 @@ class PhiMLP(nn.Module):
         cfg = self.config
         h = Projection(cfg, "bld,dm->blm", (cfg.hidden_size, cfg.intermediate_size), ("embed", "mlp"),
                        self.kernels, name="fc1")(x, decode)
-        h = nn.with_logical_constraint(jax.nn.gelu(h, approximate=True), ("batch", "length", "mlp"))
+        h = nn.with_logical_constraint(gelu_tanh(h), ("batch", "length", "mlp"))
         return Projection(cfg, "blm,md->bld", (cfg.intermediate_size, cfg.hidden_size), ("mlp", "embed"),
                           self.kernels, name="fc2")(h, decode)
 
