@@ -1,6 +1,7 @@
 """MinHash near-dedup at scale: textbooks.curate (Apache Beam) vs datatrove, same real-sized corpus.
 
     python bench/dedup_vs_datatrove.py [--sizes 50000 100000] [--workers 2] [--corpus_dir /tmp/dedup_corpus]
+                                       [--components auto] [--decisions {join,side_input}]
                                        [--wait_quiet 0] [--settle 150] [--out dedup_vs_datatrove.json]
 
 Corpus (:mod:`bench.dedup_corpus`, built once per size and cached under ``--corpus_dir``): real text chunked
@@ -14,7 +15,9 @@ write the kept documents, with ``--workers`` worker processes:
 
 * ours: ``textbooks.curate`` with only the near-dedup stage (``ReadInputs → NearDedup → WriteShards`` plus
   the report), DirectRunner in multi-processing mode; it also reads the bad documents, which must be rejected
-  with a reason and reconcile (units in = kept + dropped + rejected);
+  with a reason and reconcile (units in = kept + dropped + rejected); ``--decisions`` picks how drop decisions
+  reach the records (``MinHashConfig.decisions``: ``join``, a CoGroupByKey on the id, the default, or
+  ``side_input``, a dict every worker holds);
 * datatrove 0.10.1: its four MinHash steps (signatures, buckets, clustering, filtering) with
   ``LocalPipelineExecutor``, with the same tokenization (lowercased ``\\w+`` runs, after datatrove's own text
   simplification) and its dependency-free SHA-1 hashing (64-bit); it reads only the good documents (its
@@ -25,8 +28,8 @@ Each side runs in its own Python process; a sampler (psutil, every 0.2 s) record
 (the workers). Reported per size: documents per second (good documents / wall clock, end to end), the ratio
 ours / datatrove (goal >= 1.5x), the peak RSS figures, pairwise precision/recall/F1 of "same cluster" pairs
 against the planted pairs and against datatrove's clusters, the connected-components method our run chose,
-and the reconciliation. Cluster membership comes from the cluster summaries (at most 20 members listed; the
-count of larger clusters is reported).
+the decisions path that ran (from its counters), and the reconciliation. Cluster membership comes from the
+cluster summaries (at most 20 members listed; the count of larger clusters is reported).
 
 The timed runs form one round of :mod:`bench.machine` per size (date, CPU, load before/after, cores used by
 other processes); the last line is the headline ratio at the largest size, marked ``NOT A HEADLINE`` when the
@@ -101,9 +104,9 @@ class PeakRSS:
                 "worker_processes": len(self.workers)}
 
 
-def run_ours(corpus: str, out_dir: str, workers: int, components: str = "auto") -> dict:
+def run_ours(corpus: str, out_dir: str, workers: int, components: str = "auto", decisions: str = "join") -> dict:
     from textbooks.curate.components import ComponentsConfig
-    from textbooks.curate.dedup import MinHashConfig
+    from textbooks.curate.dedup import DECISIONS, MinHashConfig
     from textbooks.curate.input_specs import InputSpec, ReadConfig
     from textbooks.curate.pipeline import Plan, run_plan
 
@@ -116,15 +119,20 @@ def run_ours(corpus: str, out_dir: str, workers: int, components: str = "auto") 
     # num_shards=0: files per bundle; a fixed count groups each file's records on one worker.
     plan = Plan(inputs=inputs, output_dir=out_dir, role="web_raw", splits=("train",), num_shards=0,
                 read=ReadConfig(check_unique_ids=False), near_dedup=MinHashConfig(
-                    shingle_size=5, num_bands=14, rows_per_band=8, components=ComponentsConfig(method=components)),
+                    shingle_size=5, num_bands=14, rows_per_band=8, components=ComponentsConfig(method=components),
+                    decisions=decisions),
                 write_dropped=False)
     start = time.perf_counter()
     report = run_plan(plan, direct_num_workers=workers, direct_running_mode="multi_processing", overwrite=True)
     elapsed = time.perf_counter() - start
     clusters = [c["members"] for c in _read_jsonl(os.path.join(out_dir, "dedup", "clusters-*.jsonl.gz"))]
     large = sum(1 for c in _read_jsonl(os.path.join(out_dir, "dedup", "clusters-*.jsonl.gz")) if c["size"] > 20)
+    near = next(s for s in report["stages"] if s["stage"] == "near_dedup")["other"]
+    ran = [path for path in DECISIONS if near.get(f"decisions_{path}")]
+    if ran != [decisions]:
+        raise RuntimeError(f"near-dedup decisions: asked for {decisions!r}, the counters say {ran}")
     return {"seconds": elapsed, "clusters": clusters, "clusters_over_20": large,
-            "components": report["dedup"]["near_dedup"]["components"],
+            "components": report["dedup"]["near_dedup"]["components"], "decisions": ran[0],
             "reconciliation": report["reconciliation"]}
 
 
@@ -230,7 +238,8 @@ def agreement(pred, ref) -> dict:
             "reference_pairs": len(b)}
 
 
-def run_side(side: str, corpus: str, work: str, workers: int, components: str = "auto") -> dict:
+def run_side(side: str, corpus: str, work: str, workers: int, components: str = "auto",
+             decisions: str = "join") -> dict:
     """One side in this process, under the RSS sampler (called in a fresh process by :func:`side_process`)."""
     import logging
 
@@ -240,7 +249,7 @@ def run_side(side: str, corpus: str, work: str, workers: int, components: str = 
     loguru_logger.remove()
     with PeakRSS() as rss:
         if side == "ours":
-            result = run_ours(corpus, work, workers, components)
+            result = run_ours(corpus, work, workers, components, decisions)
         else:
             files = len(glob.glob(os.path.join(corpus, "docs", "*.jsonl.gz")))
             seconds, clusters = run_datatrove(os.path.join(corpus, "docs"), work, workers, files)
@@ -249,12 +258,14 @@ def run_side(side: str, corpus: str, work: str, workers: int, components: str = 
     return result
 
 
-def side_process(side: str, corpus: str, work: str, workers: int, components: str = "auto") -> dict:
+def side_process(side: str, corpus: str, work: str, workers: int, components: str = "auto",
+                 decisions: str = "join") -> dict:
     """Runs :func:`run_side` in a fresh Python process and returns its result."""
     out = os.path.join(work + ".json")
     env = {**os.environ, "PYTHONPATH": os.path.dirname(HERE) + os.pathsep + os.environ.get("PYTHONPATH", "")}
     subprocess.run([sys.executable, os.path.join(HERE, "dedup_vs_datatrove.py"), "--_side", side, "--_corpus",
-                    corpus, "--_work", work, "--workers", str(workers), "--components", components],
+                    corpus, "--_work", work, "--workers", str(workers), "--components", components,
+                    "--decisions", decisions],
                    check=True, env=env)
     with open(out) as f:
         return json.load(f)
@@ -273,7 +284,8 @@ def measure(size: int, args, cond) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         with cond.round():
             dt = side_process("datatrove", corpus, os.path.join(tmp, "dt"), args.workers)
-            ours = side_process("ours", corpus, os.path.join(tmp, "ours"), args.workers, args.components)
+            ours = side_process("ours", corpus, os.path.join(tmp, "ours"), args.workers, args.components,
+                                args.decisions)
     out = {"documents": n, "bad_documents": meta["bad_total"], "planted_pairs": len(pairs(true_groups)),
            "copies_by_edit": meta["copies_by_edit"]}
     for name, r in (("datatrove", dt), ("ours", ours)):
@@ -285,6 +297,15 @@ def measure(size: int, args, cond) -> dict:
     return out
 
 
+def _default_decisions() -> str:
+    """``MinHashConfig.decisions``'s default, read from the dataclass."""
+    import dataclasses
+
+    from textbooks.curate.dedup import MinHashConfig
+
+    return next(f.default for f in dataclasses.fields(MinHashConfig) if f.name == "decisions")
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[50000, 100000])
@@ -292,6 +313,9 @@ def main(argv=None) -> int:
     parser.add_argument("--corpus_dir", default=os.path.join(tempfile.gettempdir(), "textbooks_dedup_corpus"))
     parser.add_argument("--components", choices=["auto", "union_find", "distributed"], default="auto",
                         help="our connected-components method (ComponentsConfig.method)")
+    parser.add_argument("--decisions", choices=["join", "side_input"], default=None,
+                        help="how our drop decisions reach the records (MinHashConfig.decisions; default: its "
+                             "default, the CoGroupByKey join)")
     parser.add_argument("--out", default="dedup_vs_datatrove.json")
     parser.add_argument("--_side", choices=["ours", "datatrove"], help=argparse.SUPPRESS)
     parser.add_argument("--_corpus", help=argparse.SUPPRESS)
@@ -299,11 +323,13 @@ def main(argv=None) -> int:
     machine.add_arguments(parser)
     args = parser.parse_args(argv)
     if args._side:
-        result = run_side(args._side, args._corpus, args._work, args.workers, args.components)
+        result = run_side(args._side, args._corpus, args._work, args.workers, args.components,
+                          args.decisions or _default_decisions())
         with open(args._work + ".json", "w") as f:
             json.dump(result, f)
         return 0
     cond = machine.Conditions(args.wait_quiet)  # before this process loads the machine itself
+    args.decisions = args.decisions or _default_decisions()
     sizes = {}
     for size in args.sizes:
         sizes[size] = m = measure(size, args, cond)
@@ -315,12 +341,14 @@ def main(argv=None) -> int:
         print(f"  ours:      {o['docs_per_s']:.0f} docs/s ({o['seconds']:.1f}s), largest worker "
               f"{o['largest_worker_peak_rss_mb']:.0f} MB, driver {o['driver_peak_rss_mb']:.0f} MB, "
               f"P/R vs planted {o['vs_truth']['precision']:.3f}/{o['vs_truth']['recall']:.3f}, "
-              f"pairwise F1 vs datatrove {o['vs_datatrove']['f1']:.3f}, components: {o['components']['method']}")
+              f"pairwise F1 vs datatrove {o['vs_datatrove']['f1']:.3f}, components: {o['components']['method']}, "
+              f"decisions: {o['decisions']}")
         print(f"  reconciliation: {rc['units_read']} in = {rc['kept']} kept + {rc['dropped']} dropped + "
               f"{rc['rejected']} rejected {rc['rejected_by_reason']}: balanced={rc['balanced']}")
         print(f"  ratio ours/datatrove: {m['ratio']:.2f}x (goal >= {GOAL}x)")
     largest = max(sizes)
-    result = {"sizes": sizes, "workers": args.workers, "goal": GOAL, "ratio": sizes[largest]["ratio"],
+    result = {"sizes": sizes, "workers": args.workers, "decisions": args.decisions, "goal": GOAL,
+              "ratio": sizes[largest]["ratio"],
               "machine": {**cond.finish(args.settle), "python": platform.python_version()}}
     with open(args.out, "w") as f:
         json.dump(result, f, indent=2)

@@ -195,6 +195,49 @@ def test_config_rejects_nonpositive_batch():
         dedup.MinHashConfig(bucket_shards=0)
 
 
+def _run_near_dedup(records, cfg, directory):
+    """Runs NearDedup; returns (kept ids, {dropped id: meta.curation}, counters by name)."""
+    from apache_beam.metrics.metric import MetricsFilter
+
+    p = beam.Pipeline(runner="DirectRunner")
+    out = p | beam.Create(records) | dedup.NearDedup(cfg)
+    load = td.collect({"kept": out["kept"] | "k" >> beam.Map(lambda r: r["id"]),
+                       "dropped": out["dropped"] | "d" >> beam.Map(lambda r: (r["id"], r["meta"]["curation"]))},
+                      directory)
+    result = p.run()
+    result.wait_until_finish()
+    counters = {c.key.metric.name: c.committed for c in result.metrics().query(MetricsFilter())["counters"]}
+    got = load()
+    return sorted(got["kept"]), dict(got["dropped"]), counters
+
+
+@pytest.mark.parametrize("keep", ["min_id", "longest"])
+def test_near_dedup_join_and_side_input_give_the_same_decisions(planted, tmp_path, keep):
+    """The CoGroupByKey join and the dict side input keep the same records and drop the others with the same
+    ``meta.curation``; the counters say which path ran."""
+    docs, truth = planted
+    records = _records(docs)
+    runs = {}
+    for path in dedup.DECISIONS:
+        cfg = dedup.MinHashConfig(keep=keep, decisions=path, batch_size=37, bucket_shards=3)
+        runs[path] = _run_near_dedup(records, cfg, str(tmp_path / path))
+    (kept_j, dropped_j, counters_j), (kept_s, dropped_s, counters_s) = runs["join"], runs["side_input"]
+    assert kept_j == kept_s and dropped_j == dropped_s
+    assert len(kept_j) + len(dropped_j) == len(docs) and len(dropped_j) >= 0.9 * (len(docs) - len(set(truth.values())))
+    assert set(kept_j).isdisjoint(dropped_j)
+    for doc_id, info in dropped_j.items():
+        assert info["reason"] == "near_duplicate" and info["stage"] == "near_dedup" and info["duplicate_of"] in kept_j
+        assert info["cluster_size"] >= 2
+    assert counters_j.get("near_dedup/decisions_join", 0) >= 1 and "near_dedup/decisions_side_input" not in counters_j
+    assert counters_s.get("near_dedup/decisions_side_input", 0) >= 1 and "near_dedup/decisions_join" not in counters_s
+
+
+def test_config_rejects_unknown_decisions_path():
+    with pytest.raises(ValueError, match=r"MinHashConfig\.decisions must be one of 'join', 'side_input', "
+                                         r"got 'shuffle'"):
+        dedup.MinHashConfig(decisions="shuffle")
+
+
 def test_word_hash_cache_is_bounded_and_exact(monkeypatch):
     """The per-process word-hash cache never grows past its limit (it is emptied first), and hashes are the
     words' BLAKE2b values whether or not they were cached."""

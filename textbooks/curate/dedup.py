@@ -23,10 +23,19 @@ the signature; each band of the signature gets a 64-bit band hash (:meth:`MinHas
 3. One document per component survives: the smallest by the ``keep`` policy (``'min_id'``: smallest id;
    ``'longest'``: most characters, then smallest id), a deterministic choice. The others are dropped with
    ``meta.curation = {reason: 'near_duplicate', duplicate_of, cluster_size}``. The decisions (one per dropped
-   document: its id, the survivor's id and the cluster size) reach the workers as a dict side input, and the
-   records stream past it without a shuffle: a worker holds the decisions, never a share of the records (a
-   ``CoGroupByKey`` on the id would hand each worker of the direct runner its whole share of the records at
-   once).
+   document: its id, the survivor's id and the cluster size) reach the records in one of two ways, chosen by
+   ``decisions``:
+
+   * ``'join'`` (the default): records and decisions are keyed by id and joined with ``CoGroupByKey``; the
+     shuffle spreads both over the workers, so no worker holds more than its share of either, on any runner
+     and at any size.
+   * ``'side_input'``: the decisions are a dict side input and the records stream past it without a shuffle;
+     faster on one machine (the direct runner's join hands each worker its whole share of the records at once),
+     but every worker holds every decision (a few hundred bytes per dropped document): only for runs whose
+     dropped ids fit in each worker's memory, never at web scale (hundreds of millions of dropped documents).
+
+   Both give the same kept and dropped records; the counter ``near_dedup/decisions_join`` or
+   ``near_dedup/decisions_side_input`` (bundles applied) says which ran.
 
 The probability that a pair with Jaccard similarity ``s`` becomes a candidate is ``1 - (1 - s**r)**b``; with the
 FineWeb setting (5-grams, 14 bands × 8 rows) pairs above ~0.75 are found with high probability.
@@ -53,6 +62,7 @@ _MAX32 = np.uint64(0xFFFFFFFF)
 _CHUNK = 2048
 _PAIRWISE_LIMIT = 64
 CLUSTERS = "clusters"
+DECISIONS = ("join", "side_input")
 
 
 @gin.configurable
@@ -84,6 +94,8 @@ class MinHashConfig:
             holds about ``documents / bucket_shards`` band hashes at a time.
         components: how the candidate graph's connected components are found (:mod:`components`: one-worker
             union-find for small graphs, distributed large-star/small-star rounds for big ones).
+        decisions: how drop decisions reach the records: ``'join'`` (``CoGroupByKey`` on the id; scales, the
+            default) or ``'side_input'`` (every worker holds all decisions; one-machine runs only).
     """
 
     shingle_size: int = 5
@@ -96,10 +108,14 @@ class MinHashConfig:
     batch_size: int = 1000
     bucket_shards: int = 16
     components: ComponentsConfig = dataclasses.field(default_factory=ComponentsConfig)
+    decisions: str = "join"
 
     def __post_init__(self):
         if self.keep not in ("min_id", "longest"):
             raise ValueError(f"MinHashConfig.keep must be 'min_id' or 'longest', got {self.keep!r}")
+        if self.decisions not in DECISIONS:
+            raise ValueError(f"MinHashConfig.decisions must be one of {', '.join(map(repr, DECISIONS))}, got "
+                             f"{self.decisions!r} (set MinHashConfig.decisions in the gin file)")
         if min(self.shingle_size, self.num_bands, self.rows_per_band, self.batch_size, self.bucket_shards) < 1:
             raise ValueError("MinHashConfig: shingle_size, num_bands, rows_per_band, batch_size and bucket_shards "
                              f"must be positive, got {self.shingle_size}, {self.num_bands}, {self.rows_per_band}, "
@@ -371,11 +387,14 @@ class _BucketEdgesDoFn(beam.DoFn):
 
 
 class _ApplyDecisionsDoFn(beam.DoFn):
-    """Records -> kept, or dropped with their decision (looked up by id in the decisions side input)."""
+    """Records -> kept, or dropped with their decision. With ``decisions='join'`` the elements are the
+    ``CoGroupByKey`` groups ``(id, {'record': [...], 'decision': [...]})``; with ``'side_input'`` they are the
+    records, and the decisions dict (id -> decision) is a side input."""
 
-    def __init__(self, stage: str, reason: str):
+    def __init__(self, stage: str, reason: str, decisions: str):
         self.stage = stage
         self.reason = reason
+        self.decisions = decisions
         self.counters = None
 
     def setup(self):
@@ -383,10 +402,19 @@ class _ApplyDecisionsDoFn(beam.DoFn):
 
     def start_bundle(self):
         self.counters.inc("bundles/decisions")
+        self.counters.inc(f"decisions_{self.decisions}")
 
-    def process(self, record: dict, decisions: dict):
+    def process(self, item, decisions: dict | None = None):
+        if decisions is not None:
+            yield from self._apply(item, decisions.get(item["id"]))
+            return
+        _, joined = item
+        found = list(joined["decision"])
+        for record in joined["record"]:
+            yield from self._apply(record, found[0] if found else None)
+
+    def _apply(self, record: dict, decision: dict | None):
         tokens = self.counters.seen(record)
-        decision = decisions.get(record["id"])
         if decision is not None:
             self.counters.dropped(record, self.reason, tokens)
             yield beam.pvalue.TaggedOutput(stages.DROPPED, stages.mark_dropped(
@@ -414,7 +442,11 @@ class NearDedup(beam.PTransform):
                  | "Edges" >> beam.ParDo(_BucketEdgesDoFn(self.config, self.stage))
                  | "DistinctEdges" >> beam.Distinct())
         comps = edges | "Components" >> Components(self.config.components, self.stage, CLUSTERS)
-        decisions = beam.pvalue.AsDict(comps["decisions"])
-        apply = _ApplyDecisionsDoFn(self.stage, "near_duplicate")
-        out = records | "Apply" >> beam.ParDo(apply, decisions).with_outputs(stages.DROPPED, main="kept")
+        apply = _ApplyDecisionsDoFn(self.stage, "near_duplicate", self.config.decisions)
+        if self.config.decisions == "side_input":
+            items, args = records, [beam.pvalue.AsDict(comps["decisions"])]
+        else:
+            keyed = records | "KeyById" >> beam.Map(lambda r: (r["id"], r))
+            items, args = {"record": keyed, "decision": comps["decisions"]} | "Join" >> beam.CoGroupByKey(), []
+        out = items | "Apply" >> beam.ParDo(apply, *args).with_outputs(stages.DROPPED, main="kept")
         return {"kept": out.kept, "dropped": out[stages.DROPPED], "clusters": comps[CLUSTERS]}
