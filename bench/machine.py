@@ -5,9 +5,10 @@ A ratio taken while other jobs share the cores is not a result: a loaded machine
 JSON and on its last line:
 
 * the date, the CPU model and the core count;
-* the 1-minute load average before the first round (after waiting up to ``--wait_quiet`` seconds for it to
-  fall under :data:`QUIET_LOAD`) and after the last round (after letting the benchmark's own load decay, up
-  to ``--settle`` seconds: the load average counts our own processes too);
+* the 1-minute load average when :class:`Conditions` is created (after waiting up to ``--wait_quiet``
+  seconds for it to fall under :data:`QUIET_LOAD`; benchmarks create it before they import or start anything
+  heavy, since the load average counts their own start-up too) and after the last round (after letting the
+  benchmark's own load decay, up to ``--settle`` seconds);
 * for each round, the cores that *other* processes kept busy while it ran: the machine's busy time from
   ``/proc/stat`` minus the CPU time of this process and its children, over the round's wall time.
 

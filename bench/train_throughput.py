@@ -148,6 +148,7 @@ def main(argv=None) -> int:
     parser.add_argument("--out", default="train_throughput.json")
     machine.add_arguments(parser)
     args = parser.parse_args(argv)
+    cond = machine.Conditions(args.wait_quiet)  # before this process loads the machine itself
     goal_ratio, goal_mfu = GOALS.get(args.preset, DEFAULT_GOAL)
 
     from textbooks.model.config import get_preset
@@ -169,7 +170,6 @@ def main(argv=None) -> int:
     fpt = flops.flops_per_token(config, args.seq_len)
     timed = {"ours": [], "torch": []}
     peaks, ratios, mfus, mfus_torch = [], [], [], []
-    cond = machine.Conditions(args.wait_quiet)
     for r in range(args.rounds):
         with cond.round():
             timed["ours"].append(ours.run(ours_batches[args.warmup:]))
