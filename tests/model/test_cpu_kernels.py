@@ -71,6 +71,51 @@ def test_small_matmul_keeps_leading_axes_and_rejects_shapes_that_do_not_fit(kern
 
 
 @pytest.mark.parametrize("rows", [1, 3, 4, 16, 21])
+@pytest.mark.parametrize("k,n", [(576, 960), (64, 48), (33, 100), (7, 5), (0, 7)])
+def test_packed_matmul_equals_x_w_plus_b_and_the_unpacked_kernel(kernel, rows, k, n):
+    """x @ w + b on the packed layout (48-column panels; N not a multiple of 48 pads the last one, whose columns
+    take the 16-column and scalar paths) against the float64 product: a float32 sum of the k products and the
+    bias is within (k + 1) * eps * (sum|x_i w_i| + |b|) of the exact one. Each output is summed in the same
+    order as the unpacked kernel's, so the two agree exactly."""
+    rng = np.random.default_rng(rows * 1000 + n + k)
+    x = rng.standard_normal((rows, k), np.float32)
+    w = rng.standard_normal((k, n), np.float32)
+    b = rng.standard_normal((n,), np.float32)
+    packed = cpu_matmul.pack_columns(w)
+    assert packed.shape == (-(-n // cpu_matmul.PANEL), k, cpu_matmul.PANEL)
+    got = np.asarray(jax.jit(cpu_matmul.packed_matmul)(x, packed, b))
+    exact = x.astype(np.float64) @ w.astype(np.float64) + b
+    bound = (k + 1) * np.finfo(np.float32).eps * (np.abs(x).astype(np.float64) @ np.abs(w) + np.abs(b))
+    assert got.shape == (rows, n)
+    np.testing.assert_array_less(np.abs(got - exact), bound + np.finfo(np.float32).tiny)
+    np.testing.assert_array_equal(got, np.asarray(jax.jit(cpu_matmul.small_matmul)(x, w, b)))
+    np.testing.assert_array_equal(np.asarray(cpu_matmul.packed_matmul(x[None], packed, b)), got[None])
+    with pytest.raises(ValueError, match="do not fit"):
+        cpu_matmul.packed_matmul(x, packed, np.zeros(n + cpu_matmul.PANEL, np.float32))
+
+
+def test_decoder_packs_the_projections_once_and_its_steps_use_them(kernel, tiny_model):
+    """A decoder on the kernels packs every block's projections (q, k and v side by side, the output projection,
+    each MLP matrix; gate and up side by side in Llama): its token loop makes four packed products per block and
+    no unpacked one, and decodes the tokens of XLA's ops."""
+    for config, params in (tiny_model, (get_preset("llama-cpu-1m").replace(vocab_size=64, max_len=64),
+                                        random_params(get_preset("llama-cpu-1m").replace(vocab_size=64, max_len=64),
+                                                      seed=1, scale=0.3))):
+        fast = decode_lib.Decoder(params, config, kernels="cpu_kernel")
+        names = {path[-1].key for path, _ in jax.tree_util.tree_leaves_with_path(fast.packed)}
+        assert names == {"w", "b"} and len(jax.tree.leaves(fast.packed)) == 2 * 4 * config.num_layers
+        cache = init_cache(config, 2, 32)
+        loop = jax.jit(decode_lib._token_loop, static_argnums=(0, 1, 6, 7)).lower(
+            config, fast.model_kernels, fast.params, cache, np.ones(2, np.int32),
+            decode_lib.batch_arrays([decode_lib.GenerationRequest([1], 4)] * 2, 2, 0)[3], 8, 0,
+            packed=fast.packed).as_text()
+        assert loop.count(cpu_matmul.TARGET_PACKED) == 4 * config.num_layers
+        assert cpu_matmul.TARGET + '"' not in loop
+        requests = [decode_lib.GenerationRequest(prompt=[3, 9, 27][:n], max_new_tokens=m) for n, m in [(1, 9), (3, 5)]]
+        assert fast.generate(requests) == decode_lib.Decoder(params, config, kernels="xla").generate(requests)
+
+
+@pytest.mark.parametrize("rows", [1, 3, 4, 16, 21])
 @pytest.mark.parametrize("k,n", [(576, 1024), (64, 48), (20, 37), (7, 5)])
 def test_transposed_matmul_equals_the_xla_dot(kernel, rows, k, n):
     """x @ w.T on the kernel (16-row blocks of w; w rows past them, and K not a multiple of 16, take the row

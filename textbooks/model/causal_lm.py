@@ -96,7 +96,7 @@ class CausalLM(nn.Module):
 
         block = remat_block(_BLOCKS[cfg.family], cfg)
         if cfg.scan_layers:
-            stack = nn.scan(block, variable_axes={"params": 0, "cache": 0},
+            stack = nn.scan(block, variable_axes={"params": 0, "cache": 0, "packed": 0},
                             split_rngs={"params": True, "dropout": True}, in_axes=(nn.broadcast,) * 5,
                             length=cfg.num_layers, metadata_params={nn.PARTITION_NAME: "layers"})
             x, _ = stack(cfg, self.kernels, name="layers")(x, segment_ids, positions, decode_index, deterministic,

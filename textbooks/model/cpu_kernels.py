@@ -32,7 +32,8 @@ SOURCES = ("decode_attention.cc", "small_matmul.cc")
 # FFI target name -> the handler symbol the library exports.
 TARGETS = {"textbooks_decode_attention": "TextbooksDecodeAttention",
            "textbooks_small_matmul": "TextbooksSmallMatmul",
-           "textbooks_matmul_nt": "TextbooksSmallMatmulNT"}
+           "textbooks_matmul_nt": "TextbooksSmallMatmulNT",
+           "textbooks_packed_matmul": "TextbooksPackedMatmul"}
 
 
 class KernelStatus(NamedTuple):

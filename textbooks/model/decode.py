@@ -79,10 +79,26 @@ def _prefill(config: ModelConfig, kernels: DecodeKernels, params: Any, tokens: j
     return variables["cache"]
 
 
+@functools.partial(jax.jit, static_argnums=(0, 1))
+def pack_decode_weights(config: ModelConfig, kernels: DecodeKernels, params: Any) -> Any:
+    """The ``'packed'`` collection of ``params`` for single-token decode steps on the product kernel (see
+    :mod:`textbooks.model.packed_decode`): made by one decode step with the collection mutable; a copy of the
+    projection weights in the kernel's layout. Empty unless ``kernels.projections`` is 'cpu_kernel'."""
+    if kernels.projections != "cpu_kernel":
+        return {}
+    _, variables = CausalLM(config, kernels).apply(
+        {"params": params, "cache": init_cache(config, 1, 1)}, jnp.zeros((1, 1), jnp.int32), decode=True,
+        mutable=["cache", "packed"])
+    return variables.get("packed", {})
+
+
 def _token_loop(config: ModelConfig, kernels: DecodeKernels, params: Any, cache: Any, last_tokens: jax.Array,
-                rows: dict, num_new: int, filled: int, keep_cache: bool = False, until_free: Any = False) -> tuple:
+                rows: dict, num_new: int, filled: int, keep_cache: bool = False, until_free: Any = False,
+                packed: Any = None) -> tuple:
     """Generates up to ``rows['max_new']`` tokens per row; returns (tokens [B, num_new], counts, reasons), plus
     the cache (at its full length) when ``keep_cache``.
+
+    ``packed``: the layers' packed weights (:func:`pack_decode_weights`) the steps use, if any.
 
     ``filled``: every row's cache holds nothing at or past slot ``filled``, so shorter windows keep all of it.
     ``until_free``: also stop as soon as a row that was decoding ends (continuous batching with requests
@@ -101,8 +117,8 @@ def _token_loop(config: ModelConfig, kernels: DecodeKernels, params: Any, cache:
 
     def body(state):
         cache, step, tokens, out, done, counts, reasons = state
-        logits, variables = model.apply({"params": params, "cache": cache}, tokens[:, None], decode=True,
-                                        mutable=["cache"])
+        weights = {"params": params, "cache": cache, **({"packed": packed} if packed else {})}
+        logits, variables = model.apply(weights, tokens[:, None], decode=True, mutable=["cache"])
         def sampled(logits):  # per-step keys are derived only when a row samples
             keys = jax.vmap(jax.random.fold_in, in_axes=(0, None))(rows["keys"], step)
             return sample_tokens(logits, keys, rows["temperature"], rows["top_k"], rows["top_p"])
@@ -194,6 +210,8 @@ class Decoder:
         self.kernels = str(self.model_kernels)
         # Compiled programs are shared by every Decoder of the same inference config and kernels.
         self._config = config.replace(remat_policy="none", embd_dropout=0.0, attn_dropout=0.0, resid_dropout=0.0)
+        # Decode steps read the projection weights in the product kernel's packed layout: packed once here.
+        self.packed = pack_decode_weights(self._config, self.model_kernels, self.params)
         self.shapes_used: set[tuple[int, ...]] = set()  # (batch, prompt, cache, new, stops, stop length) buckets
         self.prefill_shapes: set[tuple[int, int, int]] = set()  # (batch, prompt, cache) of prefill() calls
 
@@ -291,7 +309,7 @@ class Decoder:
         filled = next(w for w in attention_windows(cache_length(cache)) if w >= written)
         out, counts, reasons, cache = _decode_chunk(
             self._config, self.model_kernels, self.params, cache, last, rows, bucket(num_new, 8),
-            _static_filled(self.model_kernels, filled), True, np.bool_(until_free))
+            _static_filled(self.model_kernels, filled), True, np.bool_(until_free), packed=self.packed)
         return (*jax.device_get((out, counts, reasons)), cache)
 
     def _generate_batch(self, requests: list[GenerationRequest]) -> list[GenerationOutput]:
@@ -309,7 +327,7 @@ class Decoder:
         cache = _prefill(self._config, self.model_kernels, self.params, tokens, segments, cache_len)
         out, counts, reasons = jax.device_get(_decode_loop(
             self._config, self.model_kernels, self.params, cache, last, rows, num_new,
-            _static_filled(self.model_kernels, prompt_len)))
+            _static_filled(self.model_kernels, prompt_len), packed=self.packed))
         results = []
         for b, r in enumerate(requests):
             generated = [int(t) for t in out[b, :counts[b]]]

@@ -25,7 +25,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from textbooks.model import cpu_attention, cpu_matmul
+from textbooks.model import cpu_attention, cpu_matmul, packed_decode
 from textbooks.model.config import ModelConfig
 
 Array = jax.Array
@@ -216,8 +216,12 @@ class Projection(nn.Module):
         dtype = jnp.dtype(self.config.dtype)
         kernel, bias = self.kernel, self.bias
         if decode and x.shape[1] == 1 and self.kernels.projections == "cpu_kernel":
-            # A single-token decode step: the kernel streams the weights on every core. Input axes flatten
-            # into K and output axes into N (row-major reshapes of the kernel: no copies).
+            # A single-token decode step: the kernel streams the weights on every core, packed when the
+            # decoder prepared them (see packed_decode). Input axes flatten into K and output axes into N
+            # (row-major reshapes of the kernel: no copies).
+            packed = packed_decode.packed_outputs(self, "kernel", (self,), x)
+            if packed is not None:
+                return packed[0]
             out_shape = self.kernel_shape[len(self.kernel_shape) - (len(self.equation.split("->")[1]) - 2):]
             k_in = math.prod(self.kernel_shape) // math.prod(out_shape)
             flat_bias = jnp.zeros((math.prod(out_shape),), jnp.float32) if bias is None else bias.reshape(-1)
@@ -280,7 +284,12 @@ class Attention(nn.Module):
 
         q_proj, k_proj = projection("q_proj", heads), projection("k_proj", kv_heads)
         v_proj = projection("v_proj", kv_heads)
-        if decode:  # the decode kernels' own products, each projection apart
+        packed = None
+        if decode and x.shape[1] == 1 and self.kernels.projections == "cpu_kernel":  # one product, packed weights
+            packed = packed_decode.packed_outputs(self, "qkv", (q_proj, k_proj, v_proj), x)
+        if packed is not None:
+            q, k, v = packed
+        elif decode:  # the decode kernels' own products, each projection apart
             q, k, v = q_proj(x, decode), k_proj(x, decode), v_proj(x, decode)  # [B, L, H | KVH, Dh]
         elif kv_heads == heads:
             q, k, v = stacked_projections((q_proj, k_proj, v_proj), x)

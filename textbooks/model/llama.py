@@ -14,6 +14,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from textbooks.model import packed_decode
 from textbooks.model.config import ModelConfig
 from textbooks.model.layers import Attention, DecodeKernels, Projection, ones, stacked_projections
 
@@ -35,7 +36,12 @@ class LlamaMLP(nn.Module):
                               self.kernels, use_bias=False, name=name)
 
         gate_proj, up_proj = up("gate_proj"), up("up_proj")
-        if decode:  # the decode kernels' own products, each projection apart
+        packed = None
+        if decode and x.shape[1] == 1 and self.kernels.projections == "cpu_kernel":  # one product, packed weights
+            packed = packed_decode.packed_outputs(self, "gate_up", (gate_proj, up_proj), x)
+        if packed is not None:
+            gate, value = packed
+        elif decode:  # the decode kernels' own products, each projection apart
             gate, value = gate_proj(x, decode), up_proj(x, decode)
         else:  # one matmul for both (see stacked_projections)
             gate, value = stacked_projections((gate_proj, up_proj), x)

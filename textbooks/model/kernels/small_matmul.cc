@@ -7,8 +7,12 @@
 // keep their partial sums in vector registers over the whole reduction (one pass over the panel per block);
 // the first pass prefetches the panel's rows ahead of its products.
 //
-// Layouts (float32, row-major): x [..., K] (M rows), w [K, N], b [N], y [..., N]. A second handler computes
-// x @ w.T for w [N, K] (a tied LM head reads the embedding table as it is stored; see SmallMatmulNT).
+// Layouts (float32, row-major): x [..., K] (M rows), w [K, N], b [N], y [..., N]. A panel of w [K, N] is a
+// column strip: each of its K rows a short stretch of memory N floats from the next, which one core reads at
+// well under half the speed of consecutive memory. The packed layout [ceil(N / 48), K, 48] (PackedMatmul)
+// stores every 48-column panel as one consecutive block (the last padded with zero columns), so a panel is
+// a single sequential read; a decoder packs its weights once. A third handler computes x @ w.T for w [N, K]
+// (a tied LM head reads the embedding table as it is stored; see SmallMatmulNT).
 #include <algorithm>
 #include <atomic>
 #include <cstdint>
@@ -34,6 +38,7 @@ constexpr int kRows = 8;
 constexpr int kWideVectors = 6;
 constexpr int64_t kFewRows = 4;
 constexpr int64_t kAhead = 8;  // the first block of rows prefetches the weights this many rows of w ahead
+constexpr int64_t kPacked = kVectors * kLanes;  // columns per panel of the packed layout
 
 inline v16 Load(const float* p) { v16 v; std::memcpy(&v, p, sizeof(v)); return v; }
 inline void Store(float* p, v16 v) { std::memcpy(p, &v, sizeof(v)); }
@@ -43,25 +48,28 @@ struct Work {
   const float* w;
   const float* b;
   float* y;
-  int64_t m, k, n, units;  // units: panels of PanelWidth columns
+  int64_t m, k, n, units;  // units: panels of `width` columns
+  int64_t width;           // columns per panel
+  int64_t ld;              // floats from one row of a panel to the next: N, or kPacked when packed
+  int64_t panel_step;      // floats from one panel's first element to the next one's: width, or K * kPacked
   std::atomic<int64_t> next{0};
   std::atomic<int64_t> done{0};
 };
 
-// Rows [m0, m0 + R) times columns [n0, n0 + 16 V).
+// Rows [m0, m0 + R) times columns [n0, n0 + 16 V), whose row 0 starts at col.
 template <int R, int V>
-void Block(const Work& w, int64_t m0, int64_t n0) {
+void Block(const Work& w, int64_t m0, int64_t n0, const float* col) {
   v16 acc[R][V];
   for (int r = 0; r < R; ++r)
     for (int j = 0; j < V; ++j) acc[r][j] = v16{};
   const float* x = w.x + m0 * w.k;
-  const float* col = w.w + n0;
+  const int64_t ld = w.ld;
   const bool first = m0 == 0;
   for (int64_t k = 0; k < w.k; ++k) {
     if (first)
-      for (int j = 0; j < V; ++j) __builtin_prefetch(col + (k + kAhead) * w.n + kLanes * j);
+      for (int j = 0; j < V; ++j) __builtin_prefetch(col + (k + kAhead) * ld + kLanes * j);
     v16 wv[V];
-    for (int j = 0; j < V; ++j) wv[j] = Load(col + k * w.n + kLanes * j);
+    for (int j = 0; j < V; ++j) wv[j] = Load(col + k * ld + kLanes * j);
     for (int r = 0; r < R; ++r) {
       const float xv = x[r * w.k + k];
       for (int j = 0; j < V; ++j) acc[r][j] += xv * wv[j];
@@ -72,42 +80,45 @@ void Block(const Work& w, int64_t m0, int64_t n0) {
       Store(w.y + (m0 + r) * w.n + n0 + kLanes * j, acc[r][j] + Load(w.b + n0 + kLanes * j));
 }
 
-// Every row times columns [n0, n0 + 16 V): blocks of R rows, then of R / 2, then single rows.
+// Every row times columns [n0, n0 + 16 V) starting at col: blocks of R rows, then of R / 2, then single rows.
 template <int V, int R>
-void Columns(const Work& w, int64_t n0) {
+void Columns(const Work& w, int64_t n0, const float* col) {
   int64_t m0 = 0;
   if constexpr (R > 1) {
-    for (; m0 + R <= w.m; m0 += R) Block<R, V>(w, m0, n0);
-    for (; m0 + R / 2 <= w.m; m0 += R / 2) Block<R / 2, V>(w, m0, n0);
+    for (; m0 + R <= w.m; m0 += R) Block<R, V>(w, m0, n0, col);
+    for (; m0 + R / 2 <= w.m; m0 += R / 2) Block<R / 2, V>(w, m0, n0, col);
   }
-  for (; m0 < w.m; ++m0) Block<1, V>(w, m0, n0);
+  for (; m0 < w.m; ++m0) Block<1, V>(w, m0, n0, col);
 }
 
-int64_t PanelWidth(const Work& w) { return kLanes * (w.m < kFewRows ? kWideVectors : kVectors); }
+// Columns per panel of w [K, N]: wide panels for few rows (see kWideVectors), kPacked otherwise.
+int64_t PanelWidth(int64_t m) { return kLanes * (m < kFewRows ? kWideVectors : kVectors); }
 
-// The last columns when N is not a multiple of 16.
-void Scalar(const Work& w, int64_t n0) {
+// The last columns [n0, N) when N is not a multiple of 16, starting at col.
+void Scalar(const Work& w, int64_t n0, const float* col) {
   for (int64_t m = 0; m < w.m; ++m)
     for (int64_t j = n0; j < w.n; ++j) {
       float acc = 0.0f;
-      for (int64_t k = 0; k < w.k; ++k) acc += w.x[m * w.k + k] * w.w[k * w.n + j];
+      for (int64_t k = 0; k < w.k; ++k) acc += w.x[m * w.k + k] * col[k * w.ld + j - n0];
       w.y[m * w.n + j] = acc + w.b[j];
     }
 }
 
 void Panel(const Work& w, int64_t p) {
-  const int64_t width = PanelWidth(w);
-  int64_t n0 = p * width;
-  if (n0 + width <= w.n) {
-    if (w.m < kFewRows) {
-      Columns<kWideVectors, 1>(w, n0);
+  int64_t n0 = p * w.width;
+  const float* col = w.w + p * w.panel_step;
+  if (n0 + w.width <= w.n) {
+    if (w.m >= kFewRows) {
+      Columns<kVectors, kRows>(w, n0, col);  // width is kPacked in either layout
+    } else if (w.width == kPacked) {
+      Columns<kVectors, 1>(w, n0, col);
     } else {
-      Columns<kVectors, kRows>(w, n0);
+      Columns<kWideVectors, 1>(w, n0, col);
     }
     return;
   }
-  for (; n0 + kLanes <= w.n; n0 += kLanes) Columns<1, kRows>(w, n0);
-  if (n0 < w.n) Scalar(w, n0);
+  for (; n0 + kLanes <= w.n; n0 += kLanes, col += kLanes) Columns<1, kRows>(w, n0, col);
+  if (n0 < w.n) Scalar(w, n0, col);
 }
 
 // Runs Unit(*work, u) for every u < work->units once, on the calling thread and the pool's threads (whichever
@@ -126,6 +137,8 @@ void Share(ffi::ThreadPool& pool, std::shared_ptr<W> work) {
   while (work->done.load(std::memory_order_acquire) < work->units) std::this_thread::yield();
 }
 
+ffi::Error Run(ffi::ThreadPool& pool, std::shared_ptr<Work> work);
+
 ffi::Error SmallMatmul(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> w,
                        ffi::Buffer<ffi::F32> b, ffi::ResultBuffer<ffi::F32> y) {
   auto xd = x.dimensions();
@@ -139,14 +152,42 @@ ffi::Error SmallMatmul(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffe
   auto work = std::make_shared<Work>();
   work->x = x.typed_data(); work->w = w.typed_data(); work->b = b.typed_data(); work->y = y->typed_data();
   work->k = wd[0]; work->n = wd[1];
-  work->m = work->k > 0 ? static_cast<int64_t>(x.element_count()) / work->k : 0;
-  work->units = (work->n + PanelWidth(*work) - 1) / PanelWidth(*work);
+  work->m = work->k > 0 ? static_cast<int64_t>(x.element_count()) / work->k
+                        : static_cast<int64_t>(y->element_count()) / std::max<int64_t>(work->n, 1);
+  work->width = work->panel_step = PanelWidth(work->m);
+  work->ld = work->n;
+  return Run(pool, work);
+}
+
+// Runs a product set up in work (every field but units); the bias alone when K is 0.
+ffi::Error Run(ffi::ThreadPool& pool, std::shared_ptr<Work> work) {
+  work->units = (work->n + work->width - 1) / work->width;
   if (work->k == 0) {  // an empty sum: the bias
     for (int64_t m = 0; m < work->m; ++m) std::memcpy(work->y + m * work->n, work->b, work->n * sizeof(float));
     return ffi::Error::Success();
   }
   Share<Work, Panel>(pool, work);
   return ffi::Error::Success();
+}
+
+// y = x @ w + b with w in the packed layout [ceil(N / kPacked), K, kPacked]; N is b's length.
+ffi::Error PackedMatmul(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> w,
+                        ffi::Buffer<ffi::F32> b, ffi::ResultBuffer<ffi::F32> y) {
+  auto xd = x.dimensions();
+  auto wd = w.dimensions();
+  if (b.dimensions().size() != 1 || wd.size() != 3 || wd[2] != kPacked || xd.size() < 1 ||
+      xd[xd.size() - 1] != wd[1] || wd[0] != (b.dimensions()[0] + kPacked - 1) / kPacked) {
+    return ffi::Error::InvalidArgument("packed matmul: x [..., K], w [ceil(N / 48), K, 48] and b [N] do not fit");
+  }
+  auto work = std::make_shared<Work>();
+  work->x = x.typed_data(); work->w = w.typed_data(); work->b = b.typed_data(); work->y = y->typed_data();
+  work->k = wd[1]; work->n = b.dimensions()[0];
+  work->m = work->k > 0 ? static_cast<int64_t>(x.element_count()) / work->k
+                        : static_cast<int64_t>(y->element_count()) / std::max<int64_t>(work->n, 1);
+  work->width = kPacked;
+  work->ld = kPacked;
+  work->panel_step = work->k * kPacked;
+  return Run(pool, work);
 }
 
 // y = x @ w.T with w [N, K] row-major (a tied LM head: the embedding table, one row per output column). Every
@@ -269,6 +310,16 @@ ffi::Error SmallMatmulNT(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buf
   return ffi::Error::Success();
 }
 
+// x, w, b -> y: the binding of both x @ w + b handlers.
+auto ProductBinding() {
+  return ffi::Ffi::Bind()
+      .Ctx<ffi::ThreadPool>()
+      .Arg<ffi::Buffer<ffi::F32>>()
+      .Arg<ffi::Buffer<ffi::F32>>()
+      .Arg<ffi::Buffer<ffi::F32>>()
+      .Ret<ffi::Buffer<ffi::F32>>();
+}
+
 }  // namespace
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(TextbooksSmallMatmulNT, SmallMatmulNT,
@@ -278,10 +329,6 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(TextbooksSmallMatmulNT, SmallMatmulNT,
                                   .Arg<ffi::Buffer<ffi::F32>>()
                                   .Ret<ffi::Buffer<ffi::F32>>());
 
-XLA_FFI_DEFINE_HANDLER_SYMBOL(TextbooksSmallMatmul, SmallMatmul,
-                              ffi::Ffi::Bind()
-                                  .Ctx<ffi::ThreadPool>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Ret<ffi::Buffer<ffi::F32>>());
+XLA_FFI_DEFINE_HANDLER_SYMBOL(TextbooksSmallMatmul, SmallMatmul, ProductBinding());
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(TextbooksPackedMatmul, PackedMatmul, ProductBinding());

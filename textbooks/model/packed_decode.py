@@ -1,0 +1,58 @@
+"""Single-token decode products on weights packed once for the compiled kernel (the ``'packed'`` collection).
+
+:func:`textbooks.model.cpu_matmul.packed_matmul` reads each weight as consecutive 48-column panels, which a
+decoder prepares once: the layers keep them in the ``'packed'`` variable collection, filled by running one
+decode step with that collection mutable (:func:`textbooks.model.decode.pack_decode_weights`) and passed with
+the parameters to every later step. Projections of the same input share one packed matrix (their columns side
+by side: q, k and v of attention; gate and up of a Llama MLP), so a step makes one kernel call for them and the
+cores split the union of their columns. Without the collection the layers fall back to their own products.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Sequence
+
+import jax
+import jax.numpy as jnp
+
+from textbooks.model import cpu_matmul
+
+COLLECTION = "packed"
+
+
+def _flat(projection: Any) -> tuple[jax.Array, jax.Array, tuple[int, ...]]:
+    """A projection's kernel as ``[K, N]``, its bias (zeros without one) as ``[N]``, and its output axes."""
+    outputs = len(projection.equation.split("->")[1]) - 2  # output axes after batch and length
+    out_shape = tuple(projection.kernel_shape[len(projection.kernel_shape) - outputs:])
+    kernel, bias = projection.weights()
+    n = math.prod(out_shape)
+    flat_bias = jnp.zeros((n,), jnp.float32) if bias is None else bias.reshape(n).astype(jnp.float32)
+    return kernel.reshape(-1, n), flat_bias, out_shape
+
+
+def packed_outputs(module: Any, name: str, projections: Sequence[Any], x: jax.Array) -> list[jax.Array] | None:
+    """The outputs of ``projections`` (submodules of ``module`` reading the same ``x [batch, 1, ...]``) from one
+    packed product, or None when ``module`` holds no packed weights ``name`` and cannot make them now.
+
+    The packed variable ``name`` of ``module`` holds the projections' kernels side by side (``w``, packed) and
+    their biases (``b``); it is made from the parameters when the ``'packed'`` collection is mutable.
+    """
+    if not (module.has_variable(COLLECTION, name) or module.is_mutable_collection(COLLECTION)):
+        return None
+    flats = [_flat(p) for p in projections]
+
+    def pack():
+        return {"w": cpu_matmul.pack_columns(jnp.concatenate([w for w, _, _ in flats], axis=1)),
+                "b": jnp.concatenate([b for _, b, _ in flats])}
+
+    if not module.has_variable(COLLECTION, name):  # setup-style modules cannot declare variables in calls
+        module.put_variable(COLLECTION, name, pack())
+    weights = module.get_variable(COLLECTION, name)
+    dtype = jnp.dtype(module.config.dtype)
+    y = cpu_matmul.packed_matmul(x.reshape(x.shape[0], -1), weights["w"], weights["b"])
+    outs, start = [], 0
+    for w, _, out_shape in flats:
+        outs.append(y[:, start:start + w.shape[1]].reshape((x.shape[0], 1) + out_shape).astype(dtype))
+        start += w.shape[1]
+    return outs
