@@ -94,25 +94,28 @@ def test_packed_matmul_equals_x_w_plus_b_and_the_unpacked_kernel(kernel, rows, k
         cpu_matmul.packed_matmul(x, packed, np.zeros(n + cpu_matmul.PANEL, np.float32))
 
 
-def test_decoder_packs_the_projections_once_and_its_steps_use_them(kernel, tiny_model):
+@pytest.mark.parametrize("family", ["phi", "llama"])
+def test_decoder_packs_the_weights_once_and_its_steps_use_them(kernel, tiny_model, family):
     """A decoder on the kernels packs every block's projections (q, k and v side by side, the output projection,
-    each MLP matrix; gate and up side by side in Llama): its token loop makes four packed products per block and
-    no unpacked one, and decodes the tokens of XLA's ops."""
-    for config, params in (tiny_model, (get_preset("llama-cpu-1m").replace(vocab_size=64, max_len=64),
-                                        random_params(get_preset("llama-cpu-1m").replace(vocab_size=64, max_len=64),
-                                                      seed=1, scale=0.3))):
-        fast = decode_lib.Decoder(params, config, kernels="cpu_kernel")
-        names = {path[-1].key for path, _ in jax.tree_util.tree_leaves_with_path(fast.packed)}
-        assert names == {"w", "b"} and len(jax.tree.leaves(fast.packed)) == 2 * 4 * config.num_layers
-        cache = init_cache(config, 2, 32)
-        loop = jax.jit(decode_lib._token_loop, static_argnums=(0, 1, 6, 7)).lower(
-            config, fast.model_kernels, fast.params, cache, np.ones(2, np.int32),
-            decode_lib.batch_arrays([decode_lib.GenerationRequest([1], 4)] * 2, 2, 0)[3], 8, 0,
-            packed=fast.packed).as_text()
-        assert loop.count(cpu_matmul.TARGET_PACKED) == 4 * config.num_layers
-        assert cpu_matmul.TARGET + '"' not in loop
-        requests = [decode_lib.GenerationRequest(prompt=[3, 9, 27][:n], max_new_tokens=m) for n, m in [(1, 9), (3, 5)]]
-        assert fast.generate(requests) == decode_lib.Decoder(params, config, kernels="xla").generate(requests)
+    each MLP matrix; gate and up side by side in Llama) and a tied head: its token loop makes four packed
+    products per block (one block body when the layers are scanned) plus the tied head's, no unpacked one, and
+    decodes the tokens of XLA's ops."""
+    config, params = tiny_model
+    if family == "llama":
+        config = get_preset("llama-cpu-1m").replace(vocab_size=64, max_len=64, tie_word_embeddings=True,
+                                                    scan_layers=True)
+        params = random_params(config, seed=1, scale=0.3)
+    fast = decode_lib.Decoder(params, config, kernels="cpu_kernel")
+    tied = int(config.family == "llama" and config.tie_word_embeddings)
+    assert len(jax.tree.leaves(fast.packed)) == 2 * (4 * (1 if config.scan_layers else config.num_layers) + tied)
+    rows = decode_lib.batch_arrays([decode_lib.GenerationRequest([1], 4)] * 2, 2, 0)[3]
+    loop = jax.jit(decode_lib._token_loop, static_argnums=(0, 1, 6, 7)).lower(
+        config, fast.model_kernels, fast.params, init_cache(config, 2, 32), np.ones(2, np.int32), rows, 8, 0,
+        packed=fast.packed).as_text()
+    assert loop.count(cpu_matmul.TARGET_PACKED) == 4 * (1 if config.scan_layers else config.num_layers) + tied
+    assert cpu_matmul.TARGET + '"' not in loop and cpu_matmul.TARGET_NT not in loop
+    requests = [decode_lib.GenerationRequest(prompt=[3, 9, 27][:n], max_new_tokens=m) for n, m in [(1, 9), (3, 5)]]
+    assert fast.generate(requests) == decode_lib.Decoder(params, config, kernels="xla").generate(requests)
 
 
 @pytest.mark.parametrize("rows", [1, 3, 4, 16, 21])

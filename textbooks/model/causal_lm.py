@@ -22,7 +22,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from textbooks.model import cpu_matmul
+from textbooks.model import cpu_matmul, packed_decode
 from textbooks.model.config import ModelConfig
 from textbooks.model.layers import DecodeKernels, dense_init, remat_block, zeros
 from textbooks.model.llama import LlamaBlock, rms_norm
@@ -117,7 +117,15 @@ class CausalLM(nn.Module):
             hidden = rms_norm(cfg, "norm")(x)
             if not head and not self.is_initializing():
                 return hidden
-            if cfg.tie_word_embeddings and decode and length == 1 and self.kernels.projections == "cpu_kernel":
+            tied_step = cfg.tie_word_embeddings and decode and length == 1 and self.kernels.projections == "cpu_kernel"
+            packed = None
+            if tied_step:  # the decoder's packed copy of the transposed table, if it made one
+                packed = packed_decode.packed_product(
+                    self, "lm_head", lambda: (embed.embedding.T, jnp.zeros((cfg.vocab_size,), jnp.float32)),
+                    hidden.reshape(batch, -1))
+            if packed is not None:
+                logits = packed[:, None, :]
+            elif tied_step:
                 # A single-token decode step: the multi-core kernel reads the table row by row as it is stored.
                 logits = cpu_matmul.small_matmul_nt(hidden.reshape(batch, -1), embed.embedding)[:, None, :]
             elif cfg.tie_word_embeddings:

@@ -5,13 +5,15 @@ decoder prepares once: the layers keep them in the ``'packed'`` variable collect
 decode step with that collection mutable (:func:`textbooks.model.decode.pack_decode_weights`) and passed with
 the parameters to every later step. Projections of the same input share one packed matrix (their columns side
 by side: q, k and v of attention; gate and up of a Llama MLP), so a step makes one kernel call for them and the
-cores split the union of their columns. Without the collection the layers fall back to their own products.
+cores split the union of their columns. A tied LM head is packed too (the transposed embedding table: a
+second copy of the table, read sequentially instead of row by row with 16 horizontal sums per block). Without
+the collection the layers fall back to their own products.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -31,26 +33,32 @@ def _flat(projection: Any) -> tuple[jax.Array, jax.Array, tuple[int, ...]]:
     return kernel.reshape(-1, n), flat_bias, out_shape
 
 
+def packed_product(module: Any, name: str, weights: Callable[[], tuple[jax.Array, jax.Array]],
+                   x: jax.Array) -> jax.Array | None:
+    """``x [rows, K] @ w + b`` on ``module``'s packed variable ``name``, made from ``weights() -> (w [K, N],
+    b [N])`` when the ``'packed'`` collection is mutable; None when it is absent and cannot be made now."""
+    if not module.has_variable(COLLECTION, name):
+        if not module.is_mutable_collection(COLLECTION):
+            return None
+        w, b = weights()  # setup-style modules cannot declare variables in calls: put_variable can
+        module.put_variable(COLLECTION, name, {"w": cpu_matmul.pack_columns(w), "b": b.astype(jnp.float32)})
+    packed = module.get_variable(COLLECTION, name)
+    return cpu_matmul.packed_matmul(x, packed["w"], packed["b"])
+
+
 def packed_outputs(module: Any, name: str, projections: Sequence[Any], x: jax.Array) -> list[jax.Array] | None:
     """The outputs of ``projections`` (submodules of ``module`` reading the same ``x [batch, 1, ...]``) from one
-    packed product, or None when ``module`` holds no packed weights ``name`` and cannot make them now.
-
-    The packed variable ``name`` of ``module`` holds the projections' kernels side by side (``w``, packed) and
-    their biases (``b``); it is made from the parameters when the ``'packed'`` collection is mutable.
-    """
-    if not (module.has_variable(COLLECTION, name) or module.is_mutable_collection(COLLECTION)):
-        return None
+    packed product (:func:`packed_product`: their kernels side by side, and their biases), or None when
+    ``module`` holds no packed weights ``name`` and cannot make them now."""
     flats = [_flat(p) for p in projections]
 
-    def pack():
-        return {"w": cpu_matmul.pack_columns(jnp.concatenate([w for w, _, _ in flats], axis=1)),
-                "b": jnp.concatenate([b for _, b, _ in flats])}
+    def weights():
+        return jnp.concatenate([w for w, _, _ in flats], axis=1), jnp.concatenate([b for _, b, _ in flats])
 
-    if not module.has_variable(COLLECTION, name):  # setup-style modules cannot declare variables in calls
-        module.put_variable(COLLECTION, name, pack())
-    weights = module.get_variable(COLLECTION, name)
+    y = packed_product(module, name, weights, x.reshape(x.shape[0], -1))
+    if y is None:
+        return None
     dtype = jnp.dtype(module.config.dtype)
-    y = cpu_matmul.packed_matmul(x.reshape(x.shape[0], -1), weights["w"], weights["b"])
     outs, start = [], 0
     for w, _, out_shape in flats:
         outs.append(y[:, start:start + w.shape[1]].reshape((x.shape[0], 1) + out_shape).astype(dtype))
