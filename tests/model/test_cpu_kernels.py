@@ -99,7 +99,7 @@ def test_decoder_packs_the_weights_once_and_its_steps_use_them(kernel, tiny_mode
     """A decoder on the kernels packs every block's projections (q, k and v side by side, the output projection,
     each MLP matrix; gate and up side by side in Llama) and a tied head: its token loop makes four packed
     products per block (one block body when the layers are scanned) plus the tied head's, no unpacked one, and
-    decodes the tokens of XLA's ops."""
+    decodes the tokens of XLA's ops, as a decoder that does not pack does."""
     config, params = tiny_model
     if family == "llama":
         config = get_preset("llama-cpu-1m").replace(vocab_size=64, max_len=64, tie_word_embeddings=True,
@@ -115,7 +115,10 @@ def test_decoder_packs_the_weights_once_and_its_steps_use_them(kernel, tiny_mode
     assert loop.count(cpu_matmul.TARGET_PACKED) == 4 * (1 if config.scan_layers else config.num_layers) + tied
     assert cpu_matmul.TARGET + '"' not in loop and cpu_matmul.TARGET_NT not in loop
     requests = [decode_lib.GenerationRequest(prompt=[3, 9, 27][:n], max_new_tokens=m) for n, m in [(1, 9), (3, 5)]]
-    assert fast.generate(requests) == decode_lib.Decoder(params, config, kernels="xla").generate(requests)
+    got = fast.generate(requests)
+    assert got == decode_lib.Decoder(params, config, kernels="xla").generate(requests)
+    unpacked = decode_lib.Decoder(params, config, kernels="cpu_kernel", pack_weights=False)
+    assert unpacked.packed == {} and unpacked.generate(requests) == got
 
 
 @pytest.mark.parametrize("rows", [1, 3, 4, 16, 21])

@@ -30,7 +30,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from textbooks.model import cpu_kernels
+from textbooks.model import cpu_kernels, packed_decode
 from textbooks.model.buckets import bucket, fine_bucket
 from textbooks.model.config import ModelConfig
 from textbooks.model.kv_cache import attention_windows, cache_length, init_cache, resize_cache
@@ -79,26 +79,13 @@ def _prefill(config: ModelConfig, kernels: DecodeKernels, params: Any, tokens: j
     return variables["cache"]
 
 
-@functools.partial(jax.jit, static_argnums=(0, 1))
-def pack_decode_weights(config: ModelConfig, kernels: DecodeKernels, params: Any) -> Any:
-    """The ``'packed'`` collection of ``params`` for single-token decode steps on the product kernel (see
-    :mod:`textbooks.model.packed_decode`): made by one decode step with the collection mutable; a copy of the
-    projection weights in the kernel's layout. Empty unless ``kernels.projections`` is 'cpu_kernel'."""
-    if kernels.projections != "cpu_kernel":
-        return {}
-    _, variables = CausalLM(config, kernels).apply(
-        {"params": params, "cache": init_cache(config, 1, 1)}, jnp.zeros((1, 1), jnp.int32), decode=True,
-        mutable=["cache", "packed"])
-    return variables.get("packed", {})
-
-
 def _token_loop(config: ModelConfig, kernels: DecodeKernels, params: Any, cache: Any, last_tokens: jax.Array,
                 rows: dict, num_new: int, filled: int, keep_cache: bool = False, until_free: Any = False,
                 packed: Any = None) -> tuple:
     """Generates up to ``rows['max_new']`` tokens per row; returns (tokens [B, num_new], counts, reasons), plus
     the cache (at its full length) when ``keep_cache``.
 
-    ``packed``: the layers' packed weights (:func:`pack_decode_weights`) the steps use, if any.
+    ``packed``: the layers' packed weights the steps use, if any (:func:`textbooks.model.packed_decode.pack_weights`).
 
     ``filled``: every row's cache holds nothing at or past slot ``filled``, so shorter windows keep all of it.
     ``until_free``: also stop as soon as a row that was decoding ends (continuous batching with requests
@@ -189,10 +176,13 @@ class Decoder:
             kernels of :mod:`textbooks.model.cpu_kernels` when :func:`choose_kernels` allows them, else XLA ops),
             'xla' or 'cpu_kernel' (an error if they are unavailable), or a :class:`DecodeKernels` choosing each
             (e.g. to measure one kernel alone). ``self.kernels`` names the choice, ``self.model_kernels`` is it.
+        pack_weights: with the product kernel, decode steps read a copy of the projection weights (and of a tied
+            head's table) in the kernel's packed layout (:attr:`packed`), made at the first decode: about twice
+            as fast at 16 rows, for a second copy of those weights in memory. False keeps one copy.
     """
 
     def __init__(self, params: Any, config: ModelConfig, *, max_batch_size: int = 16, min_length_bucket: int = 16,
-                 kernels: str | DecodeKernels = "auto"):
+                 kernels: str | DecodeKernels = "auto", pack_weights: bool = True):
         if max_batch_size < 1:
             raise ValueError(f"max_batch_size must be >= 1, got {max_batch_size}")
         # Host (numpy) weights would be copied to the device at every call: put them there once.
@@ -210,10 +200,21 @@ class Decoder:
         self.kernels = str(self.model_kernels)
         # Compiled programs are shared by every Decoder of the same inference config and kernels.
         self._config = config.replace(remat_policy="none", embd_dropout=0.0, attn_dropout=0.0, resid_dropout=0.0)
-        # Decode steps read the projection weights in the product kernel's packed layout: packed once here.
-        self.packed = pack_decode_weights(self._config, self.model_kernels, self.params)
+        self.pack_weights = pack_weights
+        self._packed: Any = None
         self.shapes_used: set[tuple[int, ...]] = set()  # (batch, prompt, cache, new, stops, stop length) buckets
         self.prefill_shapes: set[tuple[int, int, int]] = set()  # (batch, prompt, cache) of prefill() calls
+
+    @property
+    def packed(self) -> Any:
+        """The weights decode steps read in the product kernel's layout, packed on first use
+        (:func:`textbooks.model.packed_decode.pack_weights`; empty without the kernel or when not
+        ``pack_weights``)."""
+        if self._packed is None:
+            self._packed = {}
+            if self.pack_weights:
+                self._packed = packed_decode.pack_weights(self._config, self.model_kernels, self.params)
+        return self._packed
 
     def validate(self, requests: Sequence[GenerationRequest]) -> None:
         """Checks every request; raises ValueError naming the request and what is wrong."""
