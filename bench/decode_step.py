@@ -1,9 +1,10 @@
 """Decode steps of a whole model: XLA ops vs the compiled CPU kernels, one kernel at a time.
 
 Greedy decoding of a batch through :class:`textbooks.model.decode.Decoder` (prefill, then a compiled token
-loop), timed per generated token step, with the model's decode-step kernels (:class:`DecodeKernels`) set three
-ways: all XLA ops (``attention='xla'``, ``projections='xla'``), the attention kernel only, and both kernels
-(what ``Decoder(kernels='auto')`` picks on XLA:CPU). Rounds of the variants are interleaved (load changes hit all
+loop), timed per generated token step, with the model's decode-step kernels (:class:`DecodeKernels`) set four
+ways: all XLA ops (``attention='xla'``, ``projections='xla'``), the attention kernel only, both kernels on the
+weights as stored (``Decoder(pack_weights=False)``), and both kernels on the packed weights (what
+``Decoder(kernels='auto')`` does on XLA:CPU). Rounds of the variants are interleaved (load changes hit all
 alike) and the median is reported; every variant must produce the same tokens as the XLA one. The bytes a step
 must read (weights but the embedding table, plus the cached keys and values so far) give the memory bandwidth
 each variant reaches.
@@ -34,9 +35,9 @@ except ImportError:  # run as a script: python bench/decode_step.py
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-# name -> (DecodeKernels.attention, DecodeKernels.projections)
-VARIANTS = {"xla": ("xla", "xla"), "attention kernel": ("cpu_kernel", "xla"),
-            "both kernels": ("cpu_kernel", "cpu_kernel")}
+# name -> (DecodeKernels.attention, DecodeKernels.projections, Decoder's pack_weights)
+VARIANTS = {"xla": ("xla", "xla", True), "attention kernel": ("cpu_kernel", "xla", True),
+            "both, unpacked": ("cpu_kernel", "cpu_kernel", False), "both kernels": ("cpu_kernel", "cpu_kernel", True)}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -71,8 +72,8 @@ def main(argv: list[str] | None = None) -> int:
     requests = [decode_lib.GenerationRequest(prompt=rng.integers(3, args.vocab_size, args.prompt).tolist(),
                                              max_new_tokens=args.new) for _ in range(args.batch)]
     decoders, tokens = {}, {}
-    for name, (attention, projections) in VARIANTS.items():
-        decoder = decode_lib.Decoder(params, config, max_batch_size=args.batch,
+    for name, (attention, projections, pack) in VARIANTS.items():
+        decoder = decode_lib.Decoder(params, config, max_batch_size=args.batch, pack_weights=pack,
                                      kernels=DecodeKernels(attention=attention, projections=projections))
         tokens[name] = [o.tokens for o in decoder.generate(requests)]  # compiles
         decoders[name] = decoder
