@@ -180,6 +180,24 @@ def causal_attention(q: Array, k: Array, v: Array, segment_ids: Array, scale: fl
     return outs[0] if len(outs) == 1 else jnp.concatenate(outs, axis=1)
 
 
+def token_einsum(equation: str, x: Array, kernel: Array) -> Array:
+    """``jnp.einsum(equation, x, kernel)`` for an ``equation`` whose first operand and output begin with the batch
+    and length axes (``'bl...'``), computed with those two axes merged into one token axis.
+
+    The result is the same product (a row-major reshape: no copy), but autodiff's weight gradient then
+    contracts one axis instead of two: with two contracted axes XLA:CPU copies the ``[tokens, out]`` output
+    gradient transposed before each weight-gradient product (the widest activation of the MLP, every layer);
+    with one it multiplies the gradient as it lies.
+    """
+    lhs, rest = equation.split(",")
+    rhs, out = rest.split("->")
+    if lhs[:2] != out[:2]:
+        raise ValueError(f"token_einsum: {equation!r} must begin its first operand and its output with the same "
+                         f"two (batch, length) axes")
+    y = jnp.einsum(f"{lhs[1:]},{rhs}->{out[1:]}", x.reshape((-1,) + x.shape[2:]), kernel)
+    return y.reshape(x.shape[:2] + y.shape[1:])
+
+
 class Projection(nn.Module):
     """A linear map (bias optional) between head-split and model-width activations, written as one einsum.
 
@@ -227,7 +245,7 @@ class Projection(nn.Module):
             flat_bias = jnp.zeros((math.prod(out_shape),), jnp.float32) if bias is None else bias.reshape(-1)
             y = cpu_matmul.small_matmul(x.reshape(x.shape[0], k_in), kernel.reshape(k_in, -1), flat_bias)
             return y.reshape(x.shape[:2] + out_shape).astype(dtype)
-        y = jnp.einsum(self.equation, x.astype(dtype), kernel.astype(dtype))
+        y = token_einsum(self.equation, x.astype(dtype), kernel.astype(dtype))
         return y if bias is None else y + bias.astype(dtype)
 
 
@@ -247,7 +265,7 @@ def stacked_projections(projections: Sequence[Projection], x: Array) -> list[Arr
     inputs = len(rhs) - (len(out) - 2)
     weights = [p.weights() for p in projections]
     kernel = jnp.stack([k for k, _ in weights], axis=inputs)
-    y = jnp.einsum(f"{lhs},{rhs[:inputs]}S{rhs[inputs:]}->{out[:2]}S{out[2:]}", x.astype(kernel.dtype), kernel)
+    y = token_einsum(f"{lhs},{rhs[:inputs]}S{rhs[inputs:]}->{out[:2]}S{out[2:]}", x.astype(kernel.dtype), kernel)
     if first.use_bias:
         y = y + jnp.stack([b for _, b in weights], axis=0)
     return [y[:, :, i] for i in range(len(projections))]
