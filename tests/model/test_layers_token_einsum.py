@@ -1,6 +1,7 @@
 """layers.token_einsum: the projections' products with batch and length merged into one token axis equal the
 einsum of the original equation, and their weight gradients compile without a transposed copy of the output
-gradient (what XLA:CPU inserted when autodiff contracted batch and length as two axes)."""
+gradient (what XLA:CPU inserted when autodiff contracted batch and length as two axes); the stacked q/k/v
+product's own kernel gradient (layers._stacked_product) equals autodiff's and avoids that copy too."""
 
 import re
 
@@ -9,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from textbooks.model.layers import token_einsum
+from textbooks.model.layers import _stacked_product, token_einsum
 
 B, L, D, H, K, M = 2, 16, 32, 4, 8, 64
 
@@ -65,3 +66,28 @@ def _output_gradient_copies(equation, x_shape, k_shape, product):
 @pytest.mark.parametrize("equation,x_shape,k_shape", CASES[:2])
 def test_weight_gradient_reads_the_output_gradient_as_it_lies(equation, x_shape, k_shape):
     assert _output_gradient_copies(equation, x_shape, k_shape, token_einsum) == []
+
+
+def test_stacked_kernel_gradient_reads_the_output_gradient_as_it_lies():
+    equation, x_shape, k_shape = CASES[4]
+    assert _output_gradient_copies(equation, x_shape, k_shape, token_einsum) != []  # what autodiff compiles to
+    assert _output_gradient_copies(equation, x_shape, k_shape, _stacked_product) == []
+
+
+def test_stacked_product_gradients_are_autodiffs():
+    equation, x_shape, k_shape = CASES[4]
+    rng = np.random.default_rng(1)
+    x = jnp.asarray(rng.standard_normal(x_shape).astype(np.float32))
+    kernel = jnp.asarray(rng.standard_normal(k_shape).astype(np.float32))
+    dy = jnp.asarray(rng.standard_normal(x_shape[:2] + k_shape[1:]).astype(np.float32))
+
+    def grads(product, x, kernel, dy):
+        return jax.grad(lambda x, k: jnp.sum(product(equation, x, k) * dy), argnums=(0, 1))(x, kernel)
+
+    got = grads(_stacked_product, x, kernel, dy)
+    want = grads(token_einsum, x, kernel, dy)
+    magnitude = grads(token_einsum, jnp.abs(x), jnp.abs(kernel), jnp.abs(dy))  # sums of |terms|
+    for g, w, m, reduction in zip(got, want, magnitude, (np.prod(k_shape[1:]), B * L)):
+        # two float32 sums of the same `reduction` products, in possibly different orders
+        bound = 2 * reduction * np.finfo(np.float32).eps * np.asarray(m)
+        assert np.all(np.abs(np.asarray(g) - np.asarray(w)) <= bound)

@@ -17,6 +17,7 @@ module, not of the saved :class:`~textbooks.model.config.ModelConfig`: the same 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from typing import Any, Sequence
 
@@ -249,6 +250,33 @@ class Projection(nn.Module):
         return y if bias is None else y + bias.astype(dtype)
 
 
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+def _stacked_product(equation: str, x: Array, kernel: Array) -> Array:
+    """``token_einsum(equation, x, kernel)`` whose kernel gradient is one ``[in, n * out]`` matrix product.
+
+    Autodiff's kernel gradient is the same product, but XLA:CPU lays it out transposed (so that each stacked
+    kernel's slice of it is contiguous) and for that copies the ``[tokens, n * out]`` output gradient
+    transposed first. Here the product is computed as a plain matrix behind an optimization barrier, which
+    keeps its row-major layout; the stacked kernels' slices of it are then weight-sized copies.
+    """
+    return token_einsum(equation, x, kernel)
+
+
+def _stacked_product_fwd(equation, x, kernel):
+    return token_einsum(equation, x, kernel), (x, kernel)
+
+
+def _stacked_product_bwd(equation, residuals, dy):
+    x, kernel = residuals
+    _, x_vjp = jax.vjp(lambda x: token_einsum(equation, x, kernel), x)
+    tokens = x.shape[0] * x.shape[1]
+    dkernel = jnp.einsum("tk,tn->kn", x.reshape(tokens, -1), dy.reshape(tokens, -1))
+    return x_vjp(dy)[0], jax.lax.optimization_barrier(dkernel).reshape(kernel.shape)
+
+
+_stacked_product.defvjp(_stacked_product_fwd, _stacked_product_bwd)
+
+
 def stacked_projections(projections: Sequence[Projection], x: Array) -> list[Array]:
     """The outputs of ``projections`` (same equation and kernel shape) of the same input ``x``, as one matmul.
 
@@ -265,7 +293,8 @@ def stacked_projections(projections: Sequence[Projection], x: Array) -> list[Arr
     inputs = len(rhs) - (len(out) - 2)
     weights = [p.weights() for p in projections]
     kernel = jnp.stack([k for k, _ in weights], axis=inputs)
-    y = token_einsum(f"{lhs},{rhs[:inputs]}S{rhs[inputs:]}->{out[:2]}S{out[2:]}", x.astype(kernel.dtype), kernel)
+    y = _stacked_product(f"{lhs},{rhs[:inputs]}S{rhs[inputs:]}->{out[:2]}S{out[2:]}", x.astype(kernel.dtype),
+                         kernel)
     if first.use_bias:
         y = y + jnp.stack([b for _, b in weights], axis=0)
     return [y[:, :, i] for i in range(len(projections))]
