@@ -150,15 +150,15 @@ def test_verify_threshold_filters_weak_candidates(planted):
     assert strict == [sorted([base, "copy"])]  # only the exact copy agrees on every signature position
 
 
-def test_signature_reduction_equals_modulo_and_band_keys_match_band_hashes(planted):
-    """The Mersenne-prime reduction gives the same signature as ``(a*x + b) % p`` written out with Python
-    integers (exact arithmetic), and the band keys carry the band hashes of the signature."""
+def test_signature_is_multiply_add_shift_minimum_and_band_keys_match_band_hashes(planted):
+    """Each signature position is ``min over shingles x of ((a*x + b) mod 2**64) >> 32``, written out with
+    Python integers (exact arithmetic), and the band keys carry the band hashes of the signature."""
     docs, _ = planted
     hasher = dedup.MinHasher(dedup.MinHashConfig())
-    p = (1 << 61) - 1
     shingles = hasher.shingles(docs[0][1])[:50]
+    assert len(shingles) == 50 and int(shingles.max()) < 1 << 32
     a, b = [int(v) for v in hasher.a], [int(v) for v in hasher.b]
-    expected = [min(((ai * int(x) + bi) % p) & 0xFFFFFFFF for x in shingles) for ai, bi in zip(a, b)]
+    expected = [min(((ai * int(x) + bi) % (1 << 64)) >> 32 for x in shingles) for ai, bi in zip(a, b)]
     assert hasher.signature_of_shingles(shingles).tolist() == expected
     sigs = np.stack([hasher.signature(t) for _, t in docs[:5]])
     hashes = hasher.band_hashes(sigs)
@@ -251,3 +251,35 @@ def test_word_hash_cache_is_bounded_and_exact(monkeypatch):
         assert got.tolist() == [textnorm.stable_hash64(w) for w in words]
         assert len(textnorm._word_cache) <= 50
     assert textnorm.hash_words([]).shape == (0,)
+
+
+def test_batched_words_are_word_tokens_and_batches_do_not_change_signatures(planted, monkeypatch):
+    """The batched tokenizer finds exactly :func:`textnorm.word_tokens`'s words (non-ASCII letters, digits,
+    underscores, a NUL inside a text, empty texts), equal words get equal hashes in any batch, and a
+    document's signature does not depend on the batch it is computed in (nor on the character budget that
+    splits a batch)."""
+    from textbooks.curate import minhash
+    from textbooks.curate.textnorm import word_tokens
+
+    texts = [t for _, t in planted[0][:40]] + ["Straße ﬁne naïve 42 foo_bar\x00baz — ½", "", " ,. ", "one two",
+                                              "Ünïcödé wörds, ÜNÏCÖDÉ WÖRDS"]
+    hasher = dedup.MinHasher(dedup.MinHashConfig())
+    hashes, owner = hasher.words(texts)
+    by_word = {}
+    for i, text in enumerate(texts):
+        words = word_tokens(text)
+        mine = hashes[owner == i].tolist()
+        assert len(mine) == len(words), (i, text[:80])
+        for w, h in zip(words, mine):
+            assert by_word.setdefault(w, h) == h, w
+    assert len(set(by_word.values())) == len(by_word)
+    together, counts = hasher.signatures(texts)
+    assert counts.tolist() == [len(word_tokens(t)) for t in texts]
+    monkeypatch.setattr(minhash, "_CHAR_BUDGET", 5000)
+    monkeypatch.setattr(minhash, "_BLOCK", 7)
+    for i, text in enumerate(texts):
+        alone = hasher.signature(text)
+        assert (alone is None) == (counts[i] == 0)
+        if alone is not None:
+            assert alone.tolist() == together[i].tolist()
+    assert hasher.signatures(texts)[0].tolist() == together.tolist()

@@ -4,8 +4,10 @@ Exact: documents are keyed by a 16-byte digest of their normalized text (:func:`
 and the smallest id of each group is kept.
 
 Near-duplicates (Broder's MinHash with LSH banding, as FineWeb): each document's word shingles (``shingle_size``
-consecutive normalized word tokens) are hashed; ``num_bands × rows_per_band`` universal hash permutations give
-the signature; each band of the signature gets a 64-bit band hash (:meth:`MinHasher.band_hashes`). Then
+consecutive normalized word tokens) are hashed; ``num_bands × rows_per_band`` universal hash functions give
+the signature, computed for a batch of documents at once with numpy (:mod:`textbooks.curate.minhash`, where
+the configuration, the hashing and the in-memory algorithm live); each band of the signature gets a 64-bit band
+hash (:meth:`MinHasher.band_hashes`). Then
 
 1. Documents sharing a band hash are candidates. Workers send band hashes in batches of ``batch_size``
    documents, one element per bucket shard (``band × bucket_shards + hash mod bucket_shards``) holding the
@@ -46,7 +48,6 @@ FineWeb setting (5-grams, 14 bands × 8 rows) pairs above ~0.75 are found with h
 from __future__ import annotations
 
 import dataclasses
-from typing import Iterable, Sequence
 
 import apache_beam as beam
 import gin
@@ -54,15 +55,15 @@ import numpy as np
 from apache_beam.transforms.window import GlobalWindows
 
 from textbooks.curate import stages
-from textbooks.curate.components import Components, ComponentsConfig, connected_components
-from textbooks.curate.textnorm import combine_hashes, exact_key, hash_words, ngram_hashes, word_tokens
+from textbooks.curate.components import Components, connected_components
+from textbooks.curate.minhash import (DECISIONS, MinHashConfig, MinHasher, bucket_edges, near_duplicate_clusters,
+                                      priority)
+from textbooks.curate.textnorm import exact_key
 
-_P61 = np.uint64((1 << 61) - 1)
-_MAX32 = np.uint64(0xFFFFFFFF)
-_CHUNK = 2048
-_PAIRWISE_LIMIT = 64
 CLUSTERS = "clusters"
-DECISIONS = ("join", "side_input")
+_BATCH_CHARS = 1 << 20  # characters a signature batch holds at most (plus one document)
+__all__ = ["CLUSTERS", "DECISIONS", "ExactDedup", "ExactDedupConfig", "MinHashConfig", "MinHasher", "NearDedup",
+           "bucket_edges", "connected_components", "near_duplicate_clusters"]
 
 
 @gin.configurable
@@ -73,160 +74,6 @@ class ExactDedupConfig:
     lowercase: bool = True
     strip_punctuation: bool = False
     normalize_digits: bool = False
-
-
-@gin.configurable
-@dataclasses.dataclass
-class MinHashConfig:
-    """MinHash LSH near-deduplication.
-
-    Attributes:
-        shingle_size: words per shingle (FineWeb: 5).
-        num_bands / rows_per_band: LSH banding (FineWeb: 14 × 8); the signature has their product of hashes.
-        seed: seeds the hash permutations (must be equal on all workers; it is part of the config).
-        keep: which member of a cluster survives: ``'min_id'`` or ``'longest'``.
-        verify_threshold: optional minimum fraction of agreeing signature positions (an estimate of Jaccard
-            similarity) for a candidate pair to count; None keeps every candidate, as FineWeb does.
-        min_words: documents with fewer normalized words are not near-deduplicated (kept as they are).
-        batch_size: documents whose band hashes a worker sends together (its buffer holds at most this many
-            signatures).
-        bucket_shards: shuffle keys per band; the documents of one key are grouped on one worker, so a worker
-            holds about ``documents / bucket_shards`` band hashes at a time.
-        components: how the candidate graph's connected components are found (:mod:`components`: one-worker
-            union-find for small graphs, distributed large-star/small-star rounds for big ones).
-        decisions: how drop decisions reach the records: ``'join'`` (``CoGroupByKey`` on the id; scales, the
-            default) or ``'side_input'`` (every worker holds all decisions; one-machine runs only).
-    """
-
-    shingle_size: int = 5
-    num_bands: int = 14
-    rows_per_band: int = 8
-    seed: int = 1
-    keep: str = "min_id"
-    verify_threshold: float | None = None
-    min_words: int = 0
-    batch_size: int = 1000
-    bucket_shards: int = 16
-    components: ComponentsConfig = dataclasses.field(default_factory=ComponentsConfig)
-    decisions: str = "join"
-
-    def __post_init__(self):
-        if self.keep not in ("min_id", "longest"):
-            raise ValueError(f"MinHashConfig.keep must be 'min_id' or 'longest', got {self.keep!r}")
-        if self.decisions not in DECISIONS:
-            raise ValueError(f"MinHashConfig.decisions must be one of {', '.join(map(repr, DECISIONS))}, got "
-                             f"{self.decisions!r} (set MinHashConfig.decisions in the gin file)")
-        if min(self.shingle_size, self.num_bands, self.rows_per_band, self.batch_size, self.bucket_shards) < 1:
-            raise ValueError("MinHashConfig: shingle_size, num_bands, rows_per_band, batch_size and bucket_shards "
-                             f"must be positive, got {self.shingle_size}, {self.num_bands}, {self.rows_per_band}, "
-                             f"{self.batch_size} and {self.bucket_shards}")
-
-    @property
-    def num_perm(self) -> int:
-        return self.num_bands * self.rows_per_band
-
-    def candidate_probability(self, jaccard: float) -> float:
-        """Probability that a pair with this Jaccard similarity shares at least one band."""
-        return 1.0 - (1.0 - jaccard ** self.rows_per_band) ** self.num_bands
-
-
-class MinHasher:
-    """Computes shingles, MinHash signatures and LSH band hashes for one :class:`MinHashConfig`."""
-
-    def __init__(self, config: MinHashConfig):
-        self.config = config
-        rng = np.random.RandomState(config.seed)
-        # Universal hashing (a*x + b) mod p with a, b, x < 2**32 so that a*x + b never overflows uint64.
-        self.a = rng.randint(1, 1 << 32, size=config.num_perm, dtype=np.uint64)
-        self.b = rng.randint(0, 1 << 32, size=config.num_perm, dtype=np.uint64)
-
-    def shingles(self, text: str) -> np.ndarray:
-        """Unique 32-bit shingle hashes (as uint64) of ``text``; a short document is one shingle."""
-        words = word_tokens(text)
-        if not words:
-            return np.zeros(0, dtype=np.uint64)
-        n = min(self.config.shingle_size, len(words))
-        grams = ngram_hashes(hash_words(words), n)
-        return np.unique(grams >> np.uint64(32))
-
-    def _permuted(self, x: np.ndarray) -> np.ndarray:
-        """``((x * a + b) mod p) & 0xFFFFFFFF`` for a column of shingles ``x`` against every permutation, with
-        the Mersenne-prime reduction ``(y & p) + (y >> 61)`` (then at most one subtraction of p) instead of a
-        division; equal to the ``%`` form for every uint64 ``y``."""
-        y = x * self.a[None, :]
-        y += self.b[None, :]
-        r = y & _P61
-        y >>= np.uint64(61)
-        r += y
-        np.subtract(r, _P61, out=r, where=r >= _P61)
-        r &= _MAX32
-        return r
-
-    def signature_of_shingles(self, shingles: np.ndarray) -> np.ndarray:
-        sig = np.full(self.config.num_perm, _MAX32, dtype=np.uint64)
-        for start in range(0, len(shingles), _CHUNK):
-            np.minimum(sig, self._permuted(shingles[start:start + _CHUNK, None]).min(axis=0), out=sig)
-        return sig.astype(np.uint32)
-
-    def signature(self, text: str) -> np.ndarray | None:
-        """``uint32[num_perm]`` MinHash signature, or None for a document without words."""
-        sh = self.shingles(text)
-        if len(sh) == 0:
-            return None
-        return self.signature_of_shingles(sh)
-
-    def band_hashes(self, sigs: np.ndarray) -> np.ndarray:
-        """``uint64[n, num_bands]``: a 64-bit hash of each band's rows of each signature (``uint32[n, num_perm]``)
-        — a polynomial combination of the rows followed by the splitmix64 finalizer, like :func:`ngram_hashes`."""
-        rows = sigs.reshape(len(sigs), self.config.num_bands, self.config.rows_per_band).astype(np.uint64)
-        return combine_hashes(rows)
-
-    def band_keys(self, sig: np.ndarray) -> list[bytes]:
-        """One key per band: the band index and the band's 64-bit hash (:meth:`band_hashes`)."""
-        hashes = self.band_hashes(sig[None, :])[0]
-        return [band.to_bytes(2, "little") + int(h).to_bytes(8, "little") for band, h in enumerate(hashes)]
-
-
-def _priority(keep: str, doc_id: str, text: str | int) -> tuple:
-    """The order of survival: by id, or (``'longest'``) by length (of ``text``, or ``text`` is the length)."""
-    return (doc_id,) if keep == "min_id" else (-(text if isinstance(text, int) else len(text)), doc_id)
-
-
-def _agreement(a: np.ndarray, b: np.ndarray) -> float:
-    return float(np.mean(a == b))
-
-
-def bucket_edges(members: Sequence[tuple], verify_threshold: float | None) -> list[tuple]:
-    """Candidate edges of one LSH bucket. ``members`` are ``(priority, id, signature-or-None)``."""
-    members = sorted({(m[0], m[1]): m for m in members}.values(), key=lambda m: (m[0], m[1]))
-    if len(members) < 2:
-        return []
-    head = members[0]
-    if verify_threshold is None or len(members) > _PAIRWISE_LIMIT:
-        return [((head[0], head[1]), (m[0], m[1])) for m in members[1:]]
-    edges = []
-    for i in range(len(members)):
-        for j in range(i + 1, len(members)):
-            if _agreement(members[i][2], members[j][2]) >= verify_threshold:
-                edges.append(((members[i][0], members[i][1]), (members[j][0], members[j][1])))
-    return edges
-
-
-def near_duplicate_clusters(docs: Iterable[tuple[str, str]], config: MinHashConfig) -> list[list[str]]:
-    """In-memory near-dedup: clusters (lists of ids, the survivor first) of ``(id, text)`` pairs."""
-    hasher = MinHasher(config)
-    buckets: dict[bytes, list] = {}
-    for doc_id, text in docs:
-        if config.min_words and len(word_tokens(text)) < config.min_words:
-            continue
-        sig = hasher.signature(text)
-        if sig is None:
-            continue
-        member = (_priority(config.keep, doc_id, text), doc_id, sig)
-        for key in hasher.band_keys(sig):
-            buckets.setdefault(key, []).append(member)
-    edges = [e for members in buckets.values() for e in bucket_edges(members, config.verify_threshold)]
-    return [[node[1] for node in comp] for comp in connected_components(edges)]
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -284,12 +131,13 @@ class ExactDedup(beam.PTransform):
 
 
 class _SignatureDoFn(beam.DoFn):
-    """Documents -> LSH band hashes, sent in batches: for every ``batch_size`` documents, one element per
-    bucket shard ``(band * bucket_shards + hash % bucket_shards, (hashes, ids, lengths, signatures))``: the
-    uint64 band hashes as bytes and, in the same order, the documents' ids, their lengths as int64 bytes (only
-    for ``keep='longest'``) and their signatures as uint32 bytes (only with ``verify_threshold``), else None. A
-    worker buffers at most one batch; the shuffle moves ~``num_bands * bucket_shards`` compact elements per
-    batch instead of one tuple per band and document."""
+    """Documents -> LSH band hashes, sent in batches: every ``batch_size`` documents (or about a million
+    characters), their signatures are computed together (:meth:`MinHasher.signatures`) and sent as one
+    element per bucket shard ``(band * bucket_shards + hash % bucket_shards, (hashes, ids, lengths,
+    signatures))``: the uint64 band hashes as bytes and, in the same order, the documents' ids, their lengths
+    as int64 bytes (only for ``keep='longest'``) and their signatures as uint32 bytes (only with
+    ``verify_threshold``), else None. A worker buffers at most one batch; the shuffle moves
+    ~``num_bands * bucket_shards`` compact elements per batch instead of one tuple per band and document."""
 
     def __init__(self, config: MinHashConfig, stage: str):
         self.config = config
@@ -297,8 +145,8 @@ class _SignatureDoFn(beam.DoFn):
         self.hasher = None
         self.counters = None
         self._ids: list[str] = []
-        self._lengths: list[int] = []
-        self._sigs: list[np.ndarray] = []
+        self._texts: list[str] = []
+        self._chars = 0
 
     def setup(self):
         self.hasher = MinHasher(self.config)
@@ -306,21 +154,13 @@ class _SignatureDoFn(beam.DoFn):
 
     def start_bundle(self):
         self.counters.inc("bundles/signatures")
-        self._ids, self._lengths, self._sigs = [], [], []
+        self._ids, self._texts, self._chars = [], [], 0
 
     def process(self, record: dict):
-        text = record["text"]
-        if self.config.min_words and len(word_tokens(text)) < self.config.min_words:
-            self.counters.inc("skipped_short")
-            return
-        sig = self.hasher.signature(text)
-        if sig is None:
-            self.counters.inc("skipped_no_words")
-            return
         self._ids.append(record["id"])
-        self._lengths.append(len(text))
-        self._sigs.append(sig)
-        if len(self._sigs) >= self.config.batch_size:
+        self._texts.append(record["text"])
+        self._chars += len(record["text"])
+        if len(self._texts) >= self.config.batch_size or self._chars >= _BATCH_CHARS:
             yield from self._flush()
 
     def finish_bundle(self):
@@ -328,23 +168,34 @@ class _SignatureDoFn(beam.DoFn):
             yield GlobalWindows.windowed_value(item)
 
     def _flush(self):
-        if not self._sigs:
+        if not self._texts:
             return
         cfg, shards = self.config, self.config.bucket_shards
-        sigs = np.stack(self._sigs)
+        sigs, words = self.hasher.signatures(self._texts)
+        lengths = np.fromiter(map(len, self._texts), dtype=np.int64, count=len(self._texts))
+        ids = self._ids
+        self._ids, self._texts, self._chars = [], [], 0
+        keep = words >= max(cfg.min_words, 1)
+        short = int(np.count_nonzero(words < cfg.min_words)) if cfg.min_words else 0
+        if short:
+            self.counters.inc("skipped_short", short)
+        if len(words) - short - np.count_nonzero(keep):
+            self.counters.inc("skipped_no_words", int(len(words) - short - np.count_nonzero(keep)))
+        rows = np.flatnonzero(keep)
+        if not len(rows):
+            return
+        sigs, lengths = sigs[rows], lengths[rows]
         hashes = self.hasher.band_hashes(sigs)  # [docs, bands]
         bands = np.arange(cfg.num_bands, dtype=np.int64)[None, :]
         keys = bands * shards + (hashes % np.uint64(shards)).astype(np.int64)
         keys, hashes = keys.ravel(), hashes.ravel()
-        docs = np.repeat(np.arange(len(self._sigs)), cfg.num_bands)
-        lengths = np.asarray(self._lengths, dtype=np.int64)
+        docs = np.repeat(np.arange(len(rows)), cfg.num_bands)
         order = np.argsort(keys, kind="stable")
         for part in np.split(order, np.flatnonzero(np.diff(keys[order])) + 1):
-            rows = docs[part]
-            yield int(keys[part[0]]), (hashes[part].tobytes(), [self._ids[d] for d in rows],
-                                       lengths[rows].tobytes() if cfg.keep == "longest" else None,
-                                       sigs[rows].tobytes() if cfg.verify_threshold is not None else None)
-        self._ids, self._lengths, self._sigs = [], [], []
+            members = docs[part]
+            yield int(keys[part[0]]), (hashes[part].tobytes(), [ids[rows[d]] for d in members],
+                                       lengths[members].tobytes() if cfg.keep == "longest" else None,
+                                       sigs[members].tobytes() if cfg.verify_threshold is not None else None)
 
 
 class _BucketEdgesDoFn(beam.DoFn):
@@ -378,7 +229,7 @@ class _BucketEdgesDoFn(beam.DoFn):
         starts, ends = np.r_[0, bounds], np.r_[bounds, len(ordered)]
         for start, stop in zip(starts[ends - starts >= 2], ends[ends - starts >= 2]):
             rows = order[start:stop]
-            bucket = [(_priority(cfg.keep, ids[i], 0 if lengths is None else int(lengths[i])), ids[i],
+            bucket = [(priority(cfg.keep, ids[i], 0 if lengths is None else int(lengths[i])), ids[i],
                        None if sigs is None else sigs[i]) for i in rows]
             self.counters.inc("candidate_buckets")
             for edge in bucket_edges(bucket, cfg.verify_threshold):
