@@ -32,7 +32,9 @@ the decisions path that ran (from its counters), and the reconciliation. Cluster
 cluster summaries (at most 20 members listed; the count of larger clusters is reported).
 
 The timed runs form one round of :mod:`bench.machine` per size (date, CPU, load before/after, cores used by
-other processes); the last line is the headline ratio at the largest size, marked ``NOT A HEADLINE`` when the
+other processes); each side's process adopts its orphaned descendants (``PR_SET_CHILD_SUBREAPER``) and waits
+for them before it exits, so Beam's SDK workers (started under ``/bin/sh -c``) count as the bench's own CPU
+time and in its RSS figures even when their shell exits first; the last line is the headline ratio at the largest size, marked ``NOT A HEADLINE`` when the
 machine was busy.
 """
 
@@ -238,10 +240,49 @@ def agreement(pred, ref) -> dict:
             "reference_pairs": len(b)}
 
 
+_PR_SET_CHILD_SUBREAPER = 36
+
+
+def adopt_orphans() -> bool:
+    """Makes this process the reaper of its orphaned descendants (Linux ``PR_SET_CHILD_SUBREAPER``): a
+    worker whose parent exits first (Beam starts each SDK worker under ``/bin/sh -c``) is re-parented here
+    instead of to init, so the RSS sampler still sees it and, once :func:`reap_orphans` waits for it, its CPU
+    time is in this process's ``RUSAGE_CHILDREN`` and so in the round's own CPU time (:mod:`bench.machine`)
+    rather than counted as another process's load. Returns whether the kernel accepted it."""
+    try:
+        import ctypes
+
+        return ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0
+    except (OSError, AttributeError):
+        return False
+
+
+def reap_orphans(timeout: float = 60.0) -> int:
+    """Waits for every remaining child (adopted orphans included; after ``timeout`` seconds they are killed:
+    they are this side's own workers) so that their CPU time is accounted; returns how many there were."""
+    import psutil
+
+    children = psutil.Process().children()
+    _, alive = psutil.wait_procs(children, timeout=timeout)
+    for proc in alive:
+        proc.kill()
+    psutil.wait_procs(alive, timeout=10)
+    while True:  # zombies psutil did not list
+        try:
+            if os.waitpid(-1, os.WNOHANG) == (0, 0):
+                break
+        except ChildProcessError:
+            break
+    return len(children)
+
+
 def run_side(side: str, corpus: str, work: str, workers: int, components: str = "auto",
              decisions: str = "join") -> dict:
-    """One side in this process, under the RSS sampler (called in a fresh process by :func:`side_process`)."""
+    """One side in this process, under the RSS sampler (called in a fresh process by :func:`side_process`);
+    descendants that outlive their parents are adopted and waited for (:func:`adopt_orphans`)."""
     import logging
+
+    adopted = adopt_orphans()
 
     logging.getLogger("apache_beam").setLevel(logging.ERROR)
     from loguru import logger as loguru_logger
@@ -254,7 +295,8 @@ def run_side(side: str, corpus: str, work: str, workers: int, components: str = 
             files = len(glob.glob(os.path.join(corpus, "docs", "*.jsonl.gz")))
             seconds, clusters = run_datatrove(os.path.join(corpus, "docs"), work, workers, files)
             result = {"seconds": seconds, "clusters": clusters}
-    result.update(rss.summary())
+        result["leftover_children_reaped"] = reap_orphans()
+    result.update(rss.summary(), subreaper=adopted)
     return result
 
 
