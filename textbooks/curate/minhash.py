@@ -32,7 +32,7 @@ from textbooks.curate.textnorm import _splitmix64, combine_hashes
 DECISIONS = ("join", "side_input")
 _WORD_RE = re.compile(r"\w", re.UNICODE)
 _MAX_CODE_POINT = 0x110000
-_BLOCK = 4096  # shingles per (block x num_perm) product: a few MB, cache-sized
+_BLOCK = 2048  # shingles per (block x num_perm) product (about 2 MB, reused)
 _CHAR_BUDGET = 1 << 20  # characters hashed together (bounds the per-character temporaries)
 _POSITION = np.uint64(0x9E3779B97F4A7C15)
 _PAIRWISE_LIMIT = 64
@@ -174,9 +174,11 @@ class MinHasher:
     def _minimum(self, values: np.ndarray, owner: np.ndarray, rows: int) -> np.ndarray:
         """``uint64[rows, num_perm]``: per document the minimum of ``a*x + b`` over its shingles."""
         out = np.full((rows, self.config.num_perm), np.iinfo(np.uint64).max, dtype=np.uint64)
+        block = np.empty((min(_BLOCK, len(values)), self.config.num_perm), dtype=np.uint64)  # reused
         for start in range(0, len(values), _BLOCK):
             x, own = values[start:start + _BLOCK], owner[start:start + _BLOCK]
-            y = x[:, None] * self.a[None, :]
+            y = block[:len(x)]
+            np.multiply(x[:, None], self.a[None, :], out=y)
             y += self.b[None, :]
             cuts = np.r_[0, np.flatnonzero(own[1:] != own[:-1]) + 1]
             docs = own[cuts]
