@@ -30,7 +30,10 @@ hash (:meth:`MinHasher.band_hashes`). Then
 
    * ``'join'`` (the default): records and decisions are keyed by id and joined with ``CoGroupByKey``; the
      shuffle spreads both over the workers, so no worker holds more than its share of either, on any runner
-     and at any size.
+     and at any size. (Its share, on the DirectRunner, arrives at once: the runner encodes each worker's part
+     of a grouped shuffle into one block of bytes and sends it as one message, so the worker that applies
+     the decisions holds its whole share of the encoded records while it runs, and its peak memory grows
+     with the corpus there; runners that page grouped values, such as Dataflow, Flink and Spark, do not.)
    * ``'side_input'``: the decisions are a dict side input and the records stream past it without a shuffle;
      faster on one machine (the direct runner's join hands each worker its whole share of the records at once),
      but every worker holds every decision (a few hundred bytes per dropped document): only for runs whose
