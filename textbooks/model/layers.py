@@ -168,17 +168,22 @@ def causal_attention(q: Array, k: Array, v: Array, segment_ids: Array, scale: fl
     """
     batch, length, kv_heads, group, head_dim = q.shape
     block = block if 0 < block < length and length % block == 0 else length
+    # Heads-major copies made once ([batch, kv_heads, (group,) length, head_dim]): every block's queries and
+    # keys are then contiguous rows of each head, instead of strided slices each block transposes again.
+    qh, kh, vh = q.transpose(0, 2, 3, 1, 4), k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)
     outs = []
     for start in range(0, length, block):
         stop = start + block
-        scores = jnp.einsum("bqjgd,bkjd->bjgqk", q[:, start:stop], k[:, :stop], preferred_element_type=jnp.float32)
+        scores = jnp.einsum("bjgqd,bjkd->bjgqk", qh[:, :, :, start:stop], kh[:, :, :stop],
+                            preferred_element_type=jnp.float32)
         scores = scores.reshape(batch, kv_heads * group, block, stop) * scale
         mask = attention_mask(segment_ids, start, stop)
         scores = jnp.where(mask, scores, jnp.finfo(jnp.float32).min)  # finite: masked rows stay NaN-free
         probs = dropout(jax.nn.softmax(scores, axis=-1), deterministic=deterministic)
         probs = probs.astype(v.dtype).reshape(batch, kv_heads, group, block, stop)
-        outs.append(jnp.einsum("bjgqk,bkjd->bqjgd", probs, v[:, :stop]))
-    return outs[0] if len(outs) == 1 else jnp.concatenate(outs, axis=1)
+        outs.append(jnp.einsum("bjgqk,bjkd->bjgqd", probs, vh[:, :, :stop]))
+    out = outs[0] if len(outs) == 1 else jnp.concatenate(outs, axis=3)
+    return out.transpose(0, 3, 1, 2, 4)
 
 
 def token_einsum(equation: str, x: Array, kernel: Array) -> Array:
