@@ -30,10 +30,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from textbooks.model import cpu_kernels, packed_decode
+from textbooks.model import cpu_kernels
 from textbooks.model.buckets import bucket, fine_bucket
 from textbooks.model.config import ModelConfig
-from textbooks.model.kv_cache import attention_windows, cache_length, init_cache, resize_cache
+from textbooks.model.kv_cache import attention_windows, cache_length, init_cache, pack_weights, resize_cache
 from textbooks.model.causal_lm import CausalLM
 from textbooks.model.layers import DecodeKernels
 from textbooks.model.sampling import greedy_tokens, sample_tokens
@@ -85,7 +85,7 @@ def _token_loop(config: ModelConfig, kernels: DecodeKernels, params: Any, cache:
     """Generates up to ``rows['max_new']`` tokens per row; returns (tokens [B, num_new], counts, reasons), plus
     the cache (at its full length) when ``keep_cache``.
 
-    ``packed``: the layers' packed weights the steps use, if any (:func:`textbooks.model.packed_decode.pack_weights`).
+    ``packed``: the layers' packed weights the steps use, if any (:func:`textbooks.model.kv_cache.pack_weights`).
 
     ``filled``: every row's cache holds nothing at or past slot ``filled``, so shorter windows keep all of it.
     ``until_free``: also stop as soon as a row that was decoding ends (continuous batching with requests
@@ -208,12 +208,12 @@ class Decoder:
     @property
     def packed(self) -> Any:
         """The weights decode steps read in the product kernel's layout, packed on first use
-        (:func:`textbooks.model.packed_decode.pack_weights`; empty without the kernel or when not
+        (:func:`textbooks.model.kv_cache.pack_weights`; empty without the kernel or when not
         ``pack_weights``)."""
         if self._packed is None:
             self._packed = {}
             if self.pack_weights:
-                self._packed = packed_decode.pack_weights(self._config, self.model_kernels, self.params)
+                self._packed = pack_weights(self._config, self.model_kernels, self.params)
         return self._packed
 
     def validate(self, requests: Sequence[GenerationRequest]) -> None:

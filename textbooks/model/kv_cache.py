@@ -1,4 +1,5 @@
-"""The decoders' KV cache: creating it, measuring and resizing its slot axis, and the windows attended over.
+"""The decoders' state: the KV cache (creating it, measuring and resizing its slot axis, and the windows attended
+over) and the weights packed for the decode kernels (:func:`pack_weights`).
 
 The cache is the model's ``'cache'`` collection (:class:`textbooks.model.causal_lm.CausalLM` with
 ``decode=True``): per layer, keys and values ``[batch, heads, slots, head_dim]`` (scanned layers add a leading
@@ -16,6 +17,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from textbooks.model import packed_decode
 from textbooks.model.config import ModelConfig
 from textbooks.model.causal_lm import CausalLM
 
@@ -68,3 +70,17 @@ def resize_cache(cache: Any, length: int) -> Any:
         return jnp.pad(x, pad)
 
     return jax.tree.map(resize, cache)
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1))
+def pack_weights(config: Any, kernels: Any, params: Any) -> Any:
+    """The ``'packed'`` collection of ``params`` (a :class:`~textbooks.model.causal_lm.CausalLM` of ``config``
+    decoding with :class:`~textbooks.model.layers.DecodeKernels` ``kernels``), made by one decode step with the
+    collection mutable: a copy of the weights single-token steps multiply by, in the kernel's layout. Empty
+    unless ``kernels.projections`` is 'cpu_kernel'."""
+    if kernels.projections != "cpu_kernel":
+        return {}
+    _, variables = CausalLM(config, kernels).apply(
+        {"params": params, "cache": init_cache(config, 1, 1)}, jnp.zeros((1, 1), jnp.int32), decode=True,
+        mutable=["cache", packed_decode.COLLECTION])
+    return variables.get(packed_decode.COLLECTION, {})

@@ -2,7 +2,7 @@
 
 :func:`textbooks.model.cpu_matmul.packed_matmul` reads each weight as consecutive 48-column panels, which a
 decoder prepares once: the layers keep them in the ``'packed'`` variable collection, filled by running one
-decode step with that collection mutable (:func:`pack_weights`) and passed with
+decode step with that collection mutable (:func:`textbooks.model.kv_cache.pack_weights`) and passed with
 the parameters to every later step. Projections of the same input share one packed matrix (their columns side
 by side: q, k and v of attention; gate and up of a Llama MLP), so a step makes one kernel call for them and the
 cores split the union of their columns. A tied LM head is packed too (the transposed embedding table: a
@@ -12,7 +12,6 @@ the collection the layers fall back to their own products.
 
 from __future__ import annotations
 
-import functools
 import math
 from typing import Any, Callable, Sequence
 
@@ -65,20 +64,3 @@ def packed_outputs(module: Any, name: str, projections: Sequence[Any], x: jax.Ar
         outs.append(y[:, start:start + w.shape[1]].reshape((x.shape[0], 1) + out_shape).astype(dtype))
         start += w.shape[1]
     return outs
-
-
-@functools.partial(jax.jit, static_argnums=(0, 1))
-def pack_weights(config: Any, kernels: Any, params: Any) -> Any:
-    """The ``'packed'`` collection of ``params`` (a :class:`~textbooks.model.causal_lm.CausalLM` of ``config``
-    decoding with :class:`~textbooks.model.layers.DecodeKernels` ``kernels``), made by one decode step with the
-    collection mutable: a copy of the weights single-token steps multiply by, in the kernel's layout. Empty
-    unless ``kernels.projections`` is 'cpu_kernel'."""
-    from textbooks.model.causal_lm import CausalLM  # it builds on the layers, which use this module
-    from textbooks.model.kv_cache import init_cache
-
-    if kernels.projections != "cpu_kernel":
-        return {}
-    _, variables = CausalLM(config, kernels).apply(
-        {"params": params, "cache": init_cache(config, 1, 1)}, jnp.zeros((1, 1), jnp.int32), decode=True,
-        mutable=["cache", COLLECTION])
-    return variables.get(COLLECTION, {})
