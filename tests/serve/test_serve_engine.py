@@ -74,3 +74,20 @@ def test_warmup_compiles_what_a_burst_runs(make_engine):
     done = asyncio.run(_run(engine, _jobs(engine, (24, 40))))
     assert [(j.text, j.finish_reason, len(j.generated)) for j in done] == cold
     assert engine.programs() == warmed and engine.stats["programs"] == warmed
+
+
+def test_unpacked_weights_give_the_same_text(tiny_checkpoint, make_engine):
+    # pack_weights=False (serve --no_pack_weights): one copy of the weights, and the packed engine's text.
+    packed, _ = _texts_and_calls(make_engine, (24, 40))
+
+    def make_unpacked():
+        return load_engine(tiny_checkpoint["dir"], vocabulary=tiny_checkpoint["vocabulary"], max_batch_size=2,
+                           chunk_tokens=8, batch_wait_ms=200, min_length_bucket=64, pack_weights=False)
+
+    unpacked, _ = _texts_and_calls(make_unpacked, (24, 40))
+    assert unpacked == packed
+    engine = make_unpacked()
+    assert engine.decoder.packed == {} and engine.slots._decoder.packed == {}
+    default = make_engine()
+    if default.decoder.model_kernels.projections == "cpu_kernel":  # the packed copy exists only for the kernel
+        assert default.decoder.packed and default.slots._decoder.packed

@@ -55,6 +55,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--kernels", default="auto", choices=("auto", "xla", "cpu_kernel"),
                         help="decode steps' attention and weight products: the compiled CPU kernels when available "
                              "(auto), XLA ops, or the kernels or an error")
+    parser.add_argument("--no_pack_weights", action="store_true",
+                        help="with the CPU product kernel, keep one copy of the weights (default: decode steps read "
+                             "a second copy packed for the kernel, about 1.5x faster at 16 rows)")
     parser.add_argument("--no_warmup", action="store_true", help="skip compiling before listening")
     parser.add_argument("--log_level", default="WARNING",
                         help="logging level (default WARNING; INFO logs each request and batch)")
@@ -82,7 +85,7 @@ def main(args) -> int:
                                         max_batch_size=args.max_batch_size, batch_wait_ms=args.batch_wait_ms,
                                         chunk_tokens=args.chunk_tokens, max_queue=args.max_queue,
                                         fixed_batch=args.fixed_batch, min_length_bucket=args.min_length_bucket,
-                                        kernels=args.kernels)
+                                        kernels=args.kernels, pack_weights=not args.no_pack_weights)
     except (FileNotFoundError, ValueError) as e:
         print(f"textbooks serve: error: {e}", file=sys.stderr)
         return 2

@@ -99,12 +99,14 @@ class SlotDecoder:
         chunk_buffer: the fewest new tokens a chunk's program is compiled for (its tokens buffer; a chunk of
             fewer tokens stops at its rows' limits all the same): one size for all of a server's chunk lengths
             means one token loop per (rows, cache length).
+        pack_weights: decode steps read weights packed for the product kernel (``Decoder(pack_weights=...)``).
     """
 
     def __init__(self, params: Any, config: ModelConfig, *, num_slots: int = 16, min_length_bucket: int = 16,
-                 kernels: str | DecodeKernels = "auto", chunk_buffer: int = 0):
+                 kernels: str | DecodeKernels = "auto", chunk_buffer: int = 0, pack_weights: bool = True):
         self._decoder = decode_lib.Decoder(params, config, max_batch_size=num_slots,
-                                           min_length_bucket=min_length_bucket, kernels=kernels)
+                                           min_length_bucket=min_length_bucket, kernels=kernels,
+                                           pack_weights=pack_weights)
         self.params = self._decoder.params  # on the device
         self.config = config
         self.num_slots = num_slots

@@ -116,11 +116,14 @@ class Engine:
             and more padding.
         kernels: how the decoders' steps compute attention and weight products ('auto', 'xla', 'cpu_kernel';
             see :class:`textbooks.model.decode.Decoder`).
+        pack_weights: with the product kernel, the decoders read a second copy of the weights packed for it
+            (``Decoder(pack_weights=...)``); False keeps one copy.
     """
 
     def __init__(self, params: Any, config: Any, vocabulary: Any, *, model_name: str, max_batch_size: int = 16,
                  batch_wait_ms: float = 5.0, chunk_tokens: int = 32, max_queue: int = 1024,
-                 fixed_batch: bool = False, min_length_bucket: int = 16, kernels: str = "auto"):
+                 fixed_batch: bool = False, min_length_bucket: int = 16, kernels: str = "auto",
+                 pack_weights: bool = True):
         self.config = config
         self.vocabulary = vocabulary
         self.model_name = model_name
@@ -136,10 +139,11 @@ class Engine:
             raise ValueError(f"the vocabulary has {self.text_vocab_size} tokens but the model only {config.vocab_size}: "
                              f"they do not belong together; pass the vocabulary the model was trained with")
         self.decoder = Decoder(params, config, max_batch_size=max_batch_size,
-                               min_length_bucket=min(min_length_bucket, self.max_len), kernels=kernels)
+                               min_length_bucket=min(min_length_bucket, self.max_len), kernels=kernels,
+                               pack_weights=pack_weights)
         self.slots = SlotDecoder(params, config, num_slots=max_batch_size,
                                  min_length_bucket=min(min_length_bucket, self.max_len), kernels=kernels,
-                                 chunk_buffer=self.until_end_tokens)
+                                 chunk_buffer=self.until_end_tokens, pack_weights=pack_weights)
         self._executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="decode")
         self._queue: asyncio.Queue[Job] | None = None
         self._task: asyncio.Task | None = None
