@@ -2,6 +2,7 @@
 
 import gzip
 import json
+import logging
 import os
 
 import gin
@@ -61,6 +62,7 @@ def test_writing_is_deterministic(tmp_path):
 
 
 def test_bad_lines_are_counted_with_file_and_line(tmp_path, caplog):
+    caplog.set_level(logging.WARNING)  # the warning is checked whatever level an earlier test left
     path = records.write_shards(_records(2), tmp_path, "train", 1)[0]
     good = _records(3)[2].to_bytes()
     _append_raw_lines(path, [

@@ -1,5 +1,6 @@
 """Mixtures: realized token proportions, the factory's names and validation, temperature and repetition caps."""
 
+import logging
 import math
 
 import gin
@@ -169,6 +170,7 @@ def test_temperature_sampling_follows_sizes():
 
 
 def test_repetition_cap_warns_and_records(caplog):
+    caplog.set_level(logging.WARNING)  # the warning is checked whatever level an earlier test left
     name = factory.register_mixture({"code_exercises": 0.5, "code_filtered": 0.5}, max_epochs=2)
     it = pipeline.make_train_iterator(name, task_feature_lengths=LENGTH, batch_size=8, num_train_steps=100)
     report = {r["role"]: r for r in it.repetition_report}

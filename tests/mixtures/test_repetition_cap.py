@@ -1,6 +1,8 @@
 """Repetition caps: a component over ``max_epochs`` within the token budget is capped and its excess goes to the
 others in proportion to their rates; a long stream from the input pipeline realizes the capped fractions."""
 
+import logging
+
 import gin
 import numpy as np
 import pytest
@@ -50,6 +52,7 @@ def test_cap_fractions_known_answers():
 
 
 def test_long_stream_respects_the_cap_and_redistributes_in_proportion(caplog):
+    caplog.set_level(logging.WARNING)  # the warning is checked whatever level an earlier test left
     name = factory.register_mixture(REQUEST, name="cap_test_four_roles", max_epochs=MAX_EPOCHS)
     it = pipeline.make_train_iterator(name, task_feature_lengths=LENGTH, batch_size=BATCH, seed=0,
                                       num_train_steps=STEPS)
@@ -91,6 +94,7 @@ def test_long_stream_respects_the_cap_and_redistributes_in_proportion(caplog):
 
 
 def test_budget_beyond_all_data_at_the_cap_is_reported(caplog):
+    caplog.set_level(logging.WARNING)  # the warning is checked whatever level an earlier test left
     name = factory.register_mixture({"code_exercises": 0.5, "web_raw": 0.5}, name="cap_test_too_small",
                                     max_epochs=1.0)
     mixture = mixing.seqio.get_mixture_or_task(name)
