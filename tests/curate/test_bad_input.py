@@ -33,6 +33,8 @@ def bad_inputs(tmp_path_factory):
         json.dumps(dict(_good(101), id="huge", text="x" * (10 * 1024 * 1024))).encode(),  # too_large (10 MB line)
         json.dumps(["not", "an", "object"]).encode(),                                     # invalid_record
         json.dumps({"id": "nofields", "text": "missing role and others"}).encode(),       # invalid_record
+        json.dumps(dict(_good(103), id="nan", meta={"score": float("nan")})).encode(),   # invalid_record (NaN)
+        json.dumps(dict(_good(104), id="srcsurrogate", source="s \ud800")).encode(),  # invalid_record (surrogate)
         b"",                                                                              # blank_line
         json.dumps(_good(7, split="test")).encode(),                                      # unknown_split
         json.dumps(dict(_good(0), text="Same id as good-0 but another text.")).encode(),  # duplicate_id
@@ -61,7 +63,7 @@ def bad_inputs(tmp_path_factory):
     return root
 
 
-EXPECTED_REJECTS = {"malformed_json": 1, "invalid_utf8": 1, "empty": 2, "too_large": 1, "invalid_record": 2,
+EXPECTED_REJECTS = {"malformed_json": 1, "invalid_utf8": 1, "empty": 2, "too_large": 1, "invalid_record": 4,
                     "blank_line": 1, "unknown_split": 1, "duplicate_id": 1, "invalid_unicode": 1, "corrupt_file": 1,
                     "binary_file": 3, "missing_field": 1}
 

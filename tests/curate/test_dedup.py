@@ -233,9 +233,25 @@ def test_near_dedup_join_and_side_input_give_the_same_decisions(planted, tmp_pat
 
 
 def test_config_rejects_unknown_decisions_path():
-    with pytest.raises(ValueError, match=r"MinHashConfig\.decisions must be one of 'join', 'side_input', "
+    with pytest.raises(ValueError, match=r"MinHashConfig\.decisions must be one of 'auto', 'join', 'side_input', "
                                          r"got 'shuffle'"):
         dedup.MinHashConfig(decisions="shuffle")
+
+
+class _RemoteRunner(beam.runners.runner.PipelineRunner):
+    """Stands for a distributed runner (Dataflow, Flink, Spark): never run, only named."""
+
+
+def test_auto_decisions_side_input_on_local_runners_join_elsewhere():
+    auto = dedup.MinHashConfig()
+    assert auto.decisions == "auto"
+    assert dedup.decisions_path(auto, beam.Pipeline()) == "side_input"
+    assert dedup.decisions_path(auto, beam.Pipeline(runner="DirectRunner")) == "side_input"
+    assert dedup.decisions_path(auto, beam.Pipeline(runner=_RemoteRunner())) == "join"
+    for path in dedup.DECISIONS:  # an explicit choice holds on every runner
+        cfg = dedup.MinHashConfig(decisions=path)
+        assert dedup.decisions_path(cfg, beam.Pipeline()) == path
+        assert dedup.decisions_path(cfg, beam.Pipeline(runner=_RemoteRunner())) == path
 
 
 def test_word_hash_cache_is_bounded_and_exact(monkeypatch):

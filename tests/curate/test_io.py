@@ -8,6 +8,7 @@ import pytest
 import curate_testdata as td
 from textbooks.curate import io
 from textbooks.curate.input_specs import InputSpec, ReadConfig, list_input_files, parse_input
+from textbooks.curate.textnorm import count_tokens
 from textbooks.data import records
 
 
@@ -115,3 +116,13 @@ def test_experiment_gin_files_parse(name):
     else:
         assert gin.query_parameter("curate.role") in ("web_filtered", "code_filtered")
         assert gin.query_parameter("MinHashConfig.num_bands") == 14
+
+
+def test_count_tokens_counts_each_text_not_the_last_one():
+    a = "one two  three\nfour"
+    b = "".join(["one two three four five"])  # another str object
+    assert count_tokens(a) == 4
+    assert count_tokens(a) == 4  # the remembered count
+    assert count_tokens(b) == 5
+    assert count_tokens("x " * 7) == 7
+    assert count_tokens(a) == len(a.split())

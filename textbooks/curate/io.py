@@ -25,7 +25,7 @@ from apache_beam.io.filesystems import FileSystems
 
 from textbooks.curate import stages
 from textbooks.curate.input_specs import InputSpec, ReadConfig, list_input_files, parse_input, relpath
-from textbooks.curate.textnorm import stable_unit_interval
+from textbooks.curate.textnorm import count_tokens, stable_unit_interval
 from textbooks.data import records as rec
 
 STAGE = "read"
@@ -46,6 +46,17 @@ def _open_lines(path: str):
     with FileSystems.open(path, compression_type="uncompressed") as raw:
         with gzip.GzipFile(fileobj=raw, mode="rb") as f:
             yield f
+
+
+def _check_writable(record: rec.Record) -> None:
+    """Raises :class:`~textbooks.data.records.RecordError` where :meth:`Record.to_bytes` would: a field
+    JSON cannot represent (NaN, sets...) or a string that is not valid Unicode. The text, whose UTF-8 the
+    reader has just encoded, is not encoded again (it is most of the record)."""
+    try:
+        json.dumps([record.id, record.role, record.source, record.license, record.split, record.meta],
+                   ensure_ascii=False, allow_nan=False).encode("utf-8")
+    except (TypeError, ValueError) as e:  # UnicodeEncodeError is a ValueError.
+        raise rec.RecordError(f"record {record.id!r} cannot be written as JSON: {e}", "wrong_type") from e
 
 
 class _ReadFileDoFn(beam.DoFn):
@@ -98,12 +109,12 @@ class _ReadFileDoFn(beam.DoFn):
             return
         try:
             r = rec.Record.from_dict(record)
-            r.to_bytes()
+            _check_writable(r)
         except rec.RecordError as e:
             yield self._reject("invalid_record", raw=text, detail=str(e), **where)
             return
         self.counters.inc("docs_out")
-        self.counters.inc("tokens_out", len(text.split()))
+        self.counters.inc("tokens_out", count_tokens(text))
         yield r.to_dict()
 
     # -- kinds ---------------------------------------------------------------------------------------------

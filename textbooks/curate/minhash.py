@@ -29,7 +29,7 @@ import numpy as np
 from textbooks.curate.components import ComponentsConfig, connected_components
 from textbooks.curate.textnorm import _splitmix64, combine_hashes
 
-DECISIONS = ("join", "side_input")
+DECISIONS = ("join", "side_input")  # the two ways decisions reach the records; "auto" picks one per runner
 _WORD_RE = re.compile(r"\w", re.UNICODE)
 _MAX_CODE_POINT = 0x110000
 _BLOCK = 2048  # shingles per (block x num_perm) product (about 2 MB, reused)
@@ -69,8 +69,10 @@ class MinHashConfig:
             holds about ``documents / bucket_shards`` band hashes at a time.
         components: how the candidate graph's connected components are found (:mod:`components`: one-worker
             union-find for small graphs, distributed large-star/small-star rounds for big ones).
-        decisions: how drop decisions reach the records: ``'join'`` (``CoGroupByKey`` on the id; scales, the
-            default) or ``'side_input'`` (every worker holds all decisions; one-machine runs only).
+        decisions: how drop decisions reach the records: ``'join'`` (``CoGroupByKey`` on the id; scales),
+            ``'side_input'`` (every worker holds all decisions; one-machine runs only) or ``'auto'`` (the
+            default: ``'side_input'`` on the local runners, whose driver holds every shuffle's data anyway, and
+            ``'join'`` on every other runner; see :mod:`textbooks.curate.dedup`).
     """
 
     shingle_size: int = 5
@@ -83,13 +85,13 @@ class MinHashConfig:
     batch_size: int = 1000
     bucket_shards: int = 16
     components: ComponentsConfig = dataclasses.field(default_factory=ComponentsConfig)
-    decisions: str = "join"
+    decisions: str = "auto"
 
     def __post_init__(self):
         if self.keep not in ("min_id", "longest"):
             raise ValueError(f"MinHashConfig.keep must be 'min_id' or 'longest', got {self.keep!r}")
-        if self.decisions not in DECISIONS:
-            raise ValueError(f"MinHashConfig.decisions must be one of {', '.join(map(repr, DECISIONS))}, got "
+        if self.decisions not in ("auto", *DECISIONS):
+            raise ValueError(f"MinHashConfig.decisions must be one of 'auto', {', '.join(map(repr, DECISIONS))}, got "
                              f"{self.decisions!r} (set MinHashConfig.decisions in the gin file)")
         if min(self.shingle_size, self.num_bands, self.rows_per_band, self.batch_size, self.bucket_shards) < 1:
             raise ValueError("MinHashConfig: shingle_size, num_bands, rows_per_band, batch_size and bucket_shards "

@@ -61,9 +61,10 @@ class StageCounters:
             c = self._counters[metric] = Metrics.counter(NAMESPACE, counter_name(self.stage, metric))
         c.inc(n)
 
-    def seen(self, record: dict) -> int:
-        """Counts one document entering the stage; returns its token count."""
-        tokens = count_tokens(record["text"])
+    def seen(self, record: dict, tokens: int | None = None) -> int:
+        """Counts one document entering the stage (``tokens``: its token count when the caller has it);
+        returns its token count."""
+        tokens = count_tokens(record["text"]) if tokens is None else tokens
         self.inc("docs_in")
         self.inc("tokens_in", tokens)
         return tokens

@@ -6,7 +6,8 @@ Beam workers on different hosts compute the same keys:
 * :func:`word_tokens` — lowercased ``\\w+`` runs (letters, digits, underscore; punctuation dropped). This is
   the "normalized word token" unit of MinHash shingles and of benchmark n-gram overlap.
 * :func:`whitespace_tokens` / :func:`count_tokens` — ``str.split()`` tokens; the token unit of the curation
-  report.
+  report (:func:`count_tokens` remembers the last text it counted, so the stages of one fused Beam step
+  that each count the same document split it once).
 * :func:`hash_words` — 64-bit BLAKE2b of each word (cached per process).
 * :func:`ngram_hashes` — 64-bit hashes of every window of ``n`` consecutive words, computed with numpy from
   the word hashes (a polynomial combination followed by the splitmix64 finalizer).
@@ -32,6 +33,9 @@ _MASK64 = np.uint64(0xFFFFFFFFFFFFFFFF)
 _POLY = np.uint64(0x9E3779B97F4A7C15)
 _CACHE_LIMIT = 1 << 18
 _word_cache: dict[str, int] = {}
+# (text, whitespace tokens) of the last text count_tokens counted; rebound as one tuple, so threads never see
+# a text with another text's count.
+_last_count: tuple[str | None, int] = (None, 0)
 
 
 def word_tokens(text: str) -> list[str]:
@@ -45,8 +49,15 @@ def whitespace_tokens(text: str) -> list[str]:
 
 
 def count_tokens(text: str) -> int:
-    """Number of whitespace tokens in ``text``."""
-    return len(text.split())
+    """Number of whitespace tokens in ``text`` (the same str object as the last call's is not split again:
+    a record passes through the stages of a fused Beam step one at a time, and each of them counts it)."""
+    global _last_count
+    last_text, last_count = _last_count
+    if text is last_text:
+        return last_count
+    count = len(text.split())
+    _last_count = (text, count)
+    return count
 
 
 def normalize_for_exact(text: str, *, lowercase: bool = True, strip_punctuation: bool = False,
