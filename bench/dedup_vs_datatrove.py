@@ -1,7 +1,7 @@
 """MinHash near-dedup at scale: textbooks.curate (Apache Beam) vs datatrove, same real-sized corpus.
 
     python bench/dedup_vs_datatrove.py [--sizes 50000 100000] [--workers 2] [--corpus_dir /tmp/dedup_corpus]
-                                       [--components auto] [--decisions {join,side_input}]
+                                       [--components auto] [--decisions {auto,join,side_input}] [--gzip_level 1]
                                        [--wait_quiet 0] [--settle 150] [--out dedup_vs_datatrove.json]
 
 Corpus (:mod:`bench.dedup_corpus`, built once per size and cached under ``--corpus_dir``): real text chunked
@@ -11,13 +11,15 @@ reordering, boilerplate headers and footers, word substitutions, each at a fifth
 JSON Lines files; and bad documents (0 bytes, 10 MB, binary) in their own files.
 
 Both sides compute 5-gram MinHash signatures in 14 bands of 8 rows, find candidate pairs, resolve clusters and
-write the kept documents, with ``--workers`` worker processes:
+write the kept documents as gzip JSON Lines at the same gzip level (``--gzip_level``, default: our writers'
+default, ``textbooks.curate.writers.DEFAULT_GZIP_LEVEL``; ours adds the shard record fields, datatrove's
+``id, text, metadata``), with ``--workers`` worker processes:
 
 * ours: ``textbooks.curate`` with only the near-dedup stage (``ReadInputs → NearDedup → WriteShards`` plus
   the report), DirectRunner in multi-processing mode; it also reads the bad documents, which must be rejected
   with a reason and reconcile (units in = kept + dropped + rejected); ``--decisions`` picks how drop decisions
-  reach the records (``MinHashConfig.decisions``: ``join``, a CoGroupByKey on the id, the default, or
-  ``side_input``, a dict every worker holds);
+  reach the records (``MinHashConfig.decisions``: ``join``, a CoGroupByKey on the id, ``side_input``, a dict
+  every worker holds, or ``auto``, the default, which is ``side_input`` on this runner);
 * datatrove 0.10.1: its four MinHash steps (signatures, buckets, clustering, filtering) with
   ``LocalPipelineExecutor``, with the same tokenization (lowercased ``\\w+`` runs, after datatrove's own text
   simplification) and its dependency-free SHA-1 hashing (64-bit); it reads only the good documents (its
@@ -106,11 +108,13 @@ class PeakRSS:
                 "worker_processes": len(self.workers)}
 
 
-def run_ours(corpus: str, out_dir: str, workers: int, components: str = "auto", decisions: str = "join") -> dict:
+def run_ours(corpus: str, out_dir: str, workers: int, components: str = "auto", decisions: str = "auto",
+             gzip_level: int | None = None) -> dict:
     from textbooks.curate.components import ComponentsConfig
     from textbooks.curate.dedup import DECISIONS, MinHashConfig
     from textbooks.curate.input_specs import InputSpec, ReadConfig
     from textbooks.curate.pipeline import Plan, run_plan
+    from textbooks.curate.writers import DEFAULT_GZIP_LEVEL
 
     inputs = [InputSpec(paths=(os.path.join(corpus, "docs"),), kind="jsonl", id_field="id", meta_fields=(),
                         source="bench", role="web_raw", split="train"),
@@ -123,7 +127,7 @@ def run_ours(corpus: str, out_dir: str, workers: int, components: str = "auto", 
                 read=ReadConfig(check_unique_ids=False), near_dedup=MinHashConfig(
                     shingle_size=5, num_bands=14, rows_per_band=8, components=ComponentsConfig(method=components),
                     decisions=decisions),
-                write_dropped=False)
+                write_dropped=False, gzip_level=DEFAULT_GZIP_LEVEL if gzip_level is None else gzip_level)
     start = time.perf_counter()
     report = run_plan(plan, direct_num_workers=workers, direct_running_mode="multi_processing", overwrite=True)
     elapsed = time.perf_counter() - start
@@ -131,7 +135,7 @@ def run_ours(corpus: str, out_dir: str, workers: int, components: str = "auto", 
     large = sum(1 for c in _read_jsonl(os.path.join(out_dir, "dedup", "clusters-*.jsonl.gz")) if c["size"] > 20)
     near = next(s for s in report["stages"] if s["stage"] == "near_dedup")["other"]
     ran = [path for path in DECISIONS if near.get(f"decisions_{path}")]
-    if ran != [decisions]:
+    if len(ran) != 1 or decisions not in ("auto", ran[0]):
         raise RuntimeError(f"near-dedup decisions: asked for {decisions!r}, the counters say {ran}")
     return {"seconds": elapsed, "clusters": clusters, "clusters_over_20": large,
             "components": report["dedup"]["near_dedup"]["components"], "decisions": ran[0],
@@ -146,7 +150,8 @@ def _read_jsonl(pattern: str) -> list[dict]:
     return out
 
 
-def run_datatrove(input_dir: str, work: str, workers: int, files: int) -> tuple[float, list[list[str]]]:
+def run_datatrove(input_dir: str, work: str, workers: int, files: int,
+                  gzip_level: int = 9) -> tuple[float, list[list[str]]]:
     import struct
 
     from datatrove.data import Document
@@ -186,7 +191,8 @@ def run_datatrove(input_dir: str, work: str, workers: int, files: int) -> tuple[
 
         def run(self, data, rank: int = 0, world_size: int = 1):
             os.makedirs(os.path.join(work, "kept"), exist_ok=True)
-            with gzip.open(os.path.join(work, "kept", f"{rank:05d}.jsonl.gz"), "wt", encoding="utf-8") as f:
+            with gzip.open(os.path.join(work, "kept", f"{rank:05d}.jsonl.gz"), "wt", encoding="utf-8",
+                           compresslevel=gzip_level) as f:
                 for doc in data:
                     f.write(json.dumps({"id": doc.id, "text": doc.text, "metadata": doc.metadata}) + "\n")
                     yield doc
@@ -240,49 +246,13 @@ def agreement(pred, ref) -> dict:
             "reference_pairs": len(b)}
 
 
-_PR_SET_CHILD_SUBREAPER = 36
-
-
-def adopt_orphans() -> bool:
-    """Makes this process the reaper of its orphaned descendants (Linux ``PR_SET_CHILD_SUBREAPER``): a
-    worker whose parent exits first (Beam starts each SDK worker under ``/bin/sh -c``) is re-parented here
-    instead of to init, so the RSS sampler still sees it and, once :func:`reap_orphans` waits for it, its CPU
-    time is in this process's ``RUSAGE_CHILDREN`` and so in the round's own CPU time (:mod:`bench.machine`)
-    rather than counted as another process's load. Returns whether the kernel accepted it."""
-    try:
-        import ctypes
-
-        return ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0
-    except (OSError, AttributeError):
-        return False
-
-
-def reap_orphans(timeout: float = 60.0) -> int:
-    """Waits for every remaining child (adopted orphans included; after ``timeout`` seconds they are killed:
-    they are this side's own workers) so that their CPU time is accounted; returns how many there were."""
-    import psutil
-
-    children = psutil.Process().children()
-    _, alive = psutil.wait_procs(children, timeout=timeout)
-    for proc in alive:
-        proc.kill()
-    psutil.wait_procs(alive, timeout=10)
-    while True:  # zombies psutil did not list
-        try:
-            if os.waitpid(-1, os.WNOHANG) == (0, 0):
-                break
-        except ChildProcessError:
-            break
-    return len(children)
-
-
 def run_side(side: str, corpus: str, work: str, workers: int, components: str = "auto",
-             decisions: str = "join") -> dict:
+             decisions: str = "auto", gzip_level: int = 1) -> dict:
     """One side in this process, under the RSS sampler (called in a fresh process by :func:`side_process`);
-    descendants that outlive their parents are adopted and waited for (:func:`adopt_orphans`)."""
+    descendants that outlive their parents are adopted and waited for (:func:`machine.adopt_orphans`)."""
     import logging
 
-    adopted = adopt_orphans()
+    adopted = machine.adopt_orphans()
 
     logging.getLogger("apache_beam").setLevel(logging.ERROR)
     from loguru import logger as loguru_logger
@@ -290,24 +260,24 @@ def run_side(side: str, corpus: str, work: str, workers: int, components: str = 
     loguru_logger.remove()
     with PeakRSS() as rss:
         if side == "ours":
-            result = run_ours(corpus, work, workers, components, decisions)
+            result = run_ours(corpus, work, workers, components, decisions, gzip_level)
         else:
             files = len(glob.glob(os.path.join(corpus, "docs", "*.jsonl.gz")))
-            seconds, clusters = run_datatrove(os.path.join(corpus, "docs"), work, workers, files)
+            seconds, clusters = run_datatrove(os.path.join(corpus, "docs"), work, workers, files, gzip_level)
             result = {"seconds": seconds, "clusters": clusters}
-        result["leftover_children_reaped"] = reap_orphans()
+        result["leftover_children_reaped"] = machine.reap_orphans()
     result.update(rss.summary(), subreaper=adopted)
     return result
 
 
 def side_process(side: str, corpus: str, work: str, workers: int, components: str = "auto",
-                 decisions: str = "join") -> dict:
+                 decisions: str = "auto", gzip_level: int = 1) -> dict:
     """Runs :func:`run_side` in a fresh Python process and returns its result."""
     out = os.path.join(work + ".json")
     env = {**os.environ, "PYTHONPATH": os.path.dirname(HERE) + os.pathsep + os.environ.get("PYTHONPATH", "")}
     subprocess.run([sys.executable, os.path.join(HERE, "dedup_vs_datatrove.py"), "--_side", side, "--_corpus",
                     corpus, "--_work", work, "--workers", str(workers), "--components", components,
-                    "--decisions", decisions],
+                    "--decisions", decisions, "--gzip_level", str(gzip_level)],
                    check=True, env=env)
     with open(out) as f:
         return json.load(f)
@@ -325,9 +295,10 @@ def measure(size: int, args, cond) -> dict:
     n = meta["good_docs"]
     with tempfile.TemporaryDirectory() as tmp:
         with cond.round():
-            dt = side_process("datatrove", corpus, os.path.join(tmp, "dt"), args.workers)
+            dt = side_process("datatrove", corpus, os.path.join(tmp, "dt"), args.workers,
+                              gzip_level=args.gzip_level)
             ours = side_process("ours", corpus, os.path.join(tmp, "ours"), args.workers, args.components,
-                                args.decisions)
+                                args.decisions, args.gzip_level)
     out = {"documents": n, "bad_documents": meta["bad_total"], "planted_pairs": len(pairs(true_groups)),
            "copies_by_edit": meta["copies_by_edit"]}
     for name, r in (("datatrove", dt), ("ours", ours)):
@@ -348,6 +319,13 @@ def _default_decisions() -> str:
     return next(f.default for f in dataclasses.fields(MinHashConfig) if f.name == "decisions")
 
 
+def _default_gzip_level() -> int:
+    """Our writers' default gzip level."""
+    from textbooks.curate.writers import DEFAULT_GZIP_LEVEL
+
+    return DEFAULT_GZIP_LEVEL
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[50000, 100000])
@@ -355,9 +333,12 @@ def main(argv=None) -> int:
     parser.add_argument("--corpus_dir", default=os.path.join(tempfile.gettempdir(), "textbooks_dedup_corpus"))
     parser.add_argument("--components", choices=["auto", "union_find", "distributed"], default="auto",
                         help="our connected-components method (ComponentsConfig.method)")
-    parser.add_argument("--decisions", choices=["join", "side_input"], default=None,
+    parser.add_argument("--decisions", choices=["auto", "join", "side_input"], default=None,
                         help="how our drop decisions reach the records (MinHashConfig.decisions; default: its "
-                             "default, the CoGroupByKey join)")
+                             "default, auto: the dict side input on this runner)")
+    parser.add_argument("--gzip_level", type=int, default=None,
+                        help="gzip level of both sides' kept output (default: textbooks.curate.writers."
+                             "DEFAULT_GZIP_LEVEL; datatrove's own JsonlWriter writes level 9)")
     parser.add_argument("--out", default="dedup_vs_datatrove.json")
     parser.add_argument("--_side", choices=["ours", "datatrove"], help=argparse.SUPPRESS)
     parser.add_argument("--_corpus", help=argparse.SUPPRESS)
@@ -366,17 +347,19 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     if args._side:
         result = run_side(args._side, args._corpus, args._work, args.workers, args.components,
-                          args.decisions or _default_decisions())
+                          args.decisions or _default_decisions(), args.gzip_level or _default_gzip_level())
         with open(args._work + ".json", "w") as f:
             json.dump(result, f)
         return 0
     cond = machine.Conditions(args.wait_quiet)  # before this process loads the machine itself
     args.decisions = args.decisions or _default_decisions()
+    args.gzip_level = args.gzip_level or _default_gzip_level()
     sizes = {}
     for size in args.sizes:
         sizes[size] = m = measure(size, args, cond)
         o, d, rc = m["ours"], m["datatrove"], m["ours"]["reconciliation"]
-        print(f"[{m['documents']} docs, {m['planted_pairs']} planted pairs, {m['bad_documents']} bad documents]")
+        print(f"[{m['documents']} docs, {m['planted_pairs']} planted pairs, {m['bad_documents']} bad documents; "
+              f"both sides write gzip level {args.gzip_level}]")
         print(f"  datatrove: {d['docs_per_s']:.0f} docs/s ({d['seconds']:.1f}s), largest worker "
               f"{d['largest_worker_peak_rss_mb']:.0f} MB, driver {d['driver_peak_rss_mb']:.0f} MB, "
               f"P/R vs planted {d['vs_truth']['precision']:.3f}/{d['vs_truth']['recall']:.3f}")
@@ -389,7 +372,8 @@ def main(argv=None) -> int:
               f"{rc['rejected']} rejected {rc['rejected_by_reason']}: balanced={rc['balanced']}")
         print(f"  ratio ours/datatrove: {m['ratio']:.2f}x (goal >= {GOAL}x)")
     largest = max(sizes)
-    result = {"sizes": sizes, "workers": args.workers, "decisions": args.decisions, "goal": GOAL,
+    result = {"sizes": sizes, "workers": args.workers, "decisions": args.decisions, "gzip_level": args.gzip_level,
+              "goal": GOAL,
               "ratio": sizes[largest]["ratio"],
               "machine": {**cond.finish(args.settle), "python": platform.python_version()}}
     with open(args.out, "w") as f:

@@ -15,11 +15,16 @@ JSON and on its last line:
 The run is *quiet* when the load was under :data:`QUIET_LOAD` before and after and no round saw other
 processes use more than :data:`QUIET_FOREIGN_CORES` cores. A busy run still writes its figures, but its
 headline is marked ``busy`` and the ratio is printed with ``NOT A HEADLINE`` beside it.
+
+A benchmark whose contender starts worker processes that outlive their parents (Beam's SDK workers run under
+``/bin/sh -c``) calls :func:`adopt_orphans` in the contender's process and :func:`reap_orphans` before it
+exits, so those workers' CPU time counts as the round's own rather than as other processes' load.
 """
 
 from __future__ import annotations
 
 import argparse
+import ctypes
 import datetime
 import os
 import platform
@@ -174,3 +179,37 @@ class _Round:
         self.cond.rounds.append({"seconds": round(wall, 3), "load_average_start": round(self.load0, 2),
                                  "load_average_end": round(os.getloadavg()[0], 2),
                                  "other_cores_busy": None if other is None else round(other, 3)})
+
+
+_PR_SET_CHILD_SUBREAPER = 36
+
+
+def adopt_orphans() -> bool:
+    """Makes this process the reaper of its orphaned descendants (Linux ``PR_SET_CHILD_SUBREAPER``): a
+    worker whose parent exits first (Beam starts each SDK worker under ``/bin/sh -c``) is re-parented here
+    instead of to init, so a sampler of this process's descendants (RSS) still sees it and, once :func:`reap_orphans` waits for it, its CPU
+    time is in this process's ``RUSAGE_CHILDREN`` and so in the round's own CPU time (:class:`Conditions`)
+    rather than counted as another process's load. Returns whether the kernel accepted it."""
+    try:
+        return ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0
+    except (OSError, AttributeError):
+        return False
+
+
+def reap_orphans(timeout: float = 60.0) -> int:
+    """Waits for every remaining child (adopted orphans included; after ``timeout`` seconds they are killed:
+    they are this process's own workers) so that their CPU time is accounted; returns how many there were."""
+    import psutil
+
+    children = psutil.Process().children()
+    _, alive = psutil.wait_procs(children, timeout=timeout)
+    for proc in alive:
+        proc.kill()
+    psutil.wait_procs(alive, timeout=10)
+    while True:  # zombies psutil did not list
+        try:
+            if os.waitpid(-1, os.WNOHANG) == (0, 0):
+                break
+        except ChildProcessError:
+            break
+    return len(children)
