@@ -1,10 +1,11 @@
-"""Building blocks both model families share: projections, rotary embeddings, masks and cached attention.
+"""Building blocks both model families share: projections, rotary embeddings and self-attention.
 
 :class:`Attention` is the one self-attention of the project: q/k/v projections (biases optional), rotary
 embeddings (rotate-half convention, on the first ``rotary_dim`` dims of each head, with linear or llama3
 frequency scaling), grouped-query attention (``kv_heads`` key/value heads, each shared by ``num_heads /
 kv_heads`` consecutive query heads, transformers' ``repeat_kv`` order), packing through segment ids, and a KV
-cache for decoding.
+cache for decoding. Whole sequences (training, prefill) go through the blocked causal attention of
+:mod:`textbooks.model.attention`; cached decode steps attend here.
 
 The cache: with ``decode=True`` each attention layer keeps ``[batch, kv_heads, cache_len, head_dim]`` keys and
 values in the ``'cache'`` collection (only the KV heads: grouping shrinks the cache and the bytes each decode
@@ -27,6 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from textbooks.model import cpu_attention, cpu_matmul, packed_decode
+from textbooks.model.attention import causal_attention
 from textbooks.model.config import ModelConfig
 
 Array = jax.Array
@@ -124,66 +126,6 @@ def apply_rotary(x: Array, positions: Array, inv_freq: np.ndarray | Array) -> Ar
     half = rotary_dim // 2
     rotated_half = jnp.concatenate([-rot[..., half:], rot[..., :half]], axis=-1)
     return jnp.concatenate([rot * cos + rotated_half * sin, passthrough], axis=-1)
-
-
-def attention_mask(segment_ids: Array, start: int = 0, stop: int | None = None) -> Array:
-    """Block-diagonal causal mask ``[batch, 1, stop - start, stop]`` (True = may attend) from segment ids, for
-    the queries at positions ``[start, stop)`` (default: all) and the keys before ``stop`` (the later keys are
-    masked for all of them).
-
-    A query attends to keys at or before it in the same segment; padding (segment 0) attends to nothing.
-    """
-    stop = segment_ids.shape[1] if stop is None else stop
-    keys = segment_ids[:, :stop]
-    causal = jnp.arange(start, stop)[:, None] >= jnp.arange(stop)[None, :]
-    same = segment_ids[:, start:stop, None] == keys[:, None, :]
-    real = (keys != 0)[:, None, :]
-    return (causal[None] & same & real)[:, None]
-
-
-# Queries per block of the causal attention of whole sequences (training, prefill); see causal_attention.
-QUERY_BLOCK = 128
-
-
-def causal_attention(q: Array, k: Array, v: Array, segment_ids: Array, scale: float, dropout: Any,
-                     deterministic: bool, block: int = QUERY_BLOCK) -> Array:
-    """``softmax(q.k * scale) v`` of whole sequences under :func:`attention_mask`, ``block`` queries at a time.
-
-    The queries of a block see no key after the block's last one, so each block multiplies only by the keys
-    up to its end: at length 256 and 128-query blocks the scores cover 3/4 of the ``L x L`` square (the
-    products, the mask, the softmax and their gradients shrink alike). A masked score is exactly zero after
-    the softmax, so dropping the keys after a block changes the result only by the order of float sums.
-
-    Args:
-        q: ``[batch, length, kv_heads, group, head_dim]`` (query head ``j * group + g``).
-        k, v: ``[batch, length, kv_heads, head_dim]``.
-        segment_ids: ``[batch, length]`` (0 = padding).
-        scale: multiplies the scores.
-        dropout: ``probs -> probs`` with ``deterministic`` (an ``nn.Dropout``), applied to the probabilities.
-        deterministic: no dropout.
-        block: queries per block; the whole length when it does not divide it.
-
-    Returns:
-        ``[batch, length, kv_heads, group, head_dim]`` in ``v``'s dtype.
-    """
-    batch, length, kv_heads, group, head_dim = q.shape
-    block = block if 0 < block < length and length % block == 0 else length
-    # Heads-major copies made once ([batch, kv_heads, (group,) length, head_dim]): every block's queries and
-    # keys are then contiguous rows of each head, instead of strided slices each block transposes again.
-    qh, kh, vh = q.transpose(0, 2, 3, 1, 4), k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)
-    outs = []
-    for start in range(0, length, block):
-        stop = start + block
-        scores = jnp.einsum("bjgqd,bjkd->bjgqk", qh[:, :, :, start:stop], kh[:, :, :stop],
-                            preferred_element_type=jnp.float32)
-        scores = scores.reshape(batch, kv_heads * group, block, stop) * scale
-        mask = attention_mask(segment_ids, start, stop)
-        scores = jnp.where(mask, scores, jnp.finfo(jnp.float32).min)  # finite: masked rows stay NaN-free
-        probs = dropout(jax.nn.softmax(scores, axis=-1), deterministic=deterministic)
-        probs = probs.astype(v.dtype).reshape(batch, kv_heads, group, block, stop)
-        outs.append(jnp.einsum("bjgqk,bjkd->bjgqd", probs, vh[:, :, :stop]))
-    out = outs[0] if len(outs) == 1 else jnp.concatenate(outs, axis=3)
-    return out.transpose(0, 3, 1, 2, 4)
 
 
 def token_einsum(equation: str, x: Array, kernel: Array) -> Array:
@@ -380,8 +322,8 @@ class Attention(nn.Module):
         elif not cached:
             # Query head h = j * group + g uses key/value head j (transformers' repeat_kv order).
             qg = q.reshape(batch, length, kv_heads, group, head_dim)
-            out = causal_attention(qg, k, v.astype(dtype), segment_ids, scale, nn.Dropout(rate=cfg.attn_dropout),
-                                   deterministic)
+            dropout = nn.Dropout(rate=cfg.attn_dropout) if cfg.attn_dropout else None
+            out = causal_attention(qg, k, v.astype(dtype), segment_ids, scale, dropout, deterministic)
             out = out.reshape(batch, length, heads, head_dim)
         else:
             qg = q.reshape(batch, length, kv_heads, group, head_dim)
