@@ -1,7 +1,7 @@
 """MinHash near-dedup at scale: textbooks.curate (Apache Beam) vs datatrove, same real-sized corpus.
 
     python bench/dedup_vs_datatrove.py [--sizes 50000 100000] [--workers 2] [--corpus_dir /tmp/dedup_corpus]
-                                       [--components auto] [--decisions {auto,join,side_input}] [--gzip_level 1]
+                                       [--components auto] [--decisions {auto,join,side_input,reread}] [--gzip_level 1]
                                        [--wait_quiet 0] [--settle 150] [--out dedup_vs_datatrove.json]
 
 Corpus (:mod:`bench.dedup_corpus`, built once per size and cached under ``--corpus_dir``): real text chunked
@@ -19,7 +19,9 @@ default, ``textbooks.curate.writers.DEFAULT_GZIP_LEVEL``; ours adds the shard re
   the report), DirectRunner in multi-processing mode; it also reads the bad documents, which must be rejected
   with a reason and reconcile (units in = kept + dropped + rejected); ``--decisions`` picks how drop decisions
   reach the records (``MinHashConfig.decisions``: ``join``, a CoGroupByKey on the id, ``side_input``, a dict
-  every worker holds, or ``auto``, the default, which is ``side_input`` on this runner);
+  every worker holds, ``reread``, the same dict applied to the records read again from the input files so
+  that no text is shuffled, or ``auto``, the default, which is ``reread`` here: near dedup is the only stage
+  and ids are not checked);
 * datatrove 0.10.1: its four MinHash steps (signatures, buckets, clustering, filtering) with
   ``LocalPipelineExecutor``, with the same tokenization (lowercased ``\\w+`` runs, after datatrove's own text
   simplification) and its dependency-free SHA-1 hashing (64-bit); it reads only the good documents (its
@@ -333,9 +335,9 @@ def main(argv=None) -> int:
     parser.add_argument("--corpus_dir", default=os.path.join(tempfile.gettempdir(), "textbooks_dedup_corpus"))
     parser.add_argument("--components", choices=["auto", "union_find", "distributed"], default="auto",
                         help="our connected-components method (ComponentsConfig.method)")
-    parser.add_argument("--decisions", choices=["auto", "join", "side_input"], default=None,
+    parser.add_argument("--decisions", choices=["auto", "join", "side_input", "reread"], default=None,
                         help="how our drop decisions reach the records (MinHashConfig.decisions; default: its "
-                             "default, auto: the dict side input on this runner)")
+                             "default, auto: the input read again with the decisions as a side input here)")
     parser.add_argument("--gzip_level", type=int, default=None,
                         help="gzip level of both sides' kept output (default: textbooks.curate.writers."
                              "DEFAULT_GZIP_LEVEL; datatrove's own JsonlWriter writes level 9)")

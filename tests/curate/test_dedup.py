@@ -218,7 +218,7 @@ def test_near_dedup_join_and_side_input_give_the_same_decisions(planted, tmp_pat
     docs, truth = planted
     records = _records(docs)
     runs = {}
-    for path in dedup.DECISIONS:
+    for path in ("join", "side_input"):  # 'reread' needs input files: tests/curate/test_reread.py
         cfg = dedup.MinHashConfig(keep=keep, decisions=path, batch_size=37, bucket_shards=3)
         runs[path] = _run_near_dedup(records, cfg, str(tmp_path / path))
     (kept_j, dropped_j, counters_j), (kept_s, dropped_s, counters_s) = runs["join"], runs["side_input"]
@@ -234,7 +234,7 @@ def test_near_dedup_join_and_side_input_give_the_same_decisions(planted, tmp_pat
 
 def test_config_rejects_unknown_decisions_path():
     with pytest.raises(ValueError, match=r"MinHashConfig\.decisions must be one of 'auto', 'join', 'side_input', "
-                                         r"got 'shuffle'"):
+                                         r"'reread', got 'shuffle'"):
         dedup.MinHashConfig(decisions="shuffle")
 
 
@@ -248,10 +248,15 @@ def test_auto_decisions_side_input_on_local_runners_join_elsewhere():
     assert dedup.decisions_path(auto, beam.Pipeline()) == "side_input"
     assert dedup.decisions_path(auto, beam.Pipeline(runner="DirectRunner")) == "side_input"
     assert dedup.decisions_path(auto, beam.Pipeline(runner=_RemoteRunner())) == "join"
+    # Where the stage can read its input again: 'reread' on local runners only (it holds every decision).
+    assert dedup.decisions_path(auto, beam.Pipeline(runner="DirectRunner"), reread=True) == "reread"
+    assert dedup.decisions_path(auto, beam.Pipeline(runner=_RemoteRunner()), reread=True) == "join"
     for path in dedup.DECISIONS:  # an explicit choice holds on every runner
         cfg = dedup.MinHashConfig(decisions=path)
-        assert dedup.decisions_path(cfg, beam.Pipeline()) == path
-        assert dedup.decisions_path(cfg, beam.Pipeline(runner=_RemoteRunner())) == path
+        assert dedup.decisions_path(cfg, beam.Pipeline(), reread=True) == path
+        assert dedup.decisions_path(cfg, beam.Pipeline(runner=_RemoteRunner()), reread=True) == path
+    with pytest.raises(ValueError, match=r"'reread' needs near dedup to see the records exactly as read"):
+        dedup.decisions_path(dedup.MinHashConfig(decisions="reread"), beam.Pipeline())
 
 
 def test_word_hash_cache_is_bounded_and_exact(monkeypatch):

@@ -25,9 +25,9 @@ hash (:meth:`MinHasher.band_hashes`). Then
 3. One document per component survives: the smallest by the ``keep`` policy (``'min_id'``: smallest id;
    ``'longest'``: most characters, then smallest id), a deterministic choice. The others are dropped with
    ``meta.curation = {reason: 'near_duplicate', duplicate_of, cluster_size}``. The decisions (one per dropped
-   document: its id, the survivor's id and the cluster size) reach the records in one of two ways, chosen by
-   ``decisions`` (``'auto'``, the default, chooses ``'side_input'`` on the local runners, the DirectRunner and
-   the FnApiRunner, and ``'join'`` on every other runner):
+   document: its id, the survivor's id and the cluster size) reach the records in one of three ways, chosen
+   by ``decisions`` (``'auto'``, the default, chooses ``'reread'`` where it applies and else ``'side_input'``
+   on the local runners, the DirectRunner and the FnApiRunner, and ``'join'`` on every other runner):
 
    * ``'join'``: records and decisions are keyed by id and joined with ``CoGroupByKey``; the
      shuffle spreads both over the workers, so no worker holds more than its share of either, on any runner
@@ -45,9 +45,19 @@ hash (:meth:`MinHasher.band_hashes`). Then
      largest worker is no smaller: the local runner sends each worker its whole share of a stage's input as
      one message either way (its share of the records, here), so that worker's peak grows with the corpus
      on both paths (about 530-650 MB at 50k documents, 900-960 MB at 100k).
+   * ``'reread'``: as ``'side_input'``, but the records that the decisions are applied to are read again
+     from the input files (:class:`textbooks.curate.io.Reread`: the same parsing, counting nothing, dropping
+     what the first read rejected), datatrove's design: the records of the first read feed only the
+     signatures, so no text goes through a shuffle or a runner's materialization, and a worker streams its
+     files line by line. Measured on the local runner with 2 workers, the largest worker peaked at about
+     300 MB at 50k documents and 370 MB at 100k (the side input: 560 and 900 MB), the driver at about half
+     the side input's; what still grows is the band-hash shuffle (ids and hashes) and the decisions. It needs
+     the stage's input to be the records exactly as read, so the pipeline offers it (``NearDedup(reread=...)``) only
+     to a near dedup that is the first stage, without the id check
+     (:func:`textbooks.curate.pipeline.build_pipeline`); the input is read twice.
 
-   Both give the same kept and dropped records; the counter ``near_dedup/decisions_join`` or
-   ``near_dedup/decisions_side_input`` (bundles applied) says which ran.
+   All give the same kept and dropped records; the counter ``near_dedup/decisions_<path>`` (bundles applied)
+   says which ran.
 
 The probability that a pair with Jaccard similarity ``s`` becomes a candidate is ``1 - (1 - s**r)**b``; with the
 FineWeb setting (5-grams, 14 bands × 8 rows) pairs above ~0.75 are found with high probability.
@@ -250,7 +260,8 @@ class _BucketEdgesDoFn(beam.DoFn):
 class _ApplyDecisionsDoFn(beam.DoFn):
     """Records -> kept, or dropped with their decision. With ``decisions='join'`` the elements are the
     ``CoGroupByKey`` groups ``(id, {'record': [(tokens, record)], 'decision': [...]})``; with ``'side_input'``
-    they are the records, and the decisions dict (id -> decision) is a side input."""
+    and ``'reread'`` they are the records (read again from the input with ``'reread'``), and the decisions
+    dict (id -> decision) is a side input."""
 
     def __init__(self, stage: str, reason: str, decisions: str):
         self.stage = stage
@@ -288,12 +299,19 @@ class _ApplyDecisionsDoFn(beam.DoFn):
 _LOCAL_RUNNERS = ("SwitchingDirectRunner", "DirectRunner", "BundleBasedDirectRunner", "FnApiRunner")
 
 
-def decisions_path(config: MinHashConfig, pipeline: beam.Pipeline) -> str:
+def decisions_path(config: MinHashConfig, pipeline: beam.Pipeline, reread: bool = False) -> str:
     """The way decisions reach the records in ``pipeline``: ``config.decisions``, or for ``'auto'``
-    ``'side_input'`` on a local runner (see the module docstring) and ``'join'`` on any other."""
-    if config.decisions != "auto":
-        return config.decisions
-    return "side_input" if type(pipeline.runner).__name__ in _LOCAL_RUNNERS else "join"
+    ``'reread'`` where the stage can read its input again (``reread``) and ``'side_input'`` on a local runner,
+    ``'join'`` on any other (see the module docstring)."""
+    path = config.decisions
+    if path == "auto":
+        local = type(pipeline.runner).__name__ in _LOCAL_RUNNERS
+        path = ("reread" if reread else "side_input") if local else "join"
+    if path == "reread" and not reread:
+        raise ValueError("MinHashConfig.decisions = 'reread' needs near dedup to see the records exactly as read "
+                         "(the first stage after reading, with ReadConfig.check_unique_ids = False); choose "
+                         "'auto', 'side_input' or 'join' for this pipeline")
+    return path
 
 
 class NearDedup(beam.PTransform):
@@ -302,10 +320,12 @@ class NearDedup(beam.PTransform):
     Returns a dict of PCollections: ``kept``, ``dropped``, ``clusters`` (one summary per cluster).
     """
 
-    def __init__(self, config: MinHashConfig | None = None, stage: str = "near_dedup"):
+    def __init__(self, config: MinHashConfig | None = None, stage: str = "near_dedup",
+                 reread: beam.PTransform | None = None):
         super().__init__()
         self.config = config or MinHashConfig()
         self.stage = stage
+        self.reread = reread  # a transform of the pipeline's root that yields the input records again
 
     def expand(self, records):
         edges = (records
@@ -314,10 +334,14 @@ class NearDedup(beam.PTransform):
                  | "Edges" >> beam.ParDo(_BucketEdgesDoFn(self.config, self.stage))
                  | "DistinctEdges" >> beam.Distinct())
         comps = edges | "Components" >> Components(self.config.components, self.stage, CLUSTERS)
-        path = decisions_path(self.config, records.pipeline)
+        path = decisions_path(self.config, records.pipeline, self.reread is not None)
         apply = _ApplyDecisionsDoFn(self.stage, "near_duplicate", path)
         if path == "side_input":
             items, args = records, [beam.pvalue.AsDict(comps["decisions"])]
+        elif path == "reread":
+            # The texts are read again next to the decisions: `records` feeds only the signatures.
+            items = records.pipeline | "Reread" >> self.reread
+            args = [beam.pvalue.AsDict(comps["decisions"])]
         else:
             # The token count travels with the record: here it is still the str the step before counted.
             keyed = records | "KeyById" >> beam.Map(lambda r: (r["id"], (count_tokens(r["text"]), r)))

@@ -333,6 +333,49 @@ class _CheckSplitDoFn(beam.DoFn):
                 detail=f"split {record['split']!r} is not one of {list(self.splits)}"))
 
 
+class _Uncounted:
+    """Stands in for :class:`~textbooks.curate.stages.StageCounters` where a read must count nothing."""
+
+    def inc(self, metric: str, n: int = 1) -> None:
+        pass
+
+
+class _RereadFileDoFn(_ReadFileDoFn):
+    """Reads one input file again, lazily, into the records :class:`ReadInputs` made of it: the same parsing,
+    checks and split assignment, and the same ``CheckSplit`` filter; it counts nothing and drops what the
+    first read rejected (each input unit is counted once, by the first read)."""
+
+    def __init__(self, specs: Sequence[InputSpec], config: ReadConfig, splits: Sequence[str]):
+        super().__init__(specs, config)
+        self.splits = tuple(splits)
+
+    def setup(self):
+        self.counters = _Uncounted()
+
+    def process(self, item: tuple[int, str, str]):
+        for out in super().process(item):
+            if not isinstance(out, beam.pvalue.TaggedOutput) and out["split"] in self.splits:
+                yield out
+
+
+class Reread(beam.PTransform):
+    """The records of a :class:`ReadInputs` read again from the same files (listed once, on the driver, by
+    that ``ReadInputs``): a later stage can take the texts from the input instead of from a shuffle. Without
+    the id check: with ``check_unique_ids`` the first read drops repeated ids, which a second read cannot
+    know, so :meth:`ReadInputs.reread` refuses it."""
+
+    def __init__(self, reader: "ReadInputs"):
+        super().__init__()
+        self.reader = reader
+
+    def expand(self, pbegin):
+        r = self.reader
+        return (pbegin
+                | "ListFiles" >> beam.Create(r.files)
+                | "Spread" >> beam.Reshuffle()
+                | "ReadFiles" >> beam.ParDo(_RereadFileDoFn(r.specs, r.config, r.splits)))
+
+
 class ReadInputs(beam.PTransform):
     """Reads all inputs; returns a tuple-like with ``records`` (main) and ``rejects``.
 
@@ -349,6 +392,14 @@ class ReadInputs(beam.PTransform):
         self.config = config or ReadConfig()
         self.splits = tuple(splits)
         self.files = [(i, path, base) for i, spec in enumerate(self.specs) for path, base in list_input_files(spec)]
+
+    def reread(self) -> Reread:
+        """A transform that reads these records again (see :class:`Reread`)."""
+        if self.config.check_unique_ids:
+            raise ValueError("ReadInputs.reread: with ReadConfig.check_unique_ids the records are those left "
+                             "after dropping repeated ids, which a second read cannot reproduce; set "
+                             "check_unique_ids=False or take the records from the first read")
+        return Reread(self)
 
     def expand(self, pbegin):
         out = (pbegin

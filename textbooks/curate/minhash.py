@@ -29,7 +29,7 @@ import numpy as np
 from textbooks.curate.components import ComponentsConfig, connected_components
 from textbooks.curate.textnorm import _splitmix64, combine_hashes
 
-DECISIONS = ("join", "side_input")  # the two ways decisions reach the records; "auto" picks one per runner
+DECISIONS = ("join", "side_input", "reread")  # the ways decisions reach the records; "auto" picks one
 _WORD_RE = re.compile(r"\w", re.UNICODE)
 _MAX_CODE_POINT = 0x110000
 _BLOCK = 2048  # shingles per (block x num_perm) product (about 2 MB, reused)
@@ -70,9 +70,12 @@ class MinHashConfig:
         components: how the candidate graph's connected components are found (:mod:`components`: one-worker
             union-find for small graphs, distributed large-star/small-star rounds for big ones).
         decisions: how drop decisions reach the records: ``'join'`` (``CoGroupByKey`` on the id; scales),
-            ``'side_input'`` (every worker holds all decisions; one-machine runs only) or ``'auto'`` (the
-            default: ``'side_input'`` on the local runners, whose driver holds every shuffle's data anyway, and
-            ``'join'`` on every other runner; see :mod:`textbooks.curate.dedup`).
+            ``'side_input'`` (every worker holds all decisions; one-machine runs only), ``'reread'`` (as
+            ``'side_input'``, but the records are read again from the input files, so no text goes through a
+            shuffle; only where near dedup is the first stage and ids are not checked) or ``'auto'`` (the
+            default: on the local runners, whose driver holds every shuffle's data anyway, ``'reread'`` where it
+            applies and else ``'side_input'``; ``'join'`` on every other runner; see
+            :mod:`textbooks.curate.dedup`).
     """
 
     shingle_size: int = 5

@@ -46,15 +46,16 @@ from textbooks.data import records as rec
 from textbooks.data.manifest import MANIFEST_NAME, read_manifest
 
 logger = logging.getLogger(__name__)
-# The stages in pipeline order: each one's Beam label and how its transform is built from the plan (every
-# transform returns stages.StageOutputs).
+# The stages in pipeline order: each one's Beam label and how its transform is built from the plan and the
+# transform that reads the stage's input again (None unless it can: see _reread_for); every transform returns
+# stages.StageOutputs.
 _STAGES = {
-    "heuristics": ("Heuristics", lambda plan: HeuristicFilter(plan.heuristics)),
-    "exact_dedup": ("ExactDedup", lambda plan: ExactDedup(plan.exact_dedup)),
-    "near_dedup": ("NearDedup", lambda plan: NearDedup(plan.near_dedup)),
-    "decontam": ("Decontam", lambda plan: Decontaminate(plan.decontam, plan.decontam_index_prefix)),
-    "judge": ("Judge", lambda plan: JudgeStage(plan.judge)),
-    "classifier": ("Classifier", lambda plan: ClassifierFilter(plan.classifier)),
+    "heuristics": ("Heuristics", lambda plan, reread: HeuristicFilter(plan.heuristics)),
+    "exact_dedup": ("ExactDedup", lambda plan, reread: ExactDedup(plan.exact_dedup)),
+    "near_dedup": ("NearDedup", lambda plan, reread: NearDedup(plan.near_dedup, reread=reread)),
+    "decontam": ("Decontam", lambda plan, reread: Decontaminate(plan.decontam, plan.decontam_index_prefix)),
+    "judge": ("Judge", lambda plan, reread: JudgeStage(plan.judge)),
+    "classifier": ("Classifier", lambda plan, reread: ClassifierFilter(plan.classifier)),
 }
 STAGE_ORDER = tuple(_STAGES)
 _OWNED = ("rejects", "dropped", "dedup", "decontam", "report")
@@ -113,15 +114,29 @@ class _ToOutputRole(beam.DoFn):
         yield record
 
 
+def _reread_for(plan: Plan, reader: ReadInputs, index: int) -> beam.PTransform | None:
+    """The transform that yields the input of the ``index``-th stage again from the input files, or None.
+
+    Only the first stage sees the records exactly as read (a later one sees what earlier stages kept or
+    rewrote: C4 line removal changes texts, exact dedup drops some), and only without the id check (it drops
+    repeated ids, which a second read cannot tell); read again, the same files give the same records (parsing,
+    ids and split assignment are deterministic), and the second read counts nothing and drops what the first
+    rejected, so every unit is still counted once."""
+    if index != 0 or plan.read.check_unique_ids:
+        return None
+    return reader.reread()
+
+
 def build_pipeline(p: beam.Pipeline, plan: Plan) -> None:
     """Adds all stages of ``plan`` to ``p`` (the caller runs it)."""
-    read = p | "Read" >> ReadInputs(plan.inputs, plan.read, plan.splits)
+    reader = ReadInputs(plan.inputs, plan.read, plan.splits)
+    read = p | "Read" >> reader
     records, rejects = read["records"], read["rejects"]
     dropped: list[beam.PCollection] = []
     side: dict[str, list[beam.PCollection]] = collections.defaultdict(list)  # clusters, matches, scores
-    for name in plan.stage_names:
+    for index, name in enumerate(plan.stage_names):
         label, make = _STAGES[name]
-        out = records | label >> make(plan)
+        out = records | label >> make(plan, _reread_for(plan, reader, index))
         records = out[stages.KEPT]
         dropped.append(out[stages.DROPPED])
         for key, pcoll in out.items():
