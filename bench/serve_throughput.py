@@ -119,12 +119,35 @@ async def _serve_round(url: str, model: str, requests: list[tuple[list[int], int
                                                                       for r in results]
 
 
-def _programs(url: str) -> int:
-    """The programs the server has compiled so far (its ``/health`` stats)."""
+def _health(url: str) -> dict:
+    """The server's ``/health`` stats (programs compiled so far, and continuous batching's time split)."""
     import urllib.request
 
     with urllib.request.urlopen(f"{url}/health", timeout=60) as response:
-        return int(json.load(response)["programs"])
+        return json.load(response)
+
+
+def _programs(url: str) -> int:
+    """The programs the server has compiled so far."""
+    return int(_health(url)["programs"])
+
+
+SPLIT_STATS = ("prefill_s", "prefill_calls", "prefill_tokens", "prefill_padded_tokens", "prefill_attention_pairs",
+               "decode_s", "decode_steps", "decode_row_steps")
+
+
+def _split(before: dict, after: dict, runs: list[tuple[float, int, Any]]) -> dict | None:
+    """Where the timed rounds' time went, per round: prefill (admissions: prefills and row copies), decode (token
+    loops) and the rest (scheduling, text, HTTP), from the server's stats before and after them; None for a
+    server without them (static batches)."""
+    if "prefill_s" not in after or not runs:
+        return None
+    rounds = len(runs)
+    per = {k: (after[k] - before[k]) / rounds for k in SPLIT_STATS}
+    wall = sum(e for e, _, _ in runs) / rounds
+    return {"round_s": round(wall, 2), "prefill_s": round(per["prefill_s"], 2), "decode_s": round(per["decode_s"], 2),
+            "other_s": round(wall - per["prefill_s"] - per["decode_s"], 2),
+            **{k: round(v, 1) for k, v in per.items() if not k.endswith("_s")}}
 
 
 class _Transformers:
@@ -212,8 +235,10 @@ def run_workload(server: tuple[str, list[str], str], requests: list, batch: int,
         programs = {c: [_programs(url)] for c, (_, url) in servers.items()}  # compiled at start
         warm_serve = {c: seconds(asyncio.run, _serve_round(url, model, requests, chats))
                       for c, (_, url) in servers.items()}
+        health = {}
         for c, (_, url) in servers.items():
-            programs[c].append(_programs(url))
+            health[c] = [_health(url)]
+            programs[c].append(int(health[c][0]["programs"]))
         hf_runs: dict[tuple, list] = {k: [] for k in hf_keys}
         serve_runs: dict[int, list] = {c: [] for c in chunk_settings}
         for _ in range(rounds):
@@ -223,7 +248,8 @@ def run_workload(server: tuple[str, list[str], str], requests: list, batch: int,
                 for c, (_, url) in servers.items():
                     serve_runs[c].append(asyncio.run(_serve_round(url, model, requests, chats)))
         for c, (_, url) in servers.items():
-            programs[c].append(_programs(url))
+            health[c].append(_health(url))
+            programs[c].append(int(health[c][1]["programs"]))
     finally:
         for proc, _ in servers.values():
             proc.terminate()
@@ -234,7 +260,8 @@ def run_workload(server: tuple[str, list[str], str], requests: list, batch: int,
                   "start_s": round(start_s[c], 1),  # loading and compiling before the first request
                   "programs": {"at_start": programs[c][0],
                                "compiled_in_warmup_round": programs[c][1] - programs[c][0],
-                               "compiled_in_timed_rounds": programs[c][2] - programs[c][1]}}
+                               "compiled_in_timed_rounds": programs[c][2] - programs[c][1]},
+                  "split": _split(*health[c], r)}
                  for c, r in serve_runs.items()]
     return {"transformers_runs": hf_out, "serve": serve_out, "reference": reference}
 
@@ -275,9 +302,26 @@ def run_smollm2(args: argparse.Namespace, cond: machine.Conditions) -> dict:
     result["goal_ratio"] = 3.0
     result["ended_at_eos"] = sum(len(r) < n for r, (_, n) in zip(run["reference"], requests))
     result["machine_rates"] = rates = machine_rates()
+    for entry in result["serve"]:
+        _prefill_rate(entry["split"], rates)
     result["decode_bound"] = decode_bound(model, requests[0][0][:32], [1, args.batch],
                                           result["transformers"]["torch_threads"], rates)
     return result
+
+
+def _prefill_rate(split: dict | None, rates: dict) -> None:
+    """Adds the prefills' GFLOP/s to a smollm2 ``split``, and its share of the matmul peak: the weight products
+    of every padded position but the LM head's (a prefill's logits are unused, and XLA drops them) plus the
+    attention's scores and weighted values."""
+    from textbooks.model.load import load_model
+
+    if not split or not split["prefill_s"]:
+        return
+    config = load_model(SMOLLM2).config
+    flops = (2.0 * (config.num_params() - config.vocab_size * config.hidden_size) * split["prefill_padded_tokens"]
+             + 4.0 * config.num_layers * config.num_heads * config.head_dim * split["prefill_attention_pairs"])
+    split["prefill_gflop_per_s"] = round(flops / split["prefill_s"] / 1e9, 1)
+    split["prefill_of_matmul_peak"] = round(split["prefill_gflop_per_s"] / rates["matmul_gflop_per_s"], 2)
 
 
 def run_phi(args: argparse.Namespace, names: list[str], cond: machine.Conditions) -> dict:
@@ -360,6 +404,17 @@ def main(argv: list[str] | None = None) -> int:
                   f"{s['ratio_vs_transformers']}x, same text {s['same_text_as_transformers']}{traffic}; started in "
                   f"{s['start_s']} s, programs compiled in the timed rounds: "
                   f"{s['programs']['compiled_in_timed_rounds']}")
+    for name, w in result["workloads"].items():
+        for s in w["serve"]:
+            if s.get("split"):
+                sp = s["split"]
+                rate = (f", {sp['prefill_gflop_per_s']} GFLOP/s ({sp['prefill_of_matmul_peak']:.0%} of the matmul peak)"
+                        if "prefill_gflop_per_s" in sp else "")
+                print(f"{name}: serve (chunk_tokens {s['chunk_tokens']}) round {sp['round_s']} s = prefill "
+                      f"{sp['prefill_s']} s ({sp['prefill_calls']:g} prompts, {sp['prefill_tokens']:g} tokens "
+                      f"padded to "
+                      f"{sp['prefill_padded_tokens']:g}{rate}) + decode {sp['decode_s']} s ({sp['decode_steps']:g} "
+                      f"steps, {sp['decode_row_steps']:g} row-steps) + other {sp['other_s']} s")
     for e in result["workloads"].get("smollm2", {}).get("decode_bound", []):
         ours, theirs, rates = e["serve_decoder"], e["transformers"], result["workloads"]["smollm2"]["machine_rates"]
         print(f"smollm2 decode step, batch {e['batch']}: reads {e['read_mb_per_step']} MB, {e['gflop_per_step']} "

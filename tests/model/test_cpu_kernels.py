@@ -11,6 +11,7 @@ from phi_testing import greedy_by_recomputing, random_params
 
 from textbooks.model import cpu_attention, cpu_kernels, cpu_matmul
 from textbooks.model import decode as decode_lib
+from textbooks.model import token_loop
 from textbooks.model import get_preset
 from textbooks.model.kv_cache import init_cache
 from textbooks.model.causal_lm import CausalLM, head_logits
@@ -70,6 +71,30 @@ def test_small_matmul_keeps_leading_axes_and_rejects_shapes_that_do_not_fit(kern
         cpu_matmul.small_matmul(x, w, np.zeros(4, np.float32))
 
 
+def test_prefill_attends_with_xla_and_fills_the_cache_the_kernel_would(tiny_model):
+    """A decoder on the kernels prefills a prompt into a cache of its own length with XLA attention (a block of
+    queries), into a longer one with the kernel; both caches hold what the kernel's attention gives."""
+    config, params = tiny_model
+    decoder = decode_lib.Decoder(params, config, kernels="cpu_kernel")
+    assert decoder.prefill_kernels == DecodeKernels(attention="xla", projections="cpu_kernel")
+    request = decode_lib.GenerationRequest(prompt=np.random.RandomState(3).randint(0, config.vocab_size, 30).tolist(),
+                                           max_new_tokens=1)
+    own, _ = decoder.prefill([request])  # 29 tokens in a cache of their padded length
+    longer, _ = decoder.prefill([request], cache_len=64)
+    length = decoder.prompt_bucket(29)
+    tokens, segments, _, _ = decode_lib.batch_arrays([request], 1, length)
+    with_kernel = decode_lib._prefill(decoder._config, decoder.model_kernels, decoder.params, tokens, segments, length)
+    for got, want, long in zip(jax.tree.leaves(own), jax.tree.leaves(with_kernel), jax.tree.leaves(longer)):
+        if got.ndim < 4:  # the write index
+            assert np.array_equal(got, want) and np.array_equal(long, want)
+            continue
+        # float32 sums over head_dim and the prompt, through the layers: a few ulps of the values' scale
+        tol = 8 * np.finfo(np.float32).eps * length * float(np.max(np.abs(want)))
+        np.testing.assert_allclose(got, want, atol=tol, rtol=0)
+        np.testing.assert_allclose(long[..., :length, :], want, atol=tol, rtol=0)
+    assert decoder.prefill_shapes == {(1, length, length), (1, length, 64)}
+
+
 @pytest.mark.parametrize("rows", [1, 3, 4, 16, 21])
 @pytest.mark.parametrize("k,n", [(576, 960), (64, 48), (33, 100), (7, 5), (0, 7)])
 def test_packed_matmul_equals_x_w_plus_b_and_the_unpacked_kernel(kernel, rows, k, n):
@@ -109,7 +134,7 @@ def test_decoder_packs_the_weights_once_and_its_steps_use_them(kernel, tiny_mode
     tied = int(config.family == "llama" and config.tie_word_embeddings)
     assert len(jax.tree.leaves(fast.packed)) == 2 * (4 * (1 if config.scan_layers else config.num_layers) + tied)
     rows = decode_lib.batch_arrays([decode_lib.GenerationRequest([1], 4)] * 2, 2, 0)[3]
-    loop = jax.jit(decode_lib._token_loop, static_argnums=(0, 1, 6, 7)).lower(
+    loop = jax.jit(token_loop.token_loop, static_argnums=(0, 1, 6, 7)).lower(
         config, fast.model_kernels, fast.params, init_cache(config, 2, 32), np.ones(2, np.int32), rows, 8, 0,
         packed=fast.packed).as_text()
     assert loop.count(cpu_matmul.TARGET_PACKED) == 4 * (1 if config.scan_layers else config.num_layers) + tied

@@ -140,7 +140,16 @@ def test_each_prompt_prefills_alone_in_a_fine_length_bucket(tiny_model):
         got.update({start + i: outputs[s] for i, s in enumerate(slots)})
     # One row per prefill, its cache as long as its padded prompt; 40 prompt lengths (bodies 0..39) ran on 10
     # programs: 8 (the minimum), then a quarter of each octave: no prompt padded by more than a quarter.
-    assert decoder.prefill_shapes == {(1, n, n) for n in (8, 10, 12, 14, 16, 20, 24, 28, 32, 40)}
+    buckets = (8, 10, 12, 14, 16, 20, 24, 28, 32, 40)
+    assert decoder.prefill_shapes == {(1, n, n) for n in buckets}
+    # The stats count every prompt's tokens but the last, as prefilled and as padded; the token loops' steps.
+    padded = [min(b for b in buckets if b >= len(p) - 1) for p in prompts]
+    stats = decoder.stats
+    assert (stats["prefill_calls"], stats["prefill_tokens"]) == (40, sum(len(p) - 1 for p in prompts))
+    assert stats["prefill_padded_tokens"] == sum(padded)
+    assert stats["prefill_attention_pairs"] == sum(b * b for b in padded)
+    assert stats["decode_steps"] == 10 * 2  # each admission's chunk: 2 tokens for every row
+    assert stats["decode_row_steps"] == 10 * 2 * 4 and stats["prefill_s"] > 0 and stats["decode_s"] > 0
     reference = [greedy_by_recomputing(config, params, [p], 2)[0] for p in prompts]
     assert [got[i] for i in range(len(prompts))] == reference
 

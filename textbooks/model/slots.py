@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import time
 from typing import Any, Sequence
 
 import jax
@@ -41,6 +42,15 @@ from textbooks.model.buckets import bucket
 from textbooks.model.config import ModelConfig
 from textbooks.model.kv_cache import cache_length, init_cache, resize_cache
 from textbooks.model.layers import DecodeKernels
+
+
+# What SlotDecoder.stats counts (seconds are wall clock; the decoder waits for its results at each boundary):
+# prefill_s: admissions (prefills and their row copies); prefill_calls / prefill_tokens / prefill_padded_tokens:
+# prompts prefilled, their tokens but the last, those padded to the compiled length; prefill_attention_pairs:
+# (query, key) pairs the prefills' attention scores (the padded length squared, summed); decode_s: token loops;
+# decode_steps: their steps; decode_row_steps: steps times the cache's rows (free and finished rows included).
+STAT_NAMES = ("prefill_s", "prefill_calls", "prefill_tokens", "prefill_padded_tokens", "prefill_attention_pairs",
+              "decode_s", "decode_steps", "decode_row_steps")
 
 
 def chunk_seed(seed: int, chunk: int) -> int:
@@ -118,6 +128,7 @@ class SlotDecoder:
         self._slots: list[_Slot | None] = [None] * num_slots
         # (rows, cache length, new-token bucket) of the token loops run so far (each a compiled program)
         self.decode_shapes: set[tuple[int, int, int]] = set()
+        self.stats = {name: 0 for name in STAT_NAMES}
 
     @property
     def prefill_shapes(self) -> set[tuple[int, int, int]]:
@@ -162,12 +173,21 @@ class SlotDecoder:
         slots = free[:len(requests)]
         taken = {s.row for s in self._slots if s is not None}
         rows = [row for row in range(self.rows) if row not in taken]
+        start = time.perf_counter()
         for slot, row, r in zip(slots, rows, requests):
             # One row per prefill: no row pads to a longer prompt, no padding rows (on a CPU a prompt's tokens
             # already fill the weight products; more rows would not make each token cheaper).
             part, last = self._decoder.prefill([r])
             self.cache = _insert_row(self.cache, part, np.int32(row))
             self._slots[slot] = _Slot(request=r, position=len(r.prompt) - 1, next_token=int(last[0]), row=row)
+            self.stats["prefill_tokens"] += len(r.prompt) - 1
+            padded = self._decoder.prompt_bucket(len(r.prompt) - 1)
+            self.stats["prefill_padded_tokens"] += padded
+            self.stats["prefill_attention_pairs"] += padded * padded
+        # The next chunk waits for the prefills anyway: waiting here only moves where, and times them.
+        jax.block_until_ready(self.cache)
+        self.stats["prefill_s"] += time.perf_counter() - start
+        self.stats["prefill_calls"] += len(requests)
         return slots
 
     def prewarm(self, prompt_tokens: int, cache_lengths: Sequence[int], chunk_tokens: int) -> int:
@@ -243,7 +263,12 @@ class SlotDecoder:
                 r, prompt=[slot.next_token], max_new_tokens=min(max_tokens, r.max_new_tokens - slot.generated),
                 stop_sequences=(), seed=chunk_seed(r.seed, slot.chunks))
             top = max(top, slot.position)
+        start = time.perf_counter()
         out, counts, reasons, self.cache = self._decode(self.cache, chunk_requests, max_tokens, top, until_free)
+        steps = int(counts.max())  # the loop stops when its last row is done
+        self.stats["decode_s"] += time.perf_counter() - start
+        self.stats["decode_steps"] += steps
+        self.stats["decode_row_steps"] += steps * self.rows
         results: dict[int, Any] = {}
         for b in active:
             slot = self._slots[b]

@@ -147,8 +147,10 @@ class Engine:
         self._executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="decode")
         self._queue: asyncio.Queue[Job] | None = None
         self._task: asyncio.Task | None = None
+        # Continuous batching adds the SlotDecoder's counts (prefill and token-loop seconds, tokens, steps; see
+        # textbooks.model.slots.STAT_NAMES): where a serving round's time goes.
         self.stats = {"kernels": self.decoder.kernels, "requests": 0, "batches": 0, "decode_calls": 0,
-                      "generated_tokens": 0, "rows_decoded": 0, "programs": 0}
+                      "generated_tokens": 0, "rows_decoded": 0, "programs": 0, **self.slots.stats}
 
     # -------------------------------------------------------------------------------------------------- text
 
@@ -334,6 +336,7 @@ class Engine:
                 top_p=job.top_p, eos_id=self.eos_id, seed=job.seed) for job in jobs])
         tokens = self.until_end_tokens if until_end else self.chunk_tokens
         outputs = self.slots.step(tokens, until_free=waiting or until_end)
+        self.stats.update(self.slots.stats)
         self.stats["decode_calls"] += 1
         self.stats["rows_decoded"] += len(outputs)
         self.stats["programs"] = self.programs()
