@@ -50,8 +50,9 @@ hash (:meth:`MinHasher.band_hashes`). Then
      what the first read rejected), datatrove's design: the records of the first read feed only the
      signatures, so no text goes through a shuffle or a runner's materialization, and a worker streams its
      files line by line. Measured on the local runner with 2 workers, the largest worker peaked at about
-     300 MB at 50k documents and 370 MB at 100k (the side input: 560 and 900 MB), the driver at about half
-     the side input's; what still grows is the band-hash shuffle (ids and hashes) and the decisions. It needs
+     300-315 MB at 50k documents and 340-390 MB at 100k (the side input: 560 and 730-900 MB), the driver at
+     about half the side input's, in about the same time; what still grows is the band-hash shuffle (ids and
+     hashes) and the decisions. It needs
      the stage's input to be the records exactly as read, so the pipeline offers it (``NearDedup(reread=...)``) only
      to a near dedup that is the first stage, without the id check
      (:func:`textbooks.curate.pipeline.build_pipeline`); the input is read twice.
