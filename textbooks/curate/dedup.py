@@ -52,10 +52,9 @@ hash (:meth:`MinHasher.band_hashes`). Then
      files line by line. Measured on the local runner with 2 workers, the largest worker peaked at about
      300-315 MB at 50k documents and 340-390 MB at 100k (the side input: 560 and 730-900 MB), the driver at
      about half the side input's, in about the same time; what still grows is the band-hash shuffle (ids and
-     hashes) and the decisions. It needs
-     the stage's input to be the records exactly as read, so the pipeline offers it (``NearDedup(reread=...)``) only
-     to a near dedup that is the first stage, without the id check
-     (:func:`textbooks.curate.pipeline.build_pipeline`); the input is read twice.
+     hashes) and the decisions. It needs the stage's input to be the records exactly as read, so the
+     pipeline offers it (``NearDedup(reread=...)``) only to a near dedup that is the first stage, without
+     the id check (:func:`textbooks.curate.pipeline.build_pipeline`); the input is read twice.
 
    All give the same kept and dropped records; the counter ``near_dedup/decisions_<path>`` (bundles applied)
    says which ran.
