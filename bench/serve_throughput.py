@@ -133,7 +133,7 @@ def _programs(url: str) -> int:
 
 
 SPLIT_STATS = ("prefill_s", "prefill_calls", "prefill_tokens", "prefill_padded_tokens", "prefill_attention_pairs",
-               "decode_s", "decode_steps", "decode_row_steps", "prefix_hits", "prefix_reused_tokens")
+               "decode_s", "decode_steps", "decode_row_steps")
 
 
 def _split(before: dict, after: dict, runs: list[tuple[float, int, Any]]) -> dict | None:

@@ -138,9 +138,9 @@ def test_each_prompt_prefills_alone_in_a_fine_length_bucket(tiny_model):
         outputs = {s: [] for s in slots}
         _drain(decoder, outputs, 2)
         got.update({start + i: outputs[s] for i, s in enumerate(slots)})
-    # One row per prefill, its cache as long as its padded prompt; 40 prompt lengths (bodies 0..39) ran on 19
-    # programs: 8 (the minimum), then an eighth of each octave: no prompt padded by more than an eighth.
-    buckets = (8, 9, 10, 11, 12, 13, 14, 15, 16, 18, 20, 22, 24, 26, 28, 30, 32, 36, 40)
+    # One row per prefill, its cache as long as its padded prompt; 40 prompt lengths (bodies 0..39) ran on 10
+    # programs: 8 (the minimum), then a quarter of each octave: no prompt padded by more than a quarter.
+    buckets = (8, 10, 12, 14, 16, 20, 24, 28, 32, 40)
     assert decoder.prefill_shapes == {(1, n, n) for n in buckets}
     # The stats count every prompt's tokens but the last, as prefilled and as padded; the token loops' steps.
     padded = [min(b for b in buckets if b >= len(p) - 1) for p in prompts]
@@ -188,14 +188,9 @@ def test_prewarm_compiles_every_shape_serving_then_runs(tiny_model):
     decoder = SlotDecoder(params, config, num_slots=4, min_length_bucket=8)
     runs = decoder.prewarm(20, [32], 4)
     prefills, decodes = set(decoder.prefill_shapes), set(decoder.decode_shapes)
-    prompt_buckets = (8, 9, 10, 11, 12, 13, 14, 15, 16, 18, 20)
-    assert prefills == {(1, n, n) for n in prompt_buckets}
-    # Prefills after a kept beginning of 8 or 16 tokens (blocks of min_length_bucket), a token left to feed.
-    prefixed = {(8, n) for n in prompt_buckets if n > 8} | {(16, n) for n in prompt_buckets if n > 16}
-    assert decoder.prefix_shapes == prefixed
+    assert prefills == {(1, n, n) for n in (8, 10, 12, 14, 16, 20)}
     assert decodes == {(rows, 32, 8) for rows in (4, 2, 1)}  # until_free or not: one program
-    # prefills, kept beginnings, prefixed prefills, row copies, shrinks, loops
-    assert runs == 2 * len(prefills) + len(prefixed) + len(prefills) + 2 + len(decodes)
+    assert runs == len(prefills) + len(prefills) + 2 + len(decodes)  # prefills, row copies, shrinks, loops
     rng = np.random.RandomState(2)
     prompts = [rng.randint(0, config.vocab_size, n).tolist() for n in (3, 17, 9, 21)]
     slots = decoder.admit([GenerationRequest(prompt=p, max_new_tokens=n) for p, n in zip(prompts, (2, 5, 7, 11))])

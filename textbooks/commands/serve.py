@@ -58,9 +58,6 @@ def add_arguments(parser) -> None:
     parser.add_argument("--no_pack_weights", action="store_true",
                         help="with the CPU product kernel, keep one copy of the weights (default: decode steps read "
                              "a second copy packed for the kernel, about 1.5x faster at 16 rows)")
-    parser.add_argument("--prefix_cache_rows", type=int, default=16,
-                        help="continuous batching: keep the beginnings (up to 32 tokens) of this many recent prompts "
-                             "and prefill only the rest of a prompt that begins like one of them; 0: off")
     parser.add_argument("--no_warmup", action="store_true", help="skip compiling before listening")
     parser.add_argument("--log_level", default="WARNING",
                         help="logging level (default WARNING; INFO logs each request and batch)")
@@ -88,8 +85,7 @@ def main(args) -> int:
                                         max_batch_size=args.max_batch_size, batch_wait_ms=args.batch_wait_ms,
                                         chunk_tokens=args.chunk_tokens, max_queue=args.max_queue,
                                         fixed_batch=args.fixed_batch, min_length_bucket=args.min_length_bucket,
-                                        kernels=args.kernels, pack_weights=not args.no_pack_weights,
-                                        prefix_cache_rows=args.prefix_cache_rows)
+                                        kernels=args.kernels, pack_weights=not args.no_pack_weights)
     except (FileNotFoundError, ValueError) as e:
         print(f"textbooks serve: error: {e}", file=sys.stderr)
         return 2

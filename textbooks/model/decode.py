@@ -19,7 +19,7 @@ before each query, so a prefill into a longer cache keeps the decode kernels).
 
 Shapes are rounded up to buckets (batch, prompt length, cache length, new tokens, stop sequences: powers of
 two, :mod:`textbooks.model.buckets`), so a long-running :class:`Decoder` compiles a bounded number of programs
-however requests vary. :meth:`Decoder.prefill` pads prompts to finer buckets (eight per octave,
+however requests vary. :meth:`Decoder.prefill` pads prompts to finer buckets (four per octave,
 :func:`~textbooks.model.buckets.fine_bucket`): a prefill costs a full forward per padded position, a token loop
 step does not grow with the prompt's padding. All sampling parameters are per-row arrays (:mod:`textbooks.model.sampling`), so a
 server can batch concurrent requests with different settings in one call of :meth:`Decoder.generate`. Each
@@ -166,9 +166,9 @@ class Decoder:
         return bucket(n, self.min_length_bucket, self.config.max_len)
 
     def prompt_bucket(self, n: int) -> int:
-        """The padded prompt length a prefill of ``n`` tokens compiles for (a fine bucket, eight per octave: under
-        1.125 ``n`` above ``min_length_bucket``, never more than :meth:`length_bucket`)."""
-        return fine_bucket(n, self.min_length_bucket, self.config.max_len, steps=8)
+        """The padded prompt length a prefill of ``n`` tokens compiles for (a fine bucket: at most 1.25 ``n`` above
+        ``min_length_bucket``, never more than :meth:`length_bucket`)."""
+        return fine_bucket(n, self.min_length_bucket, self.config.max_len)
 
     def prefill(self, requests: Sequence[GenerationRequest], batch: int | None = None,
                 cache_len: int | None = None) -> tuple[Any, np.ndarray]:

@@ -6,10 +6,9 @@ a row is free, and a finished one should free its row at once, without the other
 :class:`SlotDecoder` keeps one cache of ``num_slots`` rows between calls:
 
 * :meth:`SlotDecoder.admit` prefills each new request on its own, its prompt padded to a fine length bucket
-  (:meth:`textbooks.model.decode.Decoder.prompt_bucket`: under 1.125 times its length; padding prompts to the
+  (:meth:`textbooks.model.decode.Decoder.prompt_bucket`: under 1.25 times its length; padding prompts to the
   longest of a group, or rows to a power of two, would cost a full forward per padded position), and copies
-  its cache row into a free slot; a prompt that begins like a recently admitted one reuses that beginning's
-  cache slots and prefills only its rest (:mod:`textbooks.model.prefix_cache`);
+  its cache row into a free slot;
 * :meth:`SlotDecoder.step` advances every occupied slot by up to ``max_tokens`` tokens in one compiled token
   loop (:meth:`textbooks.model.decode.Decoder.decode_chunk`, attending only over the cache window the rows have
   reached) and frees the slots whose requests ended (eos or their ``max_new_tokens``);
@@ -21,10 +20,10 @@ half the rows, the live rows are compacted into a cache half as tall (or smaller
 last requests of a burst decode at their own batch size instead of the full one; a chunk that could end with
 such a shrink stops at the first request's end. The cache length grows in powers of two to what admitted
 requests need; both shrink back when every slot is free. Compiled programs stay few: one prefill per prompt
-bucket (eight per octave of prompt lengths; with prefix caching, one per reused length too) whatever the cache
-length or company, one row copy per (rows, prompt bucket, cache length), one token loop per (rows, cache length,
-chunk-length bucket), all rows powers of two. A request's i-th chunk samples from a stream derived from its seed
-and i only, so its text does not depend on which other requests share the cache or when it was admitted.
+bucket (four per octave of prompt lengths) whatever the cache length or company, one row copy per (rows,
+prompt bucket, cache length), one token loop per (rows, cache length, chunk-length bucket), all rows powers of
+two. A request's i-th chunk
+samples from a stream derived from its seed and i only, so its text does not depend on which other requests share the cache or when it was admitted.
 """
 
 from __future__ import annotations
@@ -41,20 +40,17 @@ import numpy as np
 from textbooks.model import decode as decode_lib
 from textbooks.model.buckets import bucket
 from textbooks.model.config import ModelConfig
-from textbooks.model.kv_cache import cache_length, init_cache
+from textbooks.model.kv_cache import cache_length, init_cache, resize_cache
 from textbooks.model.layers import DecodeKernels
-from textbooks.model.prefix_cache import PrefixCache, resize
 
 
 # What SlotDecoder.stats counts (seconds are wall clock; the decoder waits for its results at each boundary):
 # prefill_s: admissions (prefills and their row copies); prefill_calls / prefill_tokens / prefill_padded_tokens:
 # prompts prefilled, their tokens but the last, those padded to the compiled length; prefill_attention_pairs:
 # (query, key) pairs the prefills' attention scores (the padded length squared, summed); decode_s: token loops;
-# decode_steps: their steps; decode_row_steps: steps times the cache's rows (free and finished rows included);
-# prefix_hits / prefix_reused_tokens: prefills that reused a kept prompt's beginning, the tokens they did not
-# prefill (not in prefill_tokens).
+# decode_steps: their steps; decode_row_steps: steps times the cache's rows (free and finished rows included).
 STAT_NAMES = ("prefill_s", "prefill_calls", "prefill_tokens", "prefill_padded_tokens", "prefill_attention_pairs",
-              "decode_s", "decode_steps", "decode_row_steps", "prefix_hits", "prefix_reused_tokens")
+              "decode_s", "decode_steps", "decode_row_steps")
 
 
 def chunk_seed(seed: int, chunk: int) -> int:
@@ -90,6 +86,9 @@ def _insert_row(cache: Any, part: Any, slot: jax.Array) -> Any:
     return jax.tree.map(insert, cache, part)
 
 
+_resize = jax.jit(resize_cache, static_argnums=(1,))
+
+
 @jax.jit
 def _take_rows(cache: Any, rows: jax.Array) -> Any:
     """A cache of ``len(rows)`` rows: row i is ``cache``'s row ``rows[i]``, zeros where ``rows[i]`` is out of range
@@ -111,14 +110,10 @@ class SlotDecoder:
             fewer tokens stops at its rows' limits all the same): one size for all of a server's chunk lengths
             means one token loop per (rows, cache length).
         pack_weights: decode steps read weights packed for the product kernel (``Decoder(pack_weights=...)``).
-        prefix_rows, prefix_tokens: prefix caching (:mod:`textbooks.model.prefix_cache`): the beginnings (at
-            most ``prefix_tokens`` tokens, in blocks of ``min_length_bucket``) of the ``prefix_rows`` most recent
-            prompts are kept, and a prompt beginning the same way prefills only its rest. 0 rows: off.
     """
 
     def __init__(self, params: Any, config: ModelConfig, *, num_slots: int = 16, min_length_bucket: int = 16,
-                 kernels: str | DecodeKernels = "auto", chunk_buffer: int = 0, pack_weights: bool = True,
-                 prefix_rows: int = 16, prefix_tokens: int = 32):
+                 kernels: str | DecodeKernels = "auto", chunk_buffer: int = 0, pack_weights: bool = True):
         self._decoder = decode_lib.Decoder(params, config, max_batch_size=num_slots,
                                            min_length_bucket=min_length_bucket, kernels=kernels,
                                            pack_weights=pack_weights)
@@ -134,20 +129,11 @@ class SlotDecoder:
         # (rows, cache length, new-token bucket) of the token loops run so far (each a compiled program)
         self.decode_shapes: set[tuple[int, int, int]] = set()
         self.stats = {name: 0 for name in STAT_NAMES}
-        self.prefix = (PrefixCache(prefix_rows, max(min_length_bucket, prefix_tokens // min_length_bucket
-                                                    * min_length_bucket), min_length_bucket)
-                       if prefix_rows > 0 else None)
 
     @property
     def prefill_shapes(self) -> set[tuple[int, int, int]]:
         """(rows, padded prompt length, cache length) of every prefill run so far (each is a compiled program)."""
         return self._decoder.prefill_shapes
-
-    @property
-    def prefix_shapes(self) -> set[tuple[int, int]]:
-        """(reused length, padded prompt length) of every prefill after a kept beginning so far (each a compiled
-        program; empty without prefix caching)."""
-        return self.prefix.shapes if self.prefix else set()
 
     @property
     def free_slots(self) -> list[int]:
@@ -191,23 +177,13 @@ class SlotDecoder:
         for slot, row, r in zip(slots, rows, requests):
             # One row per prefill: no row pads to a longer prompt, no padding rows (on a CPU a prompt's tokens
             # already fill the weight products; more rows would not make each token cheaper).
-            body = r.prompt[:-1]
-            reused, kept = self.prefix.lookup(body) if self.prefix else (0, None)
-            padded = self._decoder.prompt_bucket(len(body))
-            if reused:
-                part = self.prefix.prefill(self._decoder._config, self._decoder.prefill_kernels, self.params,
-                                           kept, reused, body, padded)
-                self.stats["prefix_hits"] += 1
-                self.stats["prefix_reused_tokens"] += reused
-            else:
-                part = self._decoder.prefill([r])[0]
-            if self.prefix:
-                self.prefix.keep(body, part)
+            part, last = self._decoder.prefill([r])
             self.cache = _insert_row(self.cache, part, np.int32(row))
-            self._slots[slot] = _Slot(request=r, position=len(body), next_token=int(r.prompt[-1]), row=row)
-            self.stats["prefill_tokens"] += len(body) - reused
-            self.stats["prefill_padded_tokens"] += padded - reused
-            self.stats["prefill_attention_pairs"] += (padded - reused) * padded
+            self._slots[slot] = _Slot(request=r, position=len(r.prompt) - 1, next_token=int(last[0]), row=row)
+            self.stats["prefill_tokens"] += len(r.prompt) - 1
+            padded = self._decoder.prompt_bucket(len(r.prompt) - 1)
+            self.stats["prefill_padded_tokens"] += padded
+            self.stats["prefill_attention_pairs"] += padded * padded
         # The next chunk waits for the prefills anyway: waiting here only moves where, and times them.
         jax.block_until_ready(self.cache)
         self.stats["prefill_s"] += time.perf_counter() - start
@@ -235,14 +211,6 @@ class SlotDecoder:
         for n in prompts:
             parts.append(decoder.prefill([decode_lib.GenerationRequest(prompt=[0] * (n + 1), max_new_tokens=1)])[0])
             runs += 1
-            if self.prefix:  # what admissions keep, and the prefills reusing each length (a token left to feed)
-                kept = resize(parts[-1], self.prefix.tokens)
-                runs += 1
-                for reused in self.prefix.lengths:
-                    if reused < min(n, prompt_tokens - 1):
-                        self.prefix.prefill(decoder._config, decoder.prefill_kernels, self.params, kept, reused,
-                                            [0] * (reused + 1), n)
-                        runs += 1
         rows_buckets = sorted({self.row_bucket(n) for n in range(1, self.num_slots + 1)}, reverse=True)
         for length in lengths:
             cache = init_cache(self.config, self.num_slots, length)
@@ -346,5 +314,5 @@ class SlotDecoder:
             self.cache = _take_rows(self.cache, np.asarray(order, np.int32))
             self.rows = rows
         if length > self.cache_len:
-            self.cache = resize(self.cache, length)
+            self.cache = _resize(self.cache, length)
             self.cache_len = length

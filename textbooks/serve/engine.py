@@ -118,14 +118,12 @@ class Engine:
             see :class:`textbooks.model.decode.Decoder`).
         pack_weights: with the product kernel, the decoders read a second copy of the weights packed for it
             (``Decoder(pack_weights=...)``); False keeps one copy.
-        prefix_cache_rows: continuous batching keeps the beginnings of this many recent prompts, and a prompt
-            beginning like one of them prefills only its rest (:mod:`textbooks.model.prefix_cache`); 0: off.
     """
 
     def __init__(self, params: Any, config: Any, vocabulary: Any, *, model_name: str, max_batch_size: int = 16,
                  batch_wait_ms: float = 5.0, chunk_tokens: int = 32, max_queue: int = 1024,
                  fixed_batch: bool = False, min_length_bucket: int = 16, kernels: str = "auto",
-                 pack_weights: bool = True, prefix_cache_rows: int = 16):
+                 pack_weights: bool = True):
         self.config = config
         self.vocabulary = vocabulary
         self.model_name = model_name
@@ -145,8 +143,7 @@ class Engine:
                                pack_weights=pack_weights)
         self.slots = SlotDecoder(params, config, num_slots=max_batch_size,
                                  min_length_bucket=min(min_length_bucket, self.max_len), kernels=kernels,
-                                 chunk_buffer=self.until_end_tokens, pack_weights=pack_weights,
-                                 prefix_rows=prefix_cache_rows)
+                                 chunk_buffer=self.until_end_tokens, pack_weights=pack_weights)
         self._executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="decode")
         self._queue: asyncio.Queue[Job] | None = None
         self._task: asyncio.Task | None = None
@@ -190,8 +187,7 @@ class Engine:
     def programs(self) -> int:
         """Shapes the decoders have run so far (each a compiled program); serving a workload whose shapes were
         all warmed (:meth:`warmup`) leaves it unchanged."""
-        return (len(self.decoder.shapes_used) + len(self.slots.prefill_shapes) + len(self.slots.prefix_shapes)
-                + len(self.slots.decode_shapes))
+        return (len(self.decoder.shapes_used) + len(self.slots.prefill_shapes) + len(self.slots.decode_shapes))
 
     def warmup(self, config: WarmupConfig | None = None) -> float:
         """Compiles, synchronously before serving, the programs requests will run (see :class:`WarmupConfig`;
