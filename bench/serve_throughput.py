@@ -133,7 +133,7 @@ def _programs(url: str) -> int:
 
 
 SPLIT_STATS = ("prefill_s", "prefill_calls", "prefill_tokens", "prefill_padded_tokens", "prefill_attention_pairs",
-               "decode_s", "decode_steps", "decode_row_steps")
+               "decode_s", "decode_steps", "decode_row_steps", "prefix_hits", "prefix_reused_tokens")
 
 
 def _split(before: dict, after: dict, runs: list[tuple[float, int, Any]]) -> dict | None:
@@ -143,7 +143,7 @@ def _split(before: dict, after: dict, runs: list[tuple[float, int, Any]]) -> dic
     if "prefill_s" not in after or not runs:
         return None
     rounds = len(runs)
-    per = {k: (after[k] - before[k]) / rounds for k in SPLIT_STATS}
+    per = {k: (after.get(k, 0) - before.get(k, 0)) / rounds for k in SPLIT_STATS}
     wall = sum(e for e, _, _ in runs) / rounds
     return {"round_s": round(wall, 2), "prefill_s": round(per["prefill_s"], 2), "decode_s": round(per["decode_s"], 2),
             "other_s": round(wall - per["prefill_s"] - per["decode_s"], 2),
@@ -412,9 +412,9 @@ def main(argv: list[str] | None = None) -> int:
                         if "prefill_gflop_per_s" in sp else "")
                 print(f"{name}: serve (chunk_tokens {s['chunk_tokens']}) round {sp['round_s']} s = prefill "
                       f"{sp['prefill_s']} s ({sp['prefill_calls']:g} prompts, {sp['prefill_tokens']:g} tokens "
-                      f"padded to "
-                      f"{sp['prefill_padded_tokens']:g}{rate}) + decode {sp['decode_s']} s ({sp['decode_steps']:g} "
-                      f"steps, {sp['decode_row_steps']:g} row-steps) + other {sp['other_s']} s")
+                      f"padded to {sp['prefill_padded_tokens']:g}{rate}; {sp['prefix_hits']:g} started with a "
+                      f"prefilled prefix, {sp['prefix_reused_tokens']:g} tokens reused) + decode {sp['decode_s']} s "
+                      f"({sp['decode_steps']:g} steps, {sp['decode_row_steps']:g} row-steps) + other {sp['other_s']} s")
     for e in result["workloads"].get("smollm2", {}).get("decode_bound", []):
         ours, theirs, rates = e["serve_decoder"], e["transformers"], result["workloads"]["smollm2"]["machine_rates"]
         print(f"smollm2 decode step, batch {e['batch']}: reads {e['read_mb_per_step']} MB, {e['gflop_per_step']} "

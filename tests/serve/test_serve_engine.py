@@ -91,3 +91,34 @@ def test_unpacked_weights_give_the_same_text(tiny_checkpoint, make_engine):
     default = make_engine()
     if default.decoder.model_kernels.projections == "cpu_kernel":  # the packed copy exists only for the kernel
         assert default.decoder.packed and default.slots._decoder.packed
+
+
+PREFIX_TEXT = "You are a careful Python programmer. Complete the code that follows in the same style, with short lines"
+
+
+def test_a_prompt_prefix_is_prefilled_once_and_the_warmup_compiles_every_rest(tiny_checkpoint):
+    # Prompts starting with the prefix's tokens prefill only their rest (programs the warm-up compiled: serving
+    # adds none); the others prefill whole. No chat template here: the prefix is given.
+    def make(prefixes):
+        return load_engine(tiny_checkpoint["dir"], vocabulary=tiny_checkpoint["vocabulary"], max_batch_size=2,
+                           chunk_tokens=8, batch_wait_ms=200, min_length_bucket=16, prompt_prefixes=prefixes)
+
+    engine, plain = make([PREFIX_TEXT]), make(None)
+    assert not plain.slots.prefixes  # no template, no prefix given: none
+    prefix = engine.encode(PREFIX_TEXT)
+    texts = [f"{PREFIX_TEXT} {p}" for p in PROMPTS] + PROMPTS
+    prompts = [engine.encode(t) for t in texts]
+    assert [p[:len(prefix)] == prefix for p in prompts] == [True, True, False, False]
+    assert engine.slots.prefixes.prefixes == [tuple(prefix)]
+    engine.warmup(WarmupConfig(prompt_tokens=96, cache_lengths=(128,)))
+    warmed = engine.programs()
+    assert (len(prefix), 0) in engine.slots.prefix_shapes
+    # Every request needs a 128-slot cache (its prompt and 80 tokens), the length warmed.
+    jobs = [Job(prompt_ids=p, max_tokens=80, temperature=0.0, index=i) for i, p in enumerate(prompts)]
+    before = dict(engine.stats)
+    done = asyncio.run(_run(engine, jobs))
+    assert all(j.error is None and j.finish_reason in ("length", "stop") for j in done)
+    assert engine.programs() == warmed and engine.stats["programs"] == warmed
+    stats = {k: engine.stats[k] - before[k] for k in ("prefix_hits", "prefix_reused_tokens", "prefill_tokens")}
+    assert stats == {"prefix_hits": 2, "prefix_reused_tokens": 2 * len(prefix),
+                     "prefill_tokens": sum(len(p) - 1 for p in prompts) - 2 * len(prefix)}

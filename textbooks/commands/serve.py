@@ -58,6 +58,12 @@ def add_arguments(parser) -> None:
     parser.add_argument("--no_pack_weights", action="store_true",
                         help="with the CPU product kernel, keep one copy of the weights (default: decode steps read "
                              "a second copy packed for the kernel, about 1.5x faster at 16 rows)")
+    parser.add_argument("--prompt_prefix", action="append", default=None, metavar="TEXT",
+                        help="continuous batching: a prompt beginning to prefill once, so that prompts starting with "
+                             "its tokens prefill only their rest (repeatable; default: the chat template's fixed "
+                             "beginning, e.g. a default system prompt)")
+    parser.add_argument("--no_prompt_prefix", action="store_true",
+                        help="prefill every prompt whole (no prompt beginning is prefilled once and reused)")
     parser.add_argument("--no_warmup", action="store_true", help="skip compiling before listening")
     parser.add_argument("--log_level", default="WARNING",
                         help="logging level (default WARNING; INFO logs each request and batch)")
@@ -85,7 +91,8 @@ def main(args) -> int:
                                         max_batch_size=args.max_batch_size, batch_wait_ms=args.batch_wait_ms,
                                         chunk_tokens=args.chunk_tokens, max_queue=args.max_queue,
                                         fixed_batch=args.fixed_batch, min_length_bucket=args.min_length_bucket,
-                                        kernels=args.kernels, pack_weights=not args.no_pack_weights)
+                                        kernels=args.kernels, pack_weights=not args.no_pack_weights,
+                                        prompt_prefixes=[] if args.no_prompt_prefix else args.prompt_prefix)
     except (FileNotFoundError, ValueError) as e:
         print(f"textbooks serve: error: {e}", file=sys.stderr)
         return 2

@@ -25,7 +25,9 @@ step does not grow with the prompt's padding. All sampling parameters are per-ro
 server can batch concurrent requests with different settings in one call of :meth:`Decoder.generate`. Each
 request's random stream depends only on its seed, so results do not depend on which other requests share its
 batch. :meth:`Decoder.prefill` and :meth:`Decoder.decode_chunk` expose the two programs on a cache the caller
-keeps (continuous batching, :mod:`textbooks.model.slots`).
+keeps (continuous batching, :mod:`textbooks.model.slots`); :meth:`Decoder.prefill_prefix` and
+:meth:`Decoder.prefill_after` prefill a fixed prompt beginning once, then only the rest of each prompt that
+starts with it (:mod:`textbooks.model.prefix_cache`).
 """
 
 from __future__ import annotations
@@ -35,12 +37,13 @@ import functools
 from typing import Any, Sequence
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from textbooks.model import cpu_kernels
 from textbooks.model.buckets import bucket, fine_bucket
 from textbooks.model.config import ModelConfig
-from textbooks.model.kv_cache import attention_windows, cache_length, init_cache, pack_weights
+from textbooks.model.kv_cache import attention_windows, cache_length, init_cache, pack_weights, resize_cache
 from textbooks.model.causal_lm import CausalLM
 from textbooks.model.layers import DecodeKernels
 from textbooks.model.token_loop import (FINISH_REASONS, GenerationOutput, GenerationRequest, batch_arrays,
@@ -57,6 +60,19 @@ def _prefill(config: ModelConfig, kernels: DecodeKernels, params: Any, tokens: j
     cache = init_cache(config, tokens.shape[0], cache_len)
     _, variables = model.apply({"params": params, "cache": cache}, tokens, segment_ids=segment_ids, decode=True,
                                mutable=["cache"])
+    return variables["cache"]
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1))
+def _prefill_after(config: ModelConfig, kernels: DecodeKernels, params: Any, prefix: Any, tokens: jax.Array,
+                   segment_ids: jax.Array) -> Any:
+    """A cache of ``P + tokens.shape[1]`` slots (``P``: ``prefix``'s): ``prefix``'s keys and values, then ``tokens``
+    written from slot ``P`` on at positions ``P, P + 1, ...``, each attending over every slot before it."""
+    prefix_len = cache_length(prefix)
+    cache = resize_cache(prefix, prefix_len + tokens.shape[1])  # zero slots after the prefix
+    cache = jax.tree.map(lambda x: x if x.ndim >= 4 else jnp.full(x.shape, prefix_len, x.dtype), cache)
+    _, variables = CausalLM(config, kernels).apply({"params": params, "cache": cache}, tokens,
+                                                   segment_ids=segment_ids, decode=True, mutable=["cache"])
     return variables["cache"]
 
 
@@ -108,6 +124,8 @@ class Decoder:
         self._packed: Any = None
         self.shapes_used: set[tuple[int, ...]] = set()  # (batch, prompt, cache, new, stops, stop length) buckets
         self.prefill_shapes: set[tuple[int, int, int]] = set()  # (batch, prompt, cache) of prefill() calls
+        # (prefix length, padded rest) of prefill_after() calls, (prefix length, 0) of prefill_prefix() calls
+        self.prefix_shapes: set[tuple[int, int]] = set()
 
     @property
     def packed(self) -> Any:
@@ -191,6 +209,39 @@ class Decoder:
         tokens, segments, last, _ = batch_arrays(requests, batch, prompt_len)
         kernels = self.prefill_kernels if cache_len == prompt_len else self.model_kernels
         return _prefill(self._config, kernels, self.params, tokens, segments, cache_len), last
+
+    def prefill_prefix(self, tokens: Sequence[int]) -> Any:
+        """A one-row cache of exactly ``len(tokens)`` slots holding every one of ``tokens`` (no padding, no token
+        held back): a fixed prompt beginning that :meth:`prefill_after` continues (one program per length)."""
+        if len(tokens) == 0:
+            raise ValueError("prefill_prefix: empty prefix; pass at least one token id")
+        _check_ids(tokens, self.config.vocab_size, "prefill_prefix: prefix")
+        ids = np.asarray([tokens], np.int32)
+        self.prefix_shapes.add((len(tokens), 0))
+        return _prefill(self._config, self.prefill_kernels, self.params, ids, np.ones_like(ids), len(tokens))
+
+    def prefill_after(self, prefix: Any, request: GenerationRequest) -> tuple[Any, np.ndarray]:
+        """:meth:`prefill` of one prompt that begins with the ``P`` tokens cached in ``prefix`` (a one-row cache of
+        exactly ``P`` slots, :meth:`prefill_prefix`; the caller checks that the prompt starts with them): only
+        the rest of the prompt but its last token goes through the model, padded to :meth:`prompt_bucket` of its
+        length, at positions ``P, P + 1, ...``, attending over the prefix's keys and values and its own with the
+        same batched products as a plain prefill (one program per (``P``, padded rest)).
+
+        Returns:
+            ``(cache of P + padded rest slots, last prompt token [1])``.
+
+        Raises:
+            ValueError: the prompt does not leave at least one token after the prefix before its last.
+        """
+        prefix_len = cache_length(prefix)
+        rest = list(request.prompt[prefix_len:])
+        if len(rest) < 2:
+            raise ValueError(f"prefill_after: a prompt of {len(request.prompt)} tokens leaves {len(rest)} after the "
+                             f"{prefix_len}-token prefix; at least 2 are needed (prefill it with prefill())")
+        rest_len = self.prompt_bucket(len(rest) - 1)
+        self.prefix_shapes.add((prefix_len, rest_len))
+        tokens, segments, last, _ = batch_arrays([dataclasses.replace(request, prompt=rest)], 1, rest_len)
+        return _prefill_after(self._config, self.prefill_kernels, self.params, prefix, tokens, segments), last
 
     def decode_chunk(self, cache: Any, requests: Sequence[GenerationRequest], num_new: int, written: int, *,
                      until_free: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray, Any]:

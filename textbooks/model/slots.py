@@ -8,7 +8,9 @@ a row is free, and a finished one should free its row at once, without the other
 * :meth:`SlotDecoder.admit` prefills each new request on its own, its prompt padded to a fine length bucket
   (:meth:`textbooks.model.decode.Decoder.prompt_bucket`: under 1.25 times its length; padding prompts to the
   longest of a group, or rows to a power of two, would cost a full forward per padded position), and copies
-  its cache row into a free slot;
+  its cache row into a free slot; a prompt that starts with one of the fixed beginnings given as ``prefixes``
+  (a chat template's) prefills only its rest after that beginning's cached keys and values
+  (:mod:`textbooks.model.prefix_cache`);
 * :meth:`SlotDecoder.step` advances every occupied slot by up to ``max_tokens`` tokens in one compiled token
   loop (:meth:`textbooks.model.decode.Decoder.decode_chunk`, attending only over the cache window the rows have
   reached) and frees the slots whose requests ended (eos or their ``max_new_tokens``);
@@ -20,10 +22,11 @@ half the rows, the live rows are compacted into a cache half as tall (or smaller
 last requests of a burst decode at their own batch size instead of the full one; a chunk that could end with
 such a shrink stops at the first request's end. The cache length grows in powers of two to what admitted
 requests need; both shrink back when every slot is free. Compiled programs stay few: one prefill per prompt
-bucket (four per octave of prompt lengths) whatever the cache length or company, one row copy per (rows,
-prompt bucket, cache length), one token loop per (rows, cache length, chunk-length bucket), all rows powers of
-two. A request's i-th chunk
-samples from a stream derived from its seed and i only, so its text does not depend on which other requests share the cache or when it was admitted.
+bucket (four per octave of prompt lengths) whatever the cache length or company, and one per (prefix, bucket)
+of the rests after a prefix, one row copy per (rows, row length, cache length), one token loop per (rows, cache
+length, chunk-length bucket), all rows powers of two. A request's i-th chunk samples from a stream derived
+from its seed and i only, so its text does not depend on which other requests share the cache or when it was
+admitted.
 """
 
 from __future__ import annotations
@@ -42,15 +45,18 @@ from textbooks.model.buckets import bucket
 from textbooks.model.config import ModelConfig
 from textbooks.model.kv_cache import cache_length, init_cache, resize_cache
 from textbooks.model.layers import DecodeKernels
+from textbooks.model.prefix_cache import PromptPrefixes
 
 
 # What SlotDecoder.stats counts (seconds are wall clock; the decoder waits for its results at each boundary):
 # prefill_s: admissions (prefills and their row copies); prefill_calls / prefill_tokens / prefill_padded_tokens:
 # prompts prefilled, their tokens but the last, those padded to the compiled length; prefill_attention_pairs:
 # (query, key) pairs the prefills' attention scores (the padded length squared, summed); decode_s: token loops;
-# decode_steps: their steps; decode_row_steps: steps times the cache's rows (free and finished rows included).
+# decode_steps: their steps; decode_row_steps: steps times the cache's rows (free and finished rows included);
+# prefix_hits / prefix_reused_tokens: prompts that prefilled only their rest after a cached prefix, the prefix
+# tokens they did not prefill (not in prefill_tokens; a rest's attention pairs count the prefix's keys).
 STAT_NAMES = ("prefill_s", "prefill_calls", "prefill_tokens", "prefill_padded_tokens", "prefill_attention_pairs",
-              "decode_s", "decode_steps", "decode_row_steps")
+              "decode_s", "decode_steps", "decode_row_steps", "prefix_hits", "prefix_reused_tokens")
 
 
 def chunk_seed(seed: int, chunk: int) -> int:
@@ -110,10 +116,14 @@ class SlotDecoder:
             fewer tokens stops at its rows' limits all the same): one size for all of a server's chunk lengths
             means one token loop per (rows, cache length).
         pack_weights: decode steps read weights packed for the product kernel (``Decoder(pack_weights=...)``).
+        prefixes: fixed prompt beginnings (token-id lists, e.g. a chat template's start): each is prefilled
+            once, and a prompt that starts with one prefills only its rest (:attr:`prefixes`,
+            :class:`textbooks.model.prefix_cache.PromptPrefixes`). Empty: every prompt prefills whole.
     """
 
     def __init__(self, params: Any, config: ModelConfig, *, num_slots: int = 16, min_length_bucket: int = 16,
-                 kernels: str | DecodeKernels = "auto", chunk_buffer: int = 0, pack_weights: bool = True):
+                 kernels: str | DecodeKernels = "auto", chunk_buffer: int = 0, pack_weights: bool = True,
+                 prefixes: Sequence[Sequence[int]] = ()):
         self._decoder = decode_lib.Decoder(params, config, max_batch_size=num_slots,
                                            min_length_bucket=min_length_bucket, kernels=kernels,
                                            pack_weights=pack_weights)
@@ -129,11 +139,18 @@ class SlotDecoder:
         # (rows, cache length, new-token bucket) of the token loops run so far (each a compiled program)
         self.decode_shapes: set[tuple[int, int, int]] = set()
         self.stats = {name: 0 for name in STAT_NAMES}
+        self.prefixes = PromptPrefixes(self._decoder, prefixes)
 
     @property
     def prefill_shapes(self) -> set[tuple[int, int, int]]:
         """(rows, padded prompt length, cache length) of every prefill run so far (each is a compiled program)."""
         return self._decoder.prefill_shapes
+
+    @property
+    def prefix_shapes(self) -> set[tuple[int, int]]:
+        """(prefix length, padded rest; 0 for the prefix itself) of every prefill of or after a prefix so far
+        (each is a compiled program)."""
+        return self._decoder.prefix_shapes
 
     @property
     def free_slots(self) -> list[int]:
@@ -165,7 +182,10 @@ class SlotDecoder:
         free = self.free_slots
         if len(requests) > len(free):
             raise ValueError(f"{len(requests)} requests but only {len(free)} free slots of {self.num_slots}")
-        needed = max(len(r.prompt) + r.max_new_tokens - 1 for r in requests)
+        prefixes = [self.prefixes.match(r.prompt) for r in requests]
+        # A row prefilled after a prefix is as long as the prefix and its padded rest: the cache must hold it.
+        needed = max([len(r.prompt) + r.max_new_tokens - 1 for r in requests]
+                     + [self.prefixes.part_length(p, r.prompt) for p, r in zip(prefixes, requests) if p])
         needed = max([needed] + [s.position + s.request.max_new_tokens - s.generated
                                  for s in self._slots if s is not None])
         self._ensure_shape(self.row_bucket(self.num_slots - len(free) + len(requests)),
@@ -174,16 +194,19 @@ class SlotDecoder:
         taken = {s.row for s in self._slots if s is not None}
         rows = [row for row in range(self.rows) if row not in taken]
         start = time.perf_counter()
-        for slot, row, r in zip(slots, rows, requests):
+        for slot, row, r, prefix in zip(slots, rows, requests, prefixes):
             # One row per prefill: no row pads to a longer prompt, no padding rows (on a CPU a prompt's tokens
             # already fill the weight products; more rows would not make each token cheaper).
-            part, last = self._decoder.prefill([r])
+            reused = len(prefix) if prefix else 0
+            part, last = self.prefixes.prefill(prefix, r) if prefix else self._decoder.prefill([r])
             self.cache = _insert_row(self.cache, part, np.int32(row))
             self._slots[slot] = _Slot(request=r, position=len(r.prompt) - 1, next_token=int(last[0]), row=row)
-            self.stats["prefill_tokens"] += len(r.prompt) - 1
-            padded = self._decoder.prompt_bucket(len(r.prompt) - 1)
+            self.stats["prefill_tokens"] += len(r.prompt) - 1 - reused
+            padded = self._decoder.prompt_bucket(len(r.prompt) - 1 - reused)
             self.stats["prefill_padded_tokens"] += padded
-            self.stats["prefill_attention_pairs"] += padded * padded
+            self.stats["prefill_attention_pairs"] += padded * (reused + padded)
+            self.stats["prefix_hits"] += bool(prefix)
+            self.stats["prefix_reused_tokens"] += reused
         # The next chunk waits for the prefills anyway: waiting here only moves where, and times them.
         jax.block_until_ready(self.cache)
         self.stats["prefill_s"] += time.perf_counter() - start
@@ -194,7 +217,8 @@ class SlotDecoder:
         """Compiles the programs serving will run, before any request (a program compiles in seconds): the
         prefill of every prompt bucket up to ``prompt_tokens`` tokens with its row copy into a cache of
         ``num_slots`` rows, the compaction to every smaller row bucket, and the token loop of every row bucket at
-        each of ``cache_lengths`` (length-bucketed) for chunks of ``chunk_tokens``. Returns how many programs it
+        each of ``cache_lengths`` (length-bucketed) for chunks of ``chunk_tokens``; with :attr:`prefixes`, each
+        prefix's prefill and those of the rests after it with their row copies. Returns how many programs it
         ran.
 
         Raises:
@@ -211,12 +235,17 @@ class SlotDecoder:
         for n in prompts:
             parts.append(decoder.prefill([decode_lib.GenerationRequest(prompt=[0] * (n + 1), max_new_tokens=1)])[0])
             runs += 1
+        known = len(decoder.prefix_shapes)
+        parts += self.prefixes.prewarm(prompt_tokens)
+        runs += len(decoder.prefix_shapes) - known
         rows_buckets = sorted({self.row_bucket(n) for n in range(1, self.num_slots + 1)}, reverse=True)
         for length in lengths:
             cache = init_cache(self.config, self.num_slots, length)
+            copied = set()  # one row copy per part length (a rest's row may be as long as a whole prompt's)
             for part in parts:
-                if cache_length(part) <= length:
+                if cache_length(part) <= length and cache_length(part) not in copied:
                     cache = _insert_row(cache, part, np.int32(0))
+                    copied.add(cache_length(part))
                     runs += 1
             for rows in rows_buckets:  # shrinking as a burst of requests ends
                 if rows < self.num_slots:

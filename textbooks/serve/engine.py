@@ -15,7 +15,8 @@ on a worker thread, so the event loop keeps serving. Two schedules:
   :class:`textbooks.model.decode.Decoder` call; streaming then delivers the text at the end.
 
 A request's sampling stream depends only on its seed (and chunk number), so a seed gives the same text
-whether a request ran alone or alongside others.
+whether a request ran alone or alongside others. Continuous batching prefills the chat template's fixed
+beginning once; a prompt that starts with it prefills only its rest (``prompt_prefixes``).
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from textbooks.model.decode import Decoder, GenerationRequest
 from textbooks.model.load import load_model
 from textbooks.model.slots import SlotDecoder, chunk_seed
 from textbooks.model.stops import find_stop
+from textbooks.serve.prompt_prefix import prompt_prefixes as prompt_prefixes_of
 from textbooks.vocab.registry import get_vocabulary
 
 
@@ -118,12 +120,15 @@ class Engine:
             see :class:`textbooks.model.decode.Decoder`).
         pack_weights: with the product kernel, the decoders read a second copy of the weights packed for it
             (``Decoder(pack_weights=...)``); False keeps one copy.
+        prompt_prefixes: continuous batching: prompt beginnings (texts) prefilled once, so a prompt starting with
+            one prefills only its rest; None: the chat template's fixed beginning, when it is long enough to be
+            worth it (:mod:`textbooks.serve.prompt_prefix`); empty: none.
     """
 
     def __init__(self, params: Any, config: Any, vocabulary: Any, *, model_name: str, max_batch_size: int = 16,
                  batch_wait_ms: float = 5.0, chunk_tokens: int = 32, max_queue: int = 1024,
                  fixed_batch: bool = False, min_length_bucket: int = 16, kernels: str = "auto",
-                 pack_weights: bool = True):
+                 pack_weights: bool = True, prompt_prefixes: Sequence[str] | None = None):
         self.config = config
         self.vocabulary = vocabulary
         self.model_name = model_name
@@ -141,9 +146,10 @@ class Engine:
         self.decoder = Decoder(params, config, max_batch_size=max_batch_size,
                                min_length_bucket=min(min_length_bucket, self.max_len), kernels=kernels,
                                pack_weights=pack_weights)
+        prefixes = prompt_prefixes_of(vocabulary, self.encode, prompt_prefixes)
         self.slots = SlotDecoder(params, config, num_slots=max_batch_size,
                                  min_length_bucket=min(min_length_bucket, self.max_len), kernels=kernels,
-                                 chunk_buffer=self.until_end_tokens, pack_weights=pack_weights)
+                                 chunk_buffer=self.until_end_tokens, pack_weights=pack_weights, prefixes=prefixes)
         self._executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="decode")
         self._queue: asyncio.Queue[Job] | None = None
         self._task: asyncio.Task | None = None
@@ -187,12 +193,14 @@ class Engine:
     def programs(self) -> int:
         """Shapes the decoders have run so far (each a compiled program); serving a workload whose shapes were
         all warmed (:meth:`warmup`) leaves it unchanged."""
-        return (len(self.decoder.shapes_used) + len(self.slots.prefill_shapes) + len(self.slots.decode_shapes))
+        return (len(self.decoder.shapes_used) + len(self.slots.prefill_shapes) + len(self.slots.prefix_shapes)
+                + len(self.slots.decode_shapes))
 
     def warmup(self, config: WarmupConfig | None = None) -> float:
         """Compiles, synchronously before serving, the programs requests will run (see :class:`WarmupConfig`;
-        default: its gin-bound values): continuous batching's prefills, row copies and the token loops of
-        every batch size it shrinks to; static batches' programs of a one-request batch. Returns seconds spent.
+        default: its gin-bound values): continuous batching's prefills (whole prompts, the prompt prefixes and
+        the rests after them), row copies and the token loops of every batch size it shrinks to; static
+        batches' programs of a one-request batch. Returns seconds spent.
         """
         start = time.monotonic()
         config = config or WarmupConfig()
