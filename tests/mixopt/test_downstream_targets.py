@@ -40,6 +40,19 @@ def test_rankability_by_hand():
     X = np.eye(3)[[0, 0, 1, 1, 2, 2]]
     flat = targets.assess("flat", X, [0.5] * 6, [0, 0, 1, 1, 2, 2])
     assert flat["rankable"] is False and "the same value in every run" in flat["verdict"]
+    # The same accuracy in every run of 12 mixtures (np.std of 12 equal means is not exactly 0).
+    same = targets.rankability([5 / 24] * 24, [i // 2 for i in range(24)])
+    assert same["spread"] == 0.0 and math.isnan(same["snr"])
+    # Means of the same scores summed in another order differ in the last bits: still one value.
+    scores = np.random.default_rng(0).random(24)
+    orders = [float(np.mean(scores[np.random.default_rng(s).permutation(24)])) for s in range(6)]
+    assert len(set(orders)) > 1  # the premise: summation order alone changed the value
+    rounded = targets.assess("rounded", X, orders, [0, 0, 1, 1, 2, 2])
+    assert rounded["rankable"] is False and "the same value in every run" in rounded["verdict"]
+    assert math.isnan(rounded["cv_spearman"])
+    # A real difference far below the values' scale but far above rounding stays a difference.
+    tiny = targets.rankability([1.0, 1.0, 1.0 + 1e-9, 1.0 + 1e-9], [0, 0, 1, 1])
+    assert tiny["spread"] > 0 and tiny["snr"] == math.inf
     single = targets.assess("one seed", X[::2], [1.0, 2.0, 3.0], [0, 1, 2])
     assert single["rankable"] is None and "noise not measured" in single["verdict"]
 

@@ -338,10 +338,12 @@ def cross_validate(name: str, X: Any, y: Any, groups: Sequence[Any] | None = Non
             fold_rho.append(float(stats.spearmanr(oof[test], y[test]).statistic))
         else:
             fold_rho.append(float("nan"))
-    rho = stats.spearmanr(oof, y)
-    pearson = float(np.corrcoef(oof, y)[0, 1]) if np.ptp(oof) > 0 and np.ptp(y) > 0 else float("nan")
+    varied = np.ptp(oof) > 0 and np.ptp(y) > 0  # a rank correlation of a constant is undefined
+    rho = stats.spearmanr(oof, y) if varied else None
+    pearson = float(np.corrcoef(oof, y)[0, 1]) if varied else float("nan")
     err = oof - y
-    return CVResult(spearman=float(rho.statistic), spearman_p=float(rho.pvalue), pearson=pearson,
+    return CVResult(spearman=float(rho.statistic) if varied else float("nan"),
+                    spearman_p=float(rho.pvalue) if varied else float("nan"), pearson=pearson,
                     rmse=float(np.sqrt(np.mean(err ** 2))), mae=float(np.mean(np.abs(err))),
                     fold_spearman=fold_rho, oof=oof, folds=folds, num_folds=k)
 

@@ -38,6 +38,10 @@ GROUP_METRICS = ("bpb", "p_correct", "acc")
 # Metrics that grow with quality (mixopt maximizes them unless told otherwise).
 HIGHER_IS_BETTER = ("acc", "acc_norm", "p_correct", "accuracy", "exact_match", "f1")
 NOT_RANKABLE = "not rankable at this scale"
+# Targets are float64 means and weighted sums of means over at most a few thousand terms: values that differ by
+# less than eps64 x 4096 of their magnitude differ only by summation order (an accuracy of 0 on every item,
+# averaged in another order), not by anything the mixture did.
+ROUNDING = 4096 * float(np.finfo(np.float64).eps)
 
 
 class TargetError(ValueError):
@@ -127,6 +131,14 @@ def values(rows: Sequence[Mapping[str, Any]], target: str, composites: Mapping[s
     return cols @ (np.array(list(parts.values())) / total)
 
 
+def _unrounded(y: Any) -> np.ndarray:
+    """``y`` as float64, with values equal up to rounding (:data:`ROUNDING`) made exactly equal."""
+    y = np.asarray(y, dtype=np.float64)
+    if len(y) and np.ptp(y) <= ROUNDING * max(1.0, float(np.max(np.abs(y)))):
+        return np.full_like(y, y[0])
+    return y
+
+
 def rankability(y: Any, groups: Any) -> dict[str, Any]:
     """Seed-to-seed noise against the spread across mixtures.
 
@@ -140,7 +152,7 @@ def rankability(y: Any, groups: Any) -> dict[str, Any]:
         ``snr`` (``signal / noise``; inf when the seeds agree exactly, NaN without repeated seeds),
         ``num_points`` and ``num_repeated`` (mixtures with 2+ seeds).
     """
-    y = np.asarray(y, dtype=np.float64)
+    y = _unrounded(y)
     groups = np.asarray(groups).reshape(-1)
     labels = list(dict.fromkeys(groups.tolist()))
     members = [y[groups == g] for g in labels]
@@ -148,7 +160,8 @@ def rankability(y: Any, groups: Any) -> dict[str, Any]:
     repeated = [m for m in members if len(m) >= 2]
     dof = sum(len(m) - 1 for m in repeated)
     noise = math.sqrt(sum(float(((m - m.mean()) ** 2).sum()) for m in repeated) / dof) if dof else math.nan
-    spread = float(np.std(means, ddof=1)) if len(means) >= 2 else math.nan
+    # np.std of equal means is not exactly 0 (its mean of them is rounded): equal means have no spread.
+    spread = (float(np.std(means, ddof=1)) if np.ptp(means) > 0 else 0.0) if len(means) >= 2 else math.nan
     seeds = float(np.mean([len(m) for m in members])) if members else math.nan
     signal = math.sqrt(max(0.0, spread ** 2 - noise ** 2 / seeds)) if math.isfinite(noise) else math.nan
     if not math.isfinite(noise):
@@ -172,6 +185,7 @@ def assess(target: str, X: Any, y: Any, groups: Any, *, model: str = "linear", n
     """
     from textbooks.mixopt import fit as fit_lib  # deferred: scipy and scikit-learn
 
+    y = _unrounded(y)
     out: dict[str, Any] = {"target": target, "num_runs": int(len(y)), **rankability(y, groups), "cv_model": model}
     try:
         out["cv_spearman"] = fit_lib.cross_validate(model, X, y, groups, num_folds=num_folds, seed=seed).spearman
