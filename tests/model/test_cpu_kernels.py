@@ -119,6 +119,21 @@ def test_packed_matmul_equals_x_w_plus_b_and_the_unpacked_kernel(kernel, rows, k
         cpu_matmul.packed_matmul(x, packed, np.zeros(n + cpu_matmul.PANEL, np.float32))
 
 
+def test_packed_matmul_rows_do_not_depend_on_the_other_rows(kernel):
+    """Every block shape (single rows, blocks of 4 and of 8 rows) sums a row's products in the same order, so a
+    row's output is bit for bit the same whatever rows share its call: a request decodes the same tokens in any
+    batch (a kernel change that sums some rows in another order, e.g. split accumulators, fails here)."""
+    rng = np.random.default_rng(7)
+    k, n = 100, 96 + 16 + 3  # two full panels, a 16-column stretch and 3 single columns
+    x = rng.standard_normal((21, k), np.float32)
+    w, b = rng.standard_normal((k, n), np.float32), rng.standard_normal((n,), np.float32)
+    packed = cpu_matmul.pack_columns(w)
+    full = np.asarray(cpu_matmul.packed_matmul(x, packed, b))
+    for rows in range(1, 21):
+        np.testing.assert_array_equal(np.asarray(cpu_matmul.packed_matmul(x[21 - rows:], packed, b)),
+                                      full[21 - rows:], err_msg=f"{rows} rows")
+
+
 @pytest.mark.parametrize("family", ["phi", "llama"])
 def test_decoder_packs_the_weights_once_and_its_steps_use_them(kernel, tiny_model, family):
     """A decoder on the kernels packs every block's projections (q, k and v side by side, the output projection,
