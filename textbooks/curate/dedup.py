@@ -9,13 +9,15 @@ the signature, computed for a batch of documents at once with numpy (:mod:`textb
 the configuration, the hashing and the in-memory algorithm live); each band of the signature gets a 64-bit band
 hash (:meth:`MinHasher.band_hashes`). Then
 
-1. Documents sharing a band hash are candidates. Workers send band hashes in batches of ``batch_size``
-   documents, one element per bucket shard (``band × bucket_shards + hash mod bucket_shards``) holding the
-   hashes as bytes and their members, so the shuffle moves a few hundred elements per batch instead of
-   ``num_bands`` per document; a ``GroupByKey`` on the shard then sorts its hashes and each run of equal ones
-   (an LSH bucket) emits edges from its smallest member to the others (star edges; with ``verify_threshold``
-   only pairs whose signatures agree on at least that fraction of positions, checked pairwise in buckets of up
-   to 64 documents).
+1. Documents sharing a band hash are candidates (:mod:`textbooks.curate.lsh`). Workers send band hashes in
+   batches of ``batch_size`` documents, one element per bucket shard (``band × bucket_shards + hash mod
+   bucket_shards``) holding the hashes as bytes and their members as rows of the batch, and each batch's ids
+   once, in an id table under the batch's key: the shuffle moves a few hundred elements per batch instead of
+   ``num_bands`` per document, 12 bytes per document and band, no id. A ``GroupByKey`` on the shard sorts its
+   hashes and each run of equal ones (an LSH bucket) emits star edges from one member to the others (with
+   ``verify_threshold`` only pairs whose signatures agree on at least that fraction of positions, checked
+   pairwise in buckets of up to 64 documents) between document references; only the ends of the distinct
+   edges are looked up in their batches' id tables, which gives the edges between ``(priority, id)`` nodes.
 2. Connected components of the candidate graph (:mod:`textbooks.curate.components`): distributed
    large-star/small-star rounds (no worker holds more than its share of the edges), or, for a candidate graph
    of at most ``ComponentsConfig.union_find_max_edges`` distinct edges, a union-find on one worker; the choice
@@ -35,10 +37,11 @@ hash (:meth:`MinHasher.band_hashes`). Then
      of a grouped shuffle into one block of bytes and sends it as one message, so the worker that applies
      the decisions holds its whole share of the encoded records while it runs, and its peak memory grows
      with the corpus there; runners that stream grouped values, such as Dataflow, Flink and Spark, do not.)
-   * ``'side_input'``: the decisions are a dict side input and the records stream past it without a shuffle,
-     so only ids and band hashes are shuffled; every worker holds every decision (a few hundred bytes per
-     dropped document): only for runs whose dropped ids fit in each worker's memory, never at web scale
-     (hundreds of millions of dropped documents). On a local runner it is the cheaper path: that runner's
+   * ``'side_input'``: the decisions are a side input, one compact table (:mod:`textbooks.curate.decisions`),
+     and the records stream past it without a shuffle, so only ids and band hashes are shuffled; every worker
+     holds every decision (a 16-byte digest of the id and 8 bytes of size and survivor row per dropped
+     document, and each survivor's id once): only for runs whose dropped ids fit in each worker's memory,
+     never at web scale (hundreds of millions of dropped documents). On a local runner it is the cheaper path: that runner's
      driver holds every stage's input in memory whatever the path (a join adds a grouping of all records
      there), and the join costs an extra encoding and decoding of every record; measured with 2 workers,
      the side input took about 13% less CPU at 50k and 100k documents and its driver peaked about 25% lower. The
@@ -50,9 +53,11 @@ hash (:meth:`MinHasher.band_hashes`). Then
      what the first read rejected), datatrove's design: the records of the first read feed only the
      signatures, so no text goes through a shuffle or a runner's materialization, and a worker streams its
      files line by line. Measured on the local runner with 2 workers, the largest worker peaked at about
-     300-315 MB at 50k documents and 340-390 MB at 100k (the side input: 560 and 730-900 MB), the driver at
-     about half the side input's, in about the same time; what still grows is the band-hash shuffle (ids and
-     hashes) and the decisions. It needs the stage's input to be the records exactly as read, so the
+     300-330 MB at 50k documents and 340-390 MB at 100k while the band-hash shuffle carried ids (the side
+     input: 560 and 730-900 MB), the driver at about half the side input's, in about the same time. With
+     row references in that shuffle and the decisions in a compact table, what still grows is the input of
+     the one-worker union-find (every candidate edge as Python objects) and the heap that each stage frees
+     but the worker's allocator keeps. It needs the stage's input to be the records exactly as read, so the
      pipeline offers it (``NearDedup(reread=...)``) only to a near dedup that is the first stage, without
      the id check (:func:`textbooks.curate.pipeline.build_pipeline`); the input is read twice.
 
@@ -71,17 +76,15 @@ import dataclasses
 
 import apache_beam as beam
 import gin
-import numpy as np
-from apache_beam.transforms.window import GlobalWindows
 
 from textbooks.curate import stages
 from textbooks.curate.components import Components, connected_components
-from textbooks.curate.minhash import (DECISIONS, MinHashConfig, MinHasher, bucket_edges, near_duplicate_clusters,
-                                      priority)
+from textbooks.curate.decisions import DropTable, DropTableFn
+from textbooks.curate.lsh import CandidateEdges
+from textbooks.curate.minhash import DECISIONS, MinHashConfig, MinHasher, bucket_edges, near_duplicate_clusters
 from textbooks.curate.textnorm import count_tokens, exact_key
 
 CLUSTERS = "clusters"
-_BATCH_CHARS = 1 << 20  # characters a signature batch holds at most (plus one document)
 __all__ = ["CLUSTERS", "DECISIONS", "ExactDedup", "ExactDedupConfig", "MinHashConfig", "MinHasher", "NearDedup",
            "bucket_edges", "connected_components", "decisions_path", "near_duplicate_clusters"]
 
@@ -150,118 +153,11 @@ class ExactDedup(beam.PTransform):
 # Beam: MinHash LSH.
 
 
-class _SignatureDoFn(beam.DoFn):
-    """Documents -> LSH band hashes, sent in batches: every ``batch_size`` documents (or about a million
-    characters), their signatures are computed together (:meth:`MinHasher.signatures`) and sent as one
-    element per bucket shard ``(band * bucket_shards + hash % bucket_shards, (hashes, ids, lengths,
-    signatures))``: the uint64 band hashes as bytes and, in the same order, the documents' ids, their lengths
-    as int64 bytes (only for ``keep='longest'``) and their signatures as uint32 bytes (only with
-    ``verify_threshold``), else None. A worker buffers at most one batch; the shuffle moves
-    ~``num_bands * bucket_shards`` compact elements per batch instead of one tuple per band and document."""
-
-    def __init__(self, config: MinHashConfig, stage: str):
-        self.config = config
-        self.stage = stage
-        self.hasher = None
-        self.counters = None
-        self._ids: list[str] = []
-        self._texts: list[str] = []
-        self._chars = 0
-
-    def setup(self):
-        self.hasher = MinHasher(self.config)
-        self.counters = stages.StageCounters(self.stage)
-
-    def start_bundle(self):
-        self.counters.inc("bundles/signatures")
-        self._ids, self._texts, self._chars = [], [], 0
-
-    def process(self, record: dict):
-        self._ids.append(record["id"])
-        self._texts.append(record["text"])
-        self._chars += len(record["text"])
-        if len(self._texts) >= self.config.batch_size or self._chars >= _BATCH_CHARS:
-            yield from self._flush()
-
-    def finish_bundle(self):
-        for item in self._flush():
-            yield GlobalWindows.windowed_value(item)
-
-    def _flush(self):
-        if not self._texts:
-            return
-        cfg, shards = self.config, self.config.bucket_shards
-        sigs, words = self.hasher.signatures(self._texts)
-        lengths = np.fromiter(map(len, self._texts), dtype=np.int64, count=len(self._texts))
-        ids = self._ids
-        self._ids, self._texts, self._chars = [], [], 0
-        keep = words >= max(cfg.min_words, 1)
-        short = int(np.count_nonzero(words < cfg.min_words)) if cfg.min_words else 0
-        if short:
-            self.counters.inc("skipped_short", short)
-        if len(words) - short - np.count_nonzero(keep):
-            self.counters.inc("skipped_no_words", int(len(words) - short - np.count_nonzero(keep)))
-        rows = np.flatnonzero(keep)
-        if not len(rows):
-            return
-        sigs, lengths = sigs[rows], lengths[rows]
-        hashes = self.hasher.band_hashes(sigs)  # [docs, bands]
-        bands = np.arange(cfg.num_bands, dtype=np.int64)[None, :]
-        keys = bands * shards + (hashes % np.uint64(shards)).astype(np.int64)
-        keys, hashes = keys.ravel(), hashes.ravel()
-        docs = np.repeat(np.arange(len(rows)), cfg.num_bands)
-        order = np.argsort(keys, kind="stable")
-        for part in np.split(order, np.flatnonzero(np.diff(keys[order])) + 1):
-            members = docs[part]
-            yield int(keys[part[0]]), (hashes[part].tobytes(), [ids[rows[d]] for d in members],
-                                       lengths[members].tobytes() if cfg.keep == "longest" else None,
-                                       sigs[members].tobytes() if cfg.verify_threshold is not None else None)
-
-
-class _BucketEdgesDoFn(beam.DoFn):
-    """One bucket shard's batches -> candidate edges of each LSH bucket (documents with an equal band hash)."""
-
-    def __init__(self, config: MinHashConfig, stage: str):
-        self.config = config
-        self.stage = stage
-        self.counters = None
-
-    def setup(self):
-        self.counters = stages.StageCounters(self.stage)
-
-    def process(self, item):
-        _, batches = item
-        cfg = self.config
-        hashes, ids, lengths, sigs = [], [], [], []
-        for data, batch_ids, batch_lengths, batch_sigs in batches:
-            hashes.append(np.frombuffer(data, dtype=np.uint64))
-            ids.extend(batch_ids)
-            if batch_lengths is not None:
-                lengths.append(np.frombuffer(batch_lengths, dtype=np.int64))
-            if batch_sigs is not None:
-                sigs.append(np.frombuffer(batch_sigs, dtype=np.uint32).reshape(-1, cfg.num_perm))
-        hashes = np.concatenate(hashes)
-        lengths = np.concatenate(lengths) if lengths else None
-        sigs = np.concatenate(sigs) if sigs else None
-        order = np.argsort(hashes, kind="stable")
-        ordered = hashes[order]
-        bounds = np.flatnonzero(ordered[1:] != ordered[:-1]) + 1
-        starts, ends = np.r_[0, bounds], np.r_[bounds, len(ordered)]
-        for start, stop in zip(starts[ends - starts >= 2], ends[ends - starts >= 2]):
-            rows = order[start:stop]
-            bucket = [(priority(cfg.keep, ids[i], 0 if lengths is None else int(lengths[i])), ids[i],
-                       None if sigs is None else sigs[i]) for i in rows]
-            self.counters.inc("candidate_buckets")
-            for edge in bucket_edges(bucket, cfg.verify_threshold):
-                self.counters.inc("candidate_edges")
-                yield edge
-
-
 class _ApplyDecisionsDoFn(beam.DoFn):
     """Records -> kept, or dropped with their decision. With ``decisions='join'`` the elements are the
     ``CoGroupByKey`` groups ``(id, {'record': [(tokens, record)], 'decision': [...]})``; with ``'side_input'``
     and ``'reread'`` they are the records (read again from the input with ``'reread'``), and the decisions
-    dict (id -> decision) is a side input."""
+    are a side input, one :class:`~textbooks.curate.decisions.DropTable`."""
 
     def __init__(self, stage: str, reason: str, decisions: str):
         self.stage = stage
@@ -276,7 +172,7 @@ class _ApplyDecisionsDoFn(beam.DoFn):
         self.counters.inc("bundles/decisions")
         self.counters.inc(f"decisions_{self.decisions}")
 
-    def process(self, item, decisions: dict | None = None):
+    def process(self, item, decisions: DropTable | None = None):
         if decisions is not None:
             yield from self._apply(item, decisions.get(item["id"]))
             return
@@ -328,20 +224,14 @@ class NearDedup(beam.PTransform):
         self.reread = reread  # a transform of the pipeline's root that yields the input records again
 
     def expand(self, records):
-        edges = (records
-                 | "Signatures" >> beam.ParDo(_SignatureDoFn(self.config, self.stage))
-                 | "Buckets" >> beam.GroupByKey()
-                 | "Edges" >> beam.ParDo(_BucketEdgesDoFn(self.config, self.stage))
-                 | "DistinctEdges" >> beam.Distinct())
+        edges = records | "Candidates" >> CandidateEdges(self.config, self.stage)
         comps = edges | "Components" >> Components(self.config.components, self.stage, CLUSTERS)
         path = decisions_path(self.config, records.pipeline, self.reread is not None)
         apply = _ApplyDecisionsDoFn(self.stage, "near_duplicate", path)
-        if path == "side_input":
-            items, args = records, [beam.pvalue.AsDict(comps["decisions"])]
-        elif path == "reread":
-            # The texts are read again next to the decisions: `records` feeds only the signatures.
-            items = records.pipeline | "Reread" >> self.reread
-            args = [beam.pvalue.AsDict(comps["decisions"])]
+        if path in ("side_input", "reread"):
+            args = [beam.pvalue.AsSingleton(comps["decisions"] | "DropTable" >> beam.CombineGlobally(DropTableFn()))]
+            # With 'reread' the texts are read again next to the decisions: `records` feeds only the signatures.
+            items = records if path == "side_input" else records.pipeline | "Reread" >> self.reread
         else:
             # The token count travels with the record: here it is still the str the step before counted.
             keyed = records | "KeyById" >> beam.Map(lambda r: (r["id"], (count_tokens(r["text"]), r)))

@@ -32,6 +32,7 @@ from textbooks.curate.textnorm import _splitmix64, combine_hashes
 DECISIONS = ("join", "side_input", "reread")  # the ways decisions reach the records; "auto" picks one
 _WORD_RE = re.compile(r"\w", re.UNICODE)
 _MAX_CODE_POINT = 0x110000
+_TABLE_BLOCK = 1 << 16  # code points per block while the word table is built
 _BLOCK = 2048  # shingles per (block x num_perm) product (about 2 MB, reused)
 _CHAR_BUDGET = 1 << 20  # characters hashed together (bounds the per-character temporaries)
 _POSITION = np.uint64(0x9E3779B97F4A7C15)
@@ -40,12 +41,15 @@ _word_table: np.ndarray | None = None
 
 
 def word_table() -> np.ndarray:
-    """``bool[0x110000]``: the code points that the regex ``\\w`` matches (built once per process)."""
+    """``bool[0x110000]``: the code points that the regex ``\\w`` matches (built once per process, a block of
+    code points at a time: ``str.join`` lists its input first, and a list of all 1.1 million one-character
+    strings would cost a worker about 90 MB at its peak)."""
     global _word_table
     if _word_table is None:
-        chars = "".join(map(chr, range(_MAX_CODE_POINT)))
         table = np.zeros(_MAX_CODE_POINT, dtype=bool)
-        table[np.fromiter((m.start() for m in _WORD_RE.finditer(chars)), dtype=np.int64)] = True
+        for start in range(0, _MAX_CODE_POINT, _TABLE_BLOCK):
+            chars = "".join(map(chr, range(start, min(start + _TABLE_BLOCK, _MAX_CODE_POINT))))
+            table[start + np.fromiter((m.start() for m in _WORD_RE.finditer(chars)), dtype=np.int64)] = True
         _word_table = table
     return _word_table
 
@@ -228,9 +232,11 @@ class MinHasher:
         return [band.to_bytes(2, "little") + int(h).to_bytes(8, "little") for band, h in enumerate(hashes)]
 
 
-def priority(keep: str, doc_id: str, text: str | int) -> tuple:
-    """The order of survival: by id, or (``'longest'``) by length (of ``text``, or ``text`` is the length)."""
-    return (doc_id,) if keep == "min_id" else (-(text if isinstance(text, int) else len(text)), doc_id)
+def priority(keep: str, text: str | int) -> tuple:
+    """What orders documents for survival before their id (a node is ``(priority, id)``, the smallest
+    survives): nothing for ``'min_id'``, the length for ``'longest'`` (of ``text``, or ``text`` is the length),
+    longest first. The id is the node's second element, so it is not repeated here."""
+    return () if keep == "min_id" else (-(text if isinstance(text, int) else len(text)),)
 
 
 def bucket_edges(members: Sequence[tuple], verify_threshold: float | None) -> list[tuple]:
@@ -258,7 +264,7 @@ def near_duplicate_clusters(docs: Iterable[tuple[str, str]], config: MinHashConf
     for (doc_id, text), sig, words in zip(docs, sigs if docs else [], counts):
         if words == 0 or (config.min_words and words < config.min_words):
             continue
-        member = (priority(config.keep, doc_id, text), doc_id, sig)
+        member = (priority(config.keep, text), doc_id, sig)
         for key in hasher.band_keys(sig):
             buckets.setdefault(key, []).append(member)
     edges = [e for members in buckets.values() for e in bucket_edges(members, config.verify_threshold)]
