@@ -14,6 +14,7 @@
 #include <atomic>
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 #include <limits>
 #include <memory>
 #include <thread>
@@ -37,6 +38,49 @@ struct Work {
   std::atomic<int64_t> next{0};
   std::atomic<int64_t> done{0};
 };
+
+// e^x for x <= 0 (scores less their maximum) in plain arithmetic, so that a loop of them vectorizes (the
+// library's exp is a call per element): x = k ln 2 + r with k an integer and |r| <= ln(2) / 2, e^r by Cephes'
+// degree-6 polynomial (within 2 ulp of e^r), times 2^k built in the exponent bits. Below -87 it returns about
+// 1e-38 where e^x is smaller still: a weight that vanishes beside the maximum's 1 either way.
+constexpr float kRound = 12582912.0f;  // 1.5 * 2^23: adding and subtracting it rounds to an integer
+
+inline float Exp(float x) {
+  x = std::max(x, -87.0f);
+  const float k = (x * 1.44269504088896341f + kRound) - kRound;  // nearest integer (|k| <= 126)
+  const float r = x - k * 0.693359375f + k * 2.12194440e-4f;
+  float p = 1.9875691500e-4f;
+  p = p * r + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  p = p * r * r + r + 1.0f;
+  return p * __builtin_bit_cast(float, (static_cast<int32_t>(k) + 127) << 23);
+}
+
+typedef float v16 __attribute__((vector_size(64)));
+
+// out[g * D + d] = sum over slots s < n of p[g * n + s] * v[s * D + d] for G query heads of head size D, the
+// G * D sums in vector registers over the slots (each value row read once); the same order of multiply-adds
+// per output as the generic loop.
+template <int G, int D>
+void Values(const float* p, const float* v, int64_t n, float* out) {
+  constexpr int kC = D / 16;
+  v16 acc[G][kC];
+  for (int g = 0; g < G; ++g)
+    for (int c = 0; c < kC; ++c) acc[g][c] = v16{};
+  for (int64_t s = 0; s < n; ++s) {
+    v16 vs[kC];
+    for (int c = 0; c < kC; ++c) std::memcpy(&vs[c], v + s * D + 16 * c, sizeof(v16));
+    for (int g = 0; g < G; ++g) {
+      const float w = p[g * n + s];
+      for (int c = 0; c < kC; ++c) acc[g][c] += w * vs[c];
+    }
+  }
+  for (int g = 0; g < G; ++g)
+    for (int c = 0; c < kC; ++c) std::memcpy(out + g * D + 16 * c, &acc[g][c], sizeof(v16));
+}
 
 // One item: query t of row b for the `group` query heads that share key/value head j, so that each cached key
 // and value row is read once for all of them (grouped-query attention reads a third of the bytes at 9 heads
@@ -70,14 +114,15 @@ void RunItem(const Work& w, int64_t item, std::vector<float>& scores) {
     float* sg = scores.data() + g * n;
     float best = -std::numeric_limits<float>::infinity();
     for (int64_t s = 0; s < n; ++s) best = std::max(best, sg[s]);
+#pragma omp simd
+    for (int64_t s = 0; s < n; ++s) sg[s] = Exp(sg[s] - best);
     float total = 0.0f;
-    for (int64_t s = 0; s < n; ++s) {
-      sg[s] = std::exp(sg[s] - best);
-      total += sg[s];
-    }
+    for (int64_t s = 0; s < n; ++s) total += sg[s];
     const float inv = 1.0f / total;
     for (int64_t s = 0; s < n; ++s) sg[s] *= inv;
   }
+  if (group == 3 && d_n == 64) return Values<3, 64>(scores.data(), v, n, o);  // SmolLM2's heads
+  if (group == 1 && d_n == 64) return Values<1, 64>(scores.data(), v, n, o);
   for (int64_t s = 0; s < n; ++s) {
     const float* vs = v + s * d_n;
     for (int64_t g = 0; g < group; ++g) {
