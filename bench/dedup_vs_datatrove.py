@@ -18,10 +18,10 @@ default, ``textbooks.curate.writers.DEFAULT_GZIP_LEVEL``; ours adds the shard re
 * ours: ``textbooks.curate`` with only the near-dedup stage (``ReadInputs → NearDedup → WriteShards`` plus
   the report), DirectRunner in multi-processing mode; it also reads the bad documents, which must be rejected
   with a reason and reconcile (units in = kept + dropped + rejected); ``--decisions`` picks how drop decisions
-  reach the records (``MinHashConfig.decisions``: ``join``, a CoGroupByKey on the id, ``side_input``, a dict
-  every worker holds, ``reread``, the same dict applied to the records read again from the input files so
-  that no text is shuffled, or ``auto``, the default, which is ``reread`` here: near dedup is the only stage
-  and ids are not checked);
+  reach the records (``MinHashConfig.decisions``: ``join``, a CoGroupByKey on the id, ``side_input``, a table
+  of them every worker holds, ``reread``, the same table applied to the records read again from the input
+  files so that no text is shuffled, or ``auto``, the default, which is ``reread`` here: near dedup is the
+  only stage and ids are not checked);
 * datatrove 0.10.1: its four MinHash steps (signatures, buckets, clustering, filtering) with
   ``LocalPipelineExecutor``, with the same tokenization (lowercased ``\\w+`` runs, after datatrove's own text
   simplification) and its dependency-free SHA-1 hashing (64-bit); it reads only the good documents (its
