@@ -55,9 +55,10 @@ hash (:meth:`MinHasher.band_hashes`). Then
      files line by line. Measured on the local runner with 2 workers, the largest worker peaked at about
      300-330 MB at 50k documents and 340-390 MB at 100k while the band-hash shuffle carried ids (the side
      input: 560 and 730-900 MB), the driver at about half the side input's, in about the same time. With
-     row references in that shuffle and the decisions in a compact table, what still grows is the input of
-     the one-worker union-find (every candidate edge as Python objects) and the heap that each stage frees
-     but the worker's allocator keeps. It needs the stage's input to be the records exactly as read, so the
+     row references in that shuffle and the decisions in a compact table, it peaked at about 275-290 MB and
+     340-365 MB, no longer in the bucket stage; what still grows is the input of the one-worker union-find
+     (every candidate edge as Python objects) and the heap that each stage frees but the worker's allocator
+     keeps. It needs the stage's input to be the records exactly as read, so the
      pipeline offers it (``NearDedup(reread=...)``) only to a near dedup that is the first stage, without
      the id check (:func:`textbooks.curate.pipeline.build_pipeline`); the input is read twice.
 
