@@ -12,17 +12,18 @@ dropped document and the survivor's id once per cluster. A digest stands for its
 from __future__ import annotations
 
 import array
-import hashlib
 
 import apache_beam as beam
 import numpy as np
+
+from textbooks.curate.textnorm import digest16
 
 _DIGEST = 16
 
 
 def id_digest(doc_id: str) -> bytes:
-    """The 16-byte BLAKE2b digest that stands for ``doc_id`` in a :class:`DropTable`."""
-    return hashlib.blake2b(doc_id.encode("utf-8", "surrogatepass"), digest_size=_DIGEST).digest()
+    """The 16-byte digest that stands for ``doc_id`` in a :class:`DropTable` (:func:`textnorm.digest16`)."""
+    return digest16(doc_id)
 
 
 class DropTable:

@@ -74,10 +74,15 @@ def normalize_for_exact(text: str, *, lowercase: bool = True, strip_punctuation:
     return _SPACE_RE.sub(" ", text).strip()
 
 
+def digest16(text: str) -> bytes:
+    """The 16-byte BLAKE2b digest of ``text``'s UTF-8 (lone surrogates passed through): what stands for a text
+    or an id wherever curation compares them by digest (two texts with one digest are a 2**-128 event)."""
+    return hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=16).digest()
+
+
 def exact_key(text: str, **normalize_kwargs) -> bytes:
-    """16-byte BLAKE2b digest of :func:`normalize_for_exact` of ``text``."""
-    norm = normalize_for_exact(text, **normalize_kwargs)
-    return hashlib.blake2b(norm.encode("utf-8", "surrogatepass"), digest_size=16).digest()
+    """16-byte BLAKE2b digest (:func:`digest16`) of :func:`normalize_for_exact` of ``text``."""
+    return digest16(normalize_for_exact(text, **normalize_kwargs))
 
 
 def stable_hash64(data: bytes | str) -> int:
