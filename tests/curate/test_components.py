@@ -102,3 +102,53 @@ def test_near_dedup_distributed_equals_union_find_on_chained_documents(tmp_path)
     assert len(decisions["distributed"]) == len(docs) - 1
     assert {d[1]["duplicate_of"] for d in decisions["distributed"]} == {"chain000"}
     assert {d[1]["cluster_size"] for d in decisions["distributed"]} == {len(docs)}
+
+
+def _reference_components(edges):
+    """Components by breadth-first search over an adjacency dict: sorted members, ordered by their minimum."""
+    adjacent = {}
+    for u, v in edges:
+        adjacent.setdefault(u, set()).add(v)
+        adjacent.setdefault(v, set()).add(u)
+    seen, out = set(), []
+    for start in adjacent:
+        if start in seen:
+            continue
+        seen.add(start)
+        queue, comp = [start], []
+        while queue:
+            node = queue.pop()
+            comp.append(node)
+            for nxt in adjacent[node] - seen:
+                seen.add(nxt)
+                queue.append(nxt)
+        out.append(sorted(comp))
+    return sorted(out, key=lambda c: c[0])
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_union_find_equals_breadth_first_search(seed):
+    edges = _planted_graph(seed)
+    assert components.connected_components(edges) == _reference_components(edges)
+    path = list(range(5000))  # a long path, its labels descending: the worst order for hooking
+    random.Random(seed).shuffle(path)
+    chain = list(zip(path, path[1:]))
+    assert components.connected_components(chain) == [sorted(path)]
+
+
+def test_edge_packs_merge_and_pickle_to_the_same_components():
+    """Packs of parts of the edges, pickled as the shuffle carries them and merged, give the components of all
+    the edges; each distinct node is held once and each edge as 8 bytes."""
+    import pickle
+
+    edges = [((0, f"n{u:05d}"), (0, f"n{v:05d}")) for u, v in _planted_graph(seed=3)]
+    fn = components.PackEdgesFn()
+    packs = []
+    for part in (edges[0::3], edges[1::3], edges[2::3]):
+        acc = fn.create_accumulator()
+        for e in part:
+            acc = fn.add_input(acc, e)
+        packs.append(pickle.loads(pickle.dumps(acc)))
+    merged = fn.extract_output(fn.merge_accumulators(packs))
+    assert len(merged.nodes) == len({n for e in edges for n in e}) and len(merged.pairs) == 2 * len(edges)
+    assert list(merged.components()) == _reference_components(edges)

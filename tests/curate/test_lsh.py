@@ -50,8 +50,9 @@ def test_band_elements_hold_rows_not_ids_and_tables_give_the_documents_back(plan
     for shard, (key, hashes, rows, sigs) in bands:
         assert isinstance(key, bytes) and isinstance(hashes, bytes) and isinstance(rows, bytes) and sigs is None
         blob, offsets, lengths = tables[key]
-        offsets, lengths = np.frombuffer(offsets, np.int64), np.frombuffer(lengths, np.int64)
-        for h, row in zip(np.frombuffer(hashes, np.uint64), np.frombuffer(rows, np.int32)):
+        offsets, lengths = np.frombuffer(offsets, np.uint32), np.frombuffer(lengths, np.int64)
+        assert len(rows) * 4 == len(hashes)  # uint16 rows in batches of up to 65,536 documents
+        for h, row in zip(np.frombuffer(hashes, np.uint64), np.frombuffer(rows, np.uint16)):
             doc = by_id[blob[offsets[row]:offsets[row + 1]].decode()]
             assert lengths[row] == len(docs[doc][1])
             band = int(np.flatnonzero(expected[doc] == h)[0])
@@ -59,8 +60,8 @@ def test_band_elements_hold_rows_not_ids_and_tables_give_the_documents_back(plan
             seen[doc, band] += 1
         encoded += len(coder.encode((shard, (key, hashes, rows, sigs))))
     assert (seen == 1).all()  # every document once in every band
-    # 12 bytes per document and band, plus each element's framing (its key and shard): no id is repeated.
-    assert encoded <= 12 * seen.size + 40 * len(bands)
+    # 10 bytes per document and band, plus each element's framing (its key and shard): no id is repeated.
+    assert encoded <= 10 * seen.size + 40 * len(bands)
 
 
 def test_repeated_batches_and_ids_give_the_in_memory_clusters(planted, tmp_path):
@@ -75,3 +76,11 @@ def test_repeated_batches_and_ids_give_the_in_memory_clusters(planted, tmp_path)
     got = sorted((c["keeper"], sorted(c["members"])) for c in load()["clusters"])
     expected = sorted((c[0], sorted(c)) for c in dedup.near_duplicate_clusters(docs + docs, cfg))
     assert got == expected and len(expected) >= 10
+
+
+def test_rows_are_uint16_up_to_65536_documents_and_uint32_beyond():
+    assert lsh.row_dtype(1 << 16) is np.uint16 and lsh.row_dtype((1 << 16) + 1) is np.uint32
+    hashes = np.arange(3, dtype=np.uint64).tobytes()
+    for dtype, last in ((np.uint16, (1 << 16) - 1), (np.uint32, 1 << 16)):
+        rows = lsh.band_rows(np.array([0, 7, last], dtype=dtype).tobytes(), hashes)
+        assert rows.dtype == dtype and rows.tolist() == [0, 7, last]

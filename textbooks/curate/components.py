@@ -1,8 +1,9 @@
 """Connected components of the near-duplicate candidate graph, as Beam stages with no single-worker step.
 
-The graph's nodes are comparable values (the MinHash stage uses ``(priority, id)`` tuples); its edges are node
-pairs. Every component is resolved to a star around its smallest node, which is what the dedup stage needs:
-each node ``v`` that is not the smallest of its component gets the edge ``(v, min)``.
+The graph's nodes are comparable values (the MinHash stage uses :func:`node_key` bytes, which sort like
+``(priority, id)``; ``(priority, id)`` tuples work too); its edges are node pairs. Every component is resolved
+to a star around its smallest node, which is what the dedup stage needs: each node ``v`` that is not the
+smallest of its component gets the edge ``(v, min)``.
 
 Algorithm: large-star / small-star (Kiveris et al., "Connected Components in MapReduce and Beyond", SoCC 2014).
 One round is a large-star step followed by a small-star step:
@@ -29,7 +30,8 @@ check raises :class:`ComponentsNotConvergedError` if nodes still changed in the 
 (rounds that changed something) and ``<stage>/components_changed_nodes``.
 
 :class:`Components` chooses between this and the single-worker union-find
-(:func:`textbooks.curate.dedup.connected_components`, all edges under one key: fine for small corpora) from the
+(:func:`textbooks.curate.dedup.connected_components`: the edges packed with each distinct node once, an
+:class:`EdgePack`, merged on one worker; fine for small corpora) from the
 number of distinct candidate edges, at run time, through a side input: ``ComponentsConfig.method`` ``'auto'``
 uses the union-find up to ``union_find_max_edges`` edges; ``'union_find'`` or ``'distributed'`` forces one. The
 counter ``<stage>/components_union_find`` or ``<stage>/components_distributed`` (1) says which ran; the curation
@@ -38,11 +40,13 @@ report shows them. Both give the same components.
 
 from __future__ import annotations
 
+import array
 import dataclasses
-from typing import Iterable
+from typing import Iterable, Iterator
 
 import apache_beam as beam
 import gin
+import numpy as np
 from apache_beam.transforms.window import GlobalWindows
 
 from textbooks.curate import stages
@@ -79,31 +83,128 @@ class ComponentsConfig:
                              f"{self.max_rounds} and {self.union_find_max_edges}")
 
 
+_RANK = 8  # bytes of a node's rank in node_key
+_RANK_BIAS = 1 << 63
+
+
+def node_key(rank: int, doc_id: bytes) -> bytes:
+    """A document's node as one bytes object that sorts like ``(rank, id)`` (bytes compare like the ids'
+    code points in UTF-8): the rank as 8 bytes, big-endian, offset by 2**63, then the id's UTF-8."""
+    return (rank + _RANK_BIAS).to_bytes(_RANK, "big") + doc_id
+
+
+def node_id(node) -> str:
+    """The document id of a node: a :func:`node_key`, or the second element of a ``(priority, id)`` tuple."""
+    return node[_RANK:].decode("utf-8", "surrogatepass") if isinstance(node, bytes) else node[1]
+
+
+class EdgePack:
+    """Edges with each distinct node held once: the nodes in the order first seen and the edges as pairs of
+    their indices (uint32, 8 bytes an edge). It is the accumulator that carries the candidate edges to the
+    one-worker union-find (:class:`PackEdgesFn`), so neither the shuffle nor that worker holds two node
+    objects per edge, and :meth:`components` resolves them with numpy."""
+
+    def __init__(self):
+        self.nodes: list = []
+        self.pairs = array.array("I")
+        self._index: dict | None = {}
+
+    def _lookup(self) -> dict:
+        if self._index is None:  # after unpickling: rebuilt only where edges are added
+            self._index = {node: i for i, node in enumerate(self.nodes)}
+        return self._index
+
+    def _add_node(self, index: dict, node) -> int:
+        i = index.get(node)
+        if i is None:
+            i = index[node] = len(self.nodes)
+            self.nodes.append(node)
+        return i
+
+    def add(self, u, v) -> None:
+        index = self._lookup()
+        self.pairs.append(self._add_node(index, u))
+        self.pairs.append(self._add_node(index, v))
+
+    def merge(self, other: "EdgePack") -> None:
+        index = self._lookup()
+        remap = np.fromiter((self._add_node(index, node) for node in other.nodes), dtype=np.uint32,
+                            count=len(other.nodes))
+        self.pairs.frombytes(remap[np.frombuffer(other.pairs, dtype=np.uint32)].tobytes())
+
+    def __getstate__(self):
+        return {"nodes": self.nodes, "pairs": self.pairs.tobytes()}
+
+    def __setstate__(self, state):
+        self.nodes, self.pairs, self._index = state["nodes"], array.array("I"), None
+        self.pairs.frombytes(state["pairs"])
+
+    def components(self) -> Iterator[list]:
+        """The connected components, each a sorted list of its nodes, in the order of their smallest nodes."""
+        self._index = None  # not needed from here on
+        n = len(self.nodes)
+        if not n:
+            return
+        pairs = np.frombuffer(self.pairs, dtype=np.uint32).astype(np.int64)
+        roots = _roots(n, pairs[0::2], pairs[1::2])
+        rank = np.empty(n, dtype=np.int64)
+        rank[sorted(range(n), key=self.nodes.__getitem__)] = np.arange(n)
+        first = np.full(n, n, dtype=np.int64)
+        np.minimum.at(first, roots, rank)
+        order = np.lexsort((rank, first[roots]))
+        bounds = np.flatnonzero(np.diff(roots[order])) + 1
+        for members in np.split(order, bounds):
+            yield [self.nodes[i] for i in members]
+
+
+def _roots(n: int, u: np.ndarray, v: np.ndarray) -> np.ndarray:
+    """Union-find on node indices, vectorized: every round hooks the larger root of each edge whose ends have
+    different roots under the smallest root it meets, then compresses paths until every node points at its
+    root. A root that is smallest among its neighbouring roots gains at least one of them each round, so the
+    number of roots of a component at least halves: O(log n) rounds. Returns each node's root."""
+    parent = np.arange(n, dtype=np.int64)
+    while True:
+        pu, pv = parent[u], parent[v]
+        differ = pu != pv
+        if not differ.any():
+            return parent
+        lo, hi = np.minimum(pu[differ], pv[differ]), np.maximum(pu[differ], pv[differ])
+        np.minimum.at(parent, hi, lo)
+        while True:
+            jumped = parent[parent]
+            if np.array_equal(jumped, parent):
+                break
+            parent = jumped
+
+
 def connected_components(edges: Iterable[tuple]) -> list[list[tuple]]:
-    """Union-find (one process): components of an undirected graph given as node pairs (nodes are comparable);
-    each sorted, the first element being the component's smallest node."""
-    parent: dict = {}
-
-    def find(x):
-        root = x
-        while parent.get(root, root) != root:
-            root = parent[root]
-        while parent.get(x, x) != root:  # Path compression.
-            parent[x], x = root, parent[x]
-        return root
-
+    """Union-find (one process): components of an undirected graph given as node pairs (nodes are comparable
+    and hashable); each sorted, the first element being the component's smallest node, in the order of those."""
+    pack = EdgePack()
     for u, v in edges:
-        parent.setdefault(u, u)
-        parent.setdefault(v, v)
-        ru, rv = find(u), find(v)
-        if ru != rv:
-            if rv < ru:
-                ru, rv = rv, ru
-            parent[rv] = ru
-    groups: dict = {}
-    for node in parent:
-        groups.setdefault(find(node), []).append(node)
-    return sorted((sorted(g) for g in groups.values()), key=lambda g: g[0])
+        pack.add(u, v)
+    return list(pack.components())
+
+
+class PackEdgesFn(beam.CombineFn):
+    """Edges -> one :class:`EdgePack` (each worker packs its share, and the packs merge on one)."""
+
+    def create_accumulator(self) -> EdgePack:
+        return EdgePack()
+
+    def add_input(self, pack: EdgePack, edge: tuple) -> EdgePack:
+        pack.add(*edge)
+        return pack
+
+    def merge_accumulators(self, packs: Iterable[EdgePack]) -> EdgePack:
+        packs = iter(packs)
+        out = next(packs)
+        for pack in packs:
+            out.merge(pack)
+        return out
+
+    def extract_output(self, pack: EdgePack) -> EdgePack:
+        return pack
 
 
 def canonical(edge: tuple) -> tuple:
@@ -238,8 +339,8 @@ CLUSTER_MEMBERS = 20
 
 
 def _summary(stage: str, keeper: tuple, size: int, others: Iterable[tuple]) -> dict:
-    members = [keeper[1]] + [node[1] for node in sorted(others)[:CLUSTER_MEMBERS - 1]]
-    return {"stage": stage, "keeper": keeper[1], "size": size, "members": members}
+    members = [node_id(keeper)] + [node_id(node) for node in sorted(others)[:CLUSTER_MEMBERS - 1]]
+    return {"stage": stage, "keeper": members[0], "size": size, "members": members}
 
 
 class _DecisionsDoFn(beam.DoFn):
@@ -254,15 +355,15 @@ class _DecisionsDoFn(beam.DoFn):
 
 
 class _UnionFindDoFn(_DecisionsDoFn):
-    """All candidate edges (one key) -> decisions per non-surviving id, and cluster summaries."""
+    """All candidate edges (one :class:`EdgePack`) -> decisions per non-surviving id, and cluster summaries."""
 
-    def process(self, item):
-        _, edges = item
-        for comp in connected_components(edges):
+    def process(self, pack: EdgePack):
+        for comp in pack.components():
             self.counters.inc("clusters")
-            yield beam.pvalue.TaggedOutput(self.clusters_tag, _summary(self.stage, comp[0], len(comp), comp[1:]))
+            summary = _summary(self.stage, comp[0], len(comp), comp[1:])
+            yield beam.pvalue.TaggedOutput(self.clusters_tag, summary)
             for node in comp[1:]:
-                yield node[1], {"duplicate_of": comp[0][1], "cluster_size": len(comp)}
+                yield node_id(node), {"duplicate_of": summary["keeper"], "cluster_size": len(comp)}
 
 
 class _StarsDoFn(_DecisionsDoFn):
@@ -274,8 +375,9 @@ class _StarsDoFn(_DecisionsDoFn):
         self.counters.inc("clusters")
         yield beam.pvalue.TaggedOutput(self.clusters_tag,
                                        _summary(self.stage, keeper, size, list(grouped["smallest"])[0]))
+        survivor = node_id(keeper)
         for node in grouped["node"]:
-            yield node[1], {"duplicate_of": keeper[1], "cluster_size": size}
+            yield node_id(node), {"duplicate_of": survivor, "cluster_size": size}
 
 
 class _SayWhich(beam.DoFn):
@@ -300,9 +402,10 @@ def _method(config: ComponentsConfig, num_edges: int) -> str:
 
 
 class Components(beam.PTransform):
-    """Distinct candidate edges between ``(priority, id)`` nodes -> ``{'decisions': (id, {duplicate_of,
-    cluster_size}) for every node but each component's smallest, clusters_tag: one summary per component}``,
-    by the union-find or the distributed rounds as ``config`` chooses (see the module docstring)."""
+    """Distinct candidate edges between nodes (:func:`node_key`, or ``(priority, id)``) -> ``{'decisions':
+    (id, {duplicate_of, cluster_size}) for every node but each component's smallest, clusters_tag: one summary
+    per component}``, by the union-find or the distributed rounds as ``config`` chooses (see the module
+    docstring)."""
 
     def __init__(self, config: ComponentsConfig | None = None, stage: str = "near_dedup",
                  clusters_tag: str = "clusters"):
@@ -320,8 +423,7 @@ class Components(beam.PTransform):
         if cfg.method in ("auto", "union_find"):
             small = edges | "ForUnionFind" >> beam.Filter(lambda e, n: _method(cfg, n) == "union_find", num_edges)
             outs.append(small
-                        | "OneKey" >> beam.Map(lambda e: (0, e))
-                        | "AllEdges" >> beam.GroupByKey()
+                        | "PackEdges" >> beam.CombineGlobally(PackEdgesFn()).without_defaults()
                         | "UnionFind" >> beam.ParDo(_UnionFindDoFn(self.stage, self.clusters_tag)).with_outputs(
                                 self.clusters_tag, main="decisions"))
         if cfg.method in ("auto", "distributed"):

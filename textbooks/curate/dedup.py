@@ -17,7 +17,8 @@ hash (:meth:`MinHasher.band_hashes`). Then
    hashes and each run of equal ones (an LSH bucket) emits star edges from one member to the others (with
    ``verify_threshold`` only pairs whose signatures agree on at least that fraction of positions, checked
    pairwise in buckets of up to 64 documents) between document references; only the ends of the distinct
-   edges are looked up in their batches' id tables, which gives the edges between ``(priority, id)`` nodes.
+   edges are looked up in their batches' id tables, which gives the edges between nodes that sort like
+   ``(priority, id)``, each one bytes object (the rank and the id's UTF-8).
 2. Connected components of the candidate graph (:mod:`textbooks.curate.components`): distributed
    large-star/small-star rounds (no worker holds more than its share of the edges), or, for a candidate graph
    of at most ``ComponentsConfig.union_find_max_edges`` distinct edges, a union-find on one worker; the choice

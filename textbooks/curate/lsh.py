@@ -5,20 +5,23 @@ for the documents that share a bucket.
 A worker computes the signatures of a batch of documents at once (:meth:`MinHasher.signatures`) and gives the
 batch a key, a 16-byte digest of its ids and lengths. It sends the batch twice:
 
-* its id table, once: ``(batch key, (ids as one UTF-8 blob, int64 offsets into it, int64 lengths or None))``
+* its id table, once: ``(batch key, (ids as one UTF-8 blob, uint32 offsets into it, int64 lengths or None))``
   (the lengths only for ``keep='longest'``);
 * its band hashes, one element per bucket shard (``band * bucket_shards + hash % bucket_shards``):
-  ``(shard, (batch key, uint64 hashes, int32 row of each document in the batch, uint32 signatures or
-  None))`` (the signatures only with ``verify_threshold``), so the shuffle that all documents go through
-  carries 12 bytes per document and band, not the document's id once per band.
+  ``(shard, (batch key, uint64 hashes, row of each document in the batch, uint32 signatures or None))``
+  (the rows as uint16 in batches of up to 65,536 documents, else uint32; the signatures only with
+  ``verify_threshold``), so the shuffle that all documents go through carries 10 bytes per document and
+  band, not the document's id once per band. On the local runners a worker receives its whole share of this
+  shuffle at once, so these bytes set that worker's peak memory in the bucket stage.
 
 A ``GroupByKey`` on the shard sorts its hashes, and each run of equal ones (an LSH bucket) gives edges between
 document references (batch key + row; :func:`~textbooks.curate.minhash.bucket_edges`: star edges from one
 member, or with ``verify_threshold`` the pairs that agree on at least that fraction of positions in buckets of
 up to 64); the distinct ones are looked up in the id tables of their ends' batches (a ``CoGroupByKey`` on the
 batch key), and the two ends of each edge meet again (a ``GroupByKey`` on the edge). The result is the
-distinct edges between ``(priority, id)`` nodes (:func:`~textbooks.curate.minhash.priority`), as
-:class:`~textbooks.curate.components.Components` takes them. Which member of a bucket the star edges start
+distinct edges between nodes that sort like ``(priority, id)`` (:func:`~textbooks.curate.minhash.priority`),
+each one bytes object (:func:`~textbooks.curate.components.node_key`: the rank and the id's UTF-8, copied from
+the id table without decoding), as :class:`~textbooks.curate.components.Components` takes them. Which member of a bucket the star edges start
 from does not change the connected components, so the clusters are those of the in-memory algorithm
 (:func:`~textbooks.curate.minhash.near_duplicate_clusters`).
 """
@@ -32,12 +35,24 @@ import numpy as np
 from apache_beam.transforms.window import GlobalWindows
 
 from textbooks.curate import stages
-from textbooks.curate.minhash import MinHashConfig, MinHasher, bucket_edges, priority
+from textbooks.curate.components import node_key
+from textbooks.curate.minhash import MinHashConfig, MinHasher, bucket_edges
 
 IDS = "ids"
 _BATCH_CHARS = 1 << 20  # characters a signature batch holds at most (plus one document)
 _KEY = 16  # bytes of a batch key
 _REF = _KEY + 4  # a document reference: batch key + row (uint32, little-endian)
+_OFFSETS_MAX = np.iinfo(np.uint32).max  # bytes of ids one batch's table can hold (uint32 offsets)
+
+
+def row_dtype(count: int) -> type:
+    """The narrowest unsigned type that holds the rows of a batch of ``count`` documents (uint16 or uint32)."""
+    return np.uint16 if count <= 1 << 16 else np.uint32
+
+
+def band_rows(members: bytes, hashes: bytes) -> np.ndarray:
+    """The rows of a band element's documents (uint16 or uint32: the width follows from the 8-byte hashes)."""
+    return np.frombuffer(members, dtype=np.uint16 if 4 * len(members) == len(hashes) else np.uint32)
 
 
 def batch_key(blob: bytes, offsets: np.ndarray, lengths: np.ndarray | None) -> bytes:
@@ -108,6 +123,11 @@ class _SignatureDoFn(beam.DoFn):
         encoded = [ids[r].encode("utf-8", "surrogatepass") for r in rows]
         offsets = np.zeros(len(rows) + 1, dtype=np.int64)
         np.cumsum(np.fromiter(map(len, encoded), dtype=np.int64, count=len(encoded)), out=offsets[1:])
+        if offsets[-1] > _OFFSETS_MAX:
+            raise ValueError(f"near dedup: the ids of one signature batch take {offsets[-1]} bytes, more than its "
+                             f"id table's uint32 offsets hold; lower MinHashConfig.batch_size "
+                             f"(now {cfg.batch_size})")
+        offsets = offsets.astype(np.uint32)
         blob = b"".join(encoded)
         lengths = lengths[rows] if cfg.keep == "longest" else None
         key = batch_key(blob, offsets, lengths)
@@ -118,7 +138,7 @@ class _SignatureDoFn(beam.DoFn):
         bands = np.arange(cfg.num_bands, dtype=np.int64)[None, :]
         keys = bands * shards + (hashes % np.uint64(shards)).astype(np.int64)
         keys, hashes = keys.ravel(), hashes.ravel()
-        docs = np.repeat(np.arange(len(rows), dtype=np.int32), cfg.num_bands)
+        docs = np.repeat(np.arange(len(rows), dtype=row_dtype(len(rows))), cfg.num_bands)
         order = np.argsort(keys, kind="stable")
         for part in np.split(order, np.flatnonzero(np.diff(keys[order])) + 1):
             members = docs[part]
@@ -145,11 +165,11 @@ class _BucketEdgesDoFn(beam.DoFn):
         for key, data, members, batch_sigs in batches:
             keys.append(key)
             hashes.append(np.frombuffer(data, dtype=np.uint64))
-            rows.append(np.frombuffer(members, dtype=np.int32))
+            rows.append(band_rows(members, data))
             if batch_sigs is not None:
                 sigs.append(np.frombuffer(batch_sigs, dtype=np.uint32).reshape(-1, cfg.num_perm))
         owners = np.repeat(np.arange(len(keys)), [len(h) for h in hashes])
-        hashes, rows = np.concatenate(hashes), np.concatenate(rows)
+        hashes, rows = np.concatenate(hashes), np.concatenate(rows).astype(np.uint32)
         sigs = np.concatenate(sigs) if sigs else None
         order = np.argsort(hashes, kind="stable")
         ordered = hashes[order]
@@ -173,8 +193,9 @@ def _requests(edge: bytes):
 
 
 class _ResolveDoFn(beam.DoFn):
-    """A batch's id table and the lookups of its rows -> ``(edge, (reference, (priority, id)))`` per lookup;
-    only the ids looked up are decoded."""
+    """A batch's id table and the lookups of its rows -> ``(edge, (reference, node))`` per lookup, the node a
+    :func:`~textbooks.curate.components.node_key` of the ``keep`` policy's rank (0, or minus the length for
+    ``'longest'``) and the id's UTF-8 as the table holds it (no id is decoded)."""
 
     def __init__(self, keep: str):
         self.keep = keep
@@ -189,11 +210,10 @@ class _ResolveDoFn(beam.DoFn):
                                    "(the signature stage sends one per batch)")
             return
         blob, offsets, lengths = table
-        offsets = np.frombuffer(offsets, dtype=np.int64)
+        offsets = np.frombuffer(offsets, dtype=np.uint32)
         lengths = None if lengths is None else np.frombuffer(lengths, dtype=np.int64)
         for row, edge in lookups:
-            doc_id = blob[offsets[row]:offsets[row + 1]].decode("utf-8", "surrogatepass")
-            node = (priority(self.keep, 0 if lengths is None else int(lengths[row])), doc_id)
+            node = node_key(0 if lengths is None else -int(lengths[row]), blob[offsets[row]:offsets[row + 1]])
             yield edge, (key + row.to_bytes(4, "little"), node)
 
 
@@ -208,7 +228,8 @@ def _join_ends(item):
 
 
 class CandidateEdges(beam.PTransform):
-    """Records -> the distinct candidate edges between ``(priority, id)`` nodes (see the module docstring)."""
+    """Records -> the distinct candidate edges between :func:`~textbooks.curate.components.node_key` nodes
+    (see the module docstring)."""
 
     def __init__(self, config: MinHashConfig, stage: str = "near_dedup"):
         super().__init__()
