@@ -60,10 +60,6 @@ _STAGES = {
 STAGE_ORDER = tuple(_STAGES)
 _OWNED = ("rejects", "dropped", "dedup", "decontam", "report")
 BUILDER = "textbooks.curate"
-# How long a local runner's worker buffers a bundle's output before it sends it (Beam's default: until 10 MB
-# or the bundle's end, so a worker held its whole share of the near dedup's band hashes: 40 MB more at 100k
-# documents than at 50k with 2 workers).
-LOCAL_FLUSH_MS = 200
 
 
 @dataclasses.dataclass
@@ -239,14 +235,9 @@ def run_plan(plan: Plan, *, runner: str = "DirectRunner", direct_num_workers: in
         # Workers log at the level the driver shows Beam's own logs (WARNING unless --verbose).
         options["default_sdk_harness_log_level"] = logging.getLevelName(
             max(logging.getLogger("apache_beam").getEffectiveLevel(), logging.DEBUG))
-    flags = list(pipeline_args)
     if runner in ("DirectRunner", "direct"):
         options.update(direct_num_workers=direct_num_workers, direct_running_mode=direct_running_mode)
-        if not any("data_buffer_time_limit_ms" in a for a in flags):
-            # The local runner gives a worker its whole share of a stage as one bundle, and a worker sends a
-            # bundle's output only every 10 MB or at its end: a time limit streams the output instead.
-            flags.append(f"--experiments=data_buffer_time_limit_ms={LOCAL_FLUSH_MS}")
-    p = beam.Pipeline(options=PipelineOptions(flags, **options))
+    p = beam.Pipeline(options=PipelineOptions(list(pipeline_args), **options))
     build_pipeline(p, plan)
     result = p.run()
     result.wait_until_finish()
