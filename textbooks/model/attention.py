@@ -156,6 +156,61 @@ def causal_attention(q: Array, k: Array, v: Array, segment_ids: Array, scale: fl
     return out.transpose(0, 3, 1, 2, 4)
 
 
+def cached_attention(q: Array, k: Array, v: Array, decode_index: Array, scale: float,
+                     dropout: Callable[..., Array] | None = None, deterministic: bool = True,
+                     block: int | None = None) -> Array:
+    """``softmax(q.k * scale) v`` of a chunk of queries (a prefill) over a KV cache that already holds their keys and
+    values, ``block`` queries at a time.
+
+    Row ``b``'s query ``t`` sits at slot ``decode_index[b] + t`` and sees every slot up to its own (the slots before
+    ``decode_index`` hold the row's earlier tokens). The chunk must fit the cache (``decode_index + length <=
+    slots``, what a prefill writes): then a block of queries ending at ``stop`` sees no slot at or after
+    ``slots - length + stop``, and multiplies only by the slots before it (a prefill into a cache of its own
+    length: the causal blocks of :func:`causal_attention`).
+
+    The products run on heads-major operands (``[batch, kv_heads, queries, group, head_dim]`` queries, the cache's
+    own ``[batch, kv_heads, slots, head_dim]`` layout), so that the scores are row-major ``[queries, group,
+    keys]`` blocks: the softmax reduces along contiguous rows, and XLA:CPU copies no operand transposed. Without
+    dropout the probabilities are normalized after the product with the values (``head_dim`` divisions per
+    query instead of one per key).
+
+    Args:
+        q: ``[batch, length, kv_heads, group, head_dim]`` (query head ``j * group + g``).
+        k, v: the caches ``[batch, kv_heads, slots, head_dim]``, this chunk's keys and values written.
+        decode_index: ``[batch]`` slot of each row's first query.
+        scale: multiplies the scores.
+        dropout: ``probs -> probs`` with ``deterministic`` (an ``nn.Dropout``), or None.
+        deterministic: no dropout.
+        block: queries per block (None: :func:`query_block`); the last block may be shorter.
+
+    Returns:
+        ``[batch, length, kv_heads, group, head_dim]`` in ``v``'s dtype.
+    """
+    block = query_block() if block is None else block
+    length, slots = q.shape[1], k.shape[2]
+    qh = q.transpose(0, 2, 1, 3, 4)  # [batch, kv_heads, length, group, head_dim]
+    outs = []
+    for start in range(0, length, block):
+        stop = min(start + block, length)
+        keys = slots - length + stop
+        scores = jnp.einsum("bjqgd,bjkd->bjqgk", qh[:, :, start:stop], k[:, :, :keys],
+                            preferred_element_type=jnp.float32) * scale
+        query_slots = decode_index[:, None] + jnp.arange(start, stop)[None, :]  # [batch, queries]
+        mask = jnp.arange(keys)[None, None, :] <= query_slots[:, :, None]
+        scores = jnp.where(mask[:, None, :, None, :], scores, jnp.finfo(jnp.float32).min)  # finite: no NaN rows
+        if dropout is not None and not deterministic:
+            probs = dropout(jax.nn.softmax(scores, axis=-1), deterministic=deterministic)
+            outs.append(jnp.einsum("bjqgk,bjkd->bjqgd", probs.astype(v.dtype), v[:, :, :keys]))
+            continue
+        weights = jnp.exp(scores - jnp.max(scores, axis=-1, keepdims=True))
+        total = jnp.sum(weights, axis=-1, keepdims=True)
+        out = jnp.einsum("bjqgk,bjkd->bjqgd", weights.astype(v.dtype), v[:, :, :keys],
+                         preferred_element_type=jnp.float32)
+        outs.append((out / total).astype(v.dtype))
+    out = outs[0] if len(outs) == 1 else jnp.concatenate(outs, axis=2)
+    return out.transpose(0, 2, 1, 3, 4)
+
+
 def reference_attention(q: Array, k: Array, v: Array, segment_ids: Array, scale: float) -> Any:
     """The plain softmax attention over the whole ``L x L`` square (no blocks, autodiff's gradient): what
     :func:`causal_attention` computes, for tests and comparisons. Shapes as :func:`causal_attention`'s."""

@@ -28,7 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from textbooks.model import cpu_attention, cpu_matmul, packed_decode
-from textbooks.model.attention import causal_attention
+from textbooks.model.attention import cached_attention, causal_attention
 from textbooks.model.config import ModelConfig
 
 Array = jax.Array
@@ -324,6 +324,11 @@ class Attention(nn.Module):
             qg = q.reshape(batch, length, kv_heads, group, head_dim)
             dropout = nn.Dropout(rate=cfg.attn_dropout) if cfg.attn_dropout else None
             out = causal_attention(qg, k, v.astype(dtype), segment_ids, scale, dropout, deterministic)
+            out = out.reshape(batch, length, heads, head_dim)
+        elif length > 1:  # a prefill: the new queries over the cache, a block of them at a time
+            qg = q.reshape(batch, length, kv_heads, group, head_dim)
+            dropout = nn.Dropout(rate=cfg.attn_dropout) if cfg.attn_dropout else None
+            out = cached_attention(qg, k, v.astype(dtype), decode_index, scale, dropout, deterministic)
             out = out.reshape(batch, length, heads, head_dim)
         else:
             qg = q.reshape(batch, length, kv_heads, group, head_dim)
