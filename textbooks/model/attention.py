@@ -1,4 +1,5 @@
-"""Causal attention of whole sequences (training, prefill), a block of queries at a time, with its own backward.
+"""Causal attention a block of queries at a time: of whole sequences (training; with its own backward), and of a
+prefill's queries over a KV cache.
 
 :func:`causal_attention` computes ``softmax(q.k * scale) v`` under :func:`attention_mask` (causal, within a
 packed segment, padding attends to nothing), ``block`` queries at a time: the queries of a block see no key
@@ -15,6 +16,9 @@ read the ``[length, head_dim]`` outputs instead of the ``[length, keys]`` probab
 gradient), the softmax, mask and scale gradients are one elementwise pass, and ``dk``/``dv`` accumulate
 transposed (``[head_dim, keys]``) so that their products transpose the narrow ``[queries, head_dim]`` operand
 rather than the probabilities. With dropout, autodiff differentiates the same blocked forward pass.
+
+:func:`cached_attention` is the same blocking for a prefill (decode mode, several new tokens) whose keys and values
+are already written into the cache: a block of queries multiplies only by the slots up to its last query.
 """
 
 from __future__ import annotations

@@ -4,8 +4,8 @@
 embeddings (rotate-half convention, on the first ``rotary_dim`` dims of each head, with linear or llama3
 frequency scaling), grouped-query attention (``kv_heads`` key/value heads, each shared by ``num_heads /
 kv_heads`` consecutive query heads, transformers' ``repeat_kv`` order), packing through segment ids, and a KV
-cache for decoding. Whole sequences (training, prefill) go through the blocked causal attention of
-:mod:`textbooks.model.attention`; cached decode steps attend here.
+cache for decoding. Whole sequences (training) and prefills into the cache go through the blocked attention of
+:mod:`textbooks.model.attention`; cached single-token steps attend here.
 
 The cache: with ``decode=True`` each attention layer keeps ``[batch, kv_heads, cache_len, head_dim]`` keys and
 values in the ``'cache'`` collection (only the KV heads: grouping shrinks the cache and the bytes each decode
