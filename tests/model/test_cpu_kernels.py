@@ -9,13 +9,14 @@ import numpy as np
 import pytest
 from phi_testing import greedy_by_recomputing, random_params
 
-from textbooks.model import cpu_attention, cpu_kernels, cpu_matmul
+from textbooks.model import cpu_attention, cpu_greedy, cpu_kernels, cpu_matmul
 from textbooks.model import decode as decode_lib
 from textbooks.model import token_loop
 from textbooks.model import get_preset
 from textbooks.model.kv_cache import init_cache
 from textbooks.model.causal_lm import CausalLM, head_logits
 from textbooks.model.layers import DecodeKernels
+from textbooks.model.sampling import greedy_tokens
 from textbooks.model.slots import SlotDecoder
 
 
@@ -135,12 +136,86 @@ def test_packed_matmul_rows_do_not_depend_on_the_other_rows(kernel):
                                       full[21 - rows:], err_msg=f"{rows} rows")
 
 
+@pytest.mark.parametrize("rows", [1, 3, 16, 21])
+@pytest.mark.parametrize("k,f,d", [(576, 1536, 576), (64, 224, 64), (7, 5, 50), (33, 100, 17)])
+def test_packed_swiglu_equals_the_mlp_in_float64(kernel, rows, k, f, d):
+    """(silu(x @ wg + bg) * (x @ wu + bu)) @ wd + bd in one kernel call (F not a multiple of 24 pads the last
+    panel; D not one of 48 takes the 16-column and scalar paths) against float64, within the float32 error
+    carried through: each product of length n within n * eps * (sum|x_i w_i| + |b|) of its exact value, silu's
+    slope at most 1.1 in magnitude, a few eps of |h| for the exponential (2 ulp), the division and the products,
+    then the down product's own bound plus the error of h it sums."""
+    rng = np.random.default_rng(rows * 1000 + f)
+    x = rng.standard_normal((rows, k), np.float32)
+    wg, wu = (rng.standard_normal((k, f), np.float32) / np.sqrt(k) for _ in range(2))
+    wd = rng.standard_normal((f, d), np.float32) / np.sqrt(f)
+    bg, bu, bd = (rng.standard_normal((n,), np.float32) for n in (f, f, d))
+    packed = cpu_matmul.pack_swiglu(wg, wu, wd, bg, bu, bd)
+    got = np.asarray(jax.jit(cpu_matmul.packed_swiglu)(x, packed))
+    eps = np.finfo(np.float32).eps
+    x64, ax = x.astype(np.float64), np.abs(x).astype(np.float64)
+    g, u = x64 @ wg + bg, x64 @ wu + bu
+    silu = g / (1 + np.exp(-g))
+    h = silu * u
+    dg = (k + 1) * eps * (ax @ np.abs(wg) + np.abs(bg))
+    du = (k + 1) * eps * (ax @ np.abs(wu) + np.abs(bu))
+    dh = 1.1 * dg * (np.abs(u) + du) + np.abs(silu) * du + 8 * eps * np.abs(h)
+    bound = dh @ np.abs(wd) + (f + 1) * eps * ((np.abs(h) + dh) @ np.abs(wd) + np.abs(bd))
+    assert got.shape == (rows, d)
+    np.testing.assert_array_less(np.abs(got - (h @ wd + bd)), bound + np.finfo(np.float32).tiny)
+    np.testing.assert_array_equal(np.asarray(cpu_matmul.packed_swiglu(x[None], packed)), got[None])
+    with pytest.raises(ValueError, match="does not fit"):
+        cpu_matmul.packed_swiglu(x[:, :-1], packed)
+
+
+def test_greedy_kernel_is_the_first_index_of_the_maximum(kernel):
+    """The kernel's argmax is the first index of the maximum (of the first NaN when a row holds one, as
+    jnp.argmax) on rows of many lengths (the 64-wide vector steps, their remainder, rows shorter
+    than one step), with ties, infinities and NaNs; on rows without NaN it equals the XLA formulation's."""
+    def first_of_maximum(row):  # numpy's own vectorized argmax is not this in every case (an -inf row, a NaN)
+        nan = np.flatnonzero(np.isnan(row))
+        return nan[0] if len(nan) else np.flatnonzero(row == row.max())[0]
+
+    rng = np.random.default_rng(3)
+    for vocab in (1, 5, 16, 63, 64, 65, 200, 49152):
+        logits = rng.standard_normal((9, vocab)).astype(np.float32)
+        logits[1] = 2.0  # all tied: index 0
+        logits[2, vocab // 2:] = 7.0  # tied from the middle on
+        logits[3] = -np.inf
+        logits[4, -1] = np.inf
+        logits[5, vocab // 3] = np.nan
+        logits[6, [vocab // 2, vocab - 1]] = np.nan
+        logits[7, :] = -np.inf
+        logits[7, -1] = np.nan
+        got = np.asarray(jax.jit(cpu_greedy.greedy_tokens)(logits))
+        assert got.dtype == np.int32
+        np.testing.assert_array_equal(got, [first_of_maximum(row) for row in logits], err_msg=f"vocab {vocab}")
+        # XLA's max can drop a NaN (an -inf row ending in one at 49,152): compare the NaN-free rows with it.
+        np.testing.assert_array_equal(got[:5], np.asarray(jax.jit(greedy_tokens)(logits[:5])), err_msg=f"{vocab}")
+    three = rng.standard_normal((2, 3, 40)).astype(np.float32)
+    np.testing.assert_array_equal(np.asarray(cpu_greedy.greedy_tokens(three)), np.argmax(three, axis=-1))  # no NaN
+    with pytest.raises(ValueError, match="vocab >= 1"):
+        cpu_greedy.greedy_tokens(np.zeros((2, 0), np.float32))
+
+
+def test_token_loop_takes_greedy_tokens_from_the_kernel_with_the_product_kernel(kernel, tiny_model):
+    config, params = tiny_model
+    rows = decode_lib.batch_arrays([decode_lib.GenerationRequest([1], 4)] * 2, 2, 0)[3]
+
+    def loop(kernels):
+        return jax.jit(token_loop.token_loop, static_argnums=(0, 1, 6, 7)).lower(
+            config, kernels, params, init_cache(config, 2, 32), np.ones(2, np.int32), rows, 8, 0).as_text()
+
+    assert loop(DecodeKernels(attention="cpu_kernel", projections="cpu_kernel")).count(cpu_greedy.TARGET) == 1
+    assert cpu_greedy.TARGET not in loop(DecodeKernels(attention="cpu_kernel", projections="xla"))
+
+
 @pytest.mark.parametrize("family", ["phi", "llama"])
 def test_decoder_packs_the_weights_once_and_its_steps_use_them(kernel, tiny_model, family):
     """A decoder on the kernels packs every block's projections (q, k and v side by side, the output projection,
-    each MLP matrix; gate and up side by side in Llama) and a tied head: its token loop makes four packed
-    products per block (one block body when the layers are scanned) plus the tied head's, no unpacked one, and
-    decodes the tokens of XLA's ops, as a decoder that does not pack does."""
+    each MLP matrix; in Llama the MLP's three as one variable of four arrays) and a tied head: its token loop
+    makes four packed products per block in phi, two and one fused MLP call in Llama (one block body when the
+    layers are scanned), plus the tied head's, no unpacked one, and decodes the tokens of XLA's ops, as a
+    decoder that does not pack does."""
     config, params = tiny_model
     if family == "llama":
         config = get_preset("llama-cpu-1m").replace(vocab_size=64, max_len=64, tie_word_embeddings=True,
@@ -153,7 +228,10 @@ def test_decoder_packs_the_weights_once_and_its_steps_use_them(kernel, tiny_mode
     loop = jax.jit(token_loop.token_loop, static_argnums=(0, 1, 6, 7)).lower(
         config, fast.model_kernels, fast.params, init_cache(config, 2, 32), np.ones(2, np.int32), rows, 8, 0,
         packed=fast.packed).as_text()
-    assert loop.count(cpu_matmul.TARGET_PACKED) == 4 * (1 if config.scan_layers else config.num_layers) + tied
+    blocks = 1 if config.scan_layers else config.num_layers
+    fused = int(config.family == "llama")
+    assert loop.count(cpu_matmul.TARGET_PACKED) == (4 - 2 * fused) * blocks + tied
+    assert loop.count(cpu_matmul.TARGET_SWIGLU) == fused * blocks
     assert cpu_matmul.TARGET + '"' not in loop and cpu_matmul.TARGET_NT not in loop
     requests = [decode_lib.GenerationRequest(prompt=[3, 9, 27][:n], max_new_tokens=m) for n, m in [(1, 9), (3, 5)]]
     got = fast.generate(requests)

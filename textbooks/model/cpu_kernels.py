@@ -4,8 +4,9 @@ registered as XLA FFI targets.
 A decode step feeds one token per sequence through the model, so it is bound by memory traffic, and two of
 its parts run faster as small C++ kernels than as XLA:CPU ops: cached attention, which should read each row's
 own cache prefix once (:mod:`textbooks.model.cpu_attention`), and the weight products of a few rows, which
-should stream the weights on every core (:mod:`textbooks.model.cpu_matmul`). Both sources are compiled into
-one library per source, jaxlib version and CPU, kept in ``$TEXTBOOKS_KERNEL_CACHE`` (default
+should stream the weights on every core (:mod:`textbooks.model.cpu_matmul`); a greedy step's argmax over the
+vocabulary is a third (:mod:`textbooks.model.cpu_greedy`). The sources are compiled into one library per
+version of the sources, jaxlib and CPU, kept in ``$TEXTBOOKS_KERNEL_CACHE`` (default
 ``~/.cache/textbooks/kernels``) and built with ``$CXX`` (default ``g++``). :func:`status` says whether the
 kernels are usable and, if not, why (no compiler, compile error, not a CPU backend, ``TEXTBOOKS_CPU_KERNELS=0``);
 callers then keep the XLA formulation, which computes the same thing.
@@ -28,12 +29,15 @@ import jax
 logger = logging.getLogger(__name__)
 
 KERNELS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "kernels")
-SOURCES = ("decode_attention.cc", "small_matmul.cc")
+SOURCES = ("decode_attention.cc", "greedy.cc", "small_matmul.cc")
+HEADERS = ("vector16.h",)  # included by the sources: part of what a built library is made from
 # FFI target name -> the handler symbol the library exports.
 TARGETS = {"textbooks_decode_attention": "TextbooksDecodeAttention",
            "textbooks_small_matmul": "TextbooksSmallMatmul",
            "textbooks_matmul_nt": "TextbooksSmallMatmulNT",
-           "textbooks_packed_matmul": "TextbooksPackedMatmul"}
+           "textbooks_packed_matmul": "TextbooksPackedMatmul",
+           "textbooks_packed_swiglu": "TextbooksPackedSwiglu",
+           "textbooks_greedy": "TextbooksGreedy"}
 
 
 class KernelStatus(NamedTuple):
@@ -69,7 +73,7 @@ def _build(compiler: str) -> str:
 
     sources = [os.path.join(KERNELS, name) for name in SOURCES]
     digest = hashlib.sha256()
-    for path in sources:
+    for path in sources + [os.path.join(KERNELS, name) for name in HEADERS]:
         with open(path, "rb") as f:
             digest.update(f.read())
     digest.update(jaxlib.__version__.encode() + _cpu_signature().encode() + compiler.encode())

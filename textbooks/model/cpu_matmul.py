@@ -28,6 +28,7 @@ from textbooks.model import cpu_kernels
 TARGET = "textbooks_small_matmul"
 TARGET_NT = "textbooks_matmul_nt"
 TARGET_PACKED = "textbooks_packed_matmul"
+TARGET_SWIGLU = "textbooks_packed_swiglu"
 PANEL = 48  # columns per panel of the packed layout (kPacked in kernels/small_matmul.cc)
 
 
@@ -112,3 +113,69 @@ def packed_matmul(x: jax.Array, packed: jax.Array, b: jax.Array) -> jax.Array:
     f32 = jnp.float32
     call = jax.ffi.ffi_call(TARGET_PACKED, jax.ShapeDtypeStruct(x.shape[:-1] + (n,), f32), vmap_method="sequential")
     return call(x.astype(f32), packed.astype(f32), b.astype(f32))
+
+
+def pack_swiglu(gate: jax.Array, up: jax.Array, down: jax.Array, gate_bias: jax.Array | None = None,
+                up_bias: jax.Array | None = None, down_bias: jax.Array | None = None) -> dict[str, jax.Array]:
+    """A SwiGLU MLP's weights in the layout of :func:`packed_swiglu`.
+
+    Args:
+        gate, up: ``[K, F]``; down: ``[F, D]``; biases ``[F]``, ``[F]``, ``[D]`` (zeros when None).
+
+    Returns:
+        ``{'gate_up': [P, K, PANEL], 'gate_up_bias': [P * PANEL], 'down': [ceil(D / PANEL), P * PANEL / 2, PANEL],
+        'down_bias': [D]}`` float32 with ``P = ceil(F / (PANEL / 2))``: panel ``p`` of ``gate_up`` holds gate
+        columns ``[p * PANEL / 2, (p + 1) * PANEL / 2)`` then the same columns of up, so one panel's product gives
+        a strip of ``silu(g) * u``; F is padded with zero columns of gate and up and zero rows of down, which add
+        exact zeros.
+    """
+    if gate.ndim != 2 or gate.shape != up.shape or down.ndim != 2 or down.shape[0] != gate.shape[1]:
+        raise ValueError(f"pack_swiglu: gate {gate.shape} and up {up.shape} must be [K, F] and down {down.shape} "
+                         "[F, D]")
+    k, f = gate.shape
+    d = down.shape[1]
+    half = PANEL // 2
+    panels = -(-f // half)
+    pad = panels * half - f
+    f32 = jnp.float32
+
+    def bias(b, n):
+        return jnp.zeros((n,), f32) if b is None else b.reshape(n).astype(f32)
+
+    def halves(w):  # [rows, F] -> [rows, panels, half], zero columns past F
+        return jnp.pad(w.astype(f32), ((0, 0), (0, pad))).reshape(w.shape[0], panels, half)
+
+    gate_up = jnp.concatenate([halves(gate), halves(up)], axis=-1)  # [K, panels, PANEL]
+    gate_up_bias = jnp.concatenate([halves(bias(gate_bias, f)[None]), halves(bias(up_bias, f)[None])], axis=-1)
+    return {"gate_up": gate_up.transpose(1, 0, 2), "gate_up_bias": gate_up_bias.reshape(-1),
+            "down": pack_columns(jnp.pad(down.astype(f32), ((0, pad), (0, 0)))), "down_bias": bias(down_bias, d)}
+
+
+def packed_swiglu(x: jax.Array, packed: dict[str, jax.Array]) -> jax.Array:
+    """``(silu(x @ gate + gate_bias) * (x @ up + up_bias)) @ down + down_bias`` in float32 in one call of the
+    compiled kernel, on weights from :func:`pack_swiglu`.
+
+    Args:
+        x: ``[..., K]``.
+        packed: :func:`pack_swiglu`'s dict.
+
+    Returns:
+        ``[..., D]`` float32.
+
+    Raises:
+        ValueError: shapes that do not fit, or the kernel is unavailable.
+    """
+    gate_up, gate_up_bias = packed["gate_up"], packed["gate_up_bias"]
+    down, down_bias = packed["down"], packed["down_bias"]
+    d = down_bias.shape[0] if down_bias.ndim == 1 else -1
+    if gate_up.ndim != 3 or gate_up.shape[2] != PANEL or x.shape[-1] != gate_up.shape[1] or \
+            gate_up_bias.shape != (gate_up.shape[0] * PANEL,) or down.ndim != 3 or \
+            down.shape != (-(-d // PANEL), gate_up.shape[0] * PANEL // 2, PANEL):
+        raise ValueError(f"packed_swiglu: x {x.shape} does not fit the packed MLP (gate_up {gate_up.shape}, "
+                         f"gate_up_bias {gate_up_bias.shape}, down {down.shape}, down_bias {down_bias.shape}); "
+                         "pack the weights with pack_swiglu")
+    cpu_kernels.require("DecodeKernels(projections='cpu_kernel')")
+    f32 = jnp.float32
+    call = jax.ffi.ffi_call(TARGET_SWIGLU, jax.ShapeDtypeStruct(x.shape[:-1] + (d,), f32), vmap_method="sequential")
+    return call(x.astype(f32), gate_up.astype(f32), gate_up_bias.astype(f32), down.astype(f32),
+                down_bias.astype(f32))

@@ -36,18 +36,19 @@ class LlamaMLP(nn.Module):
                               self.kernels, use_bias=False, name=name)
 
         gate_proj, up_proj = up("gate_proj"), up("up_proj")
-        packed = None
-        if decode and x.shape[1] == 1 and self.kernels.projections == "cpu_kernel":  # one product, packed weights
-            packed = packed_decode.packed_outputs(self, "gate_up", (gate_proj, up_proj), x)
-        if packed is not None:
-            gate, value = packed
-        elif decode:  # the decode kernels' own products, each projection apart
+        down_proj = Projection(cfg, "blm,md->bld", (cfg.intermediate_size, cfg.hidden_size), ("mlp", "embed"),
+                               self.kernels, use_bias=False, name="down_proj")
+        if decode and x.shape[1] == 1 and self.kernels.projections == "cpu_kernel":
+            # One kernel call for the whole MLP on packed weights (gate, up, SwiGLU, down).
+            fused = packed_decode.packed_swiglu(self, "swiglu", gate_proj, up_proj, down_proj, x)
+            if fused is not None:
+                return fused
+        if decode:  # the decode kernels' own products, each projection apart
             gate, value = gate_proj(x, decode), up_proj(x, decode)
         else:  # one matmul for both (see stacked_projections)
             gate, value = stacked_projections((gate_proj, up_proj), x)
         h = nn.with_logical_constraint(jax.nn.silu(gate) * value, ("batch", "length", "mlp"))
-        return Projection(cfg, "blm,md->bld", (cfg.intermediate_size, cfg.hidden_size), ("mlp", "embed"),
-                          self.kernels, use_bias=False, name="down_proj")(h, decode)
+        return down_proj(h, decode)
 
 
 def rms_norm(cfg: ModelConfig, name: str) -> nn.RMSNorm:

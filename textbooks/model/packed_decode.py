@@ -7,7 +7,8 @@ the parameters to every later step. Projections of the same input share one pack
 by side: q, k and v of attention; gate and up of a Llama MLP), so a step makes one kernel call for them and the
 cores split the union of their columns. A tied LM head is packed too (the transposed embedding table: a
 second copy of the table, read sequentially instead of row by row with 16 horizontal sums per block). Without
-the collection the layers fall back to their own products.
+the collection the layers fall back to their own products. A Llama MLP packs its three matrices as one
+variable (:func:`packed_swiglu`): gate, up, ``silu(g) * u`` and down are one kernel call.
 """
 
 from __future__ import annotations
@@ -64,3 +65,17 @@ def packed_outputs(module: Any, name: str, projections: Sequence[Any], x: jax.Ar
         outs.append(y[:, start:start + w.shape[1]].reshape((x.shape[0], 1) + out_shape).astype(dtype))
         start += w.shape[1]
     return outs
+
+
+def packed_swiglu(module: Any, name: str, gate: Any, up: Any, down: Any, x: jax.Array) -> jax.Array | None:
+    """``down(silu(gate(x)) * up(x))`` for ``x [batch, 1, K]`` (projections: submodules of ``module``) in one call
+    of :func:`textbooks.model.cpu_matmul.packed_swiglu` on ``module``'s packed variable ``name``, made when the
+    ``'packed'`` collection is mutable; None when it is absent and cannot be made now. Returns
+    ``[batch, 1, D]`` in the config's dtype."""
+    if not module.has_variable(COLLECTION, name):
+        if not module.is_mutable_collection(COLLECTION):
+            return None
+        (wg, bg, _), (wu, bu, _), (wd, bd, _) = (_flat(p) for p in (gate, up, down))
+        module.put_variable(COLLECTION, name, cpu_matmul.pack_swiglu(wg, wu, wd, bg, bu, bd))
+    y = cpu_matmul.packed_swiglu(x.reshape(x.shape[0], -1), module.get_variable(COLLECTION, name))
+    return y.reshape(x.shape[0], 1, -1).astype(jnp.dtype(module.config.dtype))

@@ -17,6 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from textbooks.model import cpu_greedy
 from textbooks.model.causal_lm import CausalLM
 from textbooks.model.config import ModelConfig
 from textbooks.model.kv_cache import attention_windows, cache_length, resize_cache
@@ -71,6 +72,8 @@ def token_loop(config: ModelConfig, kernels: DecodeKernels, params: Any, cache: 
     batch = last_tokens.shape[0]
     stops, stop_lengths = rows["stops"], rows["stop_lengths"]  # [B, S, M] right-aligned, -1 = wildcard; [B, S]
     window = stops.shape[-1]
+    # With the product kernel the head's logits come from compiled code on this CPU: so can their argmax.
+    greedy = cpu_greedy.greedy_tokens if kernels.projections == "cpu_kernel" else greedy_tokens
 
     def running(state):
         step, done = state[1], state[4]
@@ -85,7 +88,7 @@ def token_loop(config: ModelConfig, kernels: DecodeKernels, params: Any, cache: 
             keys = jax.vmap(jax.random.fold_in, in_axes=(0, None))(rows["keys"], step)
             return sample_tokens(logits, keys, rows["temperature"], rows["top_k"], rows["top_p"])
 
-        new = jax.lax.cond(jnp.any(rows["temperature"] > 0), sampled, greedy_tokens, logits[:, -1])
+        new = jax.lax.cond(jnp.any(rows["temperature"] > 0), sampled, greedy, logits[:, -1])
         active = ~done
         out = out.at[:, step].set(jnp.where(active, new, 0))
         counts = counts + active.astype(jnp.int32)

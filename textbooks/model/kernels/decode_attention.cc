@@ -4,7 +4,8 @@
 // start[b] + t and sees slots [0, start[b] + t] (clamped to the cache). Each (row, query, head) reads only
 // those slots once (scores, softmax, weighted sum of values), so a batch whose rows hold different lengths
 // reads what each row holds rather than the longest row's window; the query heads that share a key/value head
-// are one item, which reads that head's slots once for all of them. Items are shared between the calling
+// are one item, which reads that head's slots once for all of them. With 64-wide heads the scores of 16 slots are
+// summed at once (Scores), the softmax's maximum and sum are vector reductions. Items are shared between the calling
 // thread and XLA's intra-op thread pool through an atomic counter; a helper that starts late finds no work.
 //
 // Layouts (float32): q [batch, queries, heads, head_dim]; k, v [batch, kv_heads, slots, head_dim] (grouped-query
@@ -20,6 +21,7 @@
 #include <thread>
 #include <vector>
 
+#include "vector16.h"
 #include "xla/ffi/api/ffi.h"
 
 namespace ffi = xla::ffi;
@@ -39,27 +41,32 @@ struct Work {
   std::atomic<int64_t> done{0};
 };
 
-// e^x for x <= 0 (scores less their maximum) in plain arithmetic, so that a loop of them vectorizes (the
-// library's exp is a call per element): x = k ln 2 + r with k an integer and |r| <= ln(2) / 2, e^r by Cephes'
-// degree-6 polynomial (within 2 ulp of e^r), times 2^k built in the exponent bits. Below -87 it returns about
-// 1e-38 where e^x is smaller still: a weight that vanishes beside the maximum's 1 either way.
-constexpr float kRound = 12582912.0f;  // 1.5 * 2^23: adding and subtracting it rounds to an integer
+using namespace textbooks_kernels;  // v16 (16 floats: one AVX-512 register, two AVX2 ones), Load, ...
 
-inline float Exp(float x) {
-  x = std::max(x, -87.0f);
-  const float k = (x * 1.44269504088896341f + kRound) - kRound;  // nearest integer (|k| <= 126)
-  const float r = x - k * 0.693359375f + k * 2.12194440e-4f;
-  float p = 1.9875691500e-4f;
-  p = p * r + 1.3981999507e-3f;
-  p = p * r + 8.3334519073e-3f;
-  p = p * r + 4.1665795894e-2f;
-  p = p * r + 1.6666665459e-1f;
-  p = p * r + 5.0000001201e-1f;
-  p = p * r * r + r + 1.0f;
-  return p * __builtin_bit_cast(float, (static_cast<int32_t>(k) + 127) << 23);
+// scores[g * n + s] = scale * q[g].k[s] for the G query heads g and the slots s < n of head size D, 16 slots at
+// a time: one vector partial sum per slot over the head dimension, the 16 folded into one vector of their sums
+// (Reduce16; slot s's accumulator sits at index Reverse4(s), so its sum lands in lane s). Returns the first slot
+// it did not score (a multiple of 16).
+template <int D>
+int64_t Scores(const float* q, const float* k, int64_t group, int64_t n, float scale, float* scores) {
+  constexpr int kC = D / 16;
+  const int64_t blocks = n / kLanes * kLanes;
+  for (int64_t g = 0; g < group; ++g) {
+    v16 qv[kC];
+    for (int c = 0; c < kC; ++c) qv[c] = Load(q + g * D + 16 * c);
+    for (int64_t s0 = 0; s0 < blocks; s0 += kLanes) {
+      v16 acc[16];
+      for (int s = 0; s < 16; ++s) {
+        const float* ks = k + (s0 + s) * D;
+        v16 a = qv[0] * Load(ks);
+        for (int c = 1; c < kC; ++c) a += qv[c] * Load(ks + 16 * c);
+        acc[Reverse4(s)] = a;
+      }
+      Store(scores + g * n + s0, Reduce16(acc) * scale);
+    }
+  }
+  return blocks;
 }
-
-typedef float v16 __attribute__((vector_size(64)));
 
 // out[g * D + d] = sum over slots s < n of p[g * n + s] * v[s * D + d] for G query heads of head size D, the
 // G * D sums in vector registers over the slots (each value row read once); the same order of multiply-adds
@@ -100,7 +107,8 @@ void RunItem(const Work& w, int64_t item, std::vector<float>& scores) {
   for (int64_t d = 0; d < group * d_n; ++d) o[d] = 0.0f;
   if (n <= 0) return;
   scores.resize(group * n);  // scores[g * n + s]
-  for (int64_t s = 0; s < n; ++s) {
+  const int64_t scored = d_n == 64 ? Scores<64>(q, k, group, n, w.scale, scores.data()) : 0;
+  for (int64_t s = scored; s < n; ++s) {
     const float* ks = k + s * d_n;
     for (int64_t g = 0; g < group; ++g) {
       const float* qg = q + g * d_n;
@@ -113,10 +121,12 @@ void RunItem(const Work& w, int64_t item, std::vector<float>& scores) {
   for (int64_t g = 0; g < group; ++g) {
     float* sg = scores.data() + g * n;
     float best = -std::numeric_limits<float>::infinity();
+#pragma omp simd reduction(max : best)
     for (int64_t s = 0; s < n; ++s) best = std::max(best, sg[s]);
 #pragma omp simd
     for (int64_t s = 0; s < n; ++s) sg[s] = Exp(sg[s] - best);
-    float total = 0.0f;
+    float total = 0.0f;  // lane-wise partial sums, then their sum (not slot by slot)
+#pragma omp simd reduction(+ : total)
     for (int64_t s = 0; s < n; ++s) total += sg[s];
     const float inv = 1.0f / total;
     for (int64_t s = 0; s < n; ++s) sg[s] *= inv;

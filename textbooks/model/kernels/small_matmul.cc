@@ -12,22 +12,25 @@
 // well under half the speed of consecutive memory. The packed layout [ceil(N / 48), K, 48] (PackedMatmul)
 // stores every 48-column panel as one consecutive block (the last padded with zero columns), so a panel is
 // a single sequential read; a decoder packs its weights once. A third handler computes x @ w.T for w [N, K]
-// (a tied LM head reads the embedding table as it is stored; see SmallMatmulNT).
+// (a tied LM head reads the embedding table as it is stored; see SmallMatmulNT), and a fourth a Llama MLP's whole
+// step on packed weights, gate and up products, SwiGLU and down product in one call (PackedSwiglu).
 #include <algorithm>
 #include <atomic>
+#include <cmath>
 #include <cstdint>
 #include <cstring>
 #include <memory>
 #include <thread>
+#include <vector>
 
+#include "vector16.h"
 #include "xla/ffi/api/ffi.h"
 
 namespace ffi = xla::ffi;
 
 namespace {
 
-typedef float v16 __attribute__((vector_size(64)));  // 16 floats: one AVX-512 register, two AVX2 ones
-constexpr int64_t kLanes = 16;
+using namespace textbooks_kernels;  // v16 (16 floats: one AVX-512 register, two AVX2 ones), Load, ...
 // Panels and register blocks: with kFewRows rows or more, a panel is kVectors * kLanes = 48 columns (it divides
 // 192, 576 and 1536) and a block holds kRows rows (24 accumulators of 32 registers; 16 rows: two passes over the
 // panel, the second from cache). With fewer rows each row is one pass, which reads memory at its pace: panels
@@ -39,9 +42,6 @@ constexpr int kWideVectors = 6;
 constexpr int64_t kFewRows = 4;
 constexpr int64_t kAhead = 8;  // the first block of rows prefetches the weights this many rows of w ahead
 constexpr int64_t kPacked = kVectors * kLanes;  // columns per panel of the packed layout
-
-inline v16 Load(const float* p) { v16 v; std::memcpy(&v, p, sizeof(v)); return v; }
-inline void Store(float* p, v16 v) { std::memcpy(p, &v, sizeof(v)); }
 
 struct Work {
   const float* x;
@@ -104,7 +104,7 @@ void Scalar(const Work& w, int64_t n0, const float* col) {
     }
 }
 
-void Panel(const Work& w, int64_t p) {
+void Panel(Work& w, int64_t p) {  // (not const: the signature of a unit of Share)
   int64_t n0 = p * w.width;
   const float* col = w.w + p * w.panel_step;
   if (n0 + w.width <= w.n) {
@@ -123,7 +123,7 @@ void Panel(const Work& w, int64_t p) {
 
 // Runs Unit(*work, u) for every u < work->units once, on the calling thread and the pool's threads (whichever
 // takes a unit first); returns when all are done.
-template <typename W, void (*Unit)(const W&, int64_t)>
+template <typename W, void (*Unit)(W&, int64_t)>
 void Share(ffi::ThreadPool& pool, std::shared_ptr<W> work) {
   auto drain = [](W& w) {
     for (int64_t u = w.next.fetch_add(1); u < w.units; u = w.next.fetch_add(1)) {
@@ -190,6 +190,90 @@ ffi::Error PackedMatmul(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buff
   return Run(pool, work);
 }
 
+// A Llama MLP's decode step in one call: y = (silu(x @ wg + bg) * (x @ wu + bu)) @ wd + bd. The gate and up
+// columns are packed in pairs of half panels ([P, K, 48], panel p: gate columns [24 p, 24 p + 24) then the same
+// up columns; pack_swiglu in cpu_matmul.py), so a panel's product yields 24 columns of h = silu(g) * u, made
+// while its sums are in cache; the down product ([ceil(D / 48), 24 P, 48]) starts once every panel of h is
+// done. One fork and join instead of two, and no trip of g, u and h through XLA ops between them.
+constexpr int64_t kHalf = kPacked / 2;
+
+struct Mlp {
+  Work up, down;        // x @ [wg | wu] + b into gate_up [M, 48 P]; h [M, 24 P] @ wd + bd into y
+  float* gate_up;       // both in the calling thread's scratch, in use until the call returns
+  float* h;
+  std::atomic<int64_t> next{0};
+  std::atomic<int64_t> done{0};
+  int64_t units;        // P panels of the first product, then the panels of the second
+};
+
+// silu(g) * u = g u / (1 + e^-g), with e^-|g| (Exp takes x <= 0) for either sign of g.
+void Swiglu(const Mlp& w, int64_t p) {
+  const int64_t cols = w.up.n, half_cols = w.down.k;
+  for (int64_t m = 0; m < w.up.m; ++m) {
+    const float* g = w.gate_up + m * cols + p * kPacked;
+    float* h = w.h + m * half_cols + p * kHalf;
+#pragma omp simd
+    for (int64_t c = 0; c < kHalf; ++c) {
+      const float e = Exp(-std::abs(g[c]));
+      const float sigmoid = g[c] >= 0.0f ? 1.0f / (1.0f + e) : e / (1.0f + e);
+      h[c] = g[c] * sigmoid * g[kHalf + c];
+    }
+  }
+}
+
+// Unit u < P: panel u of the first product and its strip of h; then panel u - P of the second, which waits
+// until every strip of h is written (the threads that reach it take the remaining first-product units first).
+void MlpUnit(Mlp& w, int64_t u) {
+  const int64_t panels = w.up.units;
+  if (u < panels) {
+    Panel(w.up, u);
+    Swiglu(w, u);
+    w.up.done.fetch_add(1, std::memory_order_release);
+    return;
+  }
+  while (w.up.done.load(std::memory_order_acquire) < panels) std::this_thread::yield();
+  Panel(w.down, u - panels);
+}
+
+ffi::Error PackedSwiglu(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> wgu,
+                        ffi::Buffer<ffi::F32> bgu, ffi::Buffer<ffi::F32> wd, ffi::Buffer<ffi::F32> bd,
+                        ffi::ResultBuffer<ffi::F32> y) {
+  auto xd = x.dimensions();
+  auto gd = wgu.dimensions();
+  auto dd = wd.dimensions();
+  if (gd.size() != 3 || gd[2] != kPacked || dd.size() != 3 || dd[2] != kPacked || xd.size() < 1 ||
+      xd[xd.size() - 1] != gd[1] || bgu.dimensions().size() != 1 || bgu.dimensions()[0] != gd[0] * kPacked ||
+      dd[1] != gd[0] * kHalf || bd.dimensions().size() != 1 || dd[0] != (bd.dimensions()[0] + kPacked - 1) / kPacked) {
+    return ffi::Error::InvalidArgument(
+        "packed swiglu: x [..., K], gate/up [P, K, 48], their bias [48 P], down [ceil(D / 48), 24 P, 48] and its "
+        "bias [D] do not fit");
+  }
+  auto work = std::make_shared<Mlp>();
+  Work& up = work->up;
+  Work& down = work->down;
+  up.k = gd[1]; up.n = gd[0] * kPacked;
+  up.m = up.k > 0 ? static_cast<int64_t>(x.element_count()) / up.k
+                  : static_cast<int64_t>(y->element_count()) / std::max<int64_t>(bd.dimensions()[0], 1);
+  // Scratch of the calling thread, reused by its later calls (no allocation and first-touch page faults per
+  // call); a helper that starts after the call returned finds no unit and does not touch it.
+  thread_local std::vector<float> scratch;
+  scratch.resize(std::max<size_t>(scratch.size(), up.m * (up.n + dd[1])));
+  work->gate_up = scratch.data();
+  work->h = scratch.data() + up.m * up.n;
+  up.x = x.typed_data(); up.w = wgu.typed_data(); up.b = bgu.typed_data(); up.y = work->gate_up;
+  down.x = work->h; down.w = wd.typed_data(); down.b = bd.typed_data(); down.y = y->typed_data();
+  down.m = up.m; down.k = dd[1]; down.n = bd.dimensions()[0];
+  for (Work* w : {&up, &down}) {
+    w->width = w->ld = kPacked;
+    w->panel_step = w->k * kPacked;
+    w->units = (w->n + kPacked - 1) / kPacked;
+  }
+  work->units = up.units + down.units;
+  if (up.m == 0 || work->units == 0) return ffi::Error::Success();
+  Share<Mlp, MlpUnit>(pool, work);
+  return ffi::Error::Success();
+}
+
 // y = x @ w.T with w [N, K] row-major (a tied LM head: the embedding table, one row per output column). Every
 // row of w is contiguous, so a tile of kTileRows rows is one sequential stretch of memory; the tiles are shared
 // between the threads and each is read once per step for all rows of x. A register block keeps 16 vector
@@ -206,29 +290,6 @@ struct WorkNT {
   std::atomic<int64_t> next{0};
   std::atomic<int64_t> done{0};
 };
-
-typedef int32_t i16v __attribute__((vector_size(64)));
-
-// out[i] = a[i] + a[i ^ h] where bit h of i is clear, b[i] + b[i ^ h] where it is set.
-template <int H>
-inline v16 Fold(v16 a, v16 b) {
-  const i16v same = {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15};
-  i16v lane = same, pick = (same & H) != 0;  // pick: -1 where bit H is set
-  const i16v first = lane + (pick & 16);
-  const i16v second = (lane ^ H) + (pick & 16);
-  return __builtin_shuffle(a, b, first) + __builtin_shuffle(a, b, second);
-}
-
-// The 16 sums of acc[0..15]; the sum of acc[j] lands in lane Reverse4(j) (the 4-bit reversal of j).
-inline v16 Reduce16(const v16* acc) {
-  v16 l1[8], l2[4], l3[2];
-  for (int j = 0; j < 8; ++j) l1[j] = Fold<8>(acc[2 * j], acc[2 * j + 1]);
-  for (int j = 0; j < 4; ++j) l2[j] = Fold<4>(l1[2 * j], l1[2 * j + 1]);
-  for (int j = 0; j < 2; ++j) l3[j] = Fold<2>(l2[2 * j], l2[2 * j + 1]);
-  return Fold<1>(l3[0], l3[1]);
-}
-
-constexpr int Reverse4(int j) { return ((j & 1) << 3) | ((j & 2) << 1) | ((j & 4) >> 1) | ((j & 8) >> 3); }
 
 // y[m0 + c, n0 + r] for r < R, c < C, R * C == 16 (K a multiple of 16; Scalar-free: see RowNT for the rest).
 template <int R, int C>
@@ -275,7 +336,7 @@ void RowNT(const WorkNT& w, int64_t n) {
   }
 }
 
-void TileNT(const WorkNT& w, int64_t t) {
+void TileNT(WorkNT& w, int64_t t) {
   const int64_t end = std::min(w.n, (t + 1) * kTileRows);
   int64_t n0 = t * kTileRows;
   if (w.k % kLanes == 0) {
@@ -332,3 +393,13 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(TextbooksSmallMatmulNT, SmallMatmulNT,
 XLA_FFI_DEFINE_HANDLER_SYMBOL(TextbooksSmallMatmul, SmallMatmul, ProductBinding());
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(TextbooksPackedMatmul, PackedMatmul, ProductBinding());
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(TextbooksPackedSwiglu, PackedSwiglu,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>());
