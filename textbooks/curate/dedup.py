@@ -57,11 +57,17 @@ hash (:meth:`MinHasher.band_hashes`). Then
      300-330 MB at 50k documents and 340-390 MB at 100k while the band-hash shuffle carried ids (the side
      input: 560 and 730-900 MB), the driver at about half the side input's, in about the same time. With
      row references in that shuffle and the decisions in a compact table, it peaked at about 275-290 MB and
-     340-365 MB, no longer in the bucket stage; what still grows is the input of the one-worker union-find
-     (every candidate edge as Python objects) and the heap that each stage frees but the worker's allocator
-     keeps. It needs the stage's input to be the records exactly as read, so the
-     pipeline offers it (``NearDedup(reread=...)``) only to a near dedup that is the first stage, without
-     the id check (:func:`textbooks.curate.pipeline.build_pipeline`); the input is read twice.
+     340-365 MB, no longer in the bucket stage; with each node one bytes object, the union-find's edges
+     packed per worker and 10 bytes per document and band, at about 275-295 and 315-330 MB (a busy
+     machine). What still grows is what the local runner moves in one piece per worker: the first stage's
+     output (a worker sends a bundle's output only every 10 MB or at its end, so that part stops growing
+     once a worker's share passes 10 MB, near 100k documents with 2 workers; Beam's time-based flush would
+     stream it, but it can cut an element in two, which this runner does not reassemble), each grouped
+     stage's input (band hashes, id tables, the cluster summaries out of the union-find), and the heap
+     that each stage frees but the worker's allocator keeps. It needs the stage's input to be the records
+     exactly as read, so the pipeline offers it (``NearDedup(reread=...)``) only to a near dedup that is the
+     first stage, without the id check (:func:`textbooks.curate.pipeline.build_pipeline`); the input is read
+     twice.
 
    All give the same kept and dropped records; the counter ``near_dedup/decisions_<path>`` (bundles applied)
    says which ran.
