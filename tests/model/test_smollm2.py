@@ -194,6 +194,23 @@ def test_continuous_batching_gives_the_same_tokens(smollm2, prompts, reference):
                        "continuous batching vs transformers generate()")
 
 
+def test_reused_prompt_beginnings_give_the_same_tokens(smollm2, prompts, reference):
+    """Prompts admitted one at a time with earlier prompts' beginnings kept (as the server does): the two chat
+    prompts without a system message after the first reuse the template's tokens it left, and decode as
+    transformers does."""
+    decoder = SlotDecoder(smollm2.params, smollm2.config, num_slots=4, prefix_entries=None)
+    got = []
+    for prompt in prompts:
+        slot = decoder.admit([GenerationRequest(prompt=prompt, max_new_tokens=NEW_TOKENS)])[0]
+        tokens = []
+        while decoder.active_slots:
+            out = decoder.step(8)[slot]
+            tokens += out.tokens if isinstance(out, GenerationOutput) else out[0]
+        got.append(tokens)
+    assert decoder.stats["prefix_learned_hits"] == 2 and decoder.stats["prefix_learned_tokens"] >= 2 * 20
+    assert_same_greedy(got, reference["tokens"], reference["margins"], "reused beginnings vs transformers generate()")
+
+
 def test_cpu_kernels_give_the_same_tokens(smollm2, prompts, reference):
     status = cpu_kernels.status()
     if not status.ok:

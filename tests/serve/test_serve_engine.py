@@ -98,10 +98,12 @@ PREFIX_TEXT = "You are a careful Python programmer. Complete the code that follo
 
 def test_a_prompt_prefix_is_prefilled_once_and_the_warmup_compiles_every_rest(tiny_checkpoint):
     # Prompts starting with the prefix's tokens prefill only their rest (programs the warm-up compiled: serving
-    # adds none); the others prefill whole. No chat template here: the prefix is given.
+    # adds none); the others prefill whole. No chat template here: the prefix is given, and only it (no beginnings
+    # of earlier prompts are kept: tests/serve/test_prefix_reuse.py).
     def make(prefixes):
         return load_engine(tiny_checkpoint["dir"], vocabulary=tiny_checkpoint["vocabulary"], max_batch_size=2,
-                           chunk_tokens=8, batch_wait_ms=200, min_length_bucket=16, prompt_prefixes=prefixes)
+                           chunk_tokens=8, batch_wait_ms=200, min_length_bucket=16, prompt_prefixes=prefixes,
+                           prefix_cache_entries=0)
 
     engine, plain = make([PREFIX_TEXT]), make(None)
     assert not plain.slots.prefixes  # no template, no prefix given: none

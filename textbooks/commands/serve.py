@@ -63,7 +63,12 @@ def add_arguments(parser) -> None:
                              "its tokens prefill only their rest (repeatable; default: the chat template's fixed "
                              "beginning, e.g. a default system prompt)")
     parser.add_argument("--no_prompt_prefix", action="store_true",
-                        help="prefill every prompt whole (no prompt beginning is prefilled once and reused)")
+                        help="prefill every prompt whole (no prompt beginning is prefilled once or kept and reused)")
+    parser.add_argument("--prefix_cache_entries", type=int, default=None, metavar="N",
+                        help="continuous batching: most beginnings of earlier prompts (their first 64 tokens' keys "
+                             "and values) kept so that later prompts starting alike prefill only their rest, least "
+                             "recently used dropped first (default: as many as ~100 MB hold; 0: only the fixed "
+                             "prefixes)")
     parser.add_argument("--no_warmup", action="store_true", help="skip compiling before listening")
     parser.add_argument("--log_level", default="WARNING",
                         help="logging level (default WARNING; INFO logs each request and batch)")
@@ -92,7 +97,8 @@ def main(args) -> int:
                                         chunk_tokens=args.chunk_tokens, max_queue=args.max_queue,
                                         fixed_batch=args.fixed_batch, min_length_bucket=args.min_length_bucket,
                                         kernels=args.kernels, pack_weights=not args.no_pack_weights,
-                                        prompt_prefixes=[] if args.no_prompt_prefix else args.prompt_prefix)
+                                        prompt_prefixes=[] if args.no_prompt_prefix else args.prompt_prefix,
+                                        prefix_cache_entries=0 if args.no_prompt_prefix else args.prefix_cache_entries)
     except (FileNotFoundError, ValueError) as e:
         print(f"textbooks serve: error: {e}", file=sys.stderr)
         return 2

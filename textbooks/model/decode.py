@@ -64,13 +64,14 @@ def _prefill(config: ModelConfig, kernels: DecodeKernels, params: Any, tokens: j
 
 
 @functools.partial(jax.jit, static_argnums=(0, 1))
-def _prefill_after(config: ModelConfig, kernels: DecodeKernels, params: Any, prefix: Any, tokens: jax.Array,
-                   segment_ids: jax.Array) -> Any:
-    """A cache of ``P + tokens.shape[1]`` slots (``P``: ``prefix``'s): ``prefix``'s keys and values, then ``tokens``
-    written from slot ``P`` on at positions ``P, P + 1, ...``, each attending over every slot before it."""
-    prefix_len = cache_length(prefix)
-    cache = resize_cache(prefix, prefix_len + tokens.shape[1])  # zero slots after the prefix
-    cache = jax.tree.map(lambda x: x if x.ndim >= 4 else jnp.full(x.shape, prefix_len, x.dtype), cache)
+def _prefill_after(config: ModelConfig, kernels: DecodeKernels, params: Any, prefix: Any, reused: jax.Array,
+                   tokens: jax.Array, segment_ids: jax.Array) -> Any:
+    """A cache of ``P + tokens.shape[1]`` slots (``P``: ``prefix``'s): ``prefix``'s first ``reused`` slots (a traced
+    value: one program serves every ``reused``), then ``tokens`` written from slot ``reused`` on at positions
+    ``reused, reused + 1, ...``, each attending over every slot up to its own (the decode-mode mask: the prefix's
+    slots from ``reused`` on are overwritten or never read)."""
+    cache = resize_cache(prefix, cache_length(prefix) + tokens.shape[1])  # zero slots after the prefix
+    cache = jax.tree.map(lambda x: x if x.ndim >= 4 else jnp.broadcast_to(reused.astype(x.dtype), x.shape), cache)
     _, variables = CausalLM(config, kernels).apply({"params": params, "cache": cache}, tokens,
                                                    segment_ids=segment_ids, decode=True, mutable=["cache"])
     return variables["cache"]
@@ -220,28 +221,37 @@ class Decoder:
         self.prefix_shapes.add((len(tokens), 0))
         return _prefill(self._config, self.prefill_kernels, self.params, ids, np.ones_like(ids), len(tokens))
 
-    def prefill_after(self, prefix: Any, request: GenerationRequest) -> tuple[Any, np.ndarray]:
-        """:meth:`prefill` of one prompt that begins with the ``P`` tokens cached in ``prefix`` (a one-row cache of
-        exactly ``P`` slots, :meth:`prefill_prefix`; the caller checks that the prompt starts with them): only
-        the rest of the prompt but its last token goes through the model, padded to :meth:`prompt_bucket` of its
-        length, at positions ``P, P + 1, ...``, attending over the prefix's keys and values and its own with the
-        same batched products as a plain prefill (one program per (``P``, padded rest)).
+    def prefill_after(self, prefix: Any, request: GenerationRequest, reused: int | None = None
+                      ) -> tuple[Any, np.ndarray]:
+        """:meth:`prefill` of one prompt whose first ``reused`` tokens (default: all ``P`` slots of ``prefix``) have
+        their keys and values in the first slots of ``prefix``, a one-row cache of ``P`` slots
+        (:meth:`prefill_prefix`, or the start of an earlier prompt's row; the caller checks that the prompt starts
+        with those tokens): only the rest of the prompt but its last token goes through the model, padded to
+        :meth:`prompt_bucket` of its length, at positions ``reused, reused + 1, ...``, attending over the reused
+        keys and values and its own with the same batched products as a plain prefill. ``reused`` is a traced
+        value: one program per (``P``, padded rest), whatever it is.
 
         Returns:
             ``(cache of P + padded rest slots, last prompt token [1])``.
 
         Raises:
-            ValueError: the prompt does not leave at least one token after the prefix before its last.
+            ValueError: ``reused`` is not in ``[0, P]``, or the prompt does not leave at least one token after the
+                reused ones before its last.
         """
-        prefix_len = cache_length(prefix)
-        rest = list(request.prompt[prefix_len:])
+        slots = cache_length(prefix)
+        reused = slots if reused is None else int(reused)
+        if not 0 <= reused <= slots:
+            raise ValueError(f"prefill_after: reused={reused} tokens but the prefix cache holds {slots} slots; pass "
+                             f"0 <= reused <= {slots}")
+        rest = list(request.prompt[reused:])
         if len(rest) < 2:
             raise ValueError(f"prefill_after: a prompt of {len(request.prompt)} tokens leaves {len(rest)} after the "
-                             f"{prefix_len}-token prefix; at least 2 are needed (prefill it with prefill())")
+                             f"{reused}-token prefix; at least 2 are needed (prefill it with prefill())")
         rest_len = self.prompt_bucket(len(rest) - 1)
-        self.prefix_shapes.add((prefix_len, rest_len))
+        self.prefix_shapes.add((slots, rest_len))
         tokens, segments, last, _ = batch_arrays([dataclasses.replace(request, prompt=rest)], 1, rest_len)
-        return _prefill_after(self._config, self.prefill_kernels, self.params, prefix, tokens, segments), last
+        return _prefill_after(self._config, self.prefill_kernels, self.params, prefix, np.int32(reused), tokens,
+                              segments), last
 
     def decode_chunk(self, cache: Any, requests: Sequence[GenerationRequest], num_new: int, written: int, *,
                      until_free: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray, Any]:

@@ -8,9 +8,9 @@ a row is free, and a finished one should free its row at once, without the other
 * :meth:`SlotDecoder.admit` prefills each new request on its own, its prompt padded to a fine length bucket
   (:meth:`textbooks.model.decode.Decoder.prompt_bucket`: under 1.25 times its length; padding prompts to the
   longest of a group, or rows to a power of two, would cost a full forward per padded position), and copies
-  its cache row into a free slot; a prompt that starts with one of the fixed beginnings given as ``prefixes``
-  (a chat template's) prefills only its rest after that beginning's cached keys and values
-  (:mod:`textbooks.model.prefix_cache`);
+  its cache row into a free slot; a prompt that starts like a cached beginning (one given as ``prefixes``, a
+  chat template's, or, with ``prefix_entries``, the start of an earlier prompt) prefills only its rest after
+  that beginning's keys and values (:mod:`textbooks.model.prefix_cache`);
 * :meth:`SlotDecoder.step` advances every occupied slot by up to ``max_tokens`` tokens in one compiled token
   loop (:meth:`textbooks.model.decode.Decoder.decode_chunk`, attending only over the cache window the rows have
   reached) and frees the slots whose requests ended (eos or their ``max_new_tokens``);
@@ -22,9 +22,10 @@ half the rows, the live rows are compacted into a cache half as tall (or smaller
 last requests of a burst decode at their own batch size instead of the full one; a chunk that could end with
 such a shrink stops at the first request's end. The cache length grows in powers of two to what admitted
 requests need; both shrink back when every slot is free. Compiled programs stay few: one prefill per prompt
-bucket (four per octave of prompt lengths) whatever the cache length or company, and one per (prefix, bucket)
-of the rests after a prefix, one row copy per (rows, row length, cache length), one token loop per (rows, cache
-length, chunk-length bucket), all rows powers of two. A request's i-th chunk samples from a stream derived
+bucket (four per octave of prompt lengths) whatever the cache length or company, one per bucket of the rests
+after a cached beginning (whatever its length), one copy of a row's first slots per row length, one row copy
+per (rows, row length, cache length), one token loop per (rows, cache length, chunk-length bucket), all rows
+powers of two. A request's i-th chunk samples from a stream derived
 from its seed and i only, so its text does not depend on which other requests share the cache or when it was
 admitted.
 """
@@ -45,7 +46,7 @@ from textbooks.model.buckets import bucket
 from textbooks.model.config import ModelConfig
 from textbooks.model.kv_cache import cache_length, init_cache, resize_cache
 from textbooks.model.layers import DecodeKernels
-from textbooks.model.prefix_cache import PromptPrefixes
+from textbooks.model.prefix_cache import DEFAULT_SLOTS, PromptPrefixes
 
 
 # What SlotDecoder.stats counts (seconds are wall clock; the decoder waits for its results at each boundary):
@@ -53,10 +54,13 @@ from textbooks.model.prefix_cache import PromptPrefixes
 # prompts prefilled, their tokens but the last, those padded to the compiled length; prefill_attention_pairs:
 # (query, key) pairs the prefills' attention scores (the padded length squared, summed); decode_s: token loops;
 # decode_steps: their steps; decode_row_steps: steps times the cache's rows (free and finished rows included);
-# prefix_hits / prefix_reused_tokens: prompts that prefilled only their rest after a cached prefix, the prefix
-# tokens they did not prefill (not in prefill_tokens; a rest's attention pairs count the prefix's keys).
+# prefix_hits / prefix_reused_tokens: prompts that prefilled only their rest after a cached beginning, the
+# reused tokens they did not prefill (not in prefill_tokens; a rest's attention pairs count the beginning's
+# slots, every one of them: its program's shape);
+# prefix_learned_hits / prefix_learned_tokens: those of them whose beginning an earlier prompt left (not given).
 STAT_NAMES = ("prefill_s", "prefill_calls", "prefill_tokens", "prefill_padded_tokens", "prefill_attention_pairs",
-              "decode_s", "decode_steps", "decode_row_steps", "prefix_hits", "prefix_reused_tokens")
+              "decode_s", "decode_steps", "decode_row_steps", "prefix_hits", "prefix_reused_tokens",
+              "prefix_learned_hits", "prefix_learned_tokens")
 
 
 def chunk_seed(seed: int, chunk: int) -> int:
@@ -81,10 +85,13 @@ def _batch_axis(leaf: jax.Array) -> int:
 
 @functools.partial(jax.jit, donate_argnums=(0,))
 def _insert_row(cache: Any, part: Any, slot: jax.Array) -> Any:
-    """Writes ``part``'s one row (a cache of at most ``cache``'s slots) into row ``slot`` of ``cache``, from slot 0
-    on; the row's later slots keep what they held (each row's queries read only slots they have written)."""
+    """Writes ``part``'s one row into row ``slot`` of ``cache``, from slot 0 on; the row's later slots keep what
+    they held (each row's queries read only slots they have written). A row longer than ``cache`` (a rest after
+    a cached beginning: its slots plus the padded rest) is cut to it: its prompt's slots always fit."""
 
     def insert(leaf, new):
+        if new.ndim >= 4 and new.shape[-2] > leaf.shape[-2]:  # [..., batch, heads, slots, head_dim]
+            new = jax.lax.slice_in_dim(new, 0, leaf.shape[-2], axis=new.ndim - 2)
         start = [0] * leaf.ndim
         start[_batch_axis(leaf)] = slot
         return jax.lax.dynamic_update_slice(leaf, new.astype(leaf.dtype), start)
@@ -118,12 +125,16 @@ class SlotDecoder:
         pack_weights: decode steps read weights packed for the product kernel (``Decoder(pack_weights=...)``).
         prefixes: fixed prompt beginnings (token-id lists, e.g. a chat template's start): each is prefilled
             once, and a prompt that starts with one prefills only its rest (:attr:`prefixes`,
-            :class:`textbooks.model.prefix_cache.PromptPrefixes`). Empty: every prompt prefills whole.
+            :class:`textbooks.model.prefix_cache.PromptPrefixes`).
+        prefix_slots: slots of every cached beginning (raised to hold the longest of ``prefixes``).
+        prefix_entries: most beginnings of earlier prompts kept for later ones to reuse (None: as many as
+            ~100 MB hold; 0, the default: none, only ``prefixes``). With neither, every prompt prefills whole.
     """
 
     def __init__(self, params: Any, config: ModelConfig, *, num_slots: int = 16, min_length_bucket: int = 16,
                  kernels: str | DecodeKernels = "auto", chunk_buffer: int = 0, pack_weights: bool = True,
-                 prefixes: Sequence[Sequence[int]] = ()):
+                 prefixes: Sequence[Sequence[int]] = (), prefix_slots: int = DEFAULT_SLOTS,
+                 prefix_entries: int | None = 0):
         self._decoder = decode_lib.Decoder(params, config, max_batch_size=num_slots,
                                            min_length_bucket=min_length_bucket, kernels=kernels,
                                            pack_weights=pack_weights)
@@ -139,7 +150,7 @@ class SlotDecoder:
         # (rows, cache length, new-token bucket) of the token loops run so far (each a compiled program)
         self.decode_shapes: set[tuple[int, int, int]] = set()
         self.stats = {name: 0 for name in STAT_NAMES}
-        self.prefixes = PromptPrefixes(self._decoder, prefixes)
+        self.prefixes = PromptPrefixes(self._decoder, prefixes, slots=prefix_slots, entries=prefix_entries)
 
     @property
     def prefill_shapes(self) -> set[tuple[int, int, int]]:
@@ -148,9 +159,14 @@ class SlotDecoder:
 
     @property
     def prefix_shapes(self) -> set[tuple[int, int]]:
-        """(prefix length, padded rest; 0 for the prefix itself) of every prefill of or after a prefix so far
-        (each is a compiled program)."""
+        """(slots of the cached beginning, padded rest) of every prefill after one, and (length, 0) of every given
+        prefix's own prefill, so far (each is a compiled program)."""
         return self._decoder.prefix_shapes
+
+    @property
+    def head_shapes(self) -> set[int]:
+        """Row lengths whose first slots were kept as cached beginnings so far (each a compiled program)."""
+        return self.prefixes.head_shapes
 
     @property
     def free_slots(self) -> list[int]:
@@ -182,10 +198,7 @@ class SlotDecoder:
         free = self.free_slots
         if len(requests) > len(free):
             raise ValueError(f"{len(requests)} requests but only {len(free)} free slots of {self.num_slots}")
-        prefixes = [self.prefixes.match(r.prompt) for r in requests]
-        # A row prefilled after a prefix is as long as the prefix and its padded rest: the cache must hold it.
-        needed = max([len(r.prompt) + r.max_new_tokens - 1 for r in requests]
-                     + [self.prefixes.part_length(p, r.prompt) for p, r in zip(prefixes, requests) if p])
+        needed = max(len(r.prompt) + r.max_new_tokens - 1 for r in requests)
         needed = max([needed] + [s.position + s.request.max_new_tokens - s.generated
                                  for s in self._slots if s is not None])
         self._ensure_shape(self.row_bucket(self.num_slots - len(free) + len(requests)),
@@ -194,19 +207,24 @@ class SlotDecoder:
         taken = {s.row for s in self._slots if s is not None}
         rows = [row for row in range(self.rows) if row not in taken]
         start = time.perf_counter()
-        for slot, row, r, prefix in zip(slots, rows, requests, prefixes):
+        for slot, row, r in zip(slots, rows, requests):
             # One row per prefill: no row pads to a longer prompt, no padding rows (on a CPU a prompt's tokens
             # already fill the weight products; more rows would not make each token cheaper).
-            reused = len(prefix) if prefix else 0
-            part, last = self.prefixes.prefill(prefix, r) if prefix else self._decoder.prefill([r])
+            # (Matched one by one: a request may reuse the beginning of one admitted before it.)
+            match = self.prefixes.match(r.prompt) if self.prefixes else None
+            reused = match.reused if match else 0
+            part, last = self.prefixes.prefill(match, r) if match else self._decoder.prefill([r])
             self.cache = _insert_row(self.cache, part, np.int32(row))
+            self.prefixes.remember(r.prompt, part)
             self._slots[slot] = _Slot(request=r, position=len(r.prompt) - 1, next_token=int(last[0]), row=row)
             self.stats["prefill_tokens"] += len(r.prompt) - 1 - reused
             padded = self._decoder.prompt_bucket(len(r.prompt) - 1 - reused)
             self.stats["prefill_padded_tokens"] += padded
-            self.stats["prefill_attention_pairs"] += padded * (reused + padded)
-            self.stats["prefix_hits"] += bool(prefix)
+            self.stats["prefill_attention_pairs"] += padded * ((self.prefixes.slots if match else 0) + padded)
+            self.stats["prefix_hits"] += bool(match)
             self.stats["prefix_reused_tokens"] += reused
+            self.stats["prefix_learned_hits"] += bool(match and match.learned)
+            self.stats["prefix_learned_tokens"] += reused if match and match.learned else 0
         # The next chunk waits for the prefills anyway: waiting here only moves where, and times them.
         jax.block_until_ready(self.cache)
         self.stats["prefill_s"] += time.perf_counter() - start
@@ -218,8 +236,8 @@ class SlotDecoder:
         prefill of every prompt bucket up to ``prompt_tokens`` tokens with its row copy into a cache of
         ``num_slots`` rows, the compaction to every smaller row bucket, and the token loop of every row bucket at
         each of ``cache_lengths`` (length-bucketed) for chunks of ``chunk_tokens``; with :attr:`prefixes`, each
-        prefix's prefill and those of the rests after it with their row copies. Returns how many programs it
-        ran.
+        given prefix's prefill, the rests' after a cached beginning with their row copies, and the copies of
+        every row's first slots. Returns how many programs it ran.
 
         Raises:
             ValueError: a slot is occupied (the cache would be dropped).
@@ -235,15 +253,15 @@ class SlotDecoder:
         for n in prompts:
             parts.append(decoder.prefill([decode_lib.GenerationRequest(prompt=[0] * (n + 1), max_new_tokens=1)])[0])
             runs += 1
-        known = len(decoder.prefix_shapes)
-        parts += self.prefixes.prewarm(prompt_tokens)
-        runs += len(decoder.prefix_shapes) - known
+        known = len(decoder.prefix_shapes) + len(self.head_shapes)
+        rests = self.prefixes.prewarm(prompt_tokens, parts)  # rows cut to any cache length (see _insert_row)
+        runs += len(decoder.prefix_shapes) + len(self.head_shapes) - known
         rows_buckets = sorted({self.row_bucket(n) for n in range(1, self.num_slots + 1)}, reverse=True)
         for length in lengths:
             cache = init_cache(self.config, self.num_slots, length)
             copied = set()  # one row copy per part length (a rest's row may be as long as a whole prompt's)
-            for part in parts:
-                if cache_length(part) <= length and cache_length(part) not in copied:
+            for part in [p for p in parts if cache_length(p) <= length] + rests:
+                if cache_length(part) not in copied:
                     cache = _insert_row(cache, part, np.int32(0))
                     copied.add(cache_length(part))
                     runs += 1

@@ -15,8 +15,10 @@ on a worker thread, so the event loop keeps serving. Two schedules:
   :class:`textbooks.model.decode.Decoder` call; streaming then delivers the text at the end.
 
 A request's sampling stream depends only on its seed (and chunk number), so a seed gives the same text
-whether a request ran alone or alongside others. Continuous batching prefills the chat template's fixed
-beginning once; a prompt that starts with it prefills only its rest (``prompt_prefixes``).
+whether a request ran alone or alongside others. Continuous batching reuses prompt beginnings: the chat
+template's fixed beginning, prefilled once (``prompt_prefixes``), and the first slots of earlier prompts' rows
+(``prefix_cache_entries``, least recently used first out); a prompt that starts like one prefills only its rest,
+with programs the warm-up compiled whatever it shares (:mod:`textbooks.model.prefix_cache`).
 """
 
 from __future__ import annotations
@@ -123,12 +125,16 @@ class Engine:
         prompt_prefixes: continuous batching: prompt beginnings (texts) prefilled once, so a prompt starting with
             one prefills only its rest; None: the chat template's fixed beginning, when it is long enough to be
             worth it (:mod:`textbooks.serve.prompt_prefix`); empty: none.
+        prefix_cache_entries: continuous batching: most beginnings of earlier prompts (their first 64 slots) kept
+            for later prompts that start alike to reuse; None: as many as ~100 MB hold; 0: only
+            ``prompt_prefixes`` (with both empty, every prompt prefills whole).
     """
 
     def __init__(self, params: Any, config: Any, vocabulary: Any, *, model_name: str, max_batch_size: int = 16,
                  batch_wait_ms: float = 5.0, chunk_tokens: int = 32, max_queue: int = 1024,
                  fixed_batch: bool = False, min_length_bucket: int = 16, kernels: str = "auto",
-                 pack_weights: bool = True, prompt_prefixes: Sequence[str] | None = None):
+                 pack_weights: bool = True, prompt_prefixes: Sequence[str] | None = None,
+                 prefix_cache_entries: int | None = None):
         self.config = config
         self.vocabulary = vocabulary
         self.model_name = model_name
@@ -149,7 +155,8 @@ class Engine:
         prefixes = prompt_prefixes_of(vocabulary, self.encode, prompt_prefixes)
         self.slots = SlotDecoder(params, config, num_slots=max_batch_size,
                                  min_length_bucket=min(min_length_bucket, self.max_len), kernels=kernels,
-                                 chunk_buffer=self.until_end_tokens, pack_weights=pack_weights, prefixes=prefixes)
+                                 chunk_buffer=self.until_end_tokens, pack_weights=pack_weights, prefixes=prefixes,
+                                 prefix_entries=prefix_cache_entries)
         self._executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="decode")
         self._queue: asyncio.Queue[Job] | None = None
         self._task: asyncio.Task | None = None
@@ -194,13 +201,14 @@ class Engine:
         """Shapes the decoders have run so far (each a compiled program); serving a workload whose shapes were
         all warmed (:meth:`warmup`) leaves it unchanged."""
         return (len(self.decoder.shapes_used) + len(self.slots.prefill_shapes) + len(self.slots.prefix_shapes)
-                + len(self.slots.decode_shapes))
+                + len(self.slots.head_shapes) + len(self.slots.decode_shapes))
 
     def warmup(self, config: WarmupConfig | None = None) -> float:
         """Compiles, synchronously before serving, the programs requests will run (see :class:`WarmupConfig`;
         default: its gin-bound values): continuous batching's prefills (whole prompts, the prompt prefixes and
-        the rests after them), row copies and the token loops of every batch size it shrinks to; static
-        batches' programs of a one-request batch. Returns seconds spent.
+        the rests after a cached beginning), row copies, the copies of rows' first slots kept for reuse and the
+        token loops of every batch size it shrinks to; static batches' programs of a one-request batch. Returns
+        seconds spent.
         """
         start = time.monotonic()
         config = config or WarmupConfig()
