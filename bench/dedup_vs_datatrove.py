@@ -3,6 +3,7 @@
     python bench/dedup_vs_datatrove.py [--sizes 50000 100000] [--workers 2] [--corpus_dir /tmp/dedup_corpus]
                                        [--components auto] [--decisions {auto,join,side_input,reread}] [--gzip_level 1]
                                        [--wait_quiet 0] [--settle 150] [--out dedup_vs_datatrove.json]
+                                       [--stage_rss DIR]
 
 Corpus (:mod:`bench.dedup_corpus`, built once per size and cached under ``--corpus_dir``): real text chunked
 into documents (web and Wikipedia excerpts, the Python docs, the standard library, the installed packages'
@@ -32,7 +33,9 @@ Each side runs in its own Python process; a sampler (psutil, every 0.2 s) record
 (the workers). Reported per size: documents per second (good documents / wall clock, end to end), the ratio
 ours / datatrove (goal >= 1.5x), the peak RSS figures, pairwise precision/recall/F1 of "same cluster" pairs
 against the planted pairs and against datatrove's clusters, the connected-components method our run chose,
-the decisions path that ran (from its counters), and the reconciliation. Cluster membership comes from the
+the decisions path that ran (from its counters), and the reconciliation. With ``--stage_rss DIR`` our SDK
+workers also log their memory per bundle (:mod:`bench.stage_rss`, under ``DIR/docs<size>``), and the result
+names the bundles that raised each worker's peak (``ours.stage_rss``), largest worker first. Cluster membership comes from the
 cluster summaries (at most 20 members listed; the count of larger clusters is reported).
 
 The timed runs form one round of :mod:`bench.machine` per size (date, CPU, load before/after, cores used by
@@ -248,6 +251,21 @@ def agreement(pred, ref) -> dict:
             "reference_pairs": len(b)}
 
 
+def stage_rss_summary(folder: str) -> list[dict]:
+    """Per worker of a ``--stage_rss`` run, largest peak first: its peak (MB) and the bundles that raised it
+    by 1 MB or more (stages, seconds, VmHWM before and after), in order."""
+    workers = []
+    for path in glob.glob(os.path.join(folder, "*.jsonl")):
+        with open(path) as f:
+            rows = sorted((json.loads(line) for line in f), key=lambda r: r["start"])
+        if rows:
+            raised = [{"stages": r["stages"], "seconds": r["seconds"], "hwm_mb": r["hwm"]} for r in rows
+                      if r["hwm"][1] - r["hwm"][0] >= 1]
+            workers.append({"pid": int(os.path.basename(path).split(".")[0]), "peak_mb": rows[-1]["hwm"][1],
+                            "bundles": len(rows), "raised": raised})
+    return sorted(workers, key=lambda w: -w["peak_mb"])
+
+
 def run_side(side: str, corpus: str, work: str, workers: int, components: str = "auto",
              decisions: str = "auto", gzip_level: int = 1) -> dict:
     """One side in this process, under the RSS sampler (called in a fresh process by :func:`side_process`);
@@ -273,10 +291,15 @@ def run_side(side: str, corpus: str, work: str, workers: int, components: str = 
 
 
 def side_process(side: str, corpus: str, work: str, workers: int, components: str = "auto",
-                 decisions: str = "auto", gzip_level: int = 1) -> dict:
-    """Runs :func:`run_side` in a fresh Python process and returns its result."""
+                 decisions: str = "auto", gzip_level: int = 1, stage_rss: str | None = None) -> dict:
+    """Runs :func:`run_side` in a fresh Python process and returns its result (``stage_rss``: a folder for
+    the per-bundle memory log of :mod:`bench.stage_rss`)."""
     out = os.path.join(work + ".json")
-    env = {**os.environ, "PYTHONPATH": os.path.dirname(HERE) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    path = [os.path.dirname(HERE)] + ([os.path.join(HERE, "stage_rss")] if stage_rss else [])
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(path + [os.environ.get("PYTHONPATH", "")])}
+    if stage_rss:
+        os.makedirs(stage_rss, exist_ok=True)
+        env["BENCH_STAGE_RSS"] = stage_rss
     subprocess.run([sys.executable, os.path.join(HERE, "dedup_vs_datatrove.py"), "--_side", side, "--_corpus",
                     corpus, "--_work", work, "--workers", str(workers), "--components", components,
                     "--decisions", decisions, "--gzip_level", str(gzip_level)],
@@ -299,8 +322,11 @@ def measure(size: int, args, cond) -> dict:
         with cond.round():
             dt = side_process("datatrove", corpus, os.path.join(tmp, "dt"), args.workers,
                               gzip_level=args.gzip_level)
+            stage_rss = os.path.join(args.stage_rss, f"docs{size}") if args.stage_rss else None
             ours = side_process("ours", corpus, os.path.join(tmp, "ours"), args.workers, args.components,
-                                args.decisions, args.gzip_level)
+                                args.decisions, args.gzip_level, stage_rss)
+            if stage_rss:
+                ours["stage_rss"] = stage_rss_summary(stage_rss)
     out = {"documents": n, "bad_documents": meta["bad_total"], "planted_pairs": len(pairs(true_groups)),
            "copies_by_edit": meta["copies_by_edit"]}
     for name, r in (("datatrove", dt), ("ours", ours)):
@@ -342,6 +368,9 @@ def main(argv=None) -> int:
                         help="gzip level of both sides' kept output (default: textbooks.curate.writers."
                              "DEFAULT_GZIP_LEVEL; datatrove's own JsonlWriter writes level 9)")
     parser.add_argument("--out", default="dedup_vs_datatrove.json")
+    parser.add_argument("--stage_rss", default=None,
+                        help="a folder: our workers log their memory per bundle there (bench/stage_rss), and the "
+                             "result names the bundles that raised each worker's peak")
     parser.add_argument("--_side", choices=["ours", "datatrove"], help=argparse.SUPPRESS)
     parser.add_argument("--_corpus", help=argparse.SUPPRESS)
     parser.add_argument("--_work", help=argparse.SUPPRESS)
@@ -372,6 +401,10 @@ def main(argv=None) -> int:
               f"decisions: {o['decisions']}")
         print(f"  reconciliation: {rc['units_read']} in = {rc['kept']} kept + {rc['dropped']} dropped + "
               f"{rc['rejected']} rejected {rc['rejected_by_reason']}: balanced={rc['balanced']}")
+        for w in o.get("stage_rss", [])[:1]:
+            rises = ", ".join(f"+{r['hwm_mb'][1] - r['hwm_mb'][0]} {' '.join(r['stages'])[:60]}"
+                              for r in w["raised"])
+            print(f"  largest worker's peak {w['peak_mb']} MB, raised by: {rises}")
         print(f"  ratio ours/datatrove: {m['ratio']:.2f}x (goal >= {GOAL}x)")
     largest = max(sizes)
     result = {"sizes": sizes, "workers": args.workers, "decisions": args.decisions, "gzip_level": args.gzip_level,
