@@ -17,9 +17,11 @@ transpose; the rest are grouped by the JAX source of their HLO metadata:
 * cache write: the scatter / dynamic-update-slice ops that write the keys and values into the cache;
 * other: the rest (the residual adds among them).
 
-Printed per bucket: milliseconds per call of each group and its share of the summed op time, the call's wall
-time, and the matmul rate (the model's weight-product FLOPs, ``2 x non-embedding params x padded tokens``, plus
-the attention products over the cache, over the matmul time) and the weight-product rate over the whole call.
+Printed per bucket: milliseconds per call of each group and its share of the summed op time (independent ops
+run side by side on the cores, so the sum can exceed the call's wall time and each overlapped op looks slower),
+the call's median wall time untraced, the weight products' rate (``2 x non-embedding params x padded tokens``
+FLOPs over their op time), the attention products' rate (the FLOPs of the whole ``queries x slots`` square, so
+that forms computing less of it compare by their time) and the weight products' FLOPs over the wall time.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ import statistics
 import sys
 import tempfile
 import time
+from typing import Any
 
 try:
     from bench import machine
@@ -69,7 +72,7 @@ def group_of(name: str, instructions: dict[str, dict], has_dot: set[str]) -> str
     return "other"
 
 
-def prefill_flops(config, tokens: int) -> tuple[float, float]:
+def prefill_flops(config: Any, tokens: int) -> tuple[float, float]:
     """``(weight-product FLOPs, attention-product FLOPs)`` of a prefill of ``tokens`` padded positions into a cache
     of as many slots (the attention products cover every slot: scores and weighted values)."""
     d, v = config.hidden_size, config.vocab_size
@@ -78,7 +81,7 @@ def prefill_flops(config, tokens: int) -> tuple[float, float]:
     return weights, attention
 
 
-def profile_bucket(decoder, config, bucket: int, calls: int, top: int, hlo_prefix: str) -> dict:
+def profile_bucket(decoder: Any, config: Any, bucket: int, calls: int, top: int, hlo_prefix: str) -> dict:
     """Traces ``calls`` prefills of one prompt padded to ``bucket``; returns the per-group milliseconds per call."""
     import jax
     import numpy as np
@@ -90,7 +93,7 @@ def profile_bucket(decoder, config, bucket: int, calls: int, top: int, hlo_prefi
     prompt = [int(t) for t in rng.integers(1, config.vocab_size, bucket + 1)]  # prefill feeds all but the last
     requests = [GenerationRequest(prompt=prompt, max_new_tokens=1)]
     if decoder.prompt_bucket(bucket) != bucket:
-        raise ValueError(f"--buckets: {bucket} is not a prompt bucket (the next one is {decoder.prompt_bucket(bucket)})")
+        raise ValueError(f"--buckets: {bucket} is not a prompt bucket; pass {decoder.prompt_bucket(bucket)} instead")
     tokens, segments, _, _ = decode.batch_arrays(requests, 1, bucket)
     text = decode._prefill.lower(decoder._config, decoder.prefill_kernels, decoder.params, tokens, segments,
                                  bucket).compile().as_text()
