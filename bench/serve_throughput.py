@@ -26,6 +26,10 @@ The server receives the phi workloads as concurrent HTTP ``/v1/completions`` cal
 with ``--max_batch_size N``. It starts as ``textbooks serve`` does by default, compiling its programs before it
 listens (``start_s``, reported apart from the rounds); the programs it compiles later, in the warm-up round and
 in the timed rounds, are counted from its ``/health`` stats (``programs``; a shape its warm-up did not cover). transformers runs at each of ``--torch_threads``; the fastest setting is the peer.
+Every round sends the same prompts, so before each of its rounds the server drops the prompt beginnings it
+learned from earlier ones (``POST /reset_prefix_cache``, untimed): within a round, prompts still reuse the
+beginnings of those prefilled before them, as a fresh server would (``--keep_prefix_cache`` measures a server
+that has seen the same prompts before).
 
 Each round (every contender once) is one round of :mod:`bench.machine`, which records the date, the CPU model,
 the load average before and after (``--wait_quiet``, ``--settle``) and the cores other processes kept busy
@@ -35,7 +39,8 @@ was busy.
 
 Usage:
     python bench/serve_throughput.py [--preset phi-cpu-7m] [--workload uniform mixed smollm2] [--rounds 3]
-                                     [--wait_quiet 0] [--settle 150] [--out serve_throughput.json]
+                                     [--keep_prefix_cache] [--wait_quiet 0] [--settle 150]
+                                     [--out serve_throughput.json]
 """
 
 from __future__ import annotations
@@ -100,10 +105,15 @@ def _start_server(ckpt: str, batch: int, chunk_tokens: int, extra: list[str]) ->
 
 
 async def _serve_round(url: str, model: str, requests: list[tuple[list[int], int]],
-                       chats: list | None) -> tuple[float, int, list[tuple[str, int]]]:
+                       chats: list | None, keep_prefix_cache: bool = False) -> tuple[float, int, list[tuple[str, int]]]:
     """Sends every request at once: token-id completions, or the ``chats`` as chat completions. Returns (seconds,
-    completion tokens, (text, prompt tokens) per request)."""
+    completion tokens, (text, prompt tokens) per request). Unless ``keep_prefix_cache``, the server first drops
+    the prompt beginnings it learned (``POST /reset_prefix_cache``, untimed): every round repeats the same
+    prompts, and a round must not reuse what the one before it left (transformers keeps nothing between rounds)."""
     from textbooks.serve.client import OpenAIClient
+
+    if not keep_prefix_cache:
+        _post(f"{url}/reset_prefix_cache")
 
     async with OpenAIClient(url, model, api_key_env=None, concurrency=len(requests), timeout=1200,
                             max_retries=0) as client:
@@ -117,6 +127,15 @@ async def _serve_round(url: str, model: str, requests: list[tuple[list[int], int
         elapsed = time.perf_counter() - start
     return elapsed, sum(r.usage.completion_tokens for r in results), [(r.text, r.usage.prompt_tokens)
                                                                       for r in results]
+
+
+def _post(url: str) -> dict:
+    """POSTs an empty JSON body to ``url``; returns the JSON answer."""
+    import urllib.request
+
+    request = urllib.request.Request(url, data=b"{}", headers={"Content-Type": "application/json"}, method="POST")
+    with urllib.request.urlopen(request, timeout=600) as response:
+        return json.load(response)
 
 
 def _health(url: str) -> dict:
@@ -133,7 +152,8 @@ def _programs(url: str) -> int:
 
 
 SPLIT_STATS = ("prefill_s", "prefill_calls", "prefill_tokens", "prefill_padded_tokens", "prefill_attention_pairs",
-               "decode_s", "decode_steps", "decode_row_steps", "prefix_hits", "prefix_reused_tokens")
+               "decode_s", "decode_steps", "decode_row_steps", "prefix_hits", "prefix_reused_tokens",
+               "prefix_learned_hits", "prefix_learned_tokens")
 
 
 def _split(before: dict, after: dict, runs: list[tuple[float, int, Any]]) -> dict | None:
@@ -220,9 +240,10 @@ def _schedules(requests: list[tuple[list[int], int]], batch: int) -> dict[str, l
 
 def run_workload(server: tuple[str, list[str], str], requests: list, batch: int, rounds: int, threads: list[int],
                  chunk_settings: list[int], hf: _Transformers, cond: machine.Conditions,
-                 chats: list | None = None) -> dict:
+                 chats: list | None = None, keep_prefix_cache: bool = False) -> dict:
     """Warm-up, then ``rounds`` interleaved rounds of every transformers setting and every server (started with
-    ``server`` = (checkpoint, extra serve flags, served model name))."""
+    ``server`` = (checkpoint, extra serve flags, served model name)); ``keep_prefix_cache``: see
+    :func:`_serve_round`."""
     ckpt, extra, model = server
     schedules = _schedules(requests, batch)
     start_s, servers = {}, {}
@@ -233,7 +254,7 @@ def run_workload(server: tuple[str, list[str], str], requests: list, batch: int,
         # Both sides run the workload once untimed (transformers allocates, the server meets its shapes).
         warm_hf = {key: seconds(hf.round, key[0], schedules[key[1]]) for key in hf_keys}
         programs = {c: [_programs(url)] for c, (_, url) in servers.items()}  # compiled at start
-        warm_serve = {c: seconds(asyncio.run, _serve_round(url, model, requests, chats))
+        warm_serve = {c: seconds(asyncio.run, _serve_round(url, model, requests, chats, keep_prefix_cache))
                       for c, (_, url) in servers.items()}
         health = {}
         for c, (_, url) in servers.items():
@@ -246,7 +267,7 @@ def run_workload(server: tuple[str, list[str], str], requests: list, batch: int,
                 for key in hf_keys:
                     hf_runs[key].append(hf.round(key[0], schedules[key[1]]))
                 for c, (_, url) in servers.items():
-                    serve_runs[c].append(asyncio.run(_serve_round(url, model, requests, chats)))
+                    serve_runs[c].append(asyncio.run(_serve_round(url, model, requests, chats, keep_prefix_cache)))
         for c, (_, url) in servers.items():
             health[c].append(_health(url))
             programs[c].append(int(health[c][1]["programs"]))
@@ -297,7 +318,7 @@ def run_smollm2(args: argparse.Namespace, cond: machine.Conditions) -> dict:
                            add_special_tokens=False)["input_ids"], n) for m, n in chats]
     hf = _Transformers(model, tokenizer.eos_token_id)
     run = run_workload((SMOLLM2, [], SMOLLM2), requests, args.batch, args.rounds, args.torch_threads,
-                       args.chunk_tokens, hf, cond, [m for m, _ in chats])
+                       args.chunk_tokens, hf, cond, [m for m, _ in chats], args.keep_prefix_cache)
     result = _compare(run, requests, [tokenizer.decode(r, skip_special_tokens=True) for r in run["reference"]])
     result["goal_ratio"] = 3.0
     result["ended_at_eos"] = sum(len(r) < n for r, (_, n) in zip(run["reference"], requests))
@@ -344,7 +365,8 @@ def run_phi(args: argparse.Namespace, names: list[str], cond: machine.Conditions
         for name in names:
             requests = make_workload(name, vocab_size, args)
             run = run_workload((ckpt, ["--vocabulary", vocab, "--model_name", "bench"], "bench"), requests,
-                               args.batch, args.rounds, args.torch_threads, args.chunk_tokens, hf, cond)
+                               args.batch, args.rounds, args.torch_threads, args.chunk_tokens, hf, cond,
+                               keep_prefix_cache=args.keep_prefix_cache)
             w = out["workloads"][name] = _compare(
                 run, requests, [sp.decode([t for t in r if t < vocab_size]) for r in run["reference"]])
             if name == "uniform":  # memory traffic: steps are new tokens per request, the round also prefills
@@ -376,6 +398,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--torch_threads", type=int, nargs="+", default=sorted({1, os.cpu_count() or 1}),
                         help="torch thread counts to try; the fastest is the peer (OpenMP spinning makes more "
                              "threads slower on a busy machine)")
+    parser.add_argument("--keep_prefix_cache", action="store_true",
+                        help="let each serve round reuse the prompt beginnings the server learned in the rounds "
+                             "before it (the same prompts); default: dropped before every round")
     parser.add_argument("--out", default="serve_throughput.json")
     machine.add_arguments(parser)
     args = parser.parse_args(argv)
@@ -413,7 +438,8 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{name}: serve (chunk_tokens {s['chunk_tokens']}) round {sp['round_s']} s = prefill "
                       f"{sp['prefill_s']} s ({sp['prefill_calls']:g} prompts, {sp['prefill_tokens']:g} tokens "
                       f"padded to {sp['prefill_padded_tokens']:g}{rate}; {sp['prefix_hits']:g} started with a "
-                      f"prefilled prefix, {sp['prefix_reused_tokens']:g} tokens reused) + decode {sp['decode_s']} s "
+                      f"prefilled prefix ({sp['prefix_learned_hits']:g} learned from earlier prompts), "
+                      f"{sp['prefix_reused_tokens']:g} tokens reused) + decode {sp['decode_s']} s "
                       f"({sp['decode_steps']:g} steps, {sp['decode_row_steps']:g} row-steps) + other {sp['other_s']} s")
     for e in result["workloads"].get("smollm2", {}).get("decode_bound", []):
         ours, theirs, rates = e["serve_decoder"], e["transformers"], result["workloads"]["smollm2"]["machine_rates"]

@@ -73,3 +73,33 @@ def test_the_serve_flags_size_the_store_or_turn_reuse_off():
     args = parser.parse_args(["--checkpoint", "x", "--prefix_cache_entries", "5"])
     assert args.prefix_cache_entries == 5 and not args.no_prompt_prefix
     assert parser.parse_args(["--checkpoint", "x"]).prefix_cache_entries is None
+
+
+def test_reset_prefix_cache_drops_what_earlier_prompts_left(tiny_checkpoint):
+    engine = load_engine(tiny_checkpoint["dir"], vocabulary=tiny_checkpoint["vocabulary"], max_batch_size=2,
+                         chunk_tokens=8, batch_wait_ms=10, min_length_bucket=16)
+    prompt = engine.encode(HEADS[0] + BODIES[0])
+
+    async def run():
+        await engine.start()
+        try:
+            def hits():
+                return engine.stats["prefix_learned_hits"]
+
+            async def once():
+                start = hits()
+                await engine.submit(Job(prompt_ids=prompt, max_tokens=4, temperature=0.0))
+                return hits() - start
+
+            first, again = await once(), await once()
+            held = len(engine.slots.prefixes)
+            dropped = await engine.reset_prefix_cache()
+            left = len(engine.slots.prefixes)
+            return first, again, held, dropped, left, await once(), await engine.reset_prefix_cache()
+        finally:
+            await engine.stop()
+
+    first, again, held, dropped, left, after_reset, dropped_again = asyncio.run(run())
+    assert (first, again) == (0, 1)  # the second identical prompt reused the first one's beginning
+    assert held == dropped == dropped_again == 1 and left == 0
+    assert after_reset == 0  # nothing learned before the reset is reused after it

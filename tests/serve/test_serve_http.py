@@ -167,6 +167,16 @@ def test_bad_chat_and_route_requests_then_still_serving(served):
     assert out["usage"]["completion_tokens"] >= 1
 
 
+def test_reset_prefix_cache_route(served):
+    _complete(served["url"], prompt=PROMPT, max_tokens=2, temperature=0)  # leaves its beginning behind
+    got, text = _request(served["url"], "/reset_prefix_cache", {})
+    assert got == 200 and json.loads(text)["dropped"] >= 1, text
+    got, text = _request(served["url"], "/reset_prefix_cache", {})
+    assert got == 200 and json.loads(text) == {"dropped": 0}, text
+    got, text = _request(served["url"], "/nothing", {})
+    assert got == 404 and "POST /reset_prefix_cache" in json.loads(text)["error"]["message"]
+
+
 TEMPLATES = """\
 templates:
   - id: tiny.lesson

@@ -181,10 +181,12 @@ class PromptPrefixes:
         while len(self._learned) > self.max_entries:
             self._drop(next(iter(self._learned)))
 
-    def clear(self) -> None:
-        """Drops every learned entry (the seeded ones stay)."""
-        for key in list(self._learned):
+    def clear(self) -> int:
+        """Drops every learned entry (the seeded ones stay); returns how many."""
+        keys = list(self._learned)
+        for key in keys:
             self._drop(key)
+        return len(keys)
 
     def _drop(self, key: tuple[int, ...]) -> None:
         del self._learned[key]

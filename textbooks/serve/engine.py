@@ -226,6 +226,12 @@ class Engine:
             self._decode_chunk([job])
         return time.monotonic() - start
 
+    async def reset_prefix_cache(self) -> int:
+        """Drops the prompt beginnings learned from earlier prompts (the fixed ones stay), on the decode thread so
+        that no admission is using them; returns how many were dropped. A benchmark calls it so that a timed
+        round does not reuse what an identical earlier round left behind."""
+        return await asyncio.get_running_loop().run_in_executor(self._executor, self.slots.prefixes.clear)
+
     def submit(self, job: Job) -> asyncio.Future:
         """Queues ``job``; the future resolves (to the job) when it is finished.
 

@@ -116,7 +116,7 @@ async def _errors(request: web.Request, handler: Callable) -> web.StreamResponse
         if e.status < 400:
             raise
         message = {404: f"no route {request.method} {request.path}; see GET /v1/models, POST /v1/completions, "
-                        f"POST /v1/chat/completions",
+                        f"POST /v1/chat/completions, POST /reset_prefix_cache",
                    405: f"method {request.method} is not allowed on {request.path}",
                    413: "request body too large"}.get(e.status, e.reason)
         return error_response(e.status, message, code=e.reason.lower().replace(" ", "_"))
@@ -210,7 +210,8 @@ class Server:
         self.app = web.Application(client_max_size=max_body_bytes, middlewares=[_errors])
         self.app.add_routes([web.get("/v1/models", self.models), web.get("/health", self.health),
                              web.post("/v1/completions", self.completions),
-                             web.post("/v1/chat/completions", self.chat_completions)])
+                             web.post("/v1/chat/completions", self.chat_completions),
+                             web.post("/reset_prefix_cache", self.reset_prefix_cache)])
         self.app.on_startup.append(self._start)
         self.app.on_cleanup.append(self._stop)
 
@@ -222,6 +223,10 @@ class Server:
 
     async def health(self, request: web.Request) -> web.Response:
         return web.json_response({"status": "ok", "model": self.engine.model_name, **self.engine.stats})
+
+    async def reset_prefix_cache(self, request: web.Request) -> web.Response:
+        """Drops the learned prompt beginnings (:meth:`Engine.reset_prefix_cache`)."""
+        return web.json_response({"dropped": await self.engine.reset_prefix_cache()})
 
     async def models(self, request: web.Request) -> web.Response:
         return web.json_response({"object": "list", "data": [
