@@ -3,7 +3,7 @@
     python bench/dedup_vs_datatrove.py [--sizes 50000 100000] [--workers 2] [--corpus_dir /tmp/dedup_corpus]
                                        [--components auto] [--decisions {auto,join,side_input,reread}] [--gzip_level 1]
                                        [--wait_quiet 0] [--settle 150] [--out dedup_vs_datatrove.json]
-                                       [--stage_rss DIR]
+                                       [--stage_rss DIR] [--ours_only]
 
 Corpus (:mod:`bench.dedup_corpus`, built once per size and cached under ``--corpus_dir``): real text chunked
 into documents (web and Wikipedia excerpts, the Python docs, the standard library, the installed packages'
@@ -35,7 +35,9 @@ ours / datatrove (goal >= 1.5x), the peak RSS figures, pairwise precision/recall
 against the planted pairs and against datatrove's clusters, the connected-components method our run chose,
 the decisions path that ran (from its counters), and the reconciliation. With ``--stage_rss DIR`` our SDK
 workers also log their memory per bundle (:mod:`bench.stage_rss`, under ``DIR/docs<size>``), and the result
-names the bundles that raised each worker's peak (``ours.stage_rss``), largest worker first. Cluster membership comes from the
+names the bundles that raised each worker's peak (``ours.stage_rss``), largest worker first (with
+``BENCH_STAGE_RSS_TRIM=1`` in the environment the workers also release freed memory after each bundle and log
+what remains). ``--ours_only`` runs only our side: memory and speed across sizes, without a ratio. Cluster membership comes from the
 cluster summaries (at most 20 members listed; the count of larger clusters is reported).
 
 The timed runs form one round of :mod:`bench.machine` per size (date, CPU, load before/after, cores used by
@@ -320,8 +322,8 @@ def measure(size: int, args, cond) -> dict:
     n = meta["good_docs"]
     with tempfile.TemporaryDirectory() as tmp:
         with cond.round():
-            dt = side_process("datatrove", corpus, os.path.join(tmp, "dt"), args.workers,
-                              gzip_level=args.gzip_level)
+            dt = None if args.ours_only else side_process("datatrove", corpus, os.path.join(tmp, "dt"),
+                                                          args.workers, gzip_level=args.gzip_level)
             stage_rss = os.path.join(args.stage_rss, f"docs{size}") if args.stage_rss else None
             ours = side_process("ours", corpus, os.path.join(tmp, "ours"), args.workers, args.components,
                                 args.decisions, args.gzip_level, stage_rss)
@@ -330,11 +332,13 @@ def measure(size: int, args, cond) -> dict:
     out = {"documents": n, "bad_documents": meta["bad_total"], "planted_pairs": len(pairs(true_groups)),
            "copies_by_edit": meta["copies_by_edit"]}
     for name, r in (("datatrove", dt), ("ours", ours)):
-        out[name] = {k: v for k, v in r.items() if k != "clusters"}
-        out[name].update(docs_per_s=n / r["seconds"], clusters=len(r["clusters"]),
-                         vs_truth=agreement(r["clusters"], true_groups))
-    out["ours"]["vs_datatrove"] = agreement(ours["clusters"], dt["clusters"])
-    out["ratio"] = dt["seconds"] / ours["seconds"]
+        if r is not None:
+            out[name] = {k: v for k, v in r.items() if k != "clusters"}
+            out[name].update(docs_per_s=n / r["seconds"], clusters=len(r["clusters"]),
+                             vs_truth=agreement(r["clusters"], true_groups))
+    if dt is not None:
+        out["ours"]["vs_datatrove"] = agreement(ours["clusters"], dt["clusters"])
+        out["ratio"] = dt["seconds"] / ours["seconds"]
     return out
 
 
@@ -371,6 +375,8 @@ def main(argv=None) -> int:
     parser.add_argument("--stage_rss", default=None,
                         help="a folder: our workers log their memory per bundle there (bench/stage_rss), and the "
                              "result names the bundles that raised each worker's peak")
+    parser.add_argument("--ours_only", action="store_true",
+                        help="run only our side (memory and speed across sizes; no ratio, no datatrove agreement)")
     parser.add_argument("--_side", choices=["ours", "datatrove"], help=argparse.SUPPRESS)
     parser.add_argument("--_corpus", help=argparse.SUPPRESS)
     parser.add_argument("--_work", help=argparse.SUPPRESS)
@@ -388,33 +394,36 @@ def main(argv=None) -> int:
     sizes = {}
     for size in args.sizes:
         sizes[size] = m = measure(size, args, cond)
-        o, d, rc = m["ours"], m["datatrove"], m["ours"]["reconciliation"]
+        o, d, rc = m["ours"], m.get("datatrove"), m["ours"]["reconciliation"]
         print(f"[{m['documents']} docs, {m['planted_pairs']} planted pairs, {m['bad_documents']} bad documents; "
               f"both sides write gzip level {args.gzip_level}]")
-        print(f"  datatrove: {d['docs_per_s']:.0f} docs/s ({d['seconds']:.1f}s), largest worker "
-              f"{d['largest_worker_peak_rss_mb']:.0f} MB, driver {d['driver_peak_rss_mb']:.0f} MB, "
-              f"P/R vs planted {d['vs_truth']['precision']:.3f}/{d['vs_truth']['recall']:.3f}")
+        if d is not None:
+            print(f"  datatrove: {d['docs_per_s']:.0f} docs/s ({d['seconds']:.1f}s), largest worker "
+                  f"{d['largest_worker_peak_rss_mb']:.0f} MB, driver {d['driver_peak_rss_mb']:.0f} MB, "
+                  f"P/R vs planted {d['vs_truth']['precision']:.3f}/{d['vs_truth']['recall']:.3f}")
+        f1 = f"pairwise F1 vs datatrove {o['vs_datatrove']['f1']:.3f}, " if d is not None else ""
         print(f"  ours:      {o['docs_per_s']:.0f} docs/s ({o['seconds']:.1f}s), largest worker "
               f"{o['largest_worker_peak_rss_mb']:.0f} MB, driver {o['driver_peak_rss_mb']:.0f} MB, "
               f"P/R vs planted {o['vs_truth']['precision']:.3f}/{o['vs_truth']['recall']:.3f}, "
-              f"pairwise F1 vs datatrove {o['vs_datatrove']['f1']:.3f}, components: {o['components']['method']}, "
-              f"decisions: {o['decisions']}")
+              f"{f1}components: {o['components']['method']}, decisions: {o['decisions']}")
         print(f"  reconciliation: {rc['units_read']} in = {rc['kept']} kept + {rc['dropped']} dropped + "
               f"{rc['rejected']} rejected {rc['rejected_by_reason']}: balanced={rc['balanced']}")
         for w in o.get("stage_rss", [])[:1]:
             rises = ", ".join(f"+{r['hwm_mb'][1] - r['hwm_mb'][0]} {' '.join(r['stages'])[:60]}"
                               for r in w["raised"])
             print(f"  largest worker's peak {w['peak_mb']} MB, raised by: {rises}")
-        print(f"  ratio ours/datatrove: {m['ratio']:.2f}x (goal >= {GOAL}x)")
+        if "ratio" in m:
+            print(f"  ratio ours/datatrove: {m['ratio']:.2f}x (goal >= {GOAL}x)")
     largest = max(sizes)
     result = {"sizes": sizes, "workers": args.workers, "decisions": args.decisions, "gzip_level": args.gzip_level,
               "goal": GOAL,
-              "ratio": sizes[largest]["ratio"],
+              "ratio": sizes[largest].get("ratio"),
               "machine": {**cond.finish(args.settle), "python": platform.python_version()}}
     with open(args.out, "w") as f:
         json.dump(result, f, indent=2)
     print(f"wrote {args.out}")
-    print(cond.headline(f"near-dedup docs/s at {largest} docs, ours / datatrove", result["ratio"]))
+    if result["ratio"] is not None:
+        print(cond.headline(f"near-dedup docs/s at {largest} docs, ours / datatrove", result["ratio"]))
     return 0 if all(s["ours"]["reconciliation"]["balanced"] for s in sizes.values()) else 1
 
 

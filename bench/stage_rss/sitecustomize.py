@@ -3,7 +3,10 @@
 With ``BENCH_STAGE_RSS=<dir>`` in the environment and this folder on ``PYTHONPATH``, every process that loads
 Beam's bundle processor (the SDK workers) appends one JSON line per bundle to ``<dir>/<pid>.jsonl``: its
 VmRSS and VmHWM (MB) before and after, the seconds it took and the user transforms it ran (the first three
-parts of each ParDo's name). It wraps ``BundleProcessor.process_bundle``: a bench probe, never loaded by the
+parts of each ParDo's name). With ``BENCH_STAGE_RSS_TRIM=1`` too, the worker returns the C heap's free pages
+to the system after each bundle (a full garbage collection, then glibc ``malloc_trim(0)``) and logs its VmRSS after that (``trimmed``):
+what a stage frees but the allocator keeps. ``blocks`` is the count of live Python allocator blocks
+(``sys.getallocatedblocks()``). It wraps ``BundleProcessor.process_bundle``: a bench probe, never loaded by the
 library.
 """
 
@@ -15,6 +18,17 @@ import sys
 import time
 
 _DIR = os.environ.get("BENCH_STAGE_RSS")
+_TRIM = os.environ.get("BENCH_STAGE_RSS_TRIM") == "1"
+
+
+def _trim() -> None:
+    """Returns the C heap's free pages to the system (glibc ``malloc_trim(0)``), where there is one."""
+    import ctypes
+
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
 _TARGET = "apache_beam.runners.worker.bundle_processor"
 
 
@@ -44,7 +58,14 @@ def _patch(module) -> None:
             return original(self, instruction_id, *args, **kwargs)
         finally:
             after = _memory()
-            row = {"start": round(start, 3), "seconds": round(time.time() - start, 3),
+            trimmed = None
+            if _TRIM:
+                import gc
+
+                gc.collect()
+                _trim()
+                trimmed = _memory()["VmRSS"]
+            row = {"trimmed": trimmed, "blocks": sys.getallocatedblocks(), "start": round(start, 3), "seconds": round(time.time() - start, 3),
                    "rss": [before["VmRSS"], after["VmRSS"]], "hwm": [before["VmHWM"], after["VmHWM"]],
                    "stages": _stages(self.process_bundle_descriptor)}
             with open(os.path.join(_DIR, f"{os.getpid()}.jsonl"), "a") as f:

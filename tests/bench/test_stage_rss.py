@@ -34,6 +34,20 @@ def test_workers_log_their_bundles_and_the_summary_reads_them(tmp_path, monkeypa
     assert [w["peak_mb"] for w in workers] == sorted((w["peak_mb"] for w in workers), reverse=True)
 
 
+def test_trim_mode_logs_what_remains_after_releasing_freed_memory(tmp_path, monkeypatch):
+    folder = str(tmp_path / "rss")
+    os.makedirs(folder)
+    monkeypatch.setenv("BENCH_STAGE_RSS", folder)
+    monkeypatch.setenv("BENCH_STAGE_RSS_TRIM", "1")
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([os.path.join(HERE, "stage_rss"), os.path.dirname(HERE),
+                                                      os.environ.get("PYTHONPATH", "")]))
+    options = PipelineOptions(runner="DirectRunner", direct_num_workers=2, direct_running_mode="multi_processing")
+    with beam.Pipeline(options=options) as p:
+        _ = p | beam.Create(range(200)) | "Keep" >> beam.Map(lambda i: bytes(i))
+    rows = [json.loads(line) for path in os.listdir(folder) for line in open(os.path.join(folder, path))]
+    assert rows and all(isinstance(r["trimmed"], int) and r["trimmed"] > 0 and r["blocks"] > 0 for r in rows)
+
+
 def test_summary_keeps_the_bundles_that_raised_the_peak(tmp_path):
     rows = [{"start": 2.0, "seconds": 1.0, "rss": [150, 200], "hwm": [150, 210], "stages": ["B"]},
             {"start": 1.0, "seconds": 0.1, "rss": [140, 150], "hwm": [140, 150], "stages": ["A"]},

@@ -64,9 +64,19 @@ hash (:meth:`MinHasher.band_hashes`). Then
      once a worker's share passes 10 MB, near 100k documents with 2 workers; Beam's time-based flush would
      stream it, but it can cut an element in two, which this runner does not reassemble), each grouped
      stage's input (band hashes, id tables, the cluster summaries out of the union-find), and the heap
-     that each stage frees but the worker's allocator keeps. It needs the stage's input to be the records
-     exactly as read, so the pipeline offers it (``NearDedup(reread=...)``) only to a near dedup that is the
-     first stage, without the id check (:func:`textbooks.curate.pipeline.build_pipeline`); the input is read
+     that each stage frees but the worker's allocator keeps. That input is not bounded by the SDK's receive
+     queue (5 messages): the runner writes a worker's whole share of a stage's input into one message, so
+     the growth does not level off with the share. Measured with one worker (its share doubling, as with 2
+     workers from 100k to 200k documents, a corpus the bench cannot build): 324 MB at 50k documents, 385-410 MB
+     at 100k, every stage before the last raising its level (the first stage's transient 56 -> 110 MB, the
+     band-hash stage 43 -> 59, the id-table join 20 -> 38, the union-find 11 -> 30). A worker that collects
+     garbage and returns the C heap's free pages after every bundle still grows (2 workers, 50k -> 100k:
+     266 -> 304 MB, against 274 -> 334 and 279 -> 348 without), so a third to a half of the growth is heap
+     that the allocators keep and the rest is live or fragmented; the records' own stage adds about 20 MB at
+     every size. (The 10 MB flush holds per output, band hashes and id tables each, and the first stage's
+     transient still doubled past it.) It needs the stage's input to be the records exactly as read, so the
+     pipeline offers it (``NearDedup(reread=...)``) only to a near dedup that is the first stage, without
+     the id check (:func:`textbooks.curate.pipeline.build_pipeline`); the input is read
      twice.
 
    All give the same kept and dropped records; the counter ``near_dedup/decisions_<path>`` (bundles applied)
