@@ -60,24 +60,24 @@ hash (:meth:`MinHasher.band_hashes`). Then
      340-365 MB, no longer in the bucket stage; with each node one bytes object, the union-find's edges
      packed per worker and 10 bytes per document and band, at about 275-295 and 315-330 MB (a busy
      machine). What still grows is what the local runner moves in one piece per worker: the first stage's
-     output (a worker sends a bundle's output only every 10 MB or at its end, so that part stops growing
-     once a worker's share passes 10 MB, near 100k documents with 2 workers; Beam's time-based flush would
-     stream it, but it can cut an element in two, which this runner does not reassemble), each grouped
-     stage's input (band hashes, id tables, the cluster summaries out of the union-find), and the heap
-     that each stage frees but the worker's allocator keeps. That input is not bounded by the SDK's receive
-     queue (5 messages): the runner writes a worker's whole share of a stage's input into one message, so
-     the growth does not level off with the share. Measured with one worker (its share doubling, as with 2
-     workers from 100k to 200k documents, a corpus the bench cannot build): 324 MB at 50k documents, 385-410 MB
-     at 100k, every stage before the last raising its level (the first stage's transient 56 -> 110 MB, the
-     band-hash stage 43 -> 59, the id-table join 20 -> 38, the union-find 11 -> 30). A worker that collects
-     garbage and returns the C heap's free pages after every bundle still grows (2 workers, 50k -> 100k:
-     266 -> 304 MB, against 274 -> 334 and 279 -> 348 without), so a third to a half of the growth is heap
-     that the allocators keep and the rest is live or fragmented; the records' own stage adds about 20 MB at
-     every size. (The 10 MB flush holds per output, band hashes and id tables each, and the first stage's
-     transient still doubled past it.) It needs the stage's input to be the records exactly as read, so the
-     pipeline offers it (``NearDedup(reread=...)``) only to a near dedup that is the first stage, without
-     the id check (:func:`textbooks.curate.pipeline.build_pipeline`); the input is read
-     twice.
+     output (a worker sends a bundle's output every 10 MB per output, band hashes and id tables each, or at
+     its end; Beam's time-based flush would stream it, but it can cut an element in two, which this runner
+     does not reassemble), each grouped stage's input (band hashes, id tables, the cluster summaries out of
+     the union-find), and the heap that each stage frees but the worker's allocators keep. Nothing bounds
+     that input, the SDK's receive queue (5 messages) included: the runner writes a worker's whole share of
+     a stage's input into one message. Measured with one worker (its share doubling, as with 2 workers from
+     100k to 200k documents, a corpus the bench cannot build): 324 MB at 50k documents, 385-410 MB at 100k,
+     every stage before the last raising its level (the first stage's transient 56 -> 110 MB, the band-hash
+     stage 43 -> 59, the id-table join 20 -> 38, the union-find 11 -> 30). A worker that collects garbage
+     and returns the C heap's free pages after every bundle still grows (2 workers, 50k -> 100k: 266 -> 304
+     MB, against 274 -> 334 and 279 -> 348 without), so a third to a half of the growth is heap that the
+     allocators keep and the rest is live or fragmented; the records' own stage adds about 20 MB at every
+     size. Giving the workers 2 malloc arenas instead of glibc's 8 per core, as ``run_plan`` does for the
+     local runner (:mod:`textbooks.curate.local_workers`), lowers the largest worker by about 30-40 MB at
+     both sizes (250-255 MB at 50k and 278-302 at 100k, against 289-291 and 319-338), in no more time; the
+     growth with the corpus stays. It needs the stage's input to be the records exactly as read, so the pipeline offers
+     it (``NearDedup(reread=...)``) only to a near dedup that is the first stage, without the id check
+     (:func:`textbooks.curate.pipeline.build_pipeline`); the input is read twice.
 
    All give the same kept and dropped records; the counter ``near_dedup/decisions_<path>`` (bundles applied)
    says which ran.

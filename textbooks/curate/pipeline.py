@@ -40,6 +40,7 @@ from textbooks.curate.heuristics import HeuristicFilter, HeuristicsConfig
 from textbooks.curate.input_specs import ReadConfig, parse_input
 from textbooks.curate.io import ReadInputs
 from textbooks.curate.judge import JudgeConfig, JudgeStage
+from textbooks.curate.local_workers import worker_arenas
 from textbooks.curate.textnorm import count_tokens
 from textbooks.data import paths as data_paths
 from textbooks.data import records as rec
@@ -239,8 +240,9 @@ def run_plan(plan: Plan, *, runner: str = "DirectRunner", direct_num_workers: in
         options.update(direct_num_workers=direct_num_workers, direct_running_mode=direct_running_mode)
     p = beam.Pipeline(options=PipelineOptions(list(pipeline_args), **options))
     build_pipeline(p, plan)
-    result = p.run()
-    result.wait_until_finish()
+    with worker_arenas(runner, direct_running_mode):  # local worker processes: fewer malloc arenas
+        result = p.run()
+        result.wait_until_finish()
     counters = report_lib.counters_from_result(result)
     report = report_lib.build_report(output_dir=plan.output_dir, role=plan.role, counters=counters,
                                      stage_names=plan.stage_names, splits=plan.splits,
