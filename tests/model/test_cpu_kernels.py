@@ -2,6 +2,7 @@
 decoder."""
 
 import dataclasses
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -136,33 +137,77 @@ def test_packed_matmul_rows_do_not_depend_on_the_other_rows(kernel):
                                       full[21 - rows:], err_msg=f"{rows} rows")
 
 
+def exact_rms_norm(x: np.ndarray, scale: np.ndarray, eps: float) -> tuple[np.ndarray, np.ndarray]:
+    """RMSNorm of x's rows in float64, and a bound on the float32 kernel's error: the mean of k squares within
+    k * eps relative, halved by the square root, then the epsilon, the division, the root and two products (a few
+    eps more)."""
+    x64 = x.astype(np.float64)
+    normed = x64 / np.sqrt(np.mean(x64 ** 2, axis=-1, keepdims=True) + eps) * scale
+    return normed, (x.shape[-1] / 2 + 8) * np.finfo(np.float32).eps * np.abs(normed)
+
+
+@pytest.mark.parametrize("rows", [1, 3, 16, 21])
+@pytest.mark.parametrize("k,n", [(576, 960), (33, 100), (7, 5)])
+def test_packed_matmul_normalizes_its_input_and_adds_the_residual(kernel, rows, k, n):
+    """r + rms_norm(x) @ w + b (a pre-norm block's norm and residual inside the product) against float64: the
+    normalized input's error (:func:`exact_rms_norm`) carried through the product, the product's own bound, and
+    one rounding of the residual sum."""
+    rng = np.random.default_rng(rows * 100 + k)
+    x = 3 * rng.standard_normal((rows, k), np.float32)
+    w, b = rng.standard_normal((k, n), np.float32), rng.standard_normal((n,), np.float32)
+    scale, r = rng.standard_normal((k,), np.float32), 10 * rng.standard_normal((rows, n), np.float32)
+    got = np.asarray(jax.jit(cpu_matmul.packed_matmul, static_argnames="eps")(
+        x, cpu_matmul.pack_columns(w), b, norm_scale=scale, eps=1e-5, residual=r))
+    normed, dnormed = exact_rms_norm(x, scale, 1e-5)
+    product = normed @ w + b
+    f32 = np.finfo(np.float32).eps
+    bound = dnormed @ np.abs(w) + (k + 1) * f32 * ((np.abs(normed) + dnormed) @ np.abs(w) + np.abs(b))
+    bound += f32 * (np.abs(r) + np.abs(product) + bound)
+    np.testing.assert_array_less(np.abs(got - (r + product)), bound + np.finfo(np.float32).tiny)
+    with pytest.raises(ValueError, match="norm_scale"):
+        cpu_matmul.packed_matmul(x, cpu_matmul.pack_columns(w), b, norm_scale=scale[:-1])
+    with pytest.raises(ValueError, match="residual"):
+        cpu_matmul.packed_matmul(x, cpu_matmul.pack_columns(w), b, residual=r[:, :-1])
+
+
+@pytest.mark.parametrize("fused", [False, True])  # True: an RMSNorm of x first and a residual added
 @pytest.mark.parametrize("rows", [1, 3, 16, 21])
 @pytest.mark.parametrize("k,f,d", [(576, 1536, 576), (64, 224, 64), (7, 5, 50), (33, 100, 17)])
-def test_packed_swiglu_equals_the_mlp_in_float64(kernel, rows, k, f, d):
+def test_packed_swiglu_equals_the_mlp_in_float64(kernel, rows, k, f, d, fused):
     """(silu(x @ wg + bg) * (x @ wu + bu)) @ wd + bd in one kernel call (F not a multiple of 24 pads the last
     panel; D not one of 48 takes the 16-column and scalar paths) against float64, within the float32 error
     carried through: each product of length n within n * eps * (sum|x_i w_i| + |b|) of its exact value, silu's
     slope at most 1.1 in magnitude, a few eps of |h| for the exponential (2 ulp), the division and the products,
-    then the down product's own bound plus the error of h it sums."""
+    then the down product's own bound plus the error of h it sums. Fused: x normalized (its float32 error,
+    :func:`exact_rms_norm`, carried into the gate and up products) and one rounding of the residual sum."""
     rng = np.random.default_rng(rows * 1000 + f)
     x = rng.standard_normal((rows, k), np.float32)
     wg, wu = (rng.standard_normal((k, f), np.float32) / np.sqrt(k) for _ in range(2))
     wd = rng.standard_normal((f, d), np.float32) / np.sqrt(f)
     bg, bu, bd = (rng.standard_normal((n,), np.float32) for n in (f, f, d))
     packed = cpu_matmul.pack_swiglu(wg, wu, wd, bg, bu, bd)
-    got = np.asarray(jax.jit(cpu_matmul.packed_swiglu)(x, packed))
     eps = np.finfo(np.float32).eps
-    x64, ax = x.astype(np.float64), np.abs(x).astype(np.float64)
+    x64, dx = x.astype(np.float64), np.zeros((rows, k))
+    r, extras = np.zeros((rows, d), np.float32), {}
+    if fused:
+        scale, r = rng.standard_normal((k,), np.float32), 5 * rng.standard_normal((rows, d), np.float32)
+        x64, dx = exact_rms_norm(x, scale, 1e-5)
+        extras = {"norm_scale": scale, "eps": 1e-5, "residual": r}
+    got = np.asarray(jax.jit(functools.partial(cpu_matmul.packed_swiglu, **extras))(x, packed))
+    ax = np.abs(x64) + dx
     g, u = x64 @ wg + bg, x64 @ wu + bu
     silu = g / (1 + np.exp(-g))
     h = silu * u
-    dg = (k + 1) * eps * (ax @ np.abs(wg) + np.abs(bg))
-    du = (k + 1) * eps * (ax @ np.abs(wu) + np.abs(bu))
+    dg = dx @ np.abs(wg) + (k + 1) * eps * (ax @ np.abs(wg) + np.abs(bg))
+    du = dx @ np.abs(wu) + (k + 1) * eps * (ax @ np.abs(wu) + np.abs(bu))
     dh = 1.1 * dg * (np.abs(u) + du) + np.abs(silu) * du + 8 * eps * np.abs(h)
     bound = dh @ np.abs(wd) + (f + 1) * eps * ((np.abs(h) + dh) @ np.abs(wd) + np.abs(bd))
+    bound += eps * (np.abs(r) + np.abs(h @ wd + bd) + bound)  # the residual's sum (zero unless fused)
     assert got.shape == (rows, d)
-    np.testing.assert_array_less(np.abs(got - (h @ wd + bd)), bound + np.finfo(np.float32).tiny)
-    np.testing.assert_array_equal(np.asarray(cpu_matmul.packed_swiglu(x[None], packed)), got[None])
+    np.testing.assert_array_less(np.abs(got - (r + h @ wd + bd)), bound + np.finfo(np.float32).tiny)
+    if fused:
+        extras["residual"] = r[None]
+    np.testing.assert_array_equal(np.asarray(cpu_matmul.packed_swiglu(x[None], packed, **extras)), got[None])
     with pytest.raises(ValueError, match="does not fit"):
         cpu_matmul.packed_swiglu(x[:, :-1], packed)
 
@@ -232,6 +277,8 @@ def test_decoder_packs_the_weights_once_and_its_steps_use_them(kernel, tiny_mode
     fused = int(config.family == "llama")
     assert loop.count(cpu_matmul.TARGET_PACKED) == (4 - 2 * fused) * blocks + tied
     assert loop.count(cpu_matmul.TARGET_SWIGLU) == fused * blocks
+    if fused:  # the blocks' norms are inside the products: the final norm is the loop's only one
+        assert loop.count("stablehlo.rsqrt") == 1
     assert cpu_matmul.TARGET + '"' not in loop and cpu_matmul.TARGET_NT not in loop
     requests = [decode_lib.GenerationRequest(prompt=[3, 9, 27][:n], max_new_tokens=m) for n, m in [(1, 9), (3, 5)]]
     got = fast.generate(requests)

@@ -16,12 +16,17 @@ at well under half its speed on consecutive memory. :func:`pack_columns` stores 
 consecutive block (``[ceil(N / 48), K, 48]``, done once per weight) and :func:`packed_matmul` multiplies by
 that layout, so a decode step streams every weight sequentially; at 16 rows on SmolLM2-135M's shapes that
 about halves the time of the weight products (a copy of the projection weights is the price).
+
+The packed products also take what surrounds them in a pre-norm block (``norm_scale``/``eps``: an RMSNorm of
+``x``'s rows before the product; ``residual``: added to the output), so that a decode step does not run those
+as separate small XLA ops (:func:`rms_norm` is what the kernel's norm computes).
 """
 
 from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from textbooks.model import cpu_kernels
 
@@ -90,13 +95,38 @@ def pack_columns(w: jax.Array) -> jax.Array:
     return padded.reshape(k, panels, PANEL).transpose(1, 0, 2)
 
 
-def packed_matmul(x: jax.Array, packed: jax.Array, b: jax.Array) -> jax.Array:
-    """``x @ w + b`` in float32 on the compiled kernel, ``w`` given as ``pack_columns(w)``.
+def rms_norm(x: jax.Array, scale: jax.Array, eps: float) -> jax.Array:
+    """``x * (scale / sqrt(mean(x ** 2, -1) + eps))`` in float32 (flax's ``nn.RMSNorm``): the norm the packed
+    kernels apply to their input when given ``norm_scale``, as XLA ops (their reference and fallback)."""
+    x = x.astype(jnp.float32)
+    inv = jax.lax.rsqrt(jnp.mean(jnp.square(x), axis=-1, keepdims=True) + eps)
+    return x * (inv * scale.astype(jnp.float32))
+
+
+def _extras(x: jax.Array, k: int, n: int, norm_scale: jax.Array | None,
+            residual: jax.Array | None) -> tuple[jax.Array, jax.Array]:
+    """The kernel operands for an optional norm scale ``[K]`` and residual ``[..., N]`` (empty when absent)."""
+    f32 = jnp.float32
+    if norm_scale is not None and norm_scale.shape != (k,):
+        raise ValueError(f"norm_scale {norm_scale.shape} must be [K] = ({k},) for x {x.shape}")
+    if residual is not None and residual.shape != x.shape[:-1] + (n,):
+        raise ValueError(f"residual {residual.shape} must be x's rows by N: {x.shape[:-1] + (n,)}")
+    empty = jnp.zeros((0,), f32)
+    return (empty if norm_scale is None else norm_scale.astype(f32),
+            empty if residual is None else residual.astype(f32))
+
+
+def packed_matmul(x: jax.Array, packed: jax.Array, b: jax.Array, *, norm_scale: jax.Array | None = None,
+                  eps: float = 1e-6, residual: jax.Array | None = None) -> jax.Array:
+    """``[residual +] rms_norm(x) @ w + b`` in float32 on the compiled kernel, ``w`` given as ``pack_columns(w)``.
 
     Args:
         x: ``[..., K]``.
         packed: ``[ceil(N / PANEL), K, PANEL]`` from :func:`pack_columns`.
         b: ``[N]`` (its length is N).
+        norm_scale: ``[K]``: normalize ``x``'s rows first (:func:`rms_norm` with ``eps``); None: ``x`` as it is.
+        eps: the norm's epsilon.
+        residual: ``[..., N]`` added to the output, or None.
 
     Returns:
         ``[..., N]`` float32.
@@ -109,10 +139,11 @@ def packed_matmul(x: jax.Array, packed: jax.Array, b: jax.Array) -> jax.Array:
             x.shape[-1] != packed.shape[1]:
         raise ValueError(f"packed_matmul: x {x.shape}, packed w {packed.shape} and b {b.shape} do not fit "
                          f"x @ w + b with w packed as [ceil(N / {PANEL}), K, {PANEL}]")
+    scale, res = _extras(x, packed.shape[1], n, norm_scale, residual)
     cpu_kernels.require("DecodeKernels(projections='cpu_kernel')")
     f32 = jnp.float32
     call = jax.ffi.ffi_call(TARGET_PACKED, jax.ShapeDtypeStruct(x.shape[:-1] + (n,), f32), vmap_method="sequential")
-    return call(x.astype(f32), packed.astype(f32), b.astype(f32))
+    return call(x.astype(f32), scale, packed.astype(f32), b.astype(f32), res, eps=np.float32(eps))
 
 
 def pack_swiglu(gate: jax.Array, up: jax.Array, down: jax.Array, gate_bias: jax.Array | None = None,
@@ -151,13 +182,16 @@ def pack_swiglu(gate: jax.Array, up: jax.Array, down: jax.Array, gate_bias: jax.
             "down": pack_columns(jnp.pad(down.astype(f32), ((0, pad), (0, 0)))), "down_bias": bias(down_bias, d)}
 
 
-def packed_swiglu(x: jax.Array, packed: dict[str, jax.Array]) -> jax.Array:
-    """``(silu(x @ gate + gate_bias) * (x @ up + up_bias)) @ down + down_bias`` in float32 in one call of the
-    compiled kernel, on weights from :func:`pack_swiglu`.
+def packed_swiglu(x: jax.Array, packed: dict[str, jax.Array], *, norm_scale: jax.Array | None = None,
+                  eps: float = 1e-6, residual: jax.Array | None = None) -> jax.Array:
+    """``[residual +] (silu(x @ gate + gate_bias) * (x @ up + up_bias)) @ down + down_bias`` in float32 in one
+    call of the compiled kernel, on weights from :func:`pack_swiglu`, ``x`` normalized first when given
+    ``norm_scale``.
 
     Args:
         x: ``[..., K]``.
         packed: :func:`pack_swiglu`'s dict.
+        norm_scale, eps, residual: as in :func:`packed_matmul` (the residual is ``[..., D]``).
 
     Returns:
         ``[..., D]`` float32.
@@ -174,8 +208,9 @@ def packed_swiglu(x: jax.Array, packed: dict[str, jax.Array]) -> jax.Array:
         raise ValueError(f"packed_swiglu: x {x.shape} does not fit the packed MLP (gate_up {gate_up.shape}, "
                          f"gate_up_bias {gate_up_bias.shape}, down {down.shape}, down_bias {down_bias.shape}); "
                          "pack the weights with pack_swiglu")
+    scale, res = _extras(x, gate_up.shape[1], d, norm_scale, residual)
     cpu_kernels.require("DecodeKernels(projections='cpu_kernel')")
     f32 = jnp.float32
     call = jax.ffi.ffi_call(TARGET_SWIGLU, jax.ShapeDtypeStruct(x.shape[:-1] + (d,), f32), vmap_method="sequential")
-    return call(x.astype(f32), gate_up.astype(f32), gate_up_bias.astype(f32), down.astype(f32),
-                down_bias.astype(f32))
+    return call(x.astype(f32), scale, gate_up.astype(f32), gate_up_bias.astype(f32), down.astype(f32),
+                down_bias.astype(f32), res, eps=np.float32(eps))

@@ -178,7 +178,18 @@ class Projection(nn.Module):
         dtype = jnp.dtype(self.config.dtype)
         return self.kernel.astype(dtype), None if self.bias is None else self.bias.astype(dtype)
 
-    def __call__(self, x: Array, decode: bool = False) -> Array:
+    def __call__(self, x: Array, decode: bool = False, residual: Array | None = None) -> Array:
+        """The product of ``x``, plus ``residual`` (shaped like the output) when given: in the packed decode
+        kernel's output, otherwise added after it."""
+        if residual is None:
+            return self._product(x, decode)
+        if decode and x.shape[1] == 1 and self.kernels.projections == "cpu_kernel":
+            packed = packed_decode.packed_outputs(self, "kernel", (self,), x, residual=residual)
+            if packed is not None:
+                return packed[0]
+        return residual + self._product(x, decode)
+
+    def _product(self, x: Array, decode: bool) -> Array:
         dtype = jnp.dtype(self.config.dtype)
         kernel, bias = self.kernel, self.bias
         if decode and x.shape[1] == 1 and self.kernels.projections == "cpu_kernel":
@@ -266,7 +277,10 @@ class Attention(nn.Module):
 
     @nn.compact
     def __call__(self, x: Array, segment_ids: Array, positions: Array, decode_index: Array | None,
-                 deterministic: bool, decode: bool) -> Array:
+                 deterministic: bool, decode: bool, norm_scale: Array | None = None,
+                 residual: Array | None = None) -> Array:
+        """Self-attention of ``x`` (``norm_scale``: of ``rms_norm(x)`` with the config's epsilon, the norm done
+        by the decode kernel's q/k/v product when it runs; ``residual``: added to the output projection's)."""
         cfg = self.config
         dtype = jnp.dtype(cfg.dtype)
         heads, kv_heads, head_dim = cfg.num_heads, cfg.kv_heads, cfg.head_dim
@@ -280,7 +294,9 @@ class Attention(nn.Module):
         v_proj = projection("v_proj", kv_heads)
         packed = None
         if decode and x.shape[1] == 1 and self.kernels.projections == "cpu_kernel":  # one product, packed weights
-            packed = packed_decode.packed_outputs(self, "qkv", (q_proj, k_proj, v_proj), x)
+            packed = packed_decode.packed_outputs(self, "qkv", (q_proj, k_proj, v_proj), x, norm_scale)
+        if packed is None and norm_scale is not None:
+            x = cpu_matmul.rms_norm(x, norm_scale, cfg.layer_norm_eps).astype(dtype)
         if packed is not None:
             q, k, v = packed
         elif decode:  # the decode kernels' own products, each projection apart
@@ -342,7 +358,7 @@ class Attention(nn.Module):
             out = out.reshape(batch, length, heads, head_dim)
         out = nn.with_logical_constraint(out, ("batch", "length", "heads", "kv"))
         return Projection(cfg, "blhk,hkd->bld", (heads, head_dim, cfg.hidden_size), ("heads", "kv", "embed"),
-                          self.kernels, self.out_bias, name=self.out_name)(out, decode)
+                          self.kernels, self.out_bias, name=self.out_name)(out, decode, residual)
 
 
 def remat_block(block: Any, config: ModelConfig) -> Any:

@@ -6,6 +6,10 @@ scaling), grouped-query heads, no output bias and q/k/v biases only when ``atten
 is SwiGLU: ``down(silu(gate(x)) * up(x))``, no biases. The model ends with an RMSNorm (``norm``) and an LM
 head that is untied (``lm_head``) or the transposed embedding. Parameter names follow transformers'
 ``LlamaForCausalLM`` so that checkpoints map one to one.
+
+A single-token decode step on the packed CPU kernels hands each norm to the product after it (the q/k/v product,
+the fused MLP) and each residual add to the product before it (the output projection, the MLP's down product):
+the block is four kernel calls and the attention between them, with no separate norm or add ops.
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from textbooks.model import packed_decode
+from textbooks.model import cpu_matmul, packed_decode
 from textbooks.model.config import ModelConfig
 from textbooks.model.layers import Attention, DecodeKernels, Projection, ones, stacked_projections
 
@@ -28,7 +32,10 @@ class LlamaMLP(nn.Module):
     kernels: DecodeKernels = DecodeKernels()
 
     @nn.compact
-    def __call__(self, x: Array, decode: bool = False) -> Array:
+    def __call__(self, x: Array, decode: bool = False, norm_scale: Array | None = None,
+                 residual: Array | None = None) -> Array:
+        """The MLP of ``x`` (``norm_scale``: of ``rms_norm(x)`` with the config's epsilon; ``residual``: added to
+        the output), both inside the fused decode kernel when it runs."""
         cfg = self.config
 
         def up(name):
@@ -40,15 +47,18 @@ class LlamaMLP(nn.Module):
                                self.kernels, use_bias=False, name="down_proj")
         if decode and x.shape[1] == 1 and self.kernels.projections == "cpu_kernel":
             # One kernel call for the whole MLP on packed weights (gate, up, SwiGLU, down).
-            fused = packed_decode.packed_swiglu(self, "swiglu", gate_proj, up_proj, down_proj, x)
+            fused = packed_decode.packed_swiglu(self, "swiglu", gate_proj, up_proj, down_proj, x, norm_scale,
+                                                residual)
             if fused is not None:
                 return fused
+        if norm_scale is not None:
+            x = cpu_matmul.rms_norm(x, norm_scale, cfg.layer_norm_eps).astype(jnp.dtype(cfg.dtype))
         if decode:  # the decode kernels' own products, each projection apart
             gate, value = gate_proj(x, decode), up_proj(x, decode)
         else:  # one matmul for both (see stacked_projections)
             gate, value = stacked_projections((gate_proj, up_proj), x)
         h = nn.with_logical_constraint(jax.nn.silu(gate) * value, ("batch", "length", "mlp"))
-        return down_proj(h, decode)
+        return down_proj(h, decode, residual)
 
 
 def rms_norm(cfg: ModelConfig, name: str) -> nn.RMSNorm:
@@ -73,6 +83,16 @@ class LlamaBlock(nn.Module):
         dropout = nn.Dropout(rate=cfg.resid_dropout)
         attn = Attention(cfg, self.kernels, qkv_bias=cfg.attention_bias, out_bias=False, out_name="o_proj",
                          name="self_attn")
+        if (decode and x.shape[1] == 1 and self.kernels.projections == "cpu_kernel" and not self.is_initializing()
+                and (deterministic or cfg.resid_dropout == 0.0)):
+            # A single-token step on the decode kernels: each norm is done by the product after it and each
+            # residual add by the product before it (the same sums, not separate small ops).
+            params = self.variables["params"]
+            x = attn(x, segment_ids, positions, decode_index, deterministic, decode,
+                     params["input_layernorm"]["scale"], residual=x)
+            x = LlamaMLP(cfg, self.kernels, name="mlp")(x, decode, params["post_attention_layernorm"]["scale"],
+                                                         residual=x)
+            return nn.with_logical_constraint(x, ("batch", "length", "embed")), None
         h = attn(rms_norm(cfg, "input_layernorm")(x), segment_ids, positions, decode_index, deterministic, decode)
         x = nn.with_logical_constraint(x + dropout(h, deterministic=deterministic), ("batch", "length", "embed"))
         h = LlamaMLP(cfg, self.kernels, name="mlp")(rms_norm(cfg, "post_attention_layernorm")(x), decode)

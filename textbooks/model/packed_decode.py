@@ -8,7 +8,9 @@ by side: q, k and v of attention; gate and up of a Llama MLP), so a step makes o
 cores split the union of their columns. A tied LM head is packed too (the transposed embedding table: a
 second copy of the table, read sequentially instead of row by row with 16 horizontal sums per block). Without
 the collection the layers fall back to their own products. A Llama MLP packs its three matrices as one
-variable (:func:`packed_swiglu`): gate, up, ``silu(g) * u`` and down are one kernel call.
+variable (:func:`packed_swiglu`): gate, up, ``silu(g) * u`` and down are one kernel call. A pre-norm block
+hands the products its norm (``norm_scale``: the kernel normalizes the input rows) and its residual (added to
+the output), which then are no separate ops of the step.
 """
 
 from __future__ import annotations
@@ -34,29 +36,40 @@ def _flat(projection: Any) -> tuple[jax.Array, jax.Array, tuple[int, ...]]:
     return kernel.reshape(-1, n), flat_bias, out_shape
 
 
+def _extras(module: Any, norm_scale: jax.Array | None, residual: jax.Array | None, rows: int) -> dict[str, Any]:
+    """The packed kernels' norm and residual arguments: the config's epsilon, the residual as ``[rows, N]``."""
+    return {"norm_scale": norm_scale, "eps": module.config.layer_norm_eps,
+            "residual": None if residual is None else residual.reshape(rows, -1)}
+
+
 def packed_product(module: Any, name: str, weights: Callable[[], tuple[jax.Array, jax.Array]],
-                   x: jax.Array) -> jax.Array | None:
+                   x: jax.Array, **extras: Any) -> jax.Array | None:
     """``x [rows, K] @ w + b`` on ``module``'s packed variable ``name``, made from ``weights() -> (w [K, N],
-    b [N])`` when the ``'packed'`` collection is mutable; None when it is absent and cannot be made now."""
+    b [N])`` when the ``'packed'`` collection is mutable; None when it is absent and cannot be made now.
+    ``extras``: :func:`textbooks.model.cpu_matmul.packed_matmul`'s ``norm_scale``, ``eps`` and ``residual``."""
     if not module.has_variable(COLLECTION, name):
         if not module.is_mutable_collection(COLLECTION):
             return None
         w, b = weights()  # setup-style modules cannot declare variables in calls: put_variable can
         module.put_variable(COLLECTION, name, {"w": cpu_matmul.pack_columns(w), "b": b.astype(jnp.float32)})
     packed = module.get_variable(COLLECTION, name)
-    return cpu_matmul.packed_matmul(x, packed["w"], packed["b"])
+    return cpu_matmul.packed_matmul(x, packed["w"], packed["b"], **extras)
 
 
-def packed_outputs(module: Any, name: str, projections: Sequence[Any], x: jax.Array) -> list[jax.Array] | None:
+def packed_outputs(module: Any, name: str, projections: Sequence[Any], x: jax.Array,
+                   norm_scale: jax.Array | None = None, residual: jax.Array | None = None) -> list[jax.Array] | None:
     """The outputs of ``projections`` (submodules of ``module`` reading the same ``x [batch, 1, ...]``) from one
     packed product (:func:`packed_product`: their kernels side by side, and their biases), or None when
-    ``module`` holds no packed weights ``name`` and cannot make them now."""
+    ``module`` holds no packed weights ``name`` and cannot make them now. ``norm_scale``: the input is
+    normalized first (an RMSNorm with the config's epsilon); ``residual``: added to the output (one projection,
+    shaped like its output)."""
     flats = [_flat(p) for p in projections]
 
     def weights():
         return jnp.concatenate([w for w, _, _ in flats], axis=1), jnp.concatenate([b for _, b, _ in flats])
 
-    y = packed_product(module, name, weights, x.reshape(x.shape[0], -1))
+    extras = _extras(module, norm_scale, residual, x.shape[0])
+    y = packed_product(module, name, weights, x.reshape(x.shape[0], -1), **extras)
     if y is None:
         return None
     dtype = jnp.dtype(module.config.dtype)
@@ -67,15 +80,17 @@ def packed_outputs(module: Any, name: str, projections: Sequence[Any], x: jax.Ar
     return outs
 
 
-def packed_swiglu(module: Any, name: str, gate: Any, up: Any, down: Any, x: jax.Array) -> jax.Array | None:
+def packed_swiglu(module: Any, name: str, gate: Any, up: Any, down: Any, x: jax.Array,
+                  norm_scale: jax.Array | None = None, residual: jax.Array | None = None) -> jax.Array | None:
     """``down(silu(gate(x)) * up(x))`` for ``x [batch, 1, K]`` (projections: submodules of ``module``) in one call
     of :func:`textbooks.model.cpu_matmul.packed_swiglu` on ``module``'s packed variable ``name``, made when the
     ``'packed'`` collection is mutable; None when it is absent and cannot be made now. Returns
-    ``[batch, 1, D]`` in the config's dtype."""
+    ``[batch, 1, D]`` in the config's dtype. ``norm_scale`` and ``residual`` as in :func:`packed_outputs`."""
     if not module.has_variable(COLLECTION, name):
         if not module.is_mutable_collection(COLLECTION):
             return None
         (wg, bg, _), (wu, bu, _), (wd, bd, _) = (_flat(p) for p in (gate, up, down))
         module.put_variable(COLLECTION, name, cpu_matmul.pack_swiglu(wg, wu, wd, bg, bu, bd))
-    y = cpu_matmul.packed_swiglu(x.reshape(x.shape[0], -1), module.get_variable(COLLECTION, name))
+    y = cpu_matmul.packed_swiglu(x.reshape(x.shape[0], -1), module.get_variable(COLLECTION, name),
+                                 **_extras(module, norm_scale, residual, x.shape[0]))
     return y.reshape(x.shape[0], 1, -1).astype(jnp.dtype(module.config.dtype))

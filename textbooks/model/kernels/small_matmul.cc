@@ -14,12 +14,18 @@
 // a single sequential read; a decoder packs its weights once. A third handler computes x @ w.T for w [N, K]
 // (a tied LM head reads the embedding table as it is stored; see SmallMatmulNT), and a fourth a Llama MLP's whole
 // step on packed weights, gate and up products, SwiGLU and down product in one call (PackedSwiglu).
+//
+// The packed handlers also take the parts of a pre-norm block around their products, so that a decode step
+// does not run them as separate small XLA ops: an RMSNorm of x's rows (norm scale [K], attribute eps; x is
+// normalized once into the calling thread's scratch before the products) and a residual added to the output
+// (y = r + x @ w + b). An empty norm scale or residual leaves that part out.
 #include <algorithm>
 #include <atomic>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
 #include <memory>
+#include <string>
 #include <thread>
 #include <vector>
 
@@ -47,6 +53,7 @@ struct Work {
   const float* x;
   const float* w;
   const float* b;
+  const float* r = nullptr;  // residual [M, N] added to y, or none
   float* y;
   int64_t m, k, n, units;  // units: panels of `width` columns
   int64_t width;           // columns per panel
@@ -76,8 +83,11 @@ void Block(const Work& w, int64_t m0, int64_t n0, const float* col) {
     }
   }
   for (int r = 0; r < R; ++r)
-    for (int j = 0; j < V; ++j)
-      Store(w.y + (m0 + r) * w.n + n0 + kLanes * j, acc[r][j] + Load(w.b + n0 + kLanes * j));
+    for (int j = 0; j < V; ++j) {
+      const int64_t at = (m0 + r) * w.n + n0 + kLanes * j;
+      const v16 out = acc[r][j] + Load(w.b + n0 + kLanes * j);
+      Store(w.y + at, w.r == nullptr ? out : Load(w.r + at) + out);
+    }
 }
 
 // Every row times columns [n0, n0 + 16 V) starting at col: blocks of R rows, then of R / 2, then single rows.
@@ -100,7 +110,7 @@ void Scalar(const Work& w, int64_t n0, const float* col) {
     for (int64_t j = n0; j < w.n; ++j) {
       float acc = 0.0f;
       for (int64_t k = 0; k < w.k; ++k) acc += w.x[m * w.k + k] * col[k * w.ld + j - n0];
-      w.y[m * w.n + j] = acc + w.b[j];
+      w.y[m * w.n + j] = w.r == nullptr ? acc + w.b[j] : w.r[m * w.n + j] + (acc + w.b[j]);
     }
 }
 
@@ -162,17 +172,52 @@ ffi::Error SmallMatmul(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffe
 // Runs a product set up in work (every field but units); the bias alone when K is 0.
 ffi::Error Run(ffi::ThreadPool& pool, std::shared_ptr<Work> work) {
   work->units = (work->n + work->width - 1) / work->width;
-  if (work->k == 0) {  // an empty sum: the bias
-    for (int64_t m = 0; m < work->m; ++m) std::memcpy(work->y + m * work->n, work->b, work->n * sizeof(float));
+  if (work->k == 0) {  // an empty sum: the bias (plus the residual)
+    for (int64_t m = 0; m < work->m; ++m)
+      for (int64_t j = 0; j < work->n; ++j)
+        work->y[m * work->n + j] = work->r == nullptr ? work->b[j] : work->r[m * work->n + j] + work->b[j];
     return ffi::Error::Success();
   }
   Share<Work, Panel>(pool, work);
   return ffi::Error::Success();
 }
 
-// y = x @ w + b with w in the packed layout [ceil(N / kPacked), K, kPacked]; N is b's length.
-ffi::Error PackedMatmul(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> w,
-                        ffi::Buffer<ffi::F32> b, ffi::ResultBuffer<ffi::F32> y) {
+// out[m] = x[m] * (scale / sqrt(mean(x[m]^2) + eps)) for the M rows of K (an RMSNorm, in flax's order of operations).
+void NormRows(const float* x, const float* scale, int64_t m, int64_t k, float eps, float* out) {
+  for (int64_t i = 0; i < m; ++i) {
+    const float* xr = x + i * k;
+    float* o = out + i * k;
+    float squares = 0.0f;
+#pragma omp simd reduction(+ : squares)
+    for (int64_t c = 0; c < k; ++c) squares += xr[c] * xr[c];
+    const float inv = 1.0f / std::sqrt(squares / static_cast<float>(k) + eps);
+#pragma omp simd
+    for (int64_t c = 0; c < k; ++c) o[c] = xr[c] * (inv * scale[c]);
+  }
+}
+
+// The optional norm and residual of a packed product: checks their sizes (an empty buffer: none) against its M rows
+// of K inputs and N outputs, normalizes x into `normed` (grown as needed) when a scale is given, and points the
+// product at its input and residual. Returns an error message, or nullptr.
+const char* Prologue(Work& work, const float* x, const float* scale, int64_t scales, const float* residual,
+                     int64_t residuals, float eps, std::vector<float>& normed) {
+  if (scales != 0 && scales != work.k) return "the norm scale must be [K] or empty";
+  if (residuals != 0 && residuals != work.m * work.n) return "the residual must be [..., N] like y, or empty";
+  work.x = x;
+  if (scales != 0) {
+    normed.resize(std::max<size_t>(normed.size(), work.m * work.k));
+    NormRows(x, scale, work.m, work.k, eps, normed.data());
+    work.x = normed.data();
+  }
+  work.r = residuals != 0 ? residual : nullptr;
+  return nullptr;
+}
+
+// y = [r +] norm(x) @ w + b with w in the packed layout [ceil(N / kPacked), K, kPacked]; N is b's length; the
+// norm (scale [K] and eps) and the residual r [..., N] are optional (empty buffers).
+ffi::Error PackedMatmul(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> scale,
+                        ffi::Buffer<ffi::F32> w, ffi::Buffer<ffi::F32> b, ffi::Buffer<ffi::F32> residual, float eps,
+                        ffi::ResultBuffer<ffi::F32> y) {
   auto xd = x.dimensions();
   auto wd = w.dimensions();
   if (b.dimensions().size() != 1 || wd.size() != 3 || wd[2] != kPacked || xd.size() < 1 ||
@@ -180,10 +225,17 @@ ffi::Error PackedMatmul(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buff
     return ffi::Error::InvalidArgument("packed matmul: x [..., K], w [ceil(N / 48), K, 48] and b [N] do not fit");
   }
   auto work = std::make_shared<Work>();
-  work->x = x.typed_data(); work->w = w.typed_data(); work->b = b.typed_data(); work->y = y->typed_data();
+  work->w = w.typed_data(); work->b = b.typed_data(); work->y = y->typed_data();
   work->k = wd[1]; work->n = b.dimensions()[0];
   work->m = work->k > 0 ? static_cast<int64_t>(x.element_count()) / work->k
                         : static_cast<int64_t>(y->element_count()) / std::max<int64_t>(work->n, 1);
+  // Scratch of the calling thread, reused by its later calls; a helper that starts after the call returned
+  // finds no unit and does not read it.
+  thread_local std::vector<float> normed;
+  if (const char* error = Prologue(*work, x.typed_data(), scale.typed_data(), scale.element_count(),
+                                   residual.typed_data(), residual.element_count(), eps, normed)) {
+    return ffi::Error::InvalidArgument(std::string("packed matmul: ") + error);
+  }
   work->width = kPacked;
   work->ld = kPacked;
   work->panel_step = work->k * kPacked;
@@ -235,8 +287,10 @@ void MlpUnit(Mlp& w, int64_t u) {
   Panel(w.down, u - panels);
 }
 
-ffi::Error PackedSwiglu(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> wgu,
-                        ffi::Buffer<ffi::F32> bgu, ffi::Buffer<ffi::F32> wd, ffi::Buffer<ffi::F32> bd,
+// y = [r +] mlp(norm(x)); the norm (scale [K] and eps) and the residual r [..., D] are optional (empty buffers).
+ffi::Error PackedSwiglu(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> scale,
+                        ffi::Buffer<ffi::F32> wgu, ffi::Buffer<ffi::F32> bgu, ffi::Buffer<ffi::F32> wd,
+                        ffi::Buffer<ffi::F32> bd, ffi::Buffer<ffi::F32> residual, float eps,
                         ffi::ResultBuffer<ffi::F32> y) {
   auto xd = x.dimensions();
   auto gd = wgu.dimensions();
@@ -256,13 +310,19 @@ ffi::Error PackedSwiglu(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buff
                   : static_cast<int64_t>(y->element_count()) / std::max<int64_t>(bd.dimensions()[0], 1);
   // Scratch of the calling thread, reused by its later calls (no allocation and first-touch page faults per
   // call); a helper that starts after the call returned finds no unit and does not touch it.
-  thread_local std::vector<float> scratch;
+  thread_local std::vector<float> scratch, normed;
   scratch.resize(std::max<size_t>(scratch.size(), up.m * (up.n + dd[1])));
   work->gate_up = scratch.data();
   work->h = scratch.data() + up.m * up.n;
-  up.x = x.typed_data(); up.w = wgu.typed_data(); up.b = bgu.typed_data(); up.y = work->gate_up;
+  up.w = wgu.typed_data(); up.b = bgu.typed_data(); up.y = work->gate_up;
   down.x = work->h; down.w = wd.typed_data(); down.b = bd.typed_data(); down.y = y->typed_data();
   down.m = up.m; down.k = dd[1]; down.n = bd.dimensions()[0];
+  // The first product takes the norm, the second the residual.
+  const char* error = Prologue(up, x.typed_data(), scale.typed_data(), scale.element_count(), nullptr, 0, eps, normed);
+  if (error == nullptr) {
+    error = Prologue(down, work->h, nullptr, 0, residual.typed_data(), residual.element_count(), eps, normed);
+  }
+  if (error != nullptr) return ffi::Error::InvalidArgument(std::string("packed swiglu: ") + error);
   for (Work* w : {&up, &down}) {
     w->width = w->ld = kPacked;
     w->panel_step = w->k * kPacked;
@@ -371,35 +431,25 @@ ffi::Error SmallMatmulNT(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buf
   return ffi::Error::Success();
 }
 
-// x, w, b -> y: the binding of both x @ w + b handlers.
-auto ProductBinding() {
-  return ffi::Ffi::Bind()
-      .Ctx<ffi::ThreadPool>()
-      .Arg<ffi::Buffer<ffi::F32>>()
-      .Arg<ffi::Buffer<ffi::F32>>()
-      .Arg<ffi::Buffer<ffi::F32>>()
-      .Ret<ffi::Buffer<ffi::F32>>();
-}
-
 }  // namespace
 
+#define TEXTBOOKS_F32 .Arg<ffi::Buffer<ffi::F32>>()
+
+// x, w -> y; x, w, b -> y; x, norm scale, w, b, residual -> y; x, norm scale, gate/up, bias, down, bias,
+// residual -> y (the optional parts as empty buffers).
 XLA_FFI_DEFINE_HANDLER_SYMBOL(TextbooksSmallMatmulNT, SmallMatmulNT,
-                              ffi::Ffi::Bind()
-                                  .Ctx<ffi::ThreadPool>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
+                              ffi::Ffi::Bind().Ctx<ffi::ThreadPool>() TEXTBOOKS_F32 TEXTBOOKS_F32
                                   .Ret<ffi::Buffer<ffi::F32>>());
 
-XLA_FFI_DEFINE_HANDLER_SYMBOL(TextbooksSmallMatmul, SmallMatmul, ProductBinding());
+XLA_FFI_DEFINE_HANDLER_SYMBOL(TextbooksSmallMatmul, SmallMatmul,
+                              ffi::Ffi::Bind().Ctx<ffi::ThreadPool>() TEXTBOOKS_F32 TEXTBOOKS_F32 TEXTBOOKS_F32
+                                  .Ret<ffi::Buffer<ffi::F32>>());
 
-XLA_FFI_DEFINE_HANDLER_SYMBOL(TextbooksPackedMatmul, PackedMatmul, ProductBinding());
+XLA_FFI_DEFINE_HANDLER_SYMBOL(TextbooksPackedMatmul, PackedMatmul,
+                              ffi::Ffi::Bind().Ctx<ffi::ThreadPool>() TEXTBOOKS_F32 TEXTBOOKS_F32 TEXTBOOKS_F32
+                                  TEXTBOOKS_F32 TEXTBOOKS_F32.Attr<float>("eps").Ret<ffi::Buffer<ffi::F32>>());
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(TextbooksPackedSwiglu, PackedSwiglu,
-                              ffi::Ffi::Bind()
-                                  .Ctx<ffi::ThreadPool>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Ret<ffi::Buffer<ffi::F32>>());
+                              ffi::Ffi::Bind().Ctx<ffi::ThreadPool>() TEXTBOOKS_F32 TEXTBOOKS_F32 TEXTBOOKS_F32
+                                  TEXTBOOKS_F32 TEXTBOOKS_F32 TEXTBOOKS_F32 TEXTBOOKS_F32
+                                  .Attr<float>("eps").Ret<ffi::Buffer<ffi::F32>>());
