@@ -75,8 +75,9 @@ hash (:meth:`MinHasher.band_hashes`). Then
      size. Giving the workers 2 malloc arenas instead of glibc's 8 per core, as ``run_plan`` does for the
      local runner (:mod:`textbooks.curate.local_workers`), lowers the largest worker by about 30-40 MB at
      both sizes (250-255 MB at 50k and 278-302 at 100k, against 289-291 and 319-338), in no more time; the
-     growth with the corpus stays, smaller (one worker: 276 -> 318 MB, against 324 -> 385-410). It needs the stage's input to be the records exactly as read, so the pipeline offers
-     it (``NearDedup(reread=...)``) only to a near dedup that is the first stage, without the id check
+     growth with the corpus stays, smaller (one worker: 276 -> 318 MB, against 324 -> 385-410). It needs
+     the stage's input to be the records exactly as read, so the pipeline offers it
+     (``NearDedup(reread=...)``) only to a near dedup that is the first stage, without the id check
      (:func:`textbooks.curate.pipeline.build_pipeline`); the input is read twice.
 
    All give the same kept and dropped records; the counter ``near_dedup/decisions_<path>`` (bundles applied)
