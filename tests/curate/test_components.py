@@ -54,25 +54,52 @@ def test_not_converged_is_an_error():
             _ = p | beam.Create(edges) | components.DistributedComponents(max_rounds=1, stage="test")
 
 
-@pytest.mark.parametrize("method", ["union_find", "distributed", "auto"])
-def test_components_decisions_and_which_ran(method):
+@pytest.mark.parametrize("method,run_time,max_edges,ran", [
+    ("union_find", None, 0.5, "union_find"), ("distributed", None, 0.5, "distributed"),
+    ("auto", True, 0.5, "distributed"), ("auto", True, 2, "union_find"),  # the edge count chooses
+    ("auto", None, 0.5, "union_find")])  # DirectRunner, a local runner: the union-find, chosen when built
+def test_components_decisions_and_which_ran(method, run_time, max_edges, ran):
     edges = [((0, f"n{u:05d}"), (0, f"n{v:05d}")) for u, v in _planted_graph(seed=1)]
     comps = components.connected_components(edges)
     expected = sorted((n[1], {"duplicate_of": c[0][1], "cluster_size": len(c)}) for c in comps for n in c[1:])
-    cfg = components.ComponentsConfig(method=method, union_find_max_edges=len(edges) // 2, max_rounds=8)
+    cfg = components.ComponentsConfig(method=method, union_find_max_edges=int(len(edges) * max_edges), max_rounds=8)
     with beam.Pipeline(runner="DirectRunner") as p:
-        out = p | beam.Create(edges) | beam.Distinct() | components.Components(cfg, stage="test")
+        out = p | beam.Create(edges) | beam.Distinct() | components.Components(cfg, "test",
+                                                                              choose_at_run_time=run_time)
         assert_that(out["decisions"], equal_to(expected), label="decisions")
         sizes = out["clusters"] | beam.Map(lambda c: (c["keeper"], c["size"], c["members"][:3]))
         assert_that(sizes, equal_to([(c[0][1], len(c), [n[1] for n in c[:3]]) for c in comps]), label="clusters")
         result = p.run()
         result.wait_until_finish()
     counters = {r.key.metric.name: r.committed for r in result.metrics().query()["counters"]}
-    ran = "union_find" if method == "union_find" else "distributed"  # auto: more edges than the threshold
     other = "distributed" if ran == "union_find" else "union_find"
     assert counters.get(f"test/components_{ran}") == 1 and f"test/components_{other}" not in counters
     if ran == "distributed":  # converged within the unrolled rounds; the last one changed nothing
         assert 1 <= counters["test/components_rounds"] < cfg.max_rounds
+
+
+@pytest.mark.parametrize("runner,run_time,rounds_built", [
+    ("DirectRunner", None, False), ("DirectRunner", True, True), ("DirectRunner", False, False)])
+def test_auto_builds_the_rounds_only_where_the_edge_count_chooses(runner, run_time, rounds_built):
+    p = beam.Pipeline(runner=runner)
+    _ = p | beam.Create([]) | components.Components(components.ComponentsConfig(), "test", choose_at_run_time=run_time)
+    names = [t.unique_name for t in p.to_runner_api().components.transforms.values()]
+    assert any("/Rounds/" in name for name in names) == rounds_built
+    assert any("/UnionFind" in name for name in names)
+
+
+def test_build_time_method_on_other_runners():
+    class DataflowRunner:  # stands for any runner that is not one of Beam's local runners
+        pass
+
+    pipeline = type("P", (), {"runner": DataflowRunner()})()
+    auto = components.ComponentsConfig()
+    assert components.build_time_method(auto, pipeline) == "auto"
+    assert components.build_time_method(auto, beam.Pipeline(runner="DirectRunner")) == "union_find"
+    assert components.build_time_method(auto, pipeline, choose_at_run_time=False) == "union_find"
+    for method in ("union_find", "distributed"):
+        assert components.build_time_method(components.ComponentsConfig(method=method), pipeline) == method
+        assert components.build_time_method(components.ComponentsConfig(method=method), beam.Pipeline()) == method
 
 
 def _chained_documents(num_docs=60):

@@ -29,13 +29,16 @@ check raises :class:`ComponentsNotConvergedError` if nodes still changed in the 
 ``ComponentsConfig.max_rounds``). Counters (namespace ``textbooks.curate``): ``<stage>/components_rounds``
 (rounds that changed something) and ``<stage>/components_changed_nodes``.
 
-:class:`Components` chooses between this and the single-worker union-find
-(:func:`textbooks.curate.dedup.connected_components`: the edges packed with each distinct node once, an
-:class:`EdgePack`, merged on one worker; fine for small corpora) from the
-number of distinct candidate edges, at run time, through a side input: ``ComponentsConfig.method`` ``'auto'``
-uses the union-find up to ``union_find_max_edges`` edges; ``'union_find'`` or ``'distributed'`` forces one. The
-counter ``<stage>/components_union_find`` or ``<stage>/components_distributed`` (1) says which ran; the curation
-report shows them. Both give the same components.
+:class:`Components` chooses between this and the one-worker union-find (:func:`connected_components`: the edges
+packed with each distinct node once, an :class:`EdgePack`, merged on one worker) by ``ComponentsConfig.method``:
+``'union_find'`` or ``'distributed'`` forces one; ``'auto'`` uses the union-find up to ``union_find_max_edges``
+distinct edges, counted at run time (a side input), except on Beam's local runners
+(:func:`~textbooks.curate.local_workers.is_local_runner`): there it is the union-find, chosen when the graph is
+built. The rounds bound no process's memory on those runners (the driver holds every stage's input, a worker
+receives its share at once), and a run-time choice builds them anyway, each of their ~45 stages then running on
+every worker with no input and leaving a bundle processor behind (measured in :mod:`textbooks.curate.dedup`).
+The counter ``<stage>/components_union_find`` or ``<stage>/components_distributed`` (1) says which ran; the
+curation report shows them. Both give the same components.
 """
 
 from __future__ import annotations
@@ -50,6 +53,7 @@ import numpy as np
 from apache_beam.transforms.window import GlobalWindows
 
 from textbooks.curate import stages
+from textbooks.curate.local_workers import is_local_runner
 
 METHODS = ("auto", "union_find", "distributed")
 
@@ -65,7 +69,8 @@ class ComponentsConfig:
 
     Attributes:
         method: ``'auto'`` (union-find up to ``union_find_max_edges`` distinct candidate edges, else
-            distributed), ``'union_find'`` (one worker) or ``'distributed'`` (large-star/small-star rounds).
+            distributed; on the local runners, the union-find), ``'union_find'`` (one worker) or
+            ``'distributed'`` (large-star/small-star rounds).
         union_find_max_edges: the largest candidate-edge count that ``'auto'`` resolves on one worker.
         max_rounds: rounds unrolled into the Beam graph; a graph still changing after them is an error.
     """
@@ -401,22 +406,31 @@ def _method(config: ComponentsConfig, num_edges: int) -> str:
     return "union_find" if num_edges <= config.union_find_max_edges else "distributed"
 
 
+def build_time_method(config: ComponentsConfig, pipeline: beam.Pipeline,
+                      choose_at_run_time: bool | None = None) -> str:
+    """``config.method``, but ``'auto'`` is the union-find unless the edge count chooses at run time
+    (``choose_at_run_time``; by default on every runner but the local ones: see the module docstring)."""
+    run_time = not is_local_runner(pipeline) if choose_at_run_time is None else choose_at_run_time
+    return "union_find" if config.method == "auto" and not run_time else config.method
+
+
 class Components(beam.PTransform):
     """Distinct candidate edges between nodes (:func:`node_key`, or ``(priority, id)``) -> ``{'decisions':
     (id, {duplicate_of, cluster_size}) for every node but each component's smallest, clusters_tag: one summary
     per component}``, by the union-find or the distributed rounds as ``config`` chooses (see the module
-    docstring)."""
+    docstring; ``choose_at_run_time``: see :func:`build_time_method`)."""
 
     def __init__(self, config: ComponentsConfig | None = None, stage: str = "near_dedup",
-                 clusters_tag: str = "clusters"):
+                 clusters_tag: str = "clusters", choose_at_run_time: bool | None = None):
         super().__init__()
         self.config = config or ComponentsConfig()
         self.stage = stage
         self.clusters_tag = clusters_tag
+        self.choose_at_run_time = choose_at_run_time
 
     def expand(self, edges):
         p = edges.pipeline
-        cfg = self.config
+        cfg = dataclasses.replace(self.config, method=build_time_method(self.config, p, self.choose_at_run_time))
         num_edges = beam.pvalue.AsSingleton(edges | "CountEdges" >> beam.combiners.Count.Globally())
         _ = p | "Trigger" >> beam.Create([None]) | "SayWhich" >> beam.ParDo(_SayWhich(self.stage, cfg), num_edges)
         outs = []

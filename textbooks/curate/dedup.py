@@ -24,7 +24,11 @@ hash (:meth:`MinHasher.band_hashes`). Then
    of at most ``ComponentsConfig.union_find_max_edges`` distinct edges, a union-find on one worker; the choice
    is made at run time from the edge count (or forced by ``ComponentsConfig.method``) and the counters
    ``near_dedup/components_union_find`` / ``near_dedup/components_distributed`` say which ran. Both give the
-   same clusters.
+   same clusters. On the local runners ``'auto'`` is the union-find, chosen when the graph is built, so the
+   rounds' ~45 stages are not built: with a run-time choice those runners ran each of them on every worker
+   with no input, and each left a bundle processor behind (about 0.4 MB), which raised the largest worker
+   (2 workers, runs alternated on a busy machine: 248-257 MB -> 220-225 at 50k documents, 279-296 ->
+   272-276 at 100k, where more of the peak comes before those stages), in no more time.
 3. One document per component survives: the smallest by the ``keep`` policy (``'min_id'``: smallest id;
    ``'longest'``: most characters, then smallest id), a deterministic choice. The others are dropped with
    ``meta.curation = {reason: 'near_duplicate', duplicate_of, cluster_size}``. The decisions (one per dropped
@@ -99,6 +103,7 @@ import gin
 from textbooks.curate import stages
 from textbooks.curate.components import Components, connected_components
 from textbooks.curate.decisions import DropTable, DropTableFn
+from textbooks.curate.local_workers import is_local_runner
 from textbooks.curate.lsh import CandidateEdges
 from textbooks.curate.minhash import DECISIONS, MinHashConfig, MinHasher, bucket_edges, near_duplicate_clusters
 from textbooks.curate.textnorm import count_tokens, exact_key
@@ -211,16 +216,13 @@ class _ApplyDecisionsDoFn(beam.DoFn):
             yield record
 
 
-_LOCAL_RUNNERS = ("SwitchingDirectRunner", "DirectRunner", "BundleBasedDirectRunner", "FnApiRunner")
-
-
 def decisions_path(config: MinHashConfig, pipeline: beam.Pipeline, reread: bool = False) -> str:
     """The way decisions reach the records in ``pipeline``: ``config.decisions``, or for ``'auto'``
     ``'reread'`` where the stage can read its input again (``reread``) and ``'side_input'`` on a local runner,
     ``'join'`` on any other (see the module docstring)."""
     path = config.decisions
     if path == "auto":
-        local = type(pipeline.runner).__name__ in _LOCAL_RUNNERS
+        local = is_local_runner(pipeline)
         path = ("reread" if reread else "side_input") if local else "join"
     if path == "reread" and not reread:
         raise ValueError("MinHashConfig.decisions = 'reread' needs near dedup to see the records exactly as read "

@@ -1,4 +1,5 @@
-"""The environment of the local runner's worker processes: how many malloc arenas glibc gives each one.
+"""The local runners (:func:`is_local_runner`) and the environment of their worker processes: how many malloc
+arenas glibc gives each one.
 
 Beam's SDK worker runs each bundle beside several gRPC threads, and glibc gives threads their own heaps
 ("arenas", up to 8 per core by default). Memory that one stage frees in one arena is not reused by the next
@@ -17,11 +18,21 @@ from __future__ import annotations
 
 import contextlib
 import os
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator
 
+if TYPE_CHECKING:
+    import apache_beam
+
+LOCAL_RUNNERS = ("SwitchingDirectRunner", "DirectRunner", "BundleBasedDirectRunner", "FnApiRunner")
 ARENAS = "MALLOC_ARENA_MAX"
 WORKER_ARENAS = 2
 _SPAWNING_MODES = ("multi_processing",)
+
+
+def is_local_runner(pipeline: "apache_beam.Pipeline") -> bool:
+    """Whether ``pipeline`` (a ``beam.Pipeline``) runs on one of Beam's local runners (the DirectRunner, the
+    FnApiRunner), whose driver holds every stage's input in memory and sends each worker its share at once."""
+    return type(pipeline.runner).__name__ in LOCAL_RUNNERS
 
 
 @contextlib.contextmanager
