@@ -36,9 +36,10 @@ distinct edges, counted at run time (a side input), except on Beam's local runne
 (:func:`~textbooks.curate.local_workers.is_local_runner`): there it is the union-find, chosen when the graph is
 built. The rounds bound no process's memory on those runners (the driver holds every stage's input, a worker
 receives its share at once), and a run-time choice builds them anyway, each of their ~45 stages then running on
-every worker with no input and leaving a bundle processor behind (measured in :mod:`textbooks.curate.dedup`).
-The counter ``<stage>/components_union_find`` or ``<stage>/components_distributed`` (1) says which ran; the
-curation report shows them. Both give the same components.
+every worker with no input and leaving its descriptor and a cached bundle processor behind (measured in
+:mod:`textbooks.curate.dedup`). The counter ``<stage>/components_union_find`` or
+``<stage>/components_distributed`` (1) says which ran; the curation report shows them. Both give the same
+components.
 """
 
 from __future__ import annotations

@@ -26,9 +26,9 @@ hash (:meth:`MinHasher.band_hashes`). Then
    ``near_dedup/components_union_find`` / ``near_dedup/components_distributed`` say which ran. Both give the
    same clusters. On the local runners ``'auto'`` is the union-find, chosen when the graph is built, so the
    rounds' ~45 stages are not built: with a run-time choice those runners ran each of them on every worker
-   with no input, and each left a bundle processor behind (about 0.4 MB), which raised the largest worker
-   (2 workers, runs alternated on a busy machine: 248-257 MB -> 220-225 at 50k documents, 279-296 ->
-   262-276 at 100k, where more of the peak comes before those stages), in no more time.
+   with no input, and each left its descriptor and a cached bundle processor behind (about 0.4 MB), which
+   raised the largest worker (2 workers, runs alternated on a busy machine: 248-257 MB -> 220-225 at 50k
+   documents, 279-296 -> 262-276 at 100k, where more of the peak comes before those stages), in no more time.
 3. One document per component survives: the smallest by the ``keep`` policy (``'min_id'``: smallest id;
    ``'longest'``: most characters, then smallest id), a deterministic choice. The others are dropped with
    ``meta.curation = {reason: 'near_duplicate', duplicate_of, cluster_size}``. The decisions (one per dropped
