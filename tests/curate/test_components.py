@@ -8,12 +8,12 @@ import pytest
 from apache_beam.testing.util import assert_that, equal_to
 
 import curate_testdata as td
-from textbooks.curate import components, dedup
+from textbooks.curate import components, dedup, union_find
 
 
 def _expected_stars(edges):
     """(component minimum, node) for every node that is not its component's minimum, by union-find."""
-    return sorted((comp[0], node) for comp in components.connected_components(edges) for node in comp[1:])
+    return sorted((comp[0], node) for comp in union_find.connected_components(edges) for node in comp[1:])
 
 
 def _planted_graph(seed=0):
@@ -40,7 +40,7 @@ def _planted_graph(seed=0):
 def test_distributed_components_equal_union_find_on_planted_graph():
     edges = _planted_graph()
     expected = _expected_stars(edges)
-    assert max(len(c) for c in components.connected_components(edges)) >= 1200
+    assert max(len(c) for c in union_find.connected_components(edges)) >= 1200
     with beam.Pipeline(runner="DirectRunner") as p:
         stars = p | beam.Create(edges) | components.DistributedComponents(max_rounds=8, stage="test")
         assert_that(stars, equal_to(expected))
@@ -60,7 +60,7 @@ def test_not_converged_is_an_error():
     ("auto", None, 0.5, "union_find")])  # DirectRunner, a local runner: the union-find, chosen when built
 def test_components_decisions_and_which_ran(method, run_time, max_edges, ran):
     edges = [((0, f"n{u:05d}"), (0, f"n{v:05d}")) for u, v in _planted_graph(seed=1)]
-    comps = components.connected_components(edges)
+    comps = union_find.connected_components(edges)
     expected = sorted((n[1], {"duplicate_of": c[0][1], "cluster_size": len(c)}) for c in comps for n in c[1:])
     cfg = components.ComponentsConfig(method=method, union_find_max_edges=int(len(edges) * max_edges), max_rounds=8)
     with beam.Pipeline(runner="DirectRunner") as p:
@@ -156,11 +156,11 @@ def _reference_components(edges):
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_union_find_equals_breadth_first_search(seed):
     edges = _planted_graph(seed)
-    assert components.connected_components(edges) == _reference_components(edges)
+    assert union_find.connected_components(edges) == _reference_components(edges)
     path = list(range(5000))  # a long path, its labels descending: the worst order for hooking
     random.Random(seed).shuffle(path)
     chain = list(zip(path, path[1:]))
-    assert components.connected_components(chain) == [sorted(path)]
+    assert union_find.connected_components(chain) == [sorted(path)]
 
 
 def test_edge_packs_merge_and_pickle_to_the_same_components():
@@ -169,7 +169,7 @@ def test_edge_packs_merge_and_pickle_to_the_same_components():
     import pickle
 
     edges = [((0, f"n{u:05d}"), (0, f"n{v:05d}")) for u, v in _planted_graph(seed=3)]
-    fn = components.PackEdgesFn()
+    fn = union_find.PackEdgesFn()
     packs = []
     for part in (edges[0::3], edges[1::3], edges[2::3]):
         acc = fn.create_accumulator()

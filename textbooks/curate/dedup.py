@@ -101,12 +101,13 @@ import apache_beam as beam
 import gin
 
 from textbooks.curate import stages
-from textbooks.curate.components import Components, connected_components
+from textbooks.curate.components import Components
 from textbooks.curate.decisions import DropTable, DropTableFn
 from textbooks.curate.local_workers import is_local_runner
 from textbooks.curate.lsh import CandidateEdges
 from textbooks.curate.minhash import DECISIONS, MinHashConfig, MinHasher, bucket_edges, near_duplicate_clusters
 from textbooks.curate.textnorm import count_tokens, exact_key
+from textbooks.curate.union_find import connected_components
 
 CLUSTERS = "clusters"
 __all__ = ["CLUSTERS", "DECISIONS", "ExactDedup", "ExactDedupConfig", "MinHashConfig", "MinHasher", "NearDedup",

@@ -20,7 +20,7 @@ member, or with ``verify_threshold`` the pairs that agree on at least that fract
 up to 64); the distinct ones are looked up in the id tables of their ends' batches (a ``CoGroupByKey`` on the
 batch key), and the two ends of each edge meet again (a ``GroupByKey`` on the edge). The result is the
 distinct edges between nodes that sort like ``(priority, id)`` (:func:`~textbooks.curate.minhash.priority`),
-each one bytes object (:func:`~textbooks.curate.components.node_key`: the rank and the id's UTF-8, copied from
+each one bytes object (:func:`~textbooks.curate.union_find.node_key`: the rank and the id's UTF-8, copied from
 the id table without decoding), as :class:`~textbooks.curate.components.Components` takes them. Which member of a bucket the star edges start
 from does not change the connected components, so the clusters are those of the in-memory algorithm
 (:func:`~textbooks.curate.minhash.near_duplicate_clusters`).
@@ -35,8 +35,8 @@ import numpy as np
 from apache_beam.transforms.window import GlobalWindows
 
 from textbooks.curate import stages
-from textbooks.curate.components import node_key
 from textbooks.curate.minhash import MinHashConfig, MinHasher, bucket_edges
+from textbooks.curate.union_find import node_key
 
 IDS = "ids"
 _BATCH_CHARS = 1 << 20  # characters a signature batch holds at most (plus one document)
@@ -194,7 +194,7 @@ def _requests(edge: bytes):
 
 class _ResolveDoFn(beam.DoFn):
     """A batch's id table and the lookups of its rows -> ``(edge, (reference, node))`` per lookup, the node a
-    :func:`~textbooks.curate.components.node_key` of the ``keep`` policy's rank (0, or minus the length for
+    :func:`~textbooks.curate.union_find.node_key` of the ``keep`` policy's rank (0, or minus the length for
     ``'longest'``) and the id's UTF-8 as the table holds it (no id is decoded)."""
 
     def __init__(self, keep: str):
@@ -228,7 +228,7 @@ def _join_ends(item):
 
 
 class CandidateEdges(beam.PTransform):
-    """Records -> the distinct candidate edges between :func:`~textbooks.curate.components.node_key` nodes
+    """Records -> the distinct candidate edges between :func:`~textbooks.curate.union_find.node_key` nodes
     (see the module docstring)."""
 
     def __init__(self, config: MinHashConfig, stage: str = "near_dedup"):

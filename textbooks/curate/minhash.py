@@ -26,8 +26,9 @@ from typing import Iterable, Sequence
 import gin
 import numpy as np
 
-from textbooks.curate.components import ComponentsConfig, connected_components
+from textbooks.curate.components import ComponentsConfig
 from textbooks.curate.textnorm import _splitmix64, combine_hashes
+from textbooks.curate.union_find import connected_components
 
 DECISIONS = ("join", "side_input", "reread")  # the ways decisions reach the records; "auto" picks one
 _WORD_RE = re.compile(r"\w", re.UNICODE)
