@@ -27,8 +27,9 @@ hash (:meth:`MinHasher.band_hashes`). Then
    same clusters. On the local runners ``'auto'`` is the union-find, chosen when the graph is built, so the
    rounds' ~45 stages are not built: with a run-time choice those runners ran each of them on every worker
    with no input, and each left its descriptor and a cached bundle processor behind (about 0.4 MB), which
-   raised the largest worker (2 workers, runs alternated on a busy machine: 248-257 MB -> 220-225 at 50k
-   documents, 279-296 -> 262-276 at 100k, where more of the peak comes before those stages), in no more time.
+   raised the largest worker (2 workers, runs alternated on a busy machine, medians of 4 and 6 pairs: 250 MB
+   (244-257) -> 221 (219-225) at 50k documents, 289 (274-296) -> 267 (255-276) at 100k, where more of the
+   peak comes before those stages), in no more time (about 9% less at 50k, the same at 100k).
 3. One document per component survives: the smallest by the ``keep`` policy (``'min_id'``: smallest id;
    ``'longest'``: most characters, then smallest id), a deterministic choice. The others are dropped with
    ``meta.curation = {reason: 'near_duplicate', duplicate_of, cluster_size}``. The decisions (one per dropped
