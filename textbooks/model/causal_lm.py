@@ -24,7 +24,7 @@ import jax.numpy as jnp
 
 from textbooks.model import cpu_matmul, packed_decode
 from textbooks.model.config import ModelConfig
-from textbooks.model.layers import DecodeKernels, dense_init, remat_block, zeros
+from textbooks.model.layers import DecodeKernels, dense_init, remat_block, rotary_inv_freq, rotary_tables, zeros
 from textbooks.model.llama import LlamaBlock, rms_norm
 from textbooks.model.phi import PhiBlock, layer_norm
 
@@ -94,16 +94,18 @@ class CausalLM(nn.Module):
         x = nn.with_logical_constraint(embed(input_ids), ("batch", "length", "embed"))
         x = nn.Dropout(rate=cfg.embd_dropout)(x, deterministic=deterministic)
 
+        # The rotary cosines and sines, once for all the layers (broadcast to every step of a scanned stack).
+        rotary = rotary_tables(positions, rotary_inv_freq(cfg))
         block = remat_block(_BLOCKS[cfg.family], cfg)
         if cfg.scan_layers:
             stack = nn.scan(block, variable_axes={"params": 0, "cache": 0, "packed": 0},
                             split_rngs={"params": True, "dropout": True}, in_axes=(nn.broadcast,) * 5,
                             length=cfg.num_layers, metadata_params={nn.PARTITION_NAME: "layers"})
-            x, _ = stack(cfg, self.kernels, name="layers")(x, segment_ids, positions, decode_index, deterministic,
+            x, _ = stack(cfg, self.kernels, name="layers")(x, segment_ids, rotary, decode_index, deterministic,
                                                            decode)
         else:
             for i in range(cfg.num_layers):
-                x, _ = block(cfg, self.kernels, name=f"layers_{i}")(x, segment_ids, positions, decode_index,
+                x, _ = block(cfg, self.kernels, name=f"layers_{i}")(x, segment_ids, rotary, decode_index,
                                                                     deterministic, decode)
 
         if cfg.family == "phi":

@@ -2,10 +2,11 @@
 
 :class:`Attention` is the one self-attention of the project: q/k/v projections (biases optional), rotary
 embeddings (rotate-half convention, on the first ``rotary_dim`` dims of each head, with linear or llama3
-frequency scaling), grouped-query attention (``kv_heads`` key/value heads, each shared by ``num_heads /
-kv_heads`` consecutive query heads, transformers' ``repeat_kv`` order), packing through segment ids, and a KV
-cache for decoding. Whole sequences (training) and prefills into the cache go through the blocked attention of
-:mod:`textbooks.model.attention`; cached single-token steps attend here.
+frequency scaling; the model computes the cos/sin tables once per call, :func:`rotary_tables`), grouped-query
+attention (``kv_heads`` key/value heads, each shared by ``num_heads / kv_heads`` consecutive query heads,
+transformers' ``repeat_kv`` order), packing through segment ids, and a KV cache for decoding. Whole sequences
+(training) and prefills into the cache go through the blocked attention of :mod:`textbooks.model.attention`;
+cached single-token steps attend here.
 
 The cache: with ``decode=True`` each attention layer keeps ``[batch, kv_heads, cache_len, head_dim]`` keys and
 values in the ``'cache'`` collection (only the KV heads: grouping shrinks the cache and the bytes each decode
@@ -107,25 +108,54 @@ def rotary_inv_freq(config: ModelConfig) -> np.ndarray:
     return inv_freq
 
 
-def apply_rotary(x: Array, positions: Array, inv_freq: np.ndarray | Array) -> Array:
-    """Rotates the first ``2 * len(inv_freq)`` dims of each head of ``x`` by ``positions`` (rotate-half).
+def _rotary_angles_cos_sin(positions: Array, inv_freq: Array) -> tuple[Array, Array]:
+    angles = positions.astype(jnp.float32)[..., None] * inv_freq  # [B, L, rotary/2]
+    return jnp.cos(angles), jnp.sin(angles)
+
+
+def rotary_tables(positions: Array, inv_freq: np.ndarray | Array) -> tuple[Array, Array]:
+    """The cosines and sines ``[batch, length, rotary_dim / 2]`` (float32) of ``positions * inv_freq``.
+
+    A model computes them once per call and hands them to every layer (:func:`apply_rotary`). On XLA:CPU they
+    are computed inside a conditional (both branches the same formula, so the predicate does not matter):
+    fusion does not reach into a conditional, so the tables are computed once and stored. Computed plainly,
+    fusion copies the cheap elementwise sin/cos into each consumer, and every layer's q and k (every head of
+    them) recompute them; an optimization barrier does not stop that on XLA:CPU, which drops barriers before
+    fusion. Other backends compute them plainly (a conditional there waits for its predicate on the host).
+
+    Args:
+        positions: ``[batch, length]`` integer positions.
+        inv_freq: ``[rotary_dim / 2]`` inverse frequencies (:func:`rotary_inv_freq`).
+    """
+    inv_freq = jnp.asarray(inv_freq, jnp.float32)
+    if positions.size == 0:
+        return _rotary_angles_cos_sin(positions, inv_freq)
+
+    def materialized(p):
+        return jax.lax.cond(p[0, 0] >= 0, _rotary_angles_cos_sin, _rotary_angles_cos_sin, p, inv_freq)
+
+    return jax.lax.platform_dependent(positions, cpu=materialized,
+                                      default=lambda p: _rotary_angles_cos_sin(p, inv_freq))
+
+
+def apply_rotary(x: Array, cos: Array, sin: Array) -> Array:
+    """Rotates the first ``rotary_dim`` dims of each head of ``x`` (rotate-half); the dims after pass through.
 
     Args:
         x: ``[batch, length, heads, head_dim]``.
-        positions: ``[batch, length]`` integer positions.
-        inv_freq: ``[rotary_dim / 2]`` inverse frequencies (:func:`rotary_inv_freq`); the dims after
-            ``rotary_dim`` pass through.
+        cos, sin: ``[batch, length, rotary_dim / 2]`` tables of :func:`rotary_tables` (``rotary_dim`` at most
+            ``head_dim``).
     """
-    rotary_dim = 2 * len(inv_freq)
-    if rotary_dim == 0:
+    half = cos.shape[-1]
+    if half == 0:
         return x
-    freqs = positions.astype(jnp.float32)[..., None] * jnp.asarray(inv_freq, jnp.float32)  # [B, L, rotary/2]
-    angles = jnp.concatenate([freqs, freqs], axis=-1)[:, :, None, :]  # [B, L, 1, rotary_dim]
-    cos, sin = jnp.cos(angles).astype(x.dtype), jnp.sin(angles).astype(x.dtype)
-    rot, passthrough = x[..., :rotary_dim], x[..., rotary_dim:]
-    half = rotary_dim // 2
-    rotated_half = jnp.concatenate([-rot[..., half:], rot[..., :half]], axis=-1)
-    return jnp.concatenate([rot * cos + rotated_half * sin, passthrough], axis=-1)
+    if cos.shape != sin.shape or cos.shape[:2] != x.shape[:2] or 2 * half > x.shape[-1]:
+        raise ValueError(f"apply_rotary: tables {cos.shape}/{sin.shape} do not fit x {x.shape}: they must be "
+                         f"[batch, length, rotary_dim / 2] with x's batch and length and rotary_dim <= head_dim "
+                         f"(make them with rotary_tables(positions, rotary_inv_freq(config)))")
+    cos, sin = cos[:, :, None, :].astype(x.dtype), sin[:, :, None, :].astype(x.dtype)  # [B, L, 1, rotary/2]
+    first, second, passthrough = x[..., :half], x[..., half:2 * half], x[..., 2 * half:]
+    return jnp.concatenate([first * cos - second * sin, second * cos + first * sin, passthrough], axis=-1)
 
 
 def token_einsum(equation: str, x: Array, kernel: Array) -> Array:
@@ -276,11 +306,12 @@ class Attention(nn.Module):
     out_name: str = "dense"
 
     @nn.compact
-    def __call__(self, x: Array, segment_ids: Array, positions: Array, decode_index: Array | None,
+    def __call__(self, x: Array, segment_ids: Array, rotary: tuple[Array, Array], decode_index: Array | None,
                  deterministic: bool, decode: bool, norm_scale: Array | None = None,
                  residual: Array | None = None) -> Array:
-        """Self-attention of ``x`` (``norm_scale``: of ``rms_norm(x)`` with the config's epsilon, the norm done
-        by the decode kernel's q/k/v product when it runs; ``residual``: added to the output projection's)."""
+        """Self-attention of ``x`` (``rotary``: the ``(cos, sin)`` tables of :func:`rotary_tables` for its
+        positions; ``norm_scale``: of ``rms_norm(x)`` with the config's epsilon, the norm done by the decode
+        kernel's q/k/v product when it runs; ``residual``: added to the output projection's)."""
         cfg = self.config
         dtype = jnp.dtype(cfg.dtype)
         heads, kv_heads, head_dim = cfg.num_heads, cfg.kv_heads, cfg.head_dim
@@ -305,8 +336,7 @@ class Attention(nn.Module):
             q, k, v = stacked_projections((q_proj, k_proj, v_proj), x)
         else:
             q, (k, v) = q_proj(x), stacked_projections((k_proj, v_proj), x)
-        inv_freq = rotary_inv_freq(cfg)
-        q, k = apply_rotary(q, positions, inv_freq), apply_rotary(k, positions, inv_freq)
+        q, k = apply_rotary(q, *rotary), apply_rotary(k, *rotary)
         q, k, v = (nn.with_logical_constraint(t, ("batch", "length", "heads", "kv")) for t in (q, k, v))
 
         batch, length = x.shape[:2]
@@ -364,7 +394,8 @@ class Attention(nn.Module):
 def remat_block(block: Any, config: ModelConfig) -> Any:
     """``block`` wrapped for the config's activation checkpointing (itself when ``remat_policy`` is 'none').
 
-    Blocks take ``(x, segment_ids, positions, decode_index, deterministic, decode)``; the last two are static.
+    Blocks take ``(x, segment_ids, rotary, decode_index, deterministic, decode)`` (``rotary``: the ``(cos, sin)``
+    tables of :func:`rotary_tables`); the last two are static.
     """
     if config.remat_policy == "none":
         return block

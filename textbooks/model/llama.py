@@ -70,14 +70,16 @@ def rms_norm(cfg: ModelConfig, name: str) -> nn.RMSNorm:
 class LlamaBlock(nn.Module):
     """One decoder block: ``x += dropout(attn(rms(x)))``, then ``x += dropout(mlp(rms(x)))``.
 
-    Returns ``(x, None)`` so that the same module can be the body of ``nn.scan``.
+    ``rotary``: the ``(cos, sin)`` tables of the positions (:func:`textbooks.model.layers.rotary_tables`),
+    computed once by the model for all its blocks. Returns ``(x, None)`` so that the same module can be the
+    body of ``nn.scan``.
     """
 
     config: ModelConfig
     kernels: DecodeKernels = DecodeKernels()
 
     @nn.compact
-    def __call__(self, x: Array, segment_ids: Array, positions: Array, decode_index: Array | None,
+    def __call__(self, x: Array, segment_ids: Array, rotary: tuple[Array, Array], decode_index: Array | None,
                  deterministic: bool, decode: bool) -> tuple[Array, None]:
         cfg = self.config
         dropout = nn.Dropout(rate=cfg.resid_dropout)
@@ -88,12 +90,12 @@ class LlamaBlock(nn.Module):
             # A single-token step on the decode kernels: each norm is done by the product after it and each
             # residual add by the product before it (the same sums, not separate small ops).
             params = self.variables["params"]
-            x = attn(x, segment_ids, positions, decode_index, deterministic, decode,
+            x = attn(x, segment_ids, rotary, decode_index, deterministic, decode,
                      params["input_layernorm"]["scale"], residual=x)
             x = LlamaMLP(cfg, self.kernels, name="mlp")(x, decode, params["post_attention_layernorm"]["scale"],
                                                          residual=x)
             return nn.with_logical_constraint(x, ("batch", "length", "embed")), None
-        h = attn(rms_norm(cfg, "input_layernorm")(x), segment_ids, positions, decode_index, deterministic, decode)
+        h = attn(rms_norm(cfg, "input_layernorm")(x), segment_ids, rotary, decode_index, deterministic, decode)
         x = nn.with_logical_constraint(x + dropout(h, deterministic=deterministic), ("batch", "length", "embed"))
         h = LlamaMLP(cfg, self.kernels, name="mlp")(rms_norm(cfg, "post_attention_layernorm")(x), decode)
         x = x + dropout(h, deterministic=deterministic)

@@ -72,18 +72,20 @@ def layer_norm(cfg: ModelConfig, name: str) -> nn.LayerNorm:
 class PhiBlock(nn.Module):
     """One decoder block: ``x + dropout(attn(ln(x))) + dropout(mlp(ln(x)))``.
 
-    Returns ``(x, None)`` so that the same module can be the body of ``nn.scan``.
+    ``rotary``: the ``(cos, sin)`` tables of the positions (:func:`textbooks.model.layers.rotary_tables`),
+    computed once by the model for all its blocks. Returns ``(x, None)`` so that the same module can be the
+    body of ``nn.scan``.
     """
 
     config: ModelConfig
     kernels: DecodeKernels = DecodeKernels()
 
     @nn.compact
-    def __call__(self, x: Array, segment_ids: Array, positions: Array, decode_index: Array | None,
+    def __call__(self, x: Array, segment_ids: Array, rotary: tuple[Array, Array], decode_index: Array | None,
                  deterministic: bool, decode: bool) -> tuple[Array, None]:
         cfg = self.config
         h = layer_norm(cfg, "input_layernorm")(x)
-        attn = Attention(cfg, self.kernels, name="self_attn")(h, segment_ids, positions, decode_index,
+        attn = Attention(cfg, self.kernels, name="self_attn")(h, segment_ids, rotary, decode_index,
                                                             deterministic, decode)
         mlp = PhiMLP(cfg, self.kernels, name="mlp")(h, decode)
         dropout = nn.Dropout(rate=cfg.resid_dropout)
