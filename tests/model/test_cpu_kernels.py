@@ -333,6 +333,48 @@ def test_tied_head_of_decode_steps_uses_the_transposed_kernel(kernel):
     np.testing.assert_array_less(np.abs(got - want), bound + np.finfo(np.float32).tiny)
 
 
+@pytest.mark.parametrize("family", ["phi", "llama"])
+def test_prefill_runs_on_the_packed_weights_and_fills_the_cache_xla_products_would(kernel, tiny_model, family):
+    """With packed weights a prefill's projections (a prompt, and a rest after a reused beginning) are the packed
+    kernel's products, several rows per call (in Llama the norms and residual adds inside them too); the caches
+    hold what XLA's products give, up to float32 rounding."""
+    config, params = tiny_model
+    if family == "llama":
+        config = get_preset("llama-cpu-1m").replace(vocab_size=64, max_len=64, tie_word_embeddings=True)
+        params = random_params(config, seed=1, scale=0.3)
+    decoder = decode_lib.Decoder(params, config, kernels="cpu_kernel")
+    prompt = np.random.RandomState(5).randint(0, config.vocab_size, 30).tolist()
+    request = decode_lib.GenerationRequest(prompt=prompt, max_new_tokens=1)
+    length = decoder.prompt_bucket(29)
+    tokens, segments, _, _ = decode_lib.batch_arrays([request], 1, length)
+    args = (decoder._config, decoder.prefill_kernels, decoder.params, tokens, segments, length)
+    program = jax.jit(decode_lib._prefill, static_argnums=(0, 1, 5)).lower(*args, decoder.packed).as_text()
+    fused = int(config.family == "llama")
+    # The cache needs every block's keys and values but not the last block's output (nor the head's)
+    assert program.count(cpu_matmul.TARGET_PACKED) == (4 - 2 * fused) * (config.num_layers - 1) + 1
+    assert program.count(cpu_matmul.TARGET_SWIGLU) == fused * (config.num_layers - 1)
+    assert cpu_matmul.TARGET + '"' not in program
+
+    def close(got, want, positions):
+        for g, w in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+            if g.ndim < 4:  # the write index
+                assert np.array_equal(g, w)
+                continue
+            # float32 sums over the hidden and MLP widths and the prompt, through the layers: a few ulps of scale
+            tol = 8 * np.finfo(np.float32).eps * max(positions, config.intermediate_size) * float(np.max(np.abs(w)))
+            np.testing.assert_allclose(g, w, atol=tol, rtol=0)
+
+    got, _ = decoder.prefill([request])
+    close(got, decode_lib._prefill(*args), length)  # without packed weights: XLA's products
+    prefix = decoder.prefill_prefix(prompt[:12])
+    rest, _ = decoder.prefill_after(prefix, request, 10)
+    rest_tokens, rest_segments, _, _ = decode_lib.batch_arrays([dataclasses.replace(request, prompt=prompt[10:])], 1,
+                                                               decoder.prompt_bucket(19))
+    want = decode_lib._prefill_after(decoder._config, decoder.prefill_kernels, decoder.params, prefix, np.int32(10),
+                                     rest_tokens, rest_segments)
+    close(rest, want, 12 + decoder.prompt_bucket(19))
+
+
 def test_decode_steps_use_both_kernels_and_prefill_does_not(kernel, tiny_model):
     config, params = tiny_model
     fast = decode_lib.Decoder(params, config, kernels="auto")

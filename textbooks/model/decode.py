@@ -11,7 +11,9 @@ two compiled programs:
   :mod:`textbooks.model.token_loop`, with the request types and the host arrays of a batch (re-exported here).
 
 The token loop's single-token steps run on the kernels :class:`Decoder` chooses (``kernels``); a prefill feeds
-hundreds of tokens at once, whose projections are ordinary matrix products for XLA, and whose attention is a
+hundreds of tokens at once, whose projections run on the same packed weights as the steps when the decoder packed
+them (the product kernel keeps each 48-column panel in cache over all the rows, with the norms and residual adds
+inside its calls; XLA's products otherwise), and whose attention is a
 full causal block that XLA's batched products compute faster than the per-query attention kernel: prefills
 run :attr:`Decoder.prefill_kernels` (XLA attention) when their cache is as long as their padded prompt (what
 :meth:`Decoder.prefill` makes by default; XLA attention reads every slot of the cache, the kernel only those
@@ -40,7 +42,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from textbooks.model import cpu_kernels
+from textbooks.model import cpu_kernels, packed_decode
 from textbooks.model.buckets import bucket, fine_bucket
 from textbooks.model.config import ModelConfig
 from textbooks.model.kv_cache import attention_windows, cache_length, init_cache, pack_weights, resize_cache
@@ -53,26 +55,32 @@ __all__ = ["FINISH_REASONS", "Decoder", "GenerationOutput", "GenerationRequest",
            "generate"]
 
 
+def _weights(params: Any, cache: Any, packed: Any) -> dict:
+    """The variables of a prefill: the parameters, the cache it fills and the packed weights when there are some
+    (the layers' products then run on the packed kernels, as decode steps do)."""
+    return {"params": params, "cache": cache, **({packed_decode.COLLECTION: packed} if packed else {})}
+
+
 @functools.partial(jax.jit, static_argnums=(0, 1, 5))
 def _prefill(config: ModelConfig, kernels: DecodeKernels, params: Any, tokens: jax.Array, segment_ids: jax.Array,
-             cache_len: int) -> Any:
+             cache_len: int, packed: Any = None) -> Any:
     model = CausalLM(config, kernels)
     cache = init_cache(config, tokens.shape[0], cache_len)
-    _, variables = model.apply({"params": params, "cache": cache}, tokens, segment_ids=segment_ids, decode=True,
+    _, variables = model.apply(_weights(params, cache, packed), tokens, segment_ids=segment_ids, decode=True,
                                mutable=["cache"])
     return variables["cache"]
 
 
 @functools.partial(jax.jit, static_argnums=(0, 1))
 def _prefill_after(config: ModelConfig, kernels: DecodeKernels, params: Any, prefix: Any, reused: jax.Array,
-                   tokens: jax.Array, segment_ids: jax.Array) -> Any:
+                   tokens: jax.Array, segment_ids: jax.Array, packed: Any = None) -> Any:
     """A cache of ``P + tokens.shape[1]`` slots (``P``: ``prefix``'s): ``prefix``'s first ``reused`` slots (a traced
     value: one program serves every ``reused``), then ``tokens`` written from slot ``reused`` on at positions
     ``reused, reused + 1, ...``, each attending over every slot up to its own (the decode-mode mask: the prefix's
     slots from ``reused`` on are overwritten or never read)."""
     cache = resize_cache(prefix, cache_length(prefix) + tokens.shape[1])  # zero slots after the prefix
     cache = jax.tree.map(lambda x: x if x.ndim >= 4 else jnp.broadcast_to(reused.astype(x.dtype), x.shape), cache)
-    _, variables = CausalLM(config, kernels).apply({"params": params, "cache": cache}, tokens,
+    _, variables = CausalLM(config, kernels).apply(_weights(params, cache, packed), tokens,
                                                    segment_ids=segment_ids, decode=True, mutable=["cache"])
     return variables["cache"]
 
@@ -117,7 +125,8 @@ class Decoder:
             self.model_kernels = DecodeKernels(attention=name, projections=name)
         self.kernels = str(self.model_kernels)
         # Prefills into a cache of their own length attend with XLA's batched products (see the module
-        # docstring); their projections are XLA's products whatever the kernels (theirs serve single tokens).
+        # docstring); their projections run on the packed product kernels when the decoder packed the weights,
+        # else on XLA's products.
         self.prefill_kernels = dataclasses.replace(self.model_kernels, attention="xla")
         # Compiled programs are shared by every Decoder of the same inference config and kernels.
         self._config = config.replace(remat_policy="none", embd_dropout=0.0, attn_dropout=0.0, resid_dropout=0.0)
@@ -209,7 +218,7 @@ class Decoder:
         self.prefill_shapes.add((batch, prompt_len, cache_len))
         tokens, segments, last, _ = batch_arrays(requests, batch, prompt_len)
         kernels = self.prefill_kernels if cache_len == prompt_len else self.model_kernels
-        return _prefill(self._config, kernels, self.params, tokens, segments, cache_len), last
+        return _prefill(self._config, kernels, self.params, tokens, segments, cache_len, self.packed), last
 
     def prefill_prefix(self, tokens: Sequence[int]) -> Any:
         """A one-row cache of exactly ``len(tokens)`` slots holding every one of ``tokens`` (no padding, no token
@@ -219,7 +228,8 @@ class Decoder:
         _check_ids(tokens, self.config.vocab_size, "prefill_prefix: prefix")
         ids = np.asarray([tokens], np.int32)
         self.prefix_shapes.add((len(tokens), 0))
-        return _prefill(self._config, self.prefill_kernels, self.params, ids, np.ones_like(ids), len(tokens))
+        return _prefill(self._config, self.prefill_kernels, self.params, ids, np.ones_like(ids), len(tokens),
+                        self.packed)
 
     def prefill_after(self, prefix: Any, request: GenerationRequest, reused: int | None = None
                       ) -> tuple[Any, np.ndarray]:
@@ -251,7 +261,7 @@ class Decoder:
         self.prefix_shapes.add((slots, rest_len))
         tokens, segments, last, _ = batch_arrays([dataclasses.replace(request, prompt=rest)], 1, rest_len)
         return _prefill_after(self._config, self.prefill_kernels, self.params, prefix, np.int32(reused), tokens,
-                              segments), last
+                              segments, self.packed), last
 
     def decode_chunk(self, cache: Any, requests: Sequence[GenerationRequest], num_new: int, written: int, *,
                      until_free: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray, Any]:
@@ -291,7 +301,7 @@ class Decoder:
         self.shapes_used.add((batch, prompt_len, cache_len, num_new, num_stops, stop_window))
 
         tokens, segments, last, rows = batch_arrays(requests, batch, prompt_len, num_stops, stop_window)
-        cache = _prefill(self._config, self.model_kernels, self.params, tokens, segments, cache_len)
+        cache = _prefill(self._config, self.model_kernels, self.params, tokens, segments, cache_len, self.packed)
         out, counts, reasons = jax.device_get(decode_loop(
             self._config, self.model_kernels, self.params, cache, last, rows, num_new,
             _static_filled(self.model_kernels, prompt_len), packed=self.packed))

@@ -213,7 +213,7 @@ class Projection(nn.Module):
         kernel's output, otherwise added after it."""
         if residual is None:
             return self._product(x, decode)
-        if decode and x.shape[1] == 1 and self.kernels.projections == "cpu_kernel":
+        if packed_decode.applies(self, decode, x, "kernel"):
             packed = packed_decode.packed_outputs(self, "kernel", (self,), x, residual=residual)
             if packed is not None:
                 return packed[0]
@@ -222,9 +222,9 @@ class Projection(nn.Module):
     def _product(self, x: Array, decode: bool) -> Array:
         dtype = jnp.dtype(self.config.dtype)
         kernel, bias = self.kernel, self.bias
-        if decode and x.shape[1] == 1 and self.kernels.projections == "cpu_kernel":
-            # A single-token decode step: the kernel streams the weights on every core, packed when the
-            # decoder prepared them (see packed_decode). Input axes flatten into K and output axes into N
+        if packed_decode.applies(self, decode, x, "kernel"):
+            # A decode step (or a prefill on packed weights): the kernel streams the weights on every core,
+            # packed when the decoder prepared them (see packed_decode). Input axes flatten into K and output axes into N
             # (row-major reshapes of the kernel: no copies).
             packed = packed_decode.packed_outputs(self, "kernel", (self,), x)
             if packed is not None:
@@ -324,7 +324,7 @@ class Attention(nn.Module):
         q_proj, k_proj = projection("q_proj", heads), projection("k_proj", kv_heads)
         v_proj = projection("v_proj", kv_heads)
         packed = None
-        if decode and x.shape[1] == 1 and self.kernels.projections == "cpu_kernel":  # one product, packed weights
+        if packed_decode.applies(self, decode, x, "qkv"):  # one product, packed weights
             packed = packed_decode.packed_outputs(self, "qkv", (q_proj, k_proj, v_proj), x, norm_scale)
         if packed is None and norm_scale is not None:
             x = cpu_matmul.rms_norm(x, norm_scale, cfg.layer_norm_eps).astype(dtype)

@@ -45,7 +45,7 @@ class LlamaMLP(nn.Module):
         gate_proj, up_proj = up("gate_proj"), up("up_proj")
         down_proj = Projection(cfg, "blm,md->bld", (cfg.intermediate_size, cfg.hidden_size), ("mlp", "embed"),
                                self.kernels, use_bias=False, name="down_proj")
-        if decode and x.shape[1] == 1 and self.kernels.projections == "cpu_kernel":
+        if packed_decode.applies(self, decode, x, "swiglu"):
             # One kernel call for the whole MLP on packed weights (gate, up, SwiGLU, down).
             fused = packed_decode.packed_swiglu(self, "swiglu", gate_proj, up_proj, down_proj, x, norm_scale,
                                                 residual)
@@ -85,9 +85,9 @@ class LlamaBlock(nn.Module):
         dropout = nn.Dropout(rate=cfg.resid_dropout)
         attn = Attention(cfg, self.kernels, qkv_bias=cfg.attention_bias, out_bias=False, out_name="o_proj",
                          name="self_attn")
-        if (decode and x.shape[1] == 1 and self.kernels.projections == "cpu_kernel" and not self.is_initializing()
+        if (not self.is_initializing() and packed_decode.applies(self, decode, x)
                 and (deterministic or cfg.resid_dropout == 0.0)):
-            # A single-token step on the decode kernels: each norm is done by the product after it and each
+            # A decode step on the decode kernels (or a prefill on packed weights): each norm is done by the product after it and each
             # residual add by the product before it (the same sums, not separate small ops).
             params = self.variables["params"]
             x = attn(x, segment_ids, rotary, decode_index, deterministic, decode,

@@ -26,6 +26,23 @@ from textbooks.model import cpu_matmul
 COLLECTION = "packed"
 
 
+def applies(module: Any, decode: bool, x: jax.Array, name: str | None = None) -> bool:
+    """Whether ``module``'s products of ``x [batch, length, ...]`` run on the packed kernels: in decode mode on the
+    CPU kernels, for one token per row (packed weights made now when the collection is mutable, else the
+    module's own fallback), or for several (a prefill into the cache) when the decoder passed the packed weights
+    (``name``: the module's own variable; None: any of the module's subtree), which a prefill never makes."""
+    if not decode or module.kernels.projections != "cpu_kernel":
+        return False
+    if x.shape[1] == 1:
+        return True
+    return module.has_variable(COLLECTION, name) if name else COLLECTION in module.variables
+
+
+def _rows(x: jax.Array) -> jax.Array:
+    """``x [batch, length, ...]`` as ``[batch * length, features]`` (a row-major reshape: no copy)."""
+    return x.reshape(x.shape[0] * x.shape[1], -1)
+
+
 def _flat(projection: Any) -> tuple[jax.Array, jax.Array, tuple[int, ...]]:
     """A projection's kernel as ``[K, N]``, its bias (zeros without one) as ``[N]``, and its output axes."""
     outputs = len(projection.equation.split("->")[1]) - 2  # output axes after batch and length
@@ -58,7 +75,7 @@ def packed_product(module: Any, name: str, weights: Callable[[], tuple[jax.Array
 
 def packed_outputs(module: Any, name: str, projections: Sequence[Any], x: jax.Array,
                    norm_scale: jax.Array | None = None, residual: jax.Array | None = None) -> list[jax.Array] | None:
-    """The outputs of ``projections`` (submodules of ``module`` reading the same ``x [batch, 1, ...]``) from one
+    """The outputs of ``projections`` (submodules of ``module`` reading the same ``x [batch, length, ...]``) from one
     packed product (:func:`packed_product`: their kernels side by side, and their biases), or None when
     ``module`` holds no packed weights ``name`` and cannot make them now. ``norm_scale``: the input is
     normalized first (an RMSNorm with the config's epsilon); ``residual``: added to the output (one projection,
@@ -68,29 +85,29 @@ def packed_outputs(module: Any, name: str, projections: Sequence[Any], x: jax.Ar
     def weights():
         return jnp.concatenate([w for w, _, _ in flats], axis=1), jnp.concatenate([b for _, b, _ in flats])
 
-    extras = _extras(module, norm_scale, residual, x.shape[0])
-    y = packed_product(module, name, weights, x.reshape(x.shape[0], -1), **extras)
+    extras = _extras(module, norm_scale, residual, x.shape[0] * x.shape[1])
+    y = packed_product(module, name, weights, _rows(x), **extras)
     if y is None:
         return None
     dtype = jnp.dtype(module.config.dtype)
     outs, start = [], 0
     for w, _, out_shape in flats:
-        outs.append(y[:, start:start + w.shape[1]].reshape((x.shape[0], 1) + out_shape).astype(dtype))
+        outs.append(y[:, start:start + w.shape[1]].reshape(x.shape[:2] + out_shape).astype(dtype))
         start += w.shape[1]
     return outs
 
 
 def packed_swiglu(module: Any, name: str, gate: Any, up: Any, down: Any, x: jax.Array,
                   norm_scale: jax.Array | None = None, residual: jax.Array | None = None) -> jax.Array | None:
-    """``down(silu(gate(x)) * up(x))`` for ``x [batch, 1, K]`` (projections: submodules of ``module``) in one call
+    """``down(silu(gate(x)) * up(x))`` for ``x [batch, length, K]`` (projections: submodules of ``module``) in one call
     of :func:`textbooks.model.cpu_matmul.packed_swiglu` on ``module``'s packed variable ``name``, made when the
     ``'packed'`` collection is mutable; None when it is absent and cannot be made now. Returns
-    ``[batch, 1, D]`` in the config's dtype. ``norm_scale`` and ``residual`` as in :func:`packed_outputs`."""
+    ``[batch, length, D]`` in the config's dtype. ``norm_scale`` and ``residual`` as in :func:`packed_outputs`."""
     if not module.has_variable(COLLECTION, name):
         if not module.is_mutable_collection(COLLECTION):
             return None
         (wg, bg, _), (wu, bu, _), (wd, bd, _) = (_flat(p) for p in (gate, up, down))
         module.put_variable(COLLECTION, name, cpu_matmul.pack_swiglu(wg, wu, wd, bg, bu, bd))
-    y = cpu_matmul.packed_swiglu(x.reshape(x.shape[0], -1), module.get_variable(COLLECTION, name),
-                                 **_extras(module, norm_scale, residual, x.shape[0]))
-    return y.reshape(x.shape[0], 1, -1).astype(jnp.dtype(module.config.dtype))
+    y = cpu_matmul.packed_swiglu(_rows(x), module.get_variable(COLLECTION, name),
+                                 **_extras(module, norm_scale, residual, x.shape[0] * x.shape[1]))
+    return y.reshape(x.shape[:2] + (-1,)).astype(jnp.dtype(module.config.dtype))
