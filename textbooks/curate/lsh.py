@@ -21,9 +21,9 @@ up to 64); the distinct ones are looked up in the id tables of their ends' batch
 batch key), and the two ends of each edge meet again (a ``GroupByKey`` on the edge). The result is the
 distinct edges between nodes that sort like ``(priority, id)`` (:func:`~textbooks.curate.minhash.priority`),
 each one bytes object (:func:`~textbooks.curate.union_find.node_key`: the rank and the id's UTF-8, copied from
-the id table without decoding), as :class:`~textbooks.curate.components.Components` takes them. Which member of a bucket the star edges start
-from does not change the connected components, so the clusters are those of the in-memory algorithm
-(:func:`~textbooks.curate.minhash.near_duplicate_clusters`).
+the id table without decoding), as :class:`~textbooks.curate.components.Components` takes them. Which member
+of a bucket the star edges start from does not change the connected components, so the clusters are those of
+the in-memory algorithm (:func:`~textbooks.curate.minhash.near_duplicate_clusters`).
 """
 
 from __future__ import annotations

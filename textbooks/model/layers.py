@@ -224,8 +224,8 @@ class Projection(nn.Module):
         kernel, bias = self.kernel, self.bias
         if packed_decode.applies(self, decode, x, "kernel"):
             # A decode step (or a prefill on packed weights): the kernel streams the weights on every core,
-            # packed when the decoder prepared them (see packed_decode). Input axes flatten into K and output axes into N
-            # (row-major reshapes of the kernel: no copies).
+            # packed when the decoder prepared them (see packed_decode). Input axes flatten into K and output
+            # axes into N (row-major reshapes of the kernel: no copies).
             packed = packed_decode.packed_outputs(self, "kernel", (self,), x)
             if packed is not None:
                 return packed[0]

@@ -87,8 +87,8 @@ class LlamaBlock(nn.Module):
                          name="self_attn")
         if (not self.is_initializing() and packed_decode.applies(self, decode, x)
                 and (deterministic or cfg.resid_dropout == 0.0)):
-            # A decode step on the decode kernels (or a prefill on packed weights): each norm is done by the product after it and each
-            # residual add by the product before it (the same sums, not separate small ops).
+            # A decode step on the decode kernels (or a prefill on packed weights): each norm is done by the
+            # product after it and each residual add by the product before it (the same sums, not separate ops).
             params = self.variables["params"]
             x = attn(x, segment_ids, rotary, decode_index, deterministic, decode,
                      params["input_layernorm"]["scale"], residual=x)

@@ -1,4 +1,4 @@
-"""Single-token decode products on weights packed once for the compiled kernel (the ``'packed'`` collection).
+"""Decode-step (and prefill) products on weights packed once for the compiled kernel (the ``'packed'`` collection).
 
 :func:`textbooks.model.cpu_matmul.packed_matmul` reads each weight as consecutive 48-column panels, which a
 decoder prepares once: the layers keep them in the ``'packed'`` variable collection, filled by running one
@@ -10,7 +10,9 @@ second copy of the table, read sequentially instead of row by row with 16 horizo
 the collection the layers fall back to their own products. A Llama MLP packs its three matrices as one
 variable (:func:`packed_swiglu`): gate, up, ``silu(g) * u`` and down are one kernel call. A pre-norm block
 hands the products its norm (``norm_scale``: the kernel normalizes the input rows) and its residual (added to
-the output), which then are no separate ops of the step.
+the output), which then are no separate ops of the step. A prefill given the collection runs its projections
+on the same packed weights, all of its rows in one call per product (:func:`applies` says where); it never
+makes them.
 """
 
 from __future__ import annotations
