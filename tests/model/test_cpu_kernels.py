@@ -42,13 +42,53 @@ def test_kernel_equals_the_masked_softmax(kernel, queries, kv_heads, dim):
     start = np.array([0, 3, 17, slots - queries, slots - 1, slots + 4], np.int32)
     got = jax.jit(cpu_attention.decode_attention, static_argnums=4)(q, k, v, start, dim ** -0.5)
     want = cpu_attention.xla_decode_attention(q, k, v, start, dim ** -0.5)
-    np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-5, atol=1e-5)
+    # Float32 rounding over the dot products (dim terms) and the softmax sums (slots terms), on outputs of the
+    # size of the values.
+    tolerance = np.finfo(np.float32).eps * (dim + slots) * np.abs(v).max()
+    np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=0, atol=tolerance)
     # A row reads nothing past its own slots: changing them changes nothing.
     k2, v2 = k.copy(), v.copy()
     k2[1, :, 3 + queries:] = 1e4
     v2[1, :, 3 + queries:] = np.nan
     again = jax.jit(cpu_attention.decode_attention, static_argnums=4)(q, k2, v2, start, dim ** -0.5)
     np.testing.assert_array_equal(np.asarray(again)[1], np.asarray(got)[1])
+
+
+def _attention_float64(q, k, v, start, scale):
+    """Decode attention in float64 numpy, row by row over each query's visible slots: the reference."""
+    batch, queries, heads, dim = q.shape
+    group = heads // k.shape[1]
+    out = np.zeros(q.shape, np.float64)
+    for b in range(batch):
+        for t in range(queries):
+            n = min(start[b] + t, k.shape[2] - 1) + 1
+            for h in range(heads):
+                kh, vh = k[b, h // group, :n].astype(np.float64), v[b, h // group, :n].astype(np.float64)
+                scores = kh @ q[b, t, h].astype(np.float64) * scale
+                weights = np.exp(scores - scores.max())
+                out[b, t, h] = weights @ vh / weights.sum()
+    return out
+
+
+@pytest.mark.parametrize("queries", [1, 2])
+@pytest.mark.parametrize("peak", [1.0, 4.0])  # 4: sharp softmaxes whose running maximum moves between blocks
+def test_kernel_at_smollm2_heads_equals_float64_attention(kernel, queries, peak):
+    rng = np.random.default_rng(7)
+    batch, heads, kv_heads, dim, slots = 8, 9, 3, 64, 100
+    q = (peak * rng.standard_normal((batch, queries, heads, dim))).astype(np.float32)
+    k = rng.standard_normal((batch, kv_heads, slots, dim)).astype(np.float32)
+    k *= np.linspace(0.5, 1.5, slots, dtype=np.float32)[:, None]  # later slots score further from 0
+    v = rng.standard_normal((batch, kv_heads, slots, dim)).astype(np.float32)
+    # Lengths 1, 16, 17 and others off the 16-slot blocks; the last slot; a row past the cache's end.
+    start = np.array([0, 15, 16, 33, 70, slots - queries, slots - 1, slots + 3], np.int32)
+    scale = dim ** -0.5
+    got = np.asarray(jax.jit(cpu_attention.decode_attention, static_argnums=4)(q, k, v, start, scale))
+    want = _attention_float64(q, k, v, start, scale)
+    # Float32 rounding of the dot products (dim terms, of the scores' size; a score's error is a relative error of
+    # its weight) and of the softmax sums (slots terms), on outputs of the values' size.
+    scores = np.abs(np.einsum("bthd,bjsd->bths", q.astype(np.float64), k.astype(np.float64))).max() * scale
+    tolerance = np.finfo(np.float32).eps * (dim * max(scores, 1.0) + slots) * np.abs(v).max()
+    np.testing.assert_allclose(got, want, rtol=0, atol=tolerance)
 
 
 @pytest.mark.parametrize("rows", [1, 3, 5, 16, 21])

@@ -4,9 +4,13 @@
 // start[b] + t and sees slots [0, start[b] + t] (clamped to the cache). Each (row, query, head) reads only
 // those slots once (scores, softmax, weighted sum of values), so a batch whose rows hold different lengths
 // reads what each row holds rather than the longest row's window; the query heads that share a key/value head
-// are one item, which reads that head's slots once for all of them. With 64-wide heads the scores of 16 slots are
-// summed at once (Scores), the softmax's maximum and sum are vector reductions. Items are shared between the calling
-// thread and XLA's intra-op thread pool through an atomic counter; a helper that starts late finds no work.
+// are one item, which reads that head's slots once for all of them. With 64-wide heads an item is one pass over
+// 16-slot blocks with a running softmax (OnlineItem): a block's key and value rows are read together and the
+// next block's are prefetched, so the exponentials and products of one block overlap the loads of the next
+// (decoding is bound by reading the cache, which is cold in serving: each layer's cache a distinct buffer).
+// Other head sizes score all slots, then take the softmax, then sum the values. Items are shared between the
+// calling thread and XLA's intra-op thread pool (one thread per core in all) through an atomic counter; a helper
+// that starts late finds no work.
 //
 // Layouts (float32): q [batch, queries, heads, head_dim]; k, v [batch, kv_heads, slots, head_dim] (grouped-query
 // attention: query head h reads key/value head h / (heads / kv_heads));
@@ -68,25 +72,91 @@ int64_t Scores(const float* q, const float* k, int64_t group, int64_t n, float s
   return blocks;
 }
 
-// out[g * D + d] = sum over slots s < n of p[g * n + s] * v[s * D + d] for G query heads of head size D, the
-// G * D sums in vector registers over the slots (each value row read once); the same order of multiply-adds
-// per output as the generic loop.
+// Lanes of a v16 at or past `n` set to `fill`.
+inline v16 Beyond(v16 x, int64_t n, float fill) {
+  for (int s = 0; s < 16; ++s) x[s] = s < n ? x[s] : fill;
+  return x;
+}
+
+// The largest of the 16 lanes, in 4 shuffle-max steps.
+inline float Max16(v16 x) {
+  const i16v lane = {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15};
+  for (int h = 8; h >= 1; h /= 2) {
+    const v16 y = __builtin_shuffle(x, lane ^ h);
+    x = x > y ? x : y;
+  }
+  return x[0];
+}
+
+// The G query heads of one item over slots [0, n) in one pass of 16-slot blocks with a running softmax
+// (flash-attention style): per block the scaled scores of the G heads (Reduce16, as Scores), the running
+// maximum m of each head (the head's sums and accumulators scaled by e^(m_old - m) when a block raises it),
+// weights e^(score - m), and the weighted value rows added to G x D accumulators in registers. The key and value
+// rows of a block are read together (both streams in flight at once) and the next block's are prefetched; the
+// last block's slots past n weigh nothing and their value rows are not read. out: the normalized sums.
 template <int G, int D>
-void Values(const float* p, const float* v, int64_t n, float* out) {
+void OnlineItem(const float* q, const float* k, const float* v, int64_t n, float scale, float* out) {
   constexpr int kC = D / 16;
-  v16 acc[G][kC];
-  for (int g = 0; g < G; ++g)
-    for (int c = 0; c < kC; ++c) acc[g][c] = v16{};
-  for (int64_t s = 0; s < n; ++s) {
-    v16 vs[kC];
-    for (int c = 0; c < kC; ++c) std::memcpy(&vs[c], v + s * D + 16 * c, sizeof(v16));
+  constexpr int64_t kAhead = kLanes;  // the next block's key and value rows are requested during this one
+  v16 qv[G][kC], acc[G][kC], sum[G];
+  float m[G];
+  alignas(64) float tail[16 * D];
+  for (int g = 0; g < G; ++g) {
+    for (int c = 0; c < kC; ++c) qv[g][c] = Load(q + g * D + 16 * c), acc[g][c] = v16{};
+    sum[g] = v16{};
+    m[g] = -std::numeric_limits<float>::infinity();
+  }
+  for (int64_t s0 = 0; s0 < n; s0 += kLanes) {
+    const int64_t valid = std::min<int64_t>(kLanes, n - s0);
+    for (int64_t s = s0 + kAhead; s < std::min(s0 + kAhead + kLanes, n); ++s) {
+      for (int c = 0; c < D; c += 16) __builtin_prefetch(k + s * D + c), __builtin_prefetch(v + s * D + c);
+    }
+    const float* kb = k + s0 * D;
+    if (valid < kLanes) {  // the last block: its rows copied beside rows of zeros, whose weights are set to 0
+      std::memcpy(tail, kb, valid * D * sizeof(float));
+      std::memset(tail + valid * D, 0, (kLanes - valid) * D * sizeof(float));
+      kb = tail;
+    }
+    float p[G][16];
     for (int g = 0; g < G; ++g) {
-      const float w = p[g * n + s];
-      for (int c = 0; c < kC; ++c) acc[g][c] += w * vs[c];
+      v16 part[16];
+#pragma GCC unroll 16
+      for (int s = 0; s < 16; ++s) {
+        const float* ks = kb + s * D;
+        v16 a = qv[g][0] * Load(ks);
+        for (int c = 1; c < kC; ++c) a += qv[g][c] * Load(ks + 16 * c);
+        part[Reverse4(s)] = a;
+      }
+      v16 score = Reduce16(part) * scale;
+      if (valid < kLanes) score = Beyond(score, valid, -std::numeric_limits<float>::infinity());
+      const float top = Max16(score);
+      if (top > m[g]) {  // the first block always: its accumulators are still 0
+        const float shrink = m[g] == -std::numeric_limits<float>::infinity() ? 0.0f : Exp(m[g] - top);
+        for (int c = 0; c < kC; ++c) acc[g][c] *= shrink;
+        sum[g] *= shrink;
+        m[g] = top;
+      }
+      float* pg = p[g];
+      Store(pg, score);
+#pragma omp simd
+      for (int s = 0; s < 16; ++s) pg[s] = Exp(pg[s] - m[g]);
+      v16 w = Load(pg);
+      if (valid < kLanes) w = Beyond(w, valid, 0.0f), Store(pg, w);
+      sum[g] += w;
+    }
+    for (int64_t s = 0; s < valid; ++s) {
+      v16 vs[kC];
+      for (int c = 0; c < kC; ++c) vs[c] = Load(v + (s0 + s) * D + 16 * c);
+      for (int g = 0; g < G; ++g)
+        for (int c = 0; c < kC; ++c) acc[g][c] += p[g][s] * vs[c];
     }
   }
-  for (int g = 0; g < G; ++g)
-    for (int c = 0; c < kC; ++c) std::memcpy(out + g * D + 16 * c, &acc[g][c], sizeof(v16));
+  for (int g = 0; g < G; ++g) {
+    float total = 0.0f;
+    for (int s = 0; s < 16; ++s) total += sum[g][s];
+    const float inv = 1.0f / total;
+    for (int c = 0; c < kC; ++c) Store(out + g * D + 16 * c, acc[g][c] * inv);
+  }
 }
 
 // One item: query t of row b for the `group` query heads that share key/value head j, so that each cached key
@@ -104,6 +174,8 @@ void RunItem(const Work& w, int64_t item, std::vector<float>& scores) {
   const float* v = w.v + (b * w.kv_heads + j) * w.slots * d_n;
   float* o = w.out + ((b * w.queries + t) * w.heads + h0) * d_n;
   const int64_t n = std::min<int64_t>(static_cast<int64_t>(w.start[b]) + t, w.slots - 1) + 1;
+  if (n > 0 && group == 3 && d_n == 64) return OnlineItem<3, 64>(q, k, v, n, w.scale, o);  // SmolLM2's heads
+  if (n > 0 && group == 1 && d_n == 64) return OnlineItem<1, 64>(q, k, v, n, w.scale, o);
   for (int64_t d = 0; d < group * d_n; ++d) o[d] = 0.0f;
   if (n <= 0) return;
   scores.resize(group * n);  // scores[g * n + s]
@@ -131,8 +203,6 @@ void RunItem(const Work& w, int64_t item, std::vector<float>& scores) {
     const float inv = 1.0f / total;
     for (int64_t s = 0; s < n; ++s) sg[s] *= inv;
   }
-  if (group == 3 && d_n == 64) return Values<3, 64>(scores.data(), v, n, o);  // SmolLM2's heads
-  if (group == 1 && d_n == 64) return Values<1, 64>(scores.data(), v, n, o);
   for (int64_t s = 0; s < n; ++s) {
     const float* vs = v + s * d_n;
     for (int64_t g = 0; g < group; ++g) {
@@ -171,7 +241,10 @@ ffi::Error DecodeAttention(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> q, ffi::B
   w->batch = qd[0]; w->queries = qd[1]; w->heads = qd[2]; w->kv_heads = kd[1]; w->dim = qd[3]; w->slots = kd[2];
   w->scale = scale;
   w->total = w->batch * w->queries * w->kv_heads;
-  const int64_t helpers = std::min<int64_t>(pool.num_threads(), w->total - 1);
+  // One drainer per core: the caller and at most cores - 1 pool threads (XLA's pool can hold as many threads as
+  // cores, and a third drainer on two cores only takes turns with the others).
+  const int64_t cores = std::max<int64_t>(1, std::thread::hardware_concurrency());
+  const int64_t helpers = std::min<int64_t>({pool.num_threads(), cores - 1, w->total - 1});
   for (int64_t i = 0; i < helpers; ++i) pool.Schedule([w] { Drain(*w); });
   Drain(*w);
   while (w->done.load(std::memory_order_acquire) < w->total) std::this_thread::yield();
