@@ -89,7 +89,9 @@ def test_end_to_end_multiprocess_reconciles(corpus, tmp_path):
     report = curate(inputs=inputs, role="web_filtered", output_dir=out, num_shards={"train": 2, "validation": 1},
                     heuristics=HEURISTICS, exact_dedup=ExactDedupConfig(), near_dedup=MinHashConfig(),
                     decontam=DecontamConfig(benchmarks=("humaneval", "mbpp", "piqa")),
-                    runner="DirectRunner", direct_num_workers=2, direct_running_mode="multi_processing")
+                    runner="DirectRunner", direct_num_workers=2, direct_running_mode="multi_processing",
+                    local_max_bundle_bytes=1 << 14)  # stages' inputs cut into many bundles per worker
+    assert report["config"]["local_max_bundle_bytes"] == 1 << 14
     rc = report["reconciliation"]
     # Independent count: what the fixture wrote, and what the output folders hold.
     assert rc["units_read"] == corpus["units"]

@@ -3,8 +3,9 @@
 Stages, in order: read → heuristics → exact dedup → near dedup → decontamination → judge → classifier → write.
 
 Every stage is optional (``None`` turns it off) and usable alone (see each module). The pipeline runs on the
-DirectRunner (``direct_running_mode='multi_processing'`` with ``direct_num_workers`` processes) and unchanged
-on Dataflow, Flink or Spark (pass ``runner`` and ``pipeline_args``); all file access goes through Beam's
+DirectRunner (``direct_running_mode='multi_processing'`` with ``direct_num_workers`` processes; with more than
+one worker, run as :class:`~textbooks.curate.local_runner.BoundedBundleRunner`, whose bundles hold at most
+``local_max_bundle_bytes`` of input each) and unchanged on Dataflow, Flink or Spark (pass ``runner`` and ``pipeline_args``); all file access goes through Beam's
 filesystems, and the only driver-side work is listing inputs, building the decontamination index, and writing
 the report from the pipeline's counters and side files after it finished.
 
@@ -38,6 +39,7 @@ from textbooks.curate.decontam import Decontaminate, DecontamConfig, build_index
 from textbooks.curate.dedup import ExactDedup, ExactDedupConfig, MinHashConfig, NearDedup
 from textbooks.curate.heuristics import HeuristicFilter, HeuristicsConfig
 from textbooks.curate.input_specs import ReadConfig, parse_input
+from textbooks.curate.local_runner import DEFAULT_MAX_BUNDLE_BYTES, BoundedBundleRunner
 from textbooks.curate.io import ReadInputs
 from textbooks.curate.judge import JudgeConfig, JudgeStage
 from textbooks.curate.local_workers import worker_arenas
@@ -218,7 +220,8 @@ def _clean_outputs(output_dir: str, splits: Sequence[str], overwrite: bool | Non
 
 def run_plan(plan: Plan, *, runner: str = "DirectRunner", direct_num_workers: int = 2,
              direct_running_mode: str = "multi_processing", pipeline_args: Sequence[str] = (),
-             overwrite: bool | None = None, config_for_report: dict | None = None) -> dict:
+             local_max_bundle_bytes: int = DEFAULT_MAX_BUNDLE_BYTES, overwrite: bool | None = None,
+             config_for_report: dict | None = None) -> dict:
     """Prepares the driver-side inputs, runs the pipeline, writes and returns the report."""
     rec.makedirs(plan.output_dir)
     _clean_outputs(plan.output_dir, plan.splits, overwrite)
@@ -236,9 +239,12 @@ def run_plan(plan: Plan, *, runner: str = "DirectRunner", direct_num_workers: in
         # Workers log at the level the driver shows Beam's own logs (WARNING unless --verbose).
         options["default_sdk_harness_log_level"] = logging.getLevelName(
             max(logging.getLogger("apache_beam").getEffectiveLevel(), logging.DEBUG))
+    runner_object = None
     if runner in ("DirectRunner", "direct"):
         options.update(direct_num_workers=direct_num_workers, direct_running_mode=direct_running_mode)
-    p = beam.Pipeline(options=PipelineOptions(list(pipeline_args), **options))
+        if direct_num_workers != 1:  # the DirectRunner's batch runner, with each worker's input in bounded bundles
+            runner_object = BoundedBundleRunner(local_max_bundle_bytes)
+    p = beam.Pipeline(runner=runner_object, options=PipelineOptions(list(pipeline_args), **options))
     build_pipeline(p, plan)
     with worker_arenas(runner, direct_running_mode):  # local worker processes: fewer malloc arenas
         result = p.run()
@@ -275,8 +281,8 @@ def curate(*, inputs: Sequence, role: str, output_dir: str | None = None,
            decontam: DecontamConfig | None = None, judge: JudgeConfig | None = None,
            classifier: ClassifierStageConfig | None = None, samples_per_group: int = 5, write_dropped: bool = True,
            description: str = "", gzip_level: int = writers.DEFAULT_GZIP_LEVEL, overwrite: bool | None = None,
-           runner: str = "DirectRunner",
-           direct_num_workers: int = 2, direct_running_mode: str = "multi_processing", pipeline_args: Sequence[str] = ()) -> dict:
+           runner: str = "DirectRunner", direct_num_workers: int = 2, direct_running_mode: str = "multi_processing",
+           local_max_bundle_bytes: int = DEFAULT_MAX_BUNDLE_BYTES, pipeline_args: Sequence[str] = ()) -> dict:
     """Curates ``inputs`` into ``output_dir`` as one Beam pipeline; returns the report (also written to disk).
 
     Args:
@@ -300,6 +306,9 @@ def curate(*, inputs: Sequence, role: str, output_dir: str | None = None,
             passed to ``PipelineOptions``, e.g. ``['--project=...', '--region=...', '--temp_location=gs://...',
             '--extra_package=dist/textbooks-0.1.0.tar.gz']``; remote workers need this package and, for the
             MiniLM encoder or benchmarks, the data packages installed, e.g. in a custom container image).
+        local_max_bundle_bytes: on the DirectRunner with several workers, the most encoded input one bundle
+            gets (:mod:`textbooks.curate.local_runner`): a worker's memory then stays flat as the corpus grows,
+            apart from single keys that hold more (the one-worker union-find); other runners bundle themselves.
 
     Returns:
         The report dict (see :mod:`textbooks.curate.report`); ``report['reconciliation']['balanced']`` says
@@ -318,10 +327,11 @@ def curate(*, inputs: Sequence, role: str, output_dir: str | None = None,
                 gzip_level=writers.check_gzip_level(gzip_level))
     config = {k: _describe(getattr(plan, k))
               for k in ("inputs", "splits", "num_shards", "read", "gzip_level", *STAGE_ORDER)}
-    config.update(runner=runner, direct_num_workers=direct_num_workers, direct_running_mode=direct_running_mode)
+    config.update(runner=runner, direct_num_workers=direct_num_workers, direct_running_mode=direct_running_mode,
+                  local_max_bundle_bytes=local_max_bundle_bytes)
     return run_plan(plan, runner=runner, direct_num_workers=direct_num_workers,
-                    direct_running_mode=direct_running_mode, pipeline_args=pipeline_args, overwrite=overwrite,
-                    config_for_report=config)
+                    direct_running_mode=direct_running_mode, pipeline_args=pipeline_args,
+                    local_max_bundle_bytes=local_max_bundle_bytes, overwrite=overwrite, config_for_report=config)
 
 
 def output_files(output_dir: str, split: str) -> list[str]:
