@@ -34,10 +34,10 @@ the edges packed with each distinct node once, merged on one worker) by ``Compon
 ``'union_find'`` or ``'distributed'`` forces one; ``'auto'`` uses the union-find up to ``union_find_max_edges``
 distinct edges, counted at run time (a side input), except on Beam's local runners
 (:func:`~textbooks.curate.local_workers.is_local_runner`): there it is the union-find, chosen when the graph is
-built. The rounds bound no process's memory on those runners (the driver holds every stage's input, a worker
-receives its share at once), and a run-time choice builds them anyway, each of their ~45 stages then running on
-every worker with no input and leaving its descriptor and a cached bundle processor behind (measured in
-:mod:`textbooks.curate.dedup`). The counter ``<stage>/components_union_find`` or
+built. There the driver holds every stage's input whatever the method, so the rounds save it nothing; with
+bounded bundles (:mod:`textbooks.curate.local_runner`) they do bound the workers, but their ~45 stages cost
+time and leave a descriptor and a cached bundle processor behind in every worker (about 0.4 MB each; measured in
+:mod:`textbooks.curate.dedup`), and a run-time choice would build them for every run. The counter ``<stage>/components_union_find`` or
 ``<stage>/components_distributed`` (1) says which ran; the curation report shows them. Both give the same
 components.
 """

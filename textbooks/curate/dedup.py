@@ -39,10 +39,9 @@ hash (:meth:`MinHasher.band_hashes`). Then
 
    * ``'join'``: records and decisions are keyed by id and joined with ``CoGroupByKey``; the
      shuffle spreads both over the workers, so no worker holds more than its share of either, on any runner
-     and at any size. (Its share, on the DirectRunner, arrives at once: the runner encodes each worker's part
-     of a grouped shuffle into one block of bytes and sends it as one message, so the worker that applies
-     the decisions holds its whole share of the encoded records while it runs, and its peak memory grows
-     with the corpus there; runners that stream grouped values, such as Dataflow, Flink and Spark, do not.)
+     and at any size (on the DirectRunner with several workers through bounded bundles,
+     :mod:`textbooks.curate.local_runner`: Beam's own local runner would send each worker its whole share
+     in one message).
    * ``'side_input'``: the decisions are a side input, one compact table (:mod:`textbooks.curate.decisions`),
      and the records stream past it without a shuffle, so only ids and band hashes are shuffled; every worker
      holds every decision (a 16-byte digest of the id and 8 bytes of size and survivor row per dropped
@@ -50,40 +49,19 @@ hash (:meth:`MinHasher.band_hashes`). Then
      never at web scale (hundreds of millions of dropped documents). On a local runner it is the cheaper path: that runner's
      driver holds every stage's input in memory whatever the path (a join adds a grouping of all records
      there), and the join costs an extra encoding and decoding of every record; measured with 2 workers,
-     the side input took about 13% less CPU at 50k and 100k documents and its driver peaked about 25% lower. The
-     largest worker is no smaller: the local runner sends each worker its whole share of a stage's input as
-     one message either way (its share of the records, here), so that worker's peak grows with the corpus
-     on both paths (about 530-650 MB at 50k documents, 900-960 MB at 100k).
+     the side input took about 13% less CPU at 50k and 100k documents and its driver peaked about 25% lower.
    * ``'reread'``: as ``'side_input'``, but the records that the decisions are applied to are read again
      from the input files (:class:`textbooks.curate.io.Reread`: the same parsing, counting nothing, dropping
      what the first read rejected), datatrove's design: the records of the first read feed only the
      signatures, so no text goes through a shuffle or a runner's materialization, and a worker streams its
-     files line by line. Measured on the local runner with 2 workers, the largest worker peaked at about
-     300-330 MB at 50k documents and 340-390 MB at 100k while the band-hash shuffle carried ids (the side
-     input: 560 and 730-900 MB), the driver at about half the side input's, in about the same time. With
-     row references in that shuffle and the decisions in a compact table, it peaked at about 275-290 MB and
-     340-365 MB, no longer in the bucket stage; with each node one bytes object, the union-find's edges
-     packed per worker and 10 bytes per document and band, at about 275-295 and 315-330 MB (a busy
-     machine). What still grows is what the local runner moves in one piece per worker: the first stage's
-     output (a worker sends a bundle's output every 10 MB per output, band hashes and id tables each, or at
-     its end; Beam's time-based flush would stream it, but it can cut an element in two, which this runner
-     does not reassemble), each grouped stage's input (band hashes, id tables, the cluster summaries out of
-     the union-find), and the heap that each stage frees but the worker's allocators keep. Nothing bounds
-     that input, the SDK's receive queue (5 messages) included: the runner writes a worker's whole share of
-     a stage's input into one message. Measured with one worker (its share doubling, as with 2 workers from
-     100k to 200k documents, a corpus the bench cannot build): 324 MB at 50k documents, 385-410 MB at 100k,
-     every stage before the last raising its level (the first stage's transient 56 -> 110 MB, the band-hash
-     stage 43 -> 59, the id-table join 20 -> 38, the union-find 11 -> 30). A worker that collects garbage
-     and returns the C heap's free pages after every bundle still grows (2 workers, 50k -> 100k: 266 -> 304
-     MB, against 274 -> 334 and 279 -> 348 without), so a third to a half of the growth is heap that the
-     allocators keep and the rest is live or fragmented; the records' own stage adds about 20 MB at every
-     size. Giving the workers 2 malloc arenas instead of glibc's 8 per core, as ``run_plan`` does for the
-     local runner (:mod:`textbooks.curate.local_workers`), lowers the largest worker by about 30-40 MB at
-     both sizes (250-255 MB at 50k and 278-302 at 100k, against 289-291 and 319-338), in no more time; the
-     growth with the corpus stays, smaller (one worker: 276 -> 318 MB, against 324 -> 385-410). It needs
-     the stage's input to be the records exactly as read, so the pipeline offers it
-     (``NearDedup(reread=...)``) only to a near dedup that is the first stage, without the id check
-     (:func:`textbooks.curate.pipeline.build_pipeline`); the input is read twice.
+     files line by line. On the local runner with 2 workers and bounded bundles, the largest worker peaked
+     at 218 MB at 50k documents and 244 MB at 100k (a moderately busy machine; the quiet figures and the
+     history of this peak are in the README and ``bench/NOTES.md``). What still grows there is the first
+     stage (reading, signatures, band hashes: an input file is one element, so it is read in one bundle)
+     and the one-worker union-find, which holds every edge by design; with the distributed components
+     instead, 286 and 302 MB. It needs the stage's input to be the records exactly as read, so the
+     pipeline offers it (``NearDedup(reread=...)``) only to a near dedup that is the first stage, without
+     the id check (:func:`textbooks.curate.pipeline.build_pipeline`); the input is read twice.
 
    All give the same kept and dropped records; the counter ``near_dedup/decisions_<path>`` (bundles applied)
    says which ran.

@@ -74,15 +74,16 @@ def _runs(chunk: bytes, coder_impl, max_bytes: int) -> Iterator[bytes]:
 
 
 def _merge(results: Sequence[beam_fn_api_pb2.InstructionResponse]) -> beam_fn_api_pb2.InstructionResponse:
-    """One bundle response from several: their monitoring infos consolidated, the first error kept."""
-    merged = results[0]
-    for result in results[1:]:
-        merged = beam_fn_api_pb2.InstructionResponse(
-            process_bundle=beam_fn_api_pb2.ProcessBundleResponse(
-                monitoring_infos=monitoring_infos.consolidate(itertools.chain(
-                    merged.process_bundle.monitoring_infos, result.process_bundle.monitoring_infos))),
-            error=merged.error or result.error)
-    return merged
+    """One bundle response from several: their monitoring infos consolidated, their residuals (work a bundle
+    deferred) all kept, the first error kept."""
+    if len(results) == 1:
+        return results[0]
+    return beam_fn_api_pb2.InstructionResponse(
+        process_bundle=beam_fn_api_pb2.ProcessBundleResponse(
+            monitoring_infos=monitoring_infos.consolidate(itertools.chain.from_iterable(
+                r.process_bundle.monitoring_infos for r in results)),
+            residual_roots=[root for r in results for root in r.process_bundle.residual_roots]),
+        error=next((r.error for r in results if r.error), ""))
 
 
 class BoundedBundleManager(fn_runner.ParallelBundleManager):

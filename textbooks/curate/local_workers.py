@@ -31,7 +31,7 @@ _SPAWNING_MODES = ("multi_processing",)
 
 def is_local_runner(pipeline: "apache_beam.Pipeline") -> bool:
     """Whether ``pipeline`` (a ``beam.Pipeline``) runs on one of Beam's local runners (the DirectRunner, the
-    FnApiRunner), whose driver holds every stage's input in memory and sends each worker its share at once."""
+    FnApiRunner and its bounded-bundle form), whose driver holds every stage's input in memory."""
     return type(pipeline.runner).__name__ in LOCAL_RUNNERS
 
 

@@ -11,8 +11,7 @@ batch a key, a 16-byte digest of its ids and lengths. It sends the batch twice:
   ``(shard, (batch key, uint64 hashes, row of each document in the batch, uint32 signatures or None))``
   (the rows as uint16 in batches of up to 65,536 documents, else uint32; the signatures only with
   ``verify_threshold``), so the shuffle that all documents go through carries 10 bytes per document and
-  band, not the document's id once per band. On the local runners a worker receives its whole share of this
-  shuffle at once, so these bytes set that worker's peak memory in the bucket stage.
+  band, not the document's id once per band.
 
 A ``GroupByKey`` on the shard sorts its hashes, and each run of equal ones (an LSH bucket) gives edges between
 document references (batch key + row; :func:`~textbooks.curate.minhash.bucket_edges`: star edges from one
