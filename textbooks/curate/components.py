@@ -37,9 +37,9 @@ distinct edges, counted at run time (a side input), except on Beam's local runne
 built. There the driver holds every stage's input whatever the method, so the rounds save it nothing; with
 bounded bundles (:mod:`textbooks.curate.local_runner`) they do bound the workers, but their ~45 stages cost
 time and leave a descriptor and a cached bundle processor behind in every worker (about 0.4 MB each; measured in
-:mod:`textbooks.curate.dedup`), and a run-time choice would build them for every run. The counter ``<stage>/components_union_find`` or
-``<stage>/components_distributed`` (1) says which ran; the curation report shows them. Both give the same
-components.
+:mod:`textbooks.curate.dedup`), and a run-time choice would build them for every run. The counter
+``<stage>/components_union_find`` or ``<stage>/components_distributed`` (1) says which ran; the curation report
+shows them. Both give the same components.
 """
 
 from __future__ import annotations

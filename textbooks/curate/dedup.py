@@ -55,13 +55,13 @@ hash (:meth:`MinHasher.band_hashes`). Then
      what the first read rejected), datatrove's design: the records of the first read feed only the
      signatures, so no text goes through a shuffle or a runner's materialization, and a worker streams its
      files line by line. On the local runner with 2 workers and bounded bundles, the largest worker peaked
-     at 218 MB at 50k documents and 244 MB at 100k (a moderately busy machine; the quiet figures and the
-     history of this peak are in the README and ``bench/NOTES.md``). What still grows there is the first
-     stage (reading, signatures, band hashes: an input file is one element, so it is read in one bundle)
-     and the one-worker union-find, which holds every edge by design; with the distributed components
-     instead, 286 and 302 MB. It needs the stage's input to be the records exactly as read, so the
-     pipeline offers it (``NearDedup(reread=...)``) only to a near dedup that is the first stage, without
-     the id check (:func:`textbooks.curate.pipeline.build_pipeline`); the input is read twice.
+     at 215 MB at 50k documents and 224 MB at 100k (a quiet run; the history of this peak is in
+     ``bench/NOTES.md``). What still grows there is the first stage (reading, signatures, band hashes: an
+     input file is one element, so it is read in one bundle) and the one-worker union-find, which holds
+     every edge by design; with the distributed components instead, 286 and 302 MB (a moderately busy
+     machine). It needs the stage's input to be the records exactly as read, so the pipeline offers it
+     (``NearDedup(reread=...)``) only to a near dedup that is the first stage, without the id check
+     (:func:`textbooks.curate.pipeline.build_pipeline`); the input is read twice.
 
    All give the same kept and dropped records; the counter ``near_dedup/decisions_<path>`` (bundles applied)
    says which ran.

@@ -14,8 +14,8 @@ A grouped key's values stay in one element, so a stage that groups everything un
 union-find) still holds all of it; that is its design, chosen only for small candidate graphs.
 
 It relies on the FnApiRunner's bundle managers (``fn_runner.BundleManager``, ``ParallelBundleManager``),
-internals of the pinned Apache Beam (``constraints.txt``); ``tests/test_local_runner.py`` runs the real
-runner and checks that bundles are bounded and results unchanged, so an upgrade that changes them fails there.
+internals of the pinned Apache Beam (``constraints.txt``); ``tests/curate/test_local_runner.py`` runs the
+real runner and checks that bundles are bounded and results unchanged, so an upgrade that changes them fails there.
 """
 
 from __future__ import annotations

@@ -23,7 +23,8 @@ from typing import TYPE_CHECKING, Iterator
 if TYPE_CHECKING:
     import apache_beam
 
-LOCAL_RUNNERS = ("SwitchingDirectRunner", "DirectRunner", "BundleBasedDirectRunner", "FnApiRunner", "BoundedBundleRunner")
+LOCAL_RUNNERS = ("SwitchingDirectRunner", "DirectRunner", "BundleBasedDirectRunner", "FnApiRunner",
+                 "BoundedBundleRunner")
 ARENAS = "MALLOC_ARENA_MAX"
 WORKER_ARENAS = 2
 _SPAWNING_MODES = ("multi_processing",)

@@ -5,9 +5,10 @@ Stages, in order: read → heuristics → exact dedup → near dedup → deconta
 Every stage is optional (``None`` turns it off) and usable alone (see each module). The pipeline runs on the
 DirectRunner (``direct_running_mode='multi_processing'`` with ``direct_num_workers`` processes; with more than
 one worker, run as :class:`~textbooks.curate.local_runner.BoundedBundleRunner`, whose bundles hold at most
-``local_max_bundle_bytes`` of input each) and unchanged on Dataflow, Flink or Spark (pass ``runner`` and ``pipeline_args``); all file access goes through Beam's
-filesystems, and the only driver-side work is listing inputs, building the decontamination index, and writing
-the report from the pipeline's counters and side files after it finished.
+``local_max_bundle_bytes`` of input each) and unchanged on Dataflow, Flink or Spark (pass ``runner`` and
+``pipeline_args``); all file access goes through Beam's filesystems, and the only driver-side work is listing
+inputs, building the decontamination index, and writing the report from the pipeline's counters and side files
+after it finished.
 
 Output layout of ``output_dir``::
 
